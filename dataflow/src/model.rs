@@ -1,0 +1,155 @@
+//! The domain model of SPEC §2–5: reference data, the parsed transaction, statuses,
+//! source positions and the pipeline parameters. Money is integer cents; times are
+//! milliseconds since the Unix epoch.
+
+use serde::{Deserialize, Serialize};
+
+/// Arrival time `t` (SPEC §4), ms since the Unix epoch. It is also the timely timestamp.
+pub type Time = u64;
+
+/// Integer cents.
+pub type Cents = i64;
+
+/// A payment mode, in its canonical (SPEC §3) spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Pix,
+    Debito,
+    Credito,
+    Boleto,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Pix, Mode::Debito, Mode::Credito, Mode::Boleto];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pix => "pix",
+            Mode::Debito => "debito",
+            Mode::Credito => "credito",
+            Mode::Boleto => "boleto",
+        }
+    }
+
+    /// `credito` spends credit limit; every other mode spends balance (SPEC §5 rule 6).
+    pub fn uses_credit(self) -> bool {
+        matches!(self, Mode::Credito)
+    }
+}
+
+/// The status of a message: exactly one per message, the first rule of SPEC §5 that applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Invalid,
+    Late,
+    Duplicate,
+    UnknownReference,
+    Stale,
+    InsufficientBalance,
+    InsufficientLimit,
+    RejectedRisk,
+    Approved,
+}
+
+impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Invalid,
+        Status::Late,
+        Status::Duplicate,
+        Status::UnknownReference,
+        Status::Stale,
+        Status::InsufficientBalance,
+        Status::InsufficientLimit,
+        Status::RejectedRisk,
+        Status::Approved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Invalid => "invalid",
+            Status::Late => "late",
+            Status::Duplicate => "duplicate",
+            Status::UnknownReference => "unknown_reference",
+            Status::Stale => "stale",
+            Status::InsufficientBalance => "insufficient_balance",
+            Status::InsufficientLimit => "insufficient_limit",
+            Status::RejectedRisk => "rejected_risk",
+            Status::Approved => "approved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Assessed = reached rule 6 (SPEC §5 "Outcome").
+    pub fn is_assessed(self) -> bool {
+        matches!(
+            self,
+            Status::InsufficientBalance
+                | Status::InsufficientLimit
+                | Status::RejectedRisk
+                | Status::Approved
+        )
+    }
+}
+
+/// A transaction message that passed SPEC §3.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tx {
+    pub id: String,
+    pub payer: String,
+    pub payee: String,
+    pub region: String,
+    pub mode: Mode,
+    pub amount_cents: Cents,
+    /// Event time E, ms since the Unix epoch (negative before 1970).
+    pub event_ms: i64,
+}
+
+/// Where a message came from: (partition, offset) in Kafka, (0, sequence) elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourcePos {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A region of SPEC §2.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Region {
+    pub id: String,
+    pub uf: String,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A user of SPEC §2, as loaded (runtime state lives in the decision operator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub region_id: String,
+    pub balance_cents: Cents,
+    pub credit_limit_cents: Cents,
+}
+
+/// The rule parameters of SPEC §5 and §9.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub max_delay_ms: u64,
+    pub dedup_window_ms: u64,
+    pub risk_threshold: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            max_delay_ms: 1000,
+            dedup_window_ms: 300_000,
+            risk_threshold: 0.5,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! SPEC §3 parsing (being written)
