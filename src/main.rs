@@ -1,1 +1,77 @@
-fn main() {}
+//! `vtpga`: the VT.PGA transaction approval pipeline.
+
+mod bench;
+mod cluster;
+mod generate;
+mod pipeline;
+mod replay;
+mod run;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use vtpga_dataflow::Params;
+
+#[derive(Parser)]
+#[command(name = "vtpga", version, about = "VT.PGA real-time transaction approval on timely dataflow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The embedded main job: generated data, in-process generator, live status.
+    Run(run::RunArgs),
+    /// Decide a capture file (SPEC §9) and write decisions, analyses and balances.
+    Replay(replay::ReplayArgs),
+    /// Write reference CSVs and a capture file of generated messages.
+    Generate(generate::GenerateArgs),
+    /// Measure the dataflow's throughput against the sequential reference.
+    Bench(bench::BenchArgs),
+}
+
+/// The rule parameters of SPEC §5.
+#[derive(Args, Clone, Debug)]
+pub struct ParamArgs {
+    /// Event time may trail arrival by at most this much (rule 2) or lead it by at most
+    /// this much (rule 1).
+    #[arg(long, env = "VTPGA_MAX_DELAY_MS", default_value_t = 1000)]
+    pub max_delay_ms: u64,
+    /// A transaction id seen again within this window is a duplicate (rule 3).
+    #[arg(long, env = "VTPGA_DEDUP_WINDOW_MS", default_value_t = 300_000)]
+    pub dedup_window_ms: u64,
+    /// Transactions whose combined risk exceeds this are rejected (rule 7).
+    #[arg(long, env = "VTPGA_RISK_THRESHOLD", default_value_t = 0.5)]
+    pub risk_threshold: f64,
+}
+
+impl ParamArgs {
+    pub fn params(&self) -> Result<Params> {
+        if !self.risk_threshold.is_finite() {
+            anyhow::bail!("--risk-threshold must be a finite number");
+        }
+        Ok(Params {
+            max_delay_ms: self.max_delay_ms,
+            dedup_window_ms: self.dedup_window_ms,
+            risk_threshold: self.risk_threshold,
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // With no subcommand, `vtpga` is `vtpga run` with its defaults (and environment).
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        None => Cli::parse_from(["vtpga", "run"])
+            .command
+            .expect("run is a subcommand"),
+    };
+    match command {
+        Command::Run(args) => run::run(args),
+        Command::Replay(args) => replay::replay(args),
+        Command::Generate(args) => generate::generate(args),
+        Command::Bench(args) => bench::bench(args),
+    }
+}

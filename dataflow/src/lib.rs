@@ -2,7 +2,10 @@
 //! the rules and scores (§5–6), and the timely/differential graph that decides
 //! transactions and maintains the ten analyses (§7). No sockets, databases or clocks.
 
+pub mod analyses;
+pub mod graph;
 pub mod model;
 pub mod parse;
+pub mod rules;
 
 pub use model::*;

@@ -1,1 +1,801 @@
+//! A small, sequential, obviously-correct implementation of SPEC §4–7.
+//!
+//! It is the oracle that the parallel timely dataflow is compared against,
+//! and the single-threaded baseline of the benchmark. It is written directly
+//! from the SPEC and depends on no other crate of the workspace.
+//!
+//! Algorithm (each step is one SPEC sentence):
+//! 1. §4 source positions: walk `msgs` in input order; a (partition, offset)
+//!    seen before is a re-delivery and is ignored entirely.
+//! 2. §4 arrival time: `t = max(record_ts, previous t of that partition)`.
+//! 3. Messages that failed §3 parsing (`tx == None`) are `invalid` at once;
+//!    they have no id and influence nothing else.
+//! 4. §4 ledger order: sort the parsed messages once by
+//!    (`t`, `id_transacao`, (partition, offset)).
+//! 5. §5 decide each one in ledger order, first rule that applies; §6 scores
+//!    for those reaching rule 6; §7 analyses accumulated on the way.
+//!
+//! Cost: one sort (O(n log n)) plus hash-map / B-tree look-ups per message.
 
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+// ---------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------
+
+/// A region of SPEC §2 (only the fields §4–7 need).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefRegion {
+    pub id: String,
+    pub uf: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A user of SPEC §2 (only the fields §4–7 need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefUser {
+    pub id: String,
+    pub region_id: String,
+    pub balance_cents: i64,
+    pub credit_limit_cents: i64,
+}
+
+/// A message already past SPEC §3 parsing (parsing is not this crate's job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefTx {
+    pub id: String,
+    pub payer: String,
+    pub payee: String,
+    pub region: String,
+    /// canonical: "pix" | "debito" | "credito" | "boleto"
+    pub mode: String,
+    pub amount_cents: i64,
+    /// E, ms since epoch UTC, may be negative
+    pub event_ms: i64,
+}
+
+/// One consumed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefMsg {
+    /// Kafka record timestamp, before clamping.
+    pub record_ts: u64,
+    pub partition: i32,
+    pub offset: i64,
+    /// None = failed §3 parsing → status invalid.
+    pub tx: Option<RefTx>,
+}
+
+/// The parameters of §5.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefParams {
+    pub max_delay_ms: u64,
+    pub dedup_window_ms: u64,
+    pub risk_threshold: f64,
+}
+
+impl Default for RefParams {
+    fn default() -> Self {
+        RefParams {
+            max_delay_ms: 1000,
+            dedup_window_ms: 300_000,
+            risk_threshold: 0.5,
+        }
+    }
+}
+
+/// The decision of one source position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefDecision {
+    /// Arrival time (clamped, §4).
+    pub t: u64,
+    /// One of [`STATUSES`].
+    pub status: &'static str,
+    /// Some exactly for assessed statuses.
+    pub scores: Option<RefScores>,
+}
+
+/// The §6 risk scores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RefScores {
+    pub value_risk: f64,
+    pub hour_risk: f64,
+    pub distance_risk: f64,
+    pub risk: f64,
+}
+
+/// Everything §4–7 determine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefOutput {
+    /// Keyed by (partition, offset).
+    pub decisions: BTreeMap<(i32, i64), RefDecision>,
+    /// Every user: (balance_cents, credit_used_cents).
+    pub balances: BTreeMap<String, (i64, i64)>,
+    /// Users that have one: last_approved_event_time (ms since epoch UTC).
+    pub last_approved: BTreeMap<String, i64>,
+    /// The SPEC §8 "Analyses JSON": one object whose keys are the ten analysis names.
+    pub analyses: Value,
+}
+
+// Status names (§5).
+pub const INVALID: &str = "invalid";
+pub const LATE: &str = "late";
+pub const DUPLICATE: &str = "duplicate";
+pub const UNKNOWN_REFERENCE: &str = "unknown_reference";
+pub const STALE: &str = "stale";
+pub const INSUFFICIENT_BALANCE: &str = "insufficient_balance";
+pub const INSUFFICIENT_LIMIT: &str = "insufficient_limit";
+pub const REJECTED_RISK: &str = "rejected_risk";
+pub const APPROVED: &str = "approved";
+
+/// The nine statuses, in the order of the §5 table.
+pub const STATUSES: [&str; 9] = [
+    INVALID,
+    LATE,
+    DUPLICATE,
+    UNKNOWN_REFERENCE,
+    STALE,
+    INSUFFICIENT_BALANCE,
+    INSUFFICIENT_LIMIT,
+    REJECTED_RISK,
+    APPROVED,
+];
+
+/// The ten analysis names of §7, in table order.
+pub const ANALYSIS_NAMES: [&str; 10] = [
+    "status_counts",
+    "value_histogram",
+    "hour_histogram",
+    "value_risk_distribution",
+    "hour_risk_outcome",
+    "state_approval",
+    "insufficient_funds",
+    "mode_rejections",
+    "minute_frequency",
+    "distance_band_outcome",
+];
+
+/// Is this status one of the assessed ones (§5 "Outcome")?
+pub fn is_assessed(status: &str) -> bool {
+    matches!(
+        status,
+        APPROVED | INSUFFICIENT_BALANCE | INSUFFICIENT_LIMIT | REJECTED_RISK
+    )
+}
+
+// ---------------------------------------------------------------------------
+// §6 score helpers (public so that tests elsewhere can reuse the formulas)
+// ---------------------------------------------------------------------------
+
+const MS_PER_MINUTE: i64 = 60_000;
+const MS_PER_HOUR: i64 = 3_600_000;
+const MS_PER_DAY: i64 = 86_400_000;
+/// UTC−03:00 in ms.
+const BRASILIA_OFFSET_MS: i64 = 3 * MS_PER_HOUR;
+/// 0001-01-01T00:00:00Z in ms since the Unix epoch (§3 lower bound of E).
+pub const MIN_EVENT_MS: i64 = -62_135_596_800_000;
+/// 9999-12-31T23:59:59.999 at offset −23:59 (the latest instant §3 can write).
+pub const MAX_EVENT_MS: i64 = 253_402_300_799_999 + 23 * MS_PER_HOUR + 59 * MS_PER_MINUTE;
+/// §3 amount range, in cents.
+pub const MIN_AMOUNT_CENTS: i64 = 1;
+pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
+/// Earth radius of §6, km.
+pub const EARTH_RADIUS_KM: f64 = 6371.0;
+
+/// Local hour (UTC−03:00) of the event time E, 0–23.
+pub fn local_hour(event_ms: i64) -> u32 {
+    let local_ms = event_ms as i128 - BRASILIA_OFFSET_MS as i128;
+    local_ms.div_euclid(MS_PER_HOUR as i128).rem_euclid(24) as u32
+}
+
+/// §6 value_risk for an amount in cents.
+pub fn value_risk(amount_cents: i64) -> f64 {
+    let v = amount_cents as f64 / 100.0;
+    if v <= 1000.0 {
+        0.0
+    } else {
+        ((v - 1000.0) / 9000.0).min(1.0)
+    }
+}
+
+/// §6 hour_risk for a local hour.
+pub fn hour_risk(local_hour: u32) -> f64 {
+    match local_hour {
+        0..=5 => 1.0,
+        6 => 0.5,
+        7..=21 => 0.0,
+        _ => 0.5, // 22, 23
+    }
+}
+
+/// Great-circle distance in km (haversine, R = 6371.0 km, degrees → radians).
+pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let phi1 = lat1.to_radians();
+    let phi2 = lat2.to_radians();
+    let dphi = (lat2 - lat1).to_radians();
+    let dlambda = (lon2 - lon1).to_radians();
+    let a = (dphi / 2.0).sin().powi(2) + phi1.cos() * phi2.cos() * (dlambda / 2.0).sin().powi(2);
+    // `min(1.0)` only guards asin against rounding just above 1 at antipodes.
+    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
+}
+
+/// §6 distance_risk for a distance in km.
+pub fn distance_risk(d_km: f64) -> f64 {
+    if d_km < 50.0 {
+        0.0
+    } else if d_km >= 1000.0 {
+        1.0
+    } else {
+        (d_km - 50.0) / 950.0
+    }
+}
+
+/// §6 combined risk.
+pub fn combined_risk(value_risk: f64, hour_risk: f64, distance_risk: f64) -> f64 {
+    if value_risk == 0.0 {
+        0.0
+    } else {
+        0.5 * value_risk + 0.25 * hour_risk + 0.25 * distance_risk
+    }
+}
+
+/// All §6 scores of one transaction.
+pub fn scores(amount_cents: i64, event_ms: i64, distance_km: f64) -> RefScores {
+    let value_risk = value_risk(amount_cents);
+    let hour_risk = hour_risk(local_hour(event_ms));
+    let distance_risk = distance_risk(distance_km);
+    RefScores {
+        value_risk,
+        hour_risk,
+        distance_risk,
+        risk: combined_risk(value_risk, hour_risk, distance_risk),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// §7 key helpers
+// ---------------------------------------------------------------------------
+
+/// The eight §7 amount bands (BRL, lower bound inclusive), as
+/// (lower bound in cents, label).
+const VALUE_BANDS: [(i64, &str); 8] = [
+    (0, "0-10"),
+    (1_000, "10-50"),
+    (5_000, "50-100"),
+    (10_000, "100-500"),
+    (50_000, "500-1000"),
+    (100_000, "1000-5000"),
+    (500_000, "5000-10000"),
+    (1_000_000, "10000+"),
+];
+
+/// Index into [`VALUE_BANDS`] of an amount in cents.
+fn value_band_index(amount_cents: i64) -> usize {
+    VALUE_BANDS
+        .iter()
+        .rposition(|&(lower, _)| amount_cents >= lower)
+        .unwrap_or(0)
+}
+
+/// §7 value band label of an amount in cents.
+pub fn value_band(amount_cents: i64) -> &'static str {
+    VALUE_BANDS[value_band_index(amount_cents)].1
+}
+
+/// §7 value_risk_distribution bucket: 0 if value_risk = 0, else ceil(10·value_risk).
+pub fn value_risk_bucket(value_risk: f64) -> i64 {
+    if value_risk == 0.0 {
+        0
+    } else {
+        (10.0 * value_risk).ceil() as i64
+    }
+}
+
+/// The four §7 distance bands, (lower bound in km, label), lower bound inclusive.
+const DISTANCE_BANDS: [(f64, &str); 4] = [
+    (0.0, "short"),
+    (50.0, "medium_short"),
+    (300.0, "medium_long"),
+    (1000.0, "long"),
+];
+
+fn distance_band_index(d_km: f64) -> usize {
+    DISTANCE_BANDS
+        .iter()
+        .rposition(|&(lower, _)| d_km >= lower)
+        .unwrap_or(0)
+}
+
+/// §7 distance band label of a payer-home ↔ payee-home distance in km.
+pub fn distance_band(d_km: f64) -> &'static str {
+    DISTANCE_BANDS[distance_band_index(d_km)].1
+}
+
+/// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let d = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    (if m <= 2 { y + 1 } else { y }, m as u32, d as u32)
+}
+
+/// The event-time minute index (minutes since the epoch, floor).
+fn minute_index(event_ms: i64) -> i64 {
+    event_ms.div_euclid(MS_PER_MINUTE)
+}
+
+/// `YYYY-MM-DDTHH:MM:00Z` label of a minute index.
+fn minute_index_label(minute: i64) -> String {
+    let days = minute.div_euclid(24 * 60);
+    let minute_of_day = minute.rem_euclid(24 * 60);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:00Z",
+        y,
+        m,
+        d,
+        minute_of_day / 60,
+        minute_of_day % 60
+    )
+}
+
+/// §7 minute label (`YYYY-MM-DDTHH:MM:00Z`, UTC) of an event time.
+pub fn minute_label(event_ms: i64) -> String {
+    debug_assert_eq!(MS_PER_DAY, 24 * 60 * MS_PER_MINUTE);
+    minute_index_label(minute_index(event_ms))
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+/// Mutable per-user state of §2.
+struct Account {
+    home_region: String,
+    balance: i64,
+    credit_limit: i64,
+    credit_used: i64,
+    last_approved: Option<i64>,
+}
+
+/// Does this (already parsed) transaction still break §3? A well-formed
+/// [`RefTx`] never does; this only keeps the oracle literal to rule 1.
+fn breaks_section3(tx: &RefTx) -> bool {
+    tx.id.is_empty()
+        || tx.payer.is_empty()
+        || tx.payee.is_empty()
+        || tx.region.is_empty()
+        || !matches!(tx.mode.as_str(), "pix" | "debito" | "credito" | "boleto")
+        || !(MIN_AMOUNT_CENTS..=MAX_AMOUNT_CENTS).contains(&tx.amount_cents)
+        || !(MIN_EVENT_MS..=MAX_EVENT_MS).contains(&tx.event_ms)
+}
+
+/// (approved, rejected) counters.
+#[derive(Default, Clone, Copy)]
+struct Outcome {
+    approved: i64,
+    rejected: i64,
+}
+
+impl Outcome {
+    fn add(&mut self, approved: bool) {
+        if approved {
+            self.approved += 1;
+        } else {
+            self.rejected += 1;
+        }
+    }
+}
+
+/// The §7 accumulators. Each map is keyed by the row key.
+#[derive(Default)]
+struct Analyses {
+    status_counts: BTreeMap<&'static str, i64>,
+    value_histogram: BTreeMap<usize, Outcome>,
+    hour_histogram: BTreeMap<u32, Outcome>,
+    /// bucket → (outcome, approved_amount_cents, rejected_amount_cents)
+    value_risk_distribution: BTreeMap<i64, (Outcome, i64, i64)>,
+    /// key = 2·hour_risk (0, 1, 2) so it sorts as a number.
+    hour_risk_outcome: BTreeMap<u8, Outcome>,
+    state_approval: BTreeMap<String, Outcome>,
+    /// reason → (count, amount_cents)
+    insufficient_funds: BTreeMap<&'static str, (i64, i64)>,
+    mode_rejections: BTreeMap<String, Outcome>,
+    minute_frequency: BTreeMap<i64, i64>,
+    distance_band_outcome: BTreeMap<(i64, usize), Outcome>,
+}
+
+/// What analyses 2–10 need about one assessed transaction.
+struct Assessed<'a> {
+    status: &'static str,
+    amount_cents: i64,
+    event_ms: i64,
+    mode: &'a str,
+    region_uf: &'a str,
+    scores: RefScores,
+    payer_payee_home_km: f64,
+}
+
+impl Analyses {
+    fn count_status(&mut self, status: &'static str) {
+        *self.status_counts.entry(status).or_insert(0) += 1;
+    }
+
+    fn add_assessed(&mut self, a: &Assessed<'_>) {
+        let approved = a.status == APPROVED;
+        self.value_histogram
+            .entry(value_band_index(a.amount_cents))
+            .or_default()
+            .add(approved);
+        self.hour_histogram
+            .entry(local_hour(a.event_ms))
+            .or_default()
+            .add(approved);
+        let vr = self
+            .value_risk_distribution
+            .entry(value_risk_bucket(a.scores.value_risk))
+            .or_insert((Outcome::default(), 0, 0));
+        vr.0.add(approved);
+        if approved {
+            vr.1 += a.amount_cents;
+        } else {
+            vr.2 += a.amount_cents;
+        }
+        self.hour_risk_outcome
+            .entry((a.scores.hour_risk * 2.0) as u8)
+            .or_default()
+            .add(approved);
+        self.state_approval
+            .entry(a.region_uf.to_string())
+            .or_default()
+            .add(approved);
+        if a.status == INSUFFICIENT_BALANCE || a.status == INSUFFICIENT_LIMIT {
+            let f = self.insufficient_funds.entry(a.status).or_insert((0, 0));
+            f.0 += 1;
+            f.1 += a.amount_cents;
+        }
+        self.mode_rejections
+            .entry(a.mode.to_string())
+            .or_default()
+            .add(approved);
+        let minute = minute_index(a.event_ms);
+        *self.minute_frequency.entry(minute).or_insert(0) += 1;
+        self.distance_band_outcome
+            .entry((minute, distance_band_index(a.payer_payee_home_km)))
+            .or_default()
+            .add(approved);
+    }
+
+    fn into_json(self) -> Value {
+        let nonzero = |o: &Outcome| o.approved != 0 || o.rejected != 0;
+        let status_counts: Vec<Value> = STATUSES
+            .iter()
+            .map(|s| json!({"status": s, "count": self.status_counts.get(s).copied().unwrap_or(0)}))
+            .collect();
+        let value_histogram: Vec<Value> = self
+            .value_histogram
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(&b, o)| {
+                json!({"band": VALUE_BANDS[b].1, "approved": o.approved, "rejected": o.rejected})
+            })
+            .collect();
+        let hour_histogram: Vec<Value> = self
+            .hour_histogram
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(&h, o)| json!({"hour": h, "approved": o.approved, "rejected": o.rejected}))
+            .collect();
+        let value_risk_distribution: Vec<Value> = self
+            .value_risk_distribution
+            .iter()
+            .filter(|(_, (o, _, _))| nonzero(o))
+            .map(|(&b, (o, ac, rc))| {
+                json!({"bucket": b, "approved": o.approved, "rejected": o.rejected,
+                       "approved_amount_cents": ac, "rejected_amount_cents": rc})
+            })
+            .collect();
+        let hour_risk_outcome: Vec<Value> = self
+            .hour_risk_outcome
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(&k, o)| {
+                json!({"hour_risk": f64::from(k) / 2.0, "approved": o.approved, "rejected": o.rejected})
+            })
+            .collect();
+        let state_approval: Vec<Value> = self
+            .state_approval
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(uf, o)| json!({"uf": uf, "approved": o.approved, "rejected": o.rejected}))
+            .collect();
+        let insufficient_funds: Vec<Value> = self
+            .insufficient_funds
+            .iter()
+            .filter(|(_, (c, _))| *c != 0)
+            .map(|(r, (c, a))| json!({"reason": r, "count": c, "amount_cents": a}))
+            .collect();
+        let mode_rejections: Vec<Value> = self
+            .mode_rejections
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(m, o)| json!({"mode": m, "approved": o.approved, "rejected": o.rejected}))
+            .collect();
+        let minute_frequency: Vec<Value> = self
+            .minute_frequency
+            .iter()
+            .filter(|(_, c)| **c != 0)
+            .map(|(&m, c)| json!({"minute": minute_index_label(m), "count": c}))
+            .collect();
+        let distance_band_outcome: Vec<Value> = self
+            .distance_band_outcome
+            .iter()
+            .filter(|(_, o)| nonzero(o))
+            .map(|(&(m, b), o)| {
+                json!({"minute": minute_index_label(m), "band": DISTANCE_BANDS[b].1,
+                       "approved": o.approved, "rejected": o.rejected})
+            })
+            .collect();
+        json!({
+            "status_counts": status_counts,
+            "value_histogram": value_histogram,
+            "hour_histogram": hour_histogram,
+            "value_risk_distribution": value_risk_distribution,
+            "hour_risk_outcome": hour_risk_outcome,
+            "state_approval": state_approval,
+            "insufficient_funds": insufficient_funds,
+            "mode_rejections": mode_rejections,
+            "minute_frequency": minute_frequency,
+            "distance_band_outcome": distance_band_outcome,
+        })
+    }
+}
+
+/// Decide every message (SPEC §4–5), score the assessed ones (§6) and build
+/// the ten analyses (§7).
+pub fn run(
+    regions: &[RefRegion],
+    users: &[RefUser],
+    msgs: &[RefMsg],
+    params: &RefParams,
+) -> RefOutput {
+    // Reference data. A repeated id: the later row wins.
+    let regions: HashMap<&str, &RefRegion> = regions.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut accounts: HashMap<String, Account> = users
+        .iter()
+        .map(|u| {
+            (
+                u.id.clone(),
+                Account {
+                    home_region: u.region_id.clone(),
+                    balance: u.balance_cents,
+                    credit_limit: u.credit_limit_cents,
+                    credit_used: 0,
+                    last_approved: None,
+                },
+            )
+        })
+        .collect();
+
+    let mut decisions: BTreeMap<(i32, i64), RefDecision> = BTreeMap::new();
+    let mut analyses = Analyses::default();
+
+    // §4: first occurrence of each source position, arrival-time clamping per
+    // partition in input (= offset) order. Unparsed messages are invalid now.
+    let mut seen_positions: HashSet<(i32, i64)> = HashSet::new();
+    let mut partition_t: HashMap<i32, u64> = HashMap::new();
+    // (t, id, position, tx)
+    let mut ledger: Vec<(u64, &str, (i32, i64), &RefTx)> = Vec::new();
+    for m in msgs {
+        let pos = (m.partition, m.offset);
+        if !seen_positions.insert(pos) {
+            continue; // re-delivery: decided once, from its first occurrence
+        }
+        let prev = partition_t.entry(m.partition).or_insert(0);
+        let t = m.record_ts.max(*prev);
+        *prev = t;
+        match &m.tx {
+            None => {
+                decisions.insert(
+                    pos,
+                    RefDecision {
+                        t,
+                        status: INVALID,
+                        scores: None,
+                    },
+                );
+                analyses.count_status(INVALID);
+            }
+            Some(tx) => ledger.push((t, tx.id.as_str(), pos, tx)),
+        }
+    }
+
+    // §4 ledger order: ascending (t, id_transacao [UTF-8 bytes], source position).
+    ledger.sort_by(|a, b| (a.0, a.1.as_bytes(), a.2).cmp(&(b.0, b.1.as_bytes(), b.2)));
+
+    // Duplicate memory: id → t of the last message with that id that passed rules 1–2.
+    let mut last_seen: HashMap<&str, u64> = HashMap::new();
+    // Approved payee credits of the current t, not yet visible (§5 effects).
+    let mut pending_t: u64 = 0;
+    let mut pending_credits: Vec<(&str, i64)> = Vec::new();
+
+    let max_delay = params.max_delay_ms as i128;
+    let window = params.dedup_window_ms as i128;
+
+    for &(t, id, pos, tx) in &ledger {
+        // Credits of an earlier t become visible before the first message of a later t.
+        if t > pending_t {
+            for (payee, amount) in pending_credits.drain(..) {
+                accounts
+                    .get_mut(payee)
+                    .expect("payee checked at approval")
+                    .balance += amount;
+            }
+            pending_t = t;
+        }
+
+        let e = tx.event_ms as i128;
+        let t_wide = t as i128;
+
+        // Rule 1: invalid (breaks §3, or event time in the future).
+        if breaks_section3(tx) || e > t_wide + max_delay {
+            decisions.insert(
+                pos,
+                RefDecision {
+                    t,
+                    status: INVALID,
+                    scores: None,
+                },
+            );
+            analyses.count_status(INVALID);
+            continue;
+        }
+        // Rule 2: late.
+        if t_wide - e > max_delay {
+            decisions.insert(
+                pos,
+                RefDecision {
+                    t,
+                    status: LATE,
+                    scores: None,
+                },
+            );
+            analyses.count_status(LATE);
+            continue;
+        }
+        // Rule 3: duplicate. Every message passing rules 1–2 refreshes last-seen.
+        let previous = last_seen.insert(id, t);
+        if let Some(t_prev) = previous {
+            if t_wide - t_prev as i128 <= window {
+                decisions.insert(
+                    pos,
+                    RefDecision {
+                        t,
+                        status: DUPLICATE,
+                        scores: None,
+                    },
+                );
+                analyses.count_status(DUPLICATE);
+                continue;
+            }
+        }
+        // Rule 4: unknown reference (a user whose home region is unknown counts as unknown).
+        let region = regions.get(tx.region.as_str()).copied();
+        let payer_home = accounts
+            .get(&tx.payer)
+            .and_then(|a| regions.get(a.home_region.as_str()).copied());
+        let payee_home = accounts
+            .get(&tx.payee)
+            .and_then(|a| regions.get(a.home_region.as_str()).copied());
+        let (region, payer_home, payee_home) = match (region, payer_home, payee_home) {
+            (Some(r), Some(ph), Some(qh)) if tx.payer != tx.payee => (r, ph, qh),
+            _ => {
+                decisions.insert(
+                    pos,
+                    RefDecision {
+                        t,
+                        status: UNKNOWN_REFERENCE,
+                        scores: None,
+                    },
+                );
+                analyses.count_status(UNKNOWN_REFERENCE);
+                continue;
+            }
+        };
+        let payer = accounts
+            .get_mut(&tx.payer)
+            .expect("payer checked in rule 4");
+        // Rule 5: stale.
+        if payer.last_approved.is_some_and(|last| tx.event_ms < last) {
+            decisions.insert(
+                pos,
+                RefDecision {
+                    t,
+                    status: STALE,
+                    scores: None,
+                },
+            );
+            analyses.count_status(STALE);
+            continue;
+        }
+        // §6 scores of every message reaching rule 6.
+        let d_tx = haversine_km(payer_home.lat, payer_home.lon, region.lat, region.lon);
+        let sc = scores(tx.amount_cents, tx.event_ms, d_tx);
+        // Rules 6–8.
+        let is_credit = tx.mode == "credito";
+        let status = if !is_credit && tx.amount_cents > payer.balance {
+            INSUFFICIENT_BALANCE
+        } else if is_credit && tx.amount_cents > payer.credit_limit - payer.credit_used {
+            INSUFFICIENT_LIMIT
+        } else if sc.risk > params.risk_threshold {
+            REJECTED_RISK
+        } else {
+            APPROVED
+        };
+        if status == APPROVED {
+            if is_credit {
+                payer.credit_used += tx.amount_cents;
+            } else {
+                payer.balance -= tx.amount_cents;
+            }
+            payer.last_approved = Some(tx.event_ms);
+            pending_credits.push((tx.payee.as_str(), tx.amount_cents));
+        }
+        decisions.insert(
+            pos,
+            RefDecision {
+                t,
+                status,
+                scores: Some(sc),
+            },
+        );
+        analyses.count_status(status);
+        analyses.add_assessed(&Assessed {
+            status,
+            amount_cents: tx.amount_cents,
+            event_ms: tx.event_ms,
+            mode: &tx.mode,
+            region_uf: &region.uf,
+            scores: sc,
+            payer_payee_home_km: haversine_km(
+                payer_home.lat,
+                payer_home.lon,
+                payee_home.lat,
+                payee_home.lon,
+            ),
+        });
+    }
+    // End of input: every pending credit becomes part of the final state.
+    for (payee, amount) in pending_credits.drain(..) {
+        accounts
+            .get_mut(payee)
+            .expect("payee checked at approval")
+            .balance += amount;
+    }
+
+    let balances = accounts
+        .iter()
+        .map(|(id, a)| (id.clone(), (a.balance, a.credit_used)))
+        .collect();
+    let last_approved = accounts
+        .iter()
+        .filter_map(|(id, a)| a.last_approved.map(|e| (id.clone(), e)))
+        .collect();
+    RefOutput {
+        decisions,
+        balances,
+        last_approved,
+        analyses: analyses.into_json(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

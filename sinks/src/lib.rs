@@ -1,1 +1,147 @@
+//! Where decisions, account states and analyses leave the pipeline.
+//!
+//! The graph's outputs meet in one timely operator, [`batch_sink`], which waits until a
+//! timestamp is closed (every output's frontier has passed it) and hands that timestamp's
+//! outputs, as one [`Batch`], to a channel. Everything that does I/O — the replay files now,
+//! PostgreSQL, Redis, Kafka and the dashboard later — lives on the other side of that
+//! channel, outside the workers, and consumes whole batches.
 
+pub mod files;
+pub mod monitor;
+
+use std::collections::BTreeMap;
+
+use crossbeam_channel::Sender;
+use differential_dataflow::VecCollection;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{ProbeHandle, StreamVec};
+
+use vtpga_dataflow::analyses::{AnalysisKey, Tally};
+use vtpga_dataflow::graph::{Account, Decision, Outputs};
+use vtpga_dataflow::Time;
+
+/// One change to an analysis row, as `count_total` emits it: the row, and +1 or −1.
+pub type AnalysisChange = ((AnalysisKey, Tally), isize);
+
+/// The outputs of the timestamps that closed together, from one worker. Consumers apply
+/// a batch as a whole (one database transaction, one Redis pipeline).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The latest timestamp in the batch: everything up to it is closed.
+    pub time: Time,
+    /// Sorted by arrival time, then source position.
+    pub decisions: Vec<Decision>,
+    /// In timestamp order: a later state of a user replaces an earlier one.
+    pub accounts: Vec<Account>,
+    pub analyses: Vec<AnalysisChange>,
+}
+
+/// Where a worker's batches go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gather {
+    /// Each worker sends its own batches (live consumers that merge them).
+    PerWorker,
+    /// Everything is exchanged to worker 0, which sends one batch per timestamp: a
+    /// single ordered record, identical for any number of workers and processes.
+    ToWorkerZero,
+}
+
+/// Attaches the sink to the graph's outputs; `probe` observes everything the sink observed.
+pub fn batch_sink(outputs: Outputs<'_>, gather: Gather, sender: Sender<Batch>, probe: &ProbeHandle<Time>) {
+    let Outputs {
+        decisions,
+        accounts,
+        analyses,
+    } = outputs;
+    let scope = decisions.scope();
+    let analyses: StreamVec<'_, Time, ((AnalysisKey, Tally), Time, isize)> = analyses_stream(analyses);
+    let decisions = timely::dataflow::operators::Probe::probe_with(decisions, probe);
+    let accounts = timely::dataflow::operators::Probe::probe_with(accounts, probe);
+    let analyses = timely::dataflow::operators::Probe::probe_with(analyses, probe);
+    let mut builder = OperatorBuilder::new("BatchSink".to_owned(), scope);
+    let target = match gather {
+        Gather::PerWorker => scope.index() as u64,
+        Gather::ToWorkerZero => 0,
+    };
+    let mut d_in = builder.new_input(decisions, Exchange::new(move |_: &Decision| target));
+    let mut a_in = builder.new_input(accounts, Exchange::new(move |_: &Account| target));
+    let mut x_in = builder.new_input(
+        analyses,
+        Exchange::new(move |_: &((AnalysisKey, Tally), Time, isize)| target),
+    );
+    builder.build(move |_caps| {
+        // The sink has no outputs, so it holds no capabilities: the frontier of its inputs
+        // alone says when a timestamp is closed.
+        let mut pending: BTreeMap<Time, Batch> = BTreeMap::new();
+        move |frontiers| {
+            let mut slot = |cap: &timely::dataflow::operators::InputCapability<Time>| -> Option<Time> {
+                let t = *cap.least()?;
+                pending.entry(t).or_insert_with(|| Batch {
+                    time: t,
+                    ..Batch::default()
+                });
+                Some(t)
+            };
+            let mut staged_d = Vec::new();
+            d_in.for_each(|cap, data| {
+                if let Some(t) = slot(&cap) {
+                    staged_d.push((t, std::mem::take(data)));
+                }
+            });
+            let mut staged_a = Vec::new();
+            a_in.for_each(|cap, data| {
+                if let Some(t) = slot(&cap) {
+                    staged_a.push((t, std::mem::take(data)));
+                }
+            });
+            let mut staged_x = Vec::new();
+            x_in.for_each(|cap, data| {
+                if let Some(t) = slot(&cap) {
+                    staged_x.push((t, std::mem::take(data)));
+                }
+            });
+            for (t, mut data) in staged_d {
+                pending.get_mut(&t).expect("slot").decisions.append(&mut data);
+            }
+            for (t, mut data) in staged_a {
+                pending.get_mut(&t).expect("slot").accounts.append(&mut data);
+            }
+            for (t, data) in staged_x {
+                let batch = pending.get_mut(&t).expect("slot");
+                batch
+                    .analyses
+                    .extend(data.into_iter().map(|(row, _, diff)| (row, diff)));
+            }
+            // Every closed timestamp goes out in one batch.
+            let mut out: Option<Batch> = None;
+            while let Some(entry) = pending.first_entry() {
+                if frontiers.iter().any(|f| f.less_equal(entry.key())) {
+                    break;
+                }
+                let mut batch = entry.remove();
+                batch.decisions.sort_unstable_by_key(|d| d.pos);
+                match out.as_mut() {
+                    None => out = Some(batch),
+                    Some(o) => {
+                        o.time = batch.time;
+                        o.decisions.append(&mut batch.decisions);
+                        o.accounts.append(&mut batch.accounts);
+                        o.analyses.append(&mut batch.analyses);
+                    }
+                }
+            }
+            if let Some(batch) = out {
+                // A consumer that has gone away (the process is shutting down) is not a
+                // reason to stop deciding.
+                let _ = sender.send(batch);
+            }
+        }
+    });
+}
+
+fn analyses_stream<'s>(
+    analyses: VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
+) -> StreamVec<'s, Time, ((AnalysisKey, Tally), Time, isize)> {
+    analyses.inner
+}

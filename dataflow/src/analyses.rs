@@ -1,0 +1,344 @@
+//! The ten analyses of SPEC §7: their keys, the counters they accumulate, the per-batch
+//! pre-aggregation of decisions into keyed deltas, and the rendering of the accumulated
+//! rows into the SPEC's JSON shapes.
+//!
+//! Every analysis row is a key ([`AnalysisKey`]) carrying a [`Tally`]. The tally is the
+//! *difference type* of a differential collection, so `count_total` accumulates it per key
+//! and emits, per timestamp, only the rows whose key that timestamp touched.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use serde_json::{json, Value};
+
+use crate::model::{Mode, Status};
+use crate::parse::format_minute;
+use crate::rules::{self, DISTANCE_BANDS, VALUE_BANDS};
+
+/// The counters of one analysis row, and the difference type of the analyses collection:
+/// differential adds tallies of the same key, so a row's tally is the sum of its deltas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tally {
+    pub count: i64,
+    pub approved: i64,
+    pub rejected: i64,
+    pub approved_amount_cents: i64,
+    pub rejected_amount_cents: i64,
+}
+
+impl IsZero for Tally {
+    fn is_zero(&self) -> bool {
+        *self == Tally::default()
+    }
+}
+
+impl Semigroup for Tally {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.count += rhs.count;
+        self.approved += rhs.approved;
+        self.rejected += rhs.rejected;
+        self.approved_amount_cents += rhs.approved_amount_cents;
+        self.rejected_amount_cents += rhs.rejected_amount_cents;
+    }
+}
+
+impl Monoid for Tally {
+    fn zero() -> Self {
+        Tally::default()
+    }
+}
+
+impl Abelian for Tally {
+    fn negate(&mut self) {
+        *self = Tally {
+            count: -self.count,
+            approved: -self.approved,
+            rejected: -self.rejected,
+            approved_amount_cents: -self.approved_amount_cents,
+            rejected_amount_cents: -self.rejected_amount_cents,
+        };
+    }
+}
+
+/// Multiplication by a reference collection's multiplicity (the regions join).
+impl Multiply<i64> for Tally {
+    type Output = Tally;
+    fn multiply(self, rhs: &i64) -> Tally {
+        Tally {
+            count: self.count * rhs,
+            approved: self.approved * rhs,
+            rejected: self.rejected * rhs,
+            approved_amount_cents: self.approved_amount_cents * rhs,
+            rejected_amount_cents: self.rejected_amount_cents * rhs,
+        }
+    }
+}
+
+/// The names of the ten analyses, in SPEC order.
+pub const NAMES: [&str; 10] = [
+    "status_counts",
+    "value_histogram",
+    "hour_histogram",
+    "value_risk_distribution",
+    "hour_risk_outcome",
+    "state_approval",
+    "insufficient_funds",
+    "mode_rejections",
+    "minute_frequency",
+    "distance_band_outcome",
+];
+
+/// The key of one row of one analysis.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AnalysisKey {
+    /// 1. `status_counts`
+    Status(Status),
+    /// 2. `value_histogram`, band index into [`VALUE_BANDS`].
+    ValueBand(u8),
+    /// 3. `hour_histogram`, local hour.
+    Hour(u8),
+    /// 4. `value_risk_distribution`, bucket 0–10.
+    ValueRiskBucket(u8),
+    /// 5. `hour_risk_outcome`, hour_risk in halves (0, 1, 2).
+    HourRisk(u8),
+    /// 6. `state_approval`, the transaction region's UF (joined from the regions arrangement).
+    State(String),
+    /// 7. `insufficient_funds`, `InsufficientBalance` or `InsufficientLimit`.
+    Funds(Status),
+    /// 8. `mode_rejections`
+    Mode(Mode),
+    /// 9. `minute_frequency`, event-time minute index.
+    Minute(i64),
+    /// 10. `distance_band_outcome`, (minute index, band index into [`DISTANCE_BANDS`]).
+    DistanceMinute(i64, u8),
+}
+
+/// What the analyses need of one decision. Built by the decision operator so that the
+/// analysis operator does no rule arithmetic of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assessed {
+    pub approved: bool,
+    pub status: Status,
+    pub amount_cents: i64,
+    pub mode: Mode,
+    pub local_hour: u8,
+    pub minute: i64,
+    pub value_risk: f64,
+    pub hour_risk: f64,
+    /// Band of the payer-home ↔ payee-home distance.
+    pub home_band: u8,
+}
+
+/// Pre-aggregates the analysis deltas of a batch of decisions so that the differential
+/// part of the graph sees a handful of keyed rows per timestamp rather than ten per decision.
+/// Small key domains are plain arrays; minutes and regions are short vectors.
+#[derive(Default)]
+pub struct TallyBatch {
+    status: [i64; 9],
+    value_band: [Tally; 8],
+    hour: [Tally; 24],
+    bucket: [Tally; 11],
+    hour_risk: [Tally; 3],
+    funds: [Tally; 2],
+    mode: [Tally; 4],
+    minutes: Vec<(i64, Tally, [Tally; 4])>,
+    regions: Vec<(String, Tally)>,
+}
+
+fn add(t: &mut Tally, approved: bool, amount: i64) {
+    t.count += 1;
+    if approved {
+        t.approved += 1;
+        t.approved_amount_cents += amount;
+    } else {
+        t.rejected += 1;
+        t.rejected_amount_cents += amount;
+    }
+}
+
+impl TallyBatch {
+    pub fn add_status(&mut self, status: Status) {
+        self.status[status as usize] += 1;
+    }
+
+    pub fn add_assessed(&mut self, a: &Assessed, region: &str) {
+        let (ok, amt) = (a.approved, a.amount_cents);
+        add(&mut self.value_band[rules::value_band(amt) as usize], ok, amt);
+        add(&mut self.hour[a.local_hour as usize], ok, amt);
+        add(
+            &mut self.bucket[rules::value_risk_bucket(a.value_risk) as usize],
+            ok,
+            amt,
+        );
+        add(
+            &mut self.hour_risk[rules::hour_risk_halves(a.hour_risk) as usize],
+            ok,
+            amt,
+        );
+        match a.status {
+            Status::InsufficientBalance => add(&mut self.funds[0], false, amt),
+            Status::InsufficientLimit => add(&mut self.funds[1], false, amt),
+            _ => {}
+        }
+        add(&mut self.mode[a.mode as usize], ok, amt);
+        // Decisions of one batch mostly share a minute: search from the back.
+        let slot = match self.minutes.iter().rposition(|m| m.0 == a.minute) {
+            Some(i) => i,
+            None => {
+                self.minutes.push((a.minute, Default::default(), Default::default()));
+                self.minutes.len() - 1
+            }
+        };
+        let m = &mut self.minutes[slot];
+        add(&mut m.1, ok, amt);
+        add(&mut m.2[a.home_band as usize], ok, amt);
+        match self.regions.iter_mut().find(|r| r.0 == region) {
+            Some(r) => add(&mut r.1, ok, amt),
+            None => {
+                let mut t = Tally::default();
+                add(&mut t, ok, amt);
+                self.regions.push((region.to_owned(), t));
+            }
+        }
+    }
+
+    /// Empties the batch into keyed rows (all but regions) and region rows (keyed by
+    /// region id, to be joined with the regions arrangement for their UF).
+    pub fn drain(
+        &mut self,
+        mut keyed: impl FnMut(AnalysisKey, Tally),
+        mut by_region: impl FnMut(String, Tally),
+    ) {
+        for (i, n) in self.status.iter_mut().enumerate() {
+            if *n != 0 {
+                keyed(
+                    AnalysisKey::Status(Status::ALL[i]),
+                    Tally {
+                        count: *n,
+                        ..Tally::default()
+                    },
+                );
+                *n = 0;
+            }
+        }
+        fn flush<const N: usize>(
+            arr: &mut [Tally; N],
+            key: impl Fn(usize) -> AnalysisKey,
+            keyed: &mut impl FnMut(AnalysisKey, Tally),
+        ) {
+            for (i, t) in arr.iter_mut().enumerate() {
+                if !t.is_zero() {
+                    keyed(key(i), std::mem::take(t));
+                }
+            }
+        }
+        flush(&mut self.value_band, |i| AnalysisKey::ValueBand(i as u8), &mut keyed);
+        flush(&mut self.hour, |i| AnalysisKey::Hour(i as u8), &mut keyed);
+        flush(&mut self.bucket, |i| AnalysisKey::ValueRiskBucket(i as u8), &mut keyed);
+        flush(&mut self.hour_risk, |i| AnalysisKey::HourRisk(i as u8), &mut keyed);
+        flush(
+            &mut self.funds,
+            |i| {
+                AnalysisKey::Funds(if i == 0 {
+                    Status::InsufficientBalance
+                } else {
+                    Status::InsufficientLimit
+                })
+            },
+            &mut keyed,
+        );
+        flush(&mut self.mode, |i| AnalysisKey::Mode(Mode::ALL[i]), &mut keyed);
+        for (minute, total, mut bands) in self.minutes.drain(..) {
+            keyed(AnalysisKey::Minute(minute), total);
+            flush(&mut bands, |b| AnalysisKey::DistanceMinute(minute, b as u8), &mut keyed);
+        }
+        for (region, t) in self.regions.drain(..) {
+            by_region(region, t);
+        }
+    }
+}
+
+/// Renders accumulated rows as the SPEC §8 analyses JSON: one object whose keys are the
+/// ten names. Rows are in key order; all-zero rows are left out, except that
+/// `status_counts` always lists the nine statuses.
+pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
+    let mut out: BTreeMap<&str, Vec<Value>> = NAMES.iter().map(|n| (*n, Vec::new())).collect();
+    for status in Status::ALL {
+        let count = rows.get(&AnalysisKey::Status(status)).map_or(0, |t| t.count);
+        out.get_mut("status_counts")
+            .expect("name")
+            .push(json!({"status": status.as_str(), "count": count}));
+    }
+    for (key, t) in rows {
+        if t.is_zero() {
+            continue;
+        }
+        let (name, row) = match key {
+            AnalysisKey::Status(_) => continue,
+            AnalysisKey::ValueBand(b) => (
+                "value_histogram",
+                json!({"band": VALUE_BANDS[*b as usize], "approved": t.approved, "rejected": t.rejected}),
+            ),
+            AnalysisKey::Hour(h) => (
+                "hour_histogram",
+                json!({"hour": h, "approved": t.approved, "rejected": t.rejected}),
+            ),
+            AnalysisKey::ValueRiskBucket(b) => (
+                "value_risk_distribution",
+                json!({"bucket": b, "approved": t.approved, "rejected": t.rejected,
+                       "approved_amount_cents": t.approved_amount_cents, "rejected_amount_cents": t.rejected_amount_cents}),
+            ),
+            AnalysisKey::HourRisk(h) => (
+                "hour_risk_outcome",
+                json!({"hour_risk": *h as f64 / 2.0, "approved": t.approved, "rejected": t.rejected}),
+            ),
+            AnalysisKey::State(uf) => (
+                "state_approval",
+                json!({"uf": uf, "approved": t.approved, "rejected": t.rejected}),
+            ),
+            AnalysisKey::Funds(reason) => (
+                "insufficient_funds",
+                json!({"reason": reason.as_str(), "count": t.count, "amount_cents": t.rejected_amount_cents}),
+            ),
+            AnalysisKey::Mode(m) => (
+                "mode_rejections",
+                json!({"mode": m.as_str(), "approved": t.approved, "rejected": t.rejected}),
+            ),
+            AnalysisKey::Minute(m) => (
+                "minute_frequency",
+                json!({"minute": format_minute(*m), "count": t.count}),
+            ),
+            AnalysisKey::DistanceMinute(m, b) => (
+                "distance_band_outcome",
+                json!({"minute": format_minute(*m), "band": DISTANCE_BANDS[*b as usize],
+                       "approved": t.approved, "rejected": t.rejected}),
+            ),
+        };
+        out.get_mut(name).expect("name").push(row);
+    }
+    Value::Object(
+        out.into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::Array(v)))
+            .collect(),
+    )
+}
+
+/// Applies one batch of `count_total` output (row, ±1) to accumulated rows.
+/// Retractions and insertions of one timestamp may arrive in any order.
+pub fn apply_changes(
+    rows: &mut BTreeMap<AnalysisKey, Tally>,
+    changes: impl IntoIterator<Item = ((AnalysisKey, Tally), isize)>,
+) {
+    let mut pending: Vec<((AnalysisKey, Tally), isize)> = changes.into_iter().collect();
+    differential_dataflow::consolidation::consolidate(&mut pending);
+    for ((key, tally), diff) in pending.iter().filter(|(_, d)| *d < 0) {
+        debug_assert_eq!(*diff, -1);
+        if rows.get(key) == Some(tally) {
+            rows.remove(key);
+        }
+    }
+    for ((key, tally), _) in pending.into_iter().filter(|(_, d)| *d > 0) {
+        rows.insert(key, tally);
+    }
+}

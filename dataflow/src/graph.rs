@@ -1,0 +1,771 @@
+//! The decision graph (SPEC §4–7) as an explicit timely dataflow.
+//!
+//! ```text
+//! messages ─▶ Validate ─▶ Dedup ─▶ LookupRegion ─▶ LookupPayee ─▶ LookupPayer ─▶ Decide ──▶ decisions
+//!   (t, pos)   invalid,    by id    by region_id    by payee_id    by payer_id    by payer      │
+//!              late        dup,     ▲ regions       ▲ users        ▲ users        ▲    │        ├─▶ Tally ─▶ CountTotal ─▶ analyses
+//!                          self-pay │ arranged      │ arranged     │ arranged     │    │        │            ▲
+//!                                   └───────────────┴──────────────┘              │    ▼        │   ByRegion ⋈ regions ─▶ State(uf)
+//!                                                                  credits (+1 ms feedback, by payee)
+//!                                                                                      └──────▶ accounts
+//! ```
+//!
+//! The timely timestamp is the arrival time `t` in ms. Every stage that must see messages
+//! in ledger order (Dedup, Decide) processes a timestamp only once its input frontier has
+//! passed it, sorting that timestamp's messages by `(id, source position)`. An approval's
+//! credit is sent around a feedback edge whose summary is +1 ms, so it reaches the payee's
+//! owner at `t + 1`: visible exactly to messages with a strictly greater `t`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::operators::CountTotal;
+use differential_dataflow::trace::cursor::Cursor;
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, OkErr};
+use timely::dataflow::{Scope, StreamVec};
+use timely::progress::frontier::{Antichain, MutableAntichain};
+use timely::PartialOrder;
+
+use crate::analyses::{AnalysisKey, Assessed, Tally, TallyBatch};
+use crate::model::{Cents, Params, Region, SourcePos, Status, Time, Tx, User};
+use crate::parse::parse_transaction;
+use crate::rules::{self, Scores, TimeVerdict};
+
+/// The body of an incoming message: raw bytes from a source, or an already-parsed
+/// transaction (the bench's parsed-input mode, and tests).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Body {
+    Raw(Vec<u8>),
+    Parsed(Tx),
+}
+
+/// A message as it enters the graph, at timely time `t`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Incoming {
+    pub pos: SourcePos,
+    pub t: Time,
+    /// Wall-clock µs when the source took the message in (0 in replay); for latency only.
+    pub ingest_us: u64,
+    pub body: Body,
+}
+
+/// Coordinates stored as their bit patterns, so that arranged values can be `Ord`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Geo {
+    lat_bits: u64,
+    lon_bits: u64,
+}
+
+impl Geo {
+    pub fn new(lat: f64, lon: f64) -> Self {
+        Geo {
+            lat_bits: lat.to_bits(),
+            lon_bits: lon.to_bits(),
+        }
+    }
+    pub fn km_to(&self, other: &Geo) -> f64 {
+        rules::haversine_km(
+            f64::from_bits(self.lat_bits),
+            f64::from_bits(self.lon_bits),
+            f64::from_bits(other.lat_bits),
+            f64::from_bits(other.lon_bits),
+        )
+    }
+}
+
+/// The value of the regions arrangement, keyed by region id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RegionVal {
+    pub uf: String,
+    pub geo: Geo,
+}
+
+/// The value of the users arrangement, keyed by user id: the user joined with its home region.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UserVal {
+    pub home: Geo,
+    pub balance_cents: Cents,
+    pub credit_limit_cents: Cents,
+}
+
+/// A message that passed the rules so far, gathering what the lookups found.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    pub pos: SourcePos,
+    pub t: Time,
+    pub ingest_us: u64,
+    pub tx: Tx,
+    pub region: Option<Geo>,
+    pub payee: Option<UserVal>,
+    pub payer: Option<UserVal>,
+}
+
+/// The decision about one message: SPEC §8's decision record plus what the analyses need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub pos: SourcePos,
+    pub t: Time,
+    pub ingest_us: u64,
+    pub status: Status,
+    pub tx: Option<Tx>,
+    pub scores: Option<Scores>,
+    /// Why: the parse error of an `invalid` message, or which reference is unknown.
+    pub reason: Option<String>,
+    /// The raw payload of an `invalid` message (for the dead-letter record).
+    pub raw: Option<Vec<u8>>,
+    pub assessed: Option<Assessed>,
+}
+
+impl Decision {
+    fn new(pos: SourcePos, t: Time, ingest_us: u64, status: Status) -> Self {
+        Decision {
+            pos,
+            t,
+            ingest_us,
+            status,
+            tx: None,
+            scores: None,
+            reason: None,
+            raw: None,
+            assessed: None,
+        }
+    }
+
+    fn of(p: Pending, status: Status, reason: Option<String>) -> Self {
+        Decision {
+            tx: Some(p.tx),
+            reason,
+            ..Decision::new(p.pos, p.t, p.ingest_us, status)
+        }
+    }
+}
+
+/// A user's runtime state after a timestamp that changed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user: String,
+    pub balance_cents: Cents,
+    pub credit_used_cents: Cents,
+    pub last_approved_ms: Option<i64>,
+}
+
+/// An approval's credit to its payee, applied at the payee's owner one ms later.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Credit {
+    pub payee: String,
+    pub amount_cents: Cents,
+    /// The payee's reference data, in case its owner has not yet touched its state.
+    pub payee_ref: UserVal,
+}
+
+/// A reference collection arranged by id, shared by every operator that reads it.
+pub type RefTrace<V> = TraceAgent<ValSpine<String, V, Time, i64>>;
+pub type RefArranged<'s, V> = Arranged<'s, RefTrace<V>>;
+
+/// What the graph produces.
+pub struct Outputs<'s> {
+    /// Every message's decision, at its arrival time.
+    pub decisions: StreamVec<'s, Time, Decision>,
+    /// Users whose state a timestamp changed, with their new state.
+    pub accounts: StreamVec<'s, Time, Account>,
+    /// The ten analyses as rows `(key, tally)`; each timestamp retracts and re-inserts
+    /// only the rows it touched.
+    pub analyses: VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
+}
+
+/// A region as a reference-collection record: `(id, value)`.
+pub type RegionRow = (String, RegionVal);
+/// A user as a reference-collection record: `(id, home region id, balance, credit limit)`.
+pub type UserRow = (String, String, Cents, Cents);
+
+pub fn region_row(r: &Region) -> RegionRow {
+    (
+        r.id.clone(),
+        RegionVal {
+            uf: r.uf.clone(),
+            geo: Geo::new(r.lat, r.lon),
+        },
+    )
+}
+
+pub fn user_row(u: &User) -> UserRow {
+    (
+        u.id.clone(),
+        u.region_id.clone(),
+        u.balance_cents,
+        u.credit_limit_cents,
+    )
+}
+
+/// Arranges the reference data: regions by id, and users joined with their home region
+/// by id. A user whose home region is unknown is not in the arrangement (SPEC §6 needs it).
+pub fn arrange_reference<'s>(
+    regions: VecCollection<'s, Time, RegionRow, i64>,
+    users: VecCollection<'s, Time, UserRow, i64>,
+) -> (RefArranged<'s, RegionVal>, RefArranged<'s, UserVal>) {
+    let regions = regions.arrange_by_key_named("ArrangeRegions");
+    let users = users
+        .map(|(id, region, balance, limit)| (region, (id, balance, limit)))
+        .join_core(regions.clone(), |_region, (id, balance, limit), home| {
+            Some((
+                id.clone(),
+                UserVal {
+                    home: home.geo,
+                    balance_cents: *balance,
+                    credit_limit_cents: *limit,
+                },
+            ))
+        })
+        .arrange_by_key_named("ArrangeUsers");
+    (regions, users)
+}
+
+/// Builds the decision graph on `messages`, reading the shared reference arrangements.
+pub fn build<'s>(
+    messages: StreamVec<'s, Time, Incoming>,
+    regions: RefArranged<'s, RegionVal>,
+    users: RefArranged<'s, UserVal>,
+    params: Params,
+) -> Outputs<'s> {
+    let scope = messages.scope();
+    let (pending, invalid_or_late) = validate(messages, params);
+    let (pending, dup) = dedup(pending, params);
+    let (pending, no_region) = lookup(
+        "LookupRegion",
+        pending,
+        regions.clone(),
+        |p| &p.tx.region,
+        |p, v| p.region = Some(v.geo),
+        "region",
+    );
+    let (pending, no_payee) = lookup(
+        "LookupPayee",
+        pending,
+        users.clone(),
+        |p| &p.tx.payee,
+        |p, v| p.payee = Some(v.clone()),
+        "payee",
+    );
+    let (pending, no_payer) = lookup(
+        "LookupPayer",
+        pending,
+        users,
+        |p| &p.tx.payer,
+        |p, v| p.payer = Some(v.clone()),
+        "payer",
+    );
+    let (decided, accounts) = decide(scope, pending, params);
+    let decisions = decided
+        .concat(invalid_or_late)
+        .concat(dup)
+        .concat(no_region)
+        .concat(no_payee)
+        .concat(no_payer);
+    let analyses = analyses(decisions.clone(), regions);
+    Outputs {
+        decisions,
+        accounts,
+        analyses,
+    }
+}
+
+/// Rules 1–2: parse (§3), then the future/late time rules.
+fn validate<'s>(
+    messages: StreamVec<'s, Time, Incoming>,
+    params: Params,
+) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
+    messages.ok_err(move |m: Incoming| {
+        let (tx, raw) = match m.body {
+            Body::Parsed(tx) => (tx, None),
+            Body::Raw(bytes) => match parse_transaction(&bytes) {
+                Ok(tx) => (tx, Some(bytes)),
+                Err(e) => {
+                    return Err(Decision {
+                        reason: Some(e.to_string()),
+                        raw: Some(bytes),
+                        ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
+                    })
+                }
+            },
+        };
+        match rules::time_rule(m.t, tx.event_ms, &params) {
+            None => Ok(Pending {
+                pos: m.pos,
+                t: m.t,
+                ingest_us: m.ingest_us,
+                tx,
+                region: None,
+                payee: None,
+                payer: None,
+            }),
+            Some(TimeVerdict::Future) => Err(Decision {
+                reason: Some(format!(
+                    "event time is more than {} ms after arrival time",
+                    params.max_delay_ms
+                )),
+                raw,
+                tx: Some(tx),
+                ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
+            }),
+            Some(TimeVerdict::Late) => Err(Decision {
+                tx: Some(tx),
+                ..Decision::new(m.pos, m.t, m.ingest_us, Status::Late)
+            }),
+        }
+    })
+}
+
+/// Messages stashed at one timestamp, with a capability for each output.
+struct Stash<D, const N: usize> {
+    caps: [Capability<Time>; N],
+    items: Vec<D>,
+}
+
+fn ready(frontiers: &[MutableAntichain<Time>], t: &Time) -> bool {
+    frontiers.iter().all(|f| !f.less_equal(t))
+}
+
+/// Rule 3 (duplicates, memory bounded by `dedup_window`), then payer = payee (rule 4),
+/// at the owner of the transaction id.
+fn dedup<'s>(
+    pending: StreamVec<'s, Time, Pending>,
+    params: Params,
+) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
+    let mut builder = OperatorBuilder::new("Dedup".to_owned(), pending.scope());
+    let mut input = builder.new_input(
+        pending,
+        Exchange::new(|p: &Pending| p.tx.id.hashed()),
+    );
+    let (pass_out, pass) = builder.new_output();
+    let (dup_out, dups) = builder.new_output();
+    let mut pass_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Pending>>>::from(pass_out);
+    let mut dup_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Decision>>>::from(dup_out);
+    builder.build(move |_caps| {
+        let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
+        let mut last_seen: HashMap<String, Time> = HashMap::new();
+        // (time seen, id) in time order, to forget ids that left the window.
+        let mut expiry: VecDeque<(Time, String)> = VecDeque::new();
+        move |frontiers| {
+            input.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    stash
+                        .entry(t)
+                        .or_insert_with(|| Stash {
+                            caps: [cap.delayed(&t, 0), cap.delayed(&t, 1)],
+                            items: Vec::new(),
+                        })
+                        .items
+                        .append(data);
+                }
+            });
+            let mut pass_h = pass_out.activate();
+            let mut dup_h = dup_out.activate();
+            while let Some(entry) = stash.first_entry() {
+                let t = *entry.key();
+                if !ready(frontiers, &t) {
+                    break;
+                }
+                let Stash { caps, mut items } = entry.remove();
+                while let Some((seen, _)) = expiry.front() {
+                    if t.saturating_sub(*seen) <= params.dedup_window_ms {
+                        break;
+                    }
+                    let (seen, id) = expiry.pop_front().expect("front");
+                    if last_seen.get(&id) == Some(&seen) {
+                        last_seen.remove(&id);
+                    }
+                }
+                items.sort_unstable_by(|a, b| (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos)));
+                let mut pass_s = pass_h.session(&caps[0]);
+                let mut dup_s = dup_h.session(&caps[1]);
+                for p in items {
+                    let prev = match last_seen.get_mut(&p.tx.id) {
+                        Some(seen) => Some(std::mem::replace(seen, t)),
+                        None => {
+                            last_seen.insert(p.tx.id.clone(), t);
+                            None
+                        }
+                    };
+                    if prev != Some(t) {
+                        expiry.push_back((t, p.tx.id.clone()));
+                    }
+                    if rules::is_duplicate(t, prev, &params) {
+                        dup_s.give(Decision::of(p, Status::Duplicate, None));
+                    } else if p.tx.payer == p.tx.payee {
+                        dup_s.give(Decision::of(
+                            p,
+                            Status::UnknownReference,
+                            Some("payer and payee are the same user".to_owned()),
+                        ));
+                    } else {
+                        pass_s.give(p);
+                    }
+                }
+            }
+        }
+    });
+    (pass, dups)
+}
+
+/// Rule 4 against a shared reference arrangement, at the owner of the looked-up id.
+/// Queries wait until the arrangement is complete through their time.
+fn lookup<'s, V>(
+    name: &str,
+    pending: StreamVec<'s, Time, Pending>,
+    arranged: RefArranged<'s, V>,
+    key: fn(&Pending) -> &String,
+    attach: fn(&mut Pending, &V),
+    what: &'static str,
+) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>)
+where
+    V: differential_dataflow::ExchangeData,
+{
+    let mut trace = arranged.trace;
+    let mut builder = OperatorBuilder::new(name.to_owned(), pending.scope());
+    let mut queries = builder.new_input(pending, Exchange::new(move |p: &Pending| key(p).hashed()));
+    // Only its frontier matters: it tells when the trace is complete through a time.
+    let mut batches = builder.new_input(arranged.stream, Pipeline);
+    let (found_out, found) = builder.new_output();
+    let (missing_out, missing) = builder.new_output();
+    let mut found_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Pending>>>::from(found_out);
+    let mut missing_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Decision>>>::from(missing_out);
+    builder.build(move |_caps| {
+        let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
+        let mut upper = Antichain::new();
+        move |frontiers| {
+            batches.for_each(|_, _| {});
+            queries.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    stash
+                        .entry(t)
+                        .or_insert_with(|| Stash {
+                            caps: [cap.delayed(&t, 0), cap.delayed(&t, 1)],
+                            items: Vec::new(),
+                        })
+                        .items
+                        .append(data);
+                }
+            });
+            let reference_frontier = &frontiers[1];
+            let mut found_h = found_out.activate();
+            let mut missing_h = missing_out.activate();
+            let mut cursor_parts = None;
+            while let Some(entry) = stash.first_entry() {
+                if reference_frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let t = *entry.key();
+                let Stash { caps, mut items } = entry.remove();
+                let (cursor, storage) = cursor_parts.get_or_insert_with(|| {
+                    trace.read_upper(&mut upper);
+                    let batches = trace.batches_through(upper.borrow()).unwrap_or_default();
+                    differential_dataflow::trace::cursor::cursor_list(batches)
+                });
+                cursor.rewind_keys(storage);
+                items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+                let mut found_s = found_h.session(&caps[0]);
+                let mut missing_s = missing_h.session(&caps[1]);
+                for mut p in items {
+                    let k = key(&p);
+                    cursor.seek_key(storage, k);
+                    let mut value = None;
+                    if cursor.get_key(storage) == Some(k) {
+                        while let Some(v) = cursor.get_val(storage) {
+                            let mut count = 0i64;
+                            cursor.map_times(storage, |time, diff| {
+                                if time.less_equal(&t) {
+                                    count += *diff;
+                                }
+                            });
+                            if count > 0 {
+                                value = Some(v);
+                                break;
+                            }
+                            cursor.step_val(storage);
+                        }
+                        cursor.rewind_vals(storage);
+                    }
+                    match value {
+                        Some(v) => {
+                            attach(&mut p, v);
+                            found_s.give(p);
+                        }
+                        None => {
+                            let reason = format!("unknown {what} {}", key(&p));
+                            missing_s.give(Decision::of(p, Status::UnknownReference, Some(reason)));
+                        }
+                    }
+                }
+            }
+            // No query will ask about a time before both the query frontier and the
+            // stashed queries: the trace may forget distinctions before that.
+            let least = frontiers[0]
+                .frontier()
+                .iter()
+                .chain(stash.keys())
+                .min()
+                .copied();
+            trace.set_logical_compaction(Antichain::from_iter(least).borrow());
+        }
+    });
+    (found, missing)
+}
+
+/// A user's runtime state (SPEC §2), owned by exactly one worker.
+struct State {
+    balance: Cents,
+    limit: Cents,
+    credit_used: Cents,
+    last_approved: Option<i64>,
+    /// The last timestamp that changed this user (to report each change once).
+    touched: Option<Time>,
+}
+
+impl State {
+    fn new(r: &UserVal) -> Self {
+        State {
+            balance: r.balance_cents,
+            limit: r.credit_limit_cents,
+            credit_used: 0,
+            last_approved: None,
+            touched: None,
+        }
+    }
+}
+
+enum DecideIn {
+    Msg(Pending),
+    Credit(Credit),
+}
+
+/// Rules 5–8 at the payer's owner, with credits arriving around a +1 ms feedback edge.
+fn decide<'s>(
+    scope: Scope<'s, Time>,
+    pending: StreamVec<'s, Time, Pending>,
+    params: Params,
+) -> (StreamVec<'s, Time, Decision>, StreamVec<'s, Time, Account>) {
+    let (loop_handle, credits) = scope.feedback::<Vec<Credit>>(1);
+    let mut builder = OperatorBuilder::new("Decide".to_owned(), scope);
+    // Already at the payer's owner: LookupPayer exchanged by the same key.
+    let mut msgs = builder.new_input(pending, Pipeline);
+    let mut credit_in = builder.new_input(
+        credits,
+        Exchange::new(|c: &Credit| c.payee.hashed()),
+    );
+    let (decision_out, decisions) = builder.new_output();
+    let (credit_out, credit_stream) = builder.new_output();
+    let (account_out, accounts) = builder.new_output();
+    let mut decision_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Decision>>>::from(decision_out);
+    let mut credit_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Credit>>>::from(credit_out);
+    let mut account_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Account>>>::from(account_out);
+    builder.build(move |_caps| {
+        let mut stash: BTreeMap<Time, Stash<DecideIn, 3>> = BTreeMap::new();
+        let mut users: HashMap<String, State> = HashMap::new();
+        let mut changed: Vec<String> = Vec::new();
+        let mut msgs_at: Vec<Pending> = Vec::new();
+        move |frontiers| {
+            let mut stash_in = |cap: timely::dataflow::operators::InputCapability<Time>,
+                                items: &mut dyn Iterator<Item = DecideIn>| {
+                if let Some(&t) = cap.least() {
+                    stash
+                        .entry(t)
+                        .or_insert_with(|| Stash {
+                            caps: [cap.delayed(&t, 0), cap.delayed(&t, 1), cap.delayed(&t, 2)],
+                            items: Vec::new(),
+                        })
+                        .items
+                        .extend(items);
+                }
+            };
+            msgs.for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Msg)));
+            credit_in.for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Credit)));
+            let mut decision_h = decision_out.activate();
+            let mut credit_h = credit_out.activate();
+            let mut account_h = account_out.activate();
+            while let Some(entry) = stash.first_entry() {
+                let t = *entry.key();
+                if !ready(frontiers, &t) {
+                    break;
+                }
+                let Stash { caps, items } = entry.remove();
+                // Credits first: they come from approvals at earlier timestamps.
+                for item in items {
+                    match item {
+                        DecideIn::Credit(c) => {
+                            let s = users
+                                .entry(c.payee.clone())
+                                .or_insert_with(|| State::new(&c.payee_ref));
+                            s.balance += c.amount_cents;
+                            if s.touched != Some(t) {
+                                s.touched = Some(t);
+                                changed.push(c.payee);
+                            }
+                        }
+                        DecideIn::Msg(p) => msgs_at.push(p),
+                    }
+                }
+                msgs_at.sort_unstable_by(|a, b| (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos)));
+                let mut decision_s = decision_h.session(&caps[0]);
+                let mut credit_s = credit_h.session(&caps[1]);
+                for p in msgs_at.drain(..) {
+                    let (Some(payer), Some(payee), Some(region)) = (&p.payer, &p.payee, p.region)
+                    else {
+                        unreachable!("lookups attach payer, payee and region before Decide");
+                    };
+                    if !users.contains_key(&p.tx.payer) {
+                        users.insert(p.tx.payer.clone(), State::new(payer));
+                    }
+                    let s = users.get_mut(&p.tx.payer).expect("inserted above");
+                    let tx = &p.tx;
+                    if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
+                        decision_s.give(Decision::of(p, Status::Stale, None));
+                        continue;
+                    }
+                    let hour = rules::local_hour(tx.event_ms);
+                    let scores = rules::scores(tx.amount_cents, hour, payer.home.km_to(&region));
+                    let status = if tx.mode.uses_credit() {
+                        if tx.amount_cents > s.limit - s.credit_used {
+                            Status::InsufficientLimit
+                        } else if scores.risk > params.risk_threshold {
+                            Status::RejectedRisk
+                        } else {
+                            Status::Approved
+                        }
+                    } else if tx.amount_cents > s.balance {
+                        Status::InsufficientBalance
+                    } else if scores.risk > params.risk_threshold {
+                        Status::RejectedRisk
+                    } else {
+                        Status::Approved
+                    };
+                    if status == Status::Approved {
+                        if tx.mode.uses_credit() {
+                            s.credit_used += tx.amount_cents;
+                        } else {
+                            s.balance -= tx.amount_cents;
+                        }
+                        s.last_approved = Some(tx.event_ms);
+                        if s.touched != Some(t) {
+                            s.touched = Some(t);
+                            changed.push(tx.payer.clone());
+                        }
+                        credit_s.give(Credit {
+                            payee: tx.payee.clone(),
+                            amount_cents: tx.amount_cents,
+                            payee_ref: payee.clone(),
+                        });
+                    }
+                    let assessed = Assessed {
+                        approved: status == Status::Approved,
+                        status,
+                        amount_cents: tx.amount_cents,
+                        mode: tx.mode,
+                        local_hour: hour,
+                        minute: rules::minute_of(tx.event_ms),
+                        value_risk: scores.value_risk,
+                        hour_risk: scores.hour_risk,
+                        home_band: rules::distance_band(payer.home.km_to(&payee.home)),
+                    };
+                    decision_s.give(Decision {
+                        scores: Some(scores),
+                        assessed: Some(assessed),
+                        ..Decision::of(p, status, None)
+                    });
+                }
+                if !changed.is_empty() {
+                    let mut account_s = account_h.session(&caps[2]);
+                    for user in changed.drain(..) {
+                        let s = &users[&user];
+                        account_s.give(Account {
+                            balance_cents: s.balance,
+                            credit_used_cents: s.credit_used,
+                            last_approved_ms: s.last_approved,
+                            user,
+                        });
+                    }
+                }
+            }
+        }
+    });
+    credit_stream.connect_loop(loop_handle);
+    (decisions, accounts)
+}
+
+/// Pre-aggregates decisions per timestamp into analysis rows, joins the per-region rows
+/// with the regions arrangement for their UF, and accumulates everything with
+/// `count_total`, which emits only the rows each timestamp touched.
+fn analyses<'s>(
+    decisions: StreamVec<'s, Time, Decision>,
+    regions: RefArranged<'s, RegionVal>,
+) -> VecCollection<'s, Time, (AnalysisKey, Tally), isize> {
+    let mut builder = OperatorBuilder::new("Tally".to_owned(), decisions.scope());
+    let mut input = builder.new_input(decisions, Pipeline);
+    let (keyed_out, keyed) = builder.new_output();
+    let (region_out, by_region) = builder.new_output();
+    let mut keyed_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<(AnalysisKey, Time, Tally)>>>::from(keyed_out);
+    let mut region_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<((String, ()), Time, Tally)>>>::from(region_out);
+    builder.build(move |_caps| {
+        let mut batches: BTreeMap<Time, ([Capability<Time>; 2], TallyBatch)> = BTreeMap::new();
+        move |_frontiers| {
+            input.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    let (_, batch) = batches
+                        .entry(t)
+                        .or_insert_with(|| ([cap.delayed(&t, 0), cap.delayed(&t, 1)], TallyBatch::default()));
+                    for d in data.iter() {
+                        batch.add_status(d.status);
+                        if let (Some(a), Some(tx)) = (&d.assessed, &d.tx) {
+                            batch.add_assessed(a, &tx.region);
+                        }
+                    }
+                }
+            });
+            let mut keyed_h = keyed_out.activate();
+            let mut region_h = region_out.activate();
+            for (t, (caps, mut batch)) in std::mem::take(&mut batches) {
+                let mut keyed_s = keyed_h.session(&caps[0]);
+                let mut region_s = region_h.session(&caps[1]);
+                batch.drain(
+                    |k, tally| keyed_s.give((k, t, tally)),
+                    |r, tally| region_s.give(((r, ()), t, tally)),
+                );
+            }
+        }
+    });
+    let states = by_region
+        .as_collection()
+        .arrange_by_key_named("ArrangeRegionTallies")
+        .join_core(regions, |_region, (), val| Some(AnalysisKey::State(val.uf.clone())));
+    keyed.as_collection().concat(states).count_total()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geo_distance_matches_haversine() {
+        let a = Geo::new(-23.5505, -46.6333);
+        let b = Geo::new(-22.9068, -43.1729);
+        assert_eq!(a.km_to(&b), rules::haversine_km(-23.5505, -46.6333, -22.9068, -43.1729));
+    }
+
+    #[test]
+    fn ready_requires_every_frontier_past_t() {
+        let mut a = MutableAntichain::new();
+        a.update_iter([(5u64, 1i64)]);
+        let mut b = MutableAntichain::new();
+        b.update_iter([(3u64, 1i64)]);
+        assert!(ready(&[a.clone()], &4));
+        assert!(!ready(&[a.clone()], &5));
+        assert!(!ready(&[a, b], &4));
+        let _ = Antichain::<u64>::new().less_equal(&Antichain::new());
+    }
+}

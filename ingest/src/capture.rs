@@ -1,0 +1,626 @@
+//! The SPEC §9 capture file: JSON Lines, one consumed Kafka message per line,
+//! `{"t": <record timestamp ms>, "partition": <int>, "offset": <int>, "payload": "<raw>"}`.
+//!
+//! A malformed capture *line* (not JSON, a missing or mistyped field, a negative
+//! partition or offset) is an error of the file and is reported with its line
+//! number; a malformed *payload* is just an invalid message, decided as such by the
+//! pipeline. Lines holding only whitespace are skipped.
+//!
+//! Payloads are JSON strings, so they must be valid UTF-8; the generator guarantees
+//! it (its "binary garbage" is control characters and symbols, not raw bytes), and
+//! [`CaptureWriter::write`] refuses anything else rather than altering it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vtpga_dataflow::model::SourcePos;
+
+use crate::generator::{GenMessage, Generator, GeneratorConfig};
+use crate::refdata::{self, RefDataError};
+
+/// One line of a capture file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureRecord {
+    /// The record timestamp as consumed, before the SPEC §4 clamping.
+    pub t: u64,
+    pub partition: i32,
+    pub offset: i64,
+    /// The raw message text.
+    pub payload: String,
+}
+
+impl CaptureRecord {
+    pub fn source_pos(&self) -> SourcePos {
+        SourcePos {
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: line {line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{}: payload of a message keyed {key:?} (partition {partition}) is not valid UTF-8", path.display())]
+    NotUtf8 {
+        path: PathBuf,
+        partition: i32,
+        key: String,
+    },
+}
+
+impl CaptureError {
+    /// The line the error is about, when it is about one.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            CaptureError::Line { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// Writes a capture file, assigning each partition's offsets 0, 1, 2, … in write
+/// order, as a Kafka broker would.
+pub struct CaptureWriter<W: Write = BufWriter<File>> {
+    out: W,
+    path: PathBuf,
+    next_offset: BTreeMap<i32, i64>,
+    written: u64,
+    line: Vec<u8>,
+}
+
+impl CaptureWriter<BufWriter<File>> {
+    /// Creates (or truncates) the file at `path`.
+    pub fn create(path: &Path) -> Result<Self, CaptureError> {
+        let file = File::create(path).map_err(|source| CaptureError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(CaptureWriter::new(BufWriter::new(file), path))
+    }
+}
+
+impl<W: Write> CaptureWriter<W> {
+    /// Wraps any writer; `name` is used in error messages.
+    pub fn new(out: W, name: impl Into<PathBuf>) -> Self {
+        CaptureWriter {
+            out,
+            path: name.into(),
+            next_offset: BTreeMap::new(),
+            written: 0,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> CaptureError {
+        CaptureError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Appends a generated message at the next offset of its partition and
+    /// returns that position.
+    pub fn write(&mut self, msg: &GenMessage) -> Result<SourcePos, CaptureError> {
+        let payload = std::str::from_utf8(&msg.payload).map_err(|_| CaptureError::NotUtf8 {
+            path: self.path.clone(),
+            partition: msg.partition,
+            key: msg.key.clone(),
+        })?;
+        let offset = self.next_offset.get(&msg.partition).copied().unwrap_or(0);
+        self.emit(msg.record_ts, msg.partition, offset, payload)?;
+        Ok(SourcePos {
+            partition: msg.partition,
+            offset,
+        })
+    }
+
+    /// Appends a record as it is (e.g. one consumed from Kafka with its real offset).
+    /// Later [`write`](Self::write)s to that partition continue after its offset.
+    pub fn write_record(&mut self, rec: &CaptureRecord) -> Result<(), CaptureError> {
+        self.emit(rec.t, rec.partition, rec.offset, &rec.payload)
+    }
+
+    fn emit(
+        &mut self,
+        t: u64,
+        partition: i32,
+        offset: i64,
+        payload: &str,
+    ) -> Result<(), CaptureError> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            t: u64,
+            partition: i32,
+            offset: i64,
+            payload: &'a str,
+        }
+        self.line.clear();
+        serde_json::to_writer(
+            &mut self.line,
+            &Line {
+                t,
+                partition,
+                offset,
+                payload,
+            },
+        )
+        .expect("serialising to memory cannot fail");
+        self.line.push(b'\n');
+        if let Err(e) = self.out.write_all(&self.line) {
+            return Err(self.io(e));
+        }
+        let next = self.next_offset.entry(partition).or_insert(0);
+        *next = (*next).max(offset.saturating_add(1));
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The next offset [`write`](Self::write) will assign in `partition`.
+    pub fn next_offset(&self, partition: i32) -> i64 {
+        self.next_offset.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Flushes and returns the number of records written.
+    pub fn finish(mut self) -> Result<u64, CaptureError> {
+        if let Err(e) = self.out.flush() {
+            return Err(self.io(e));
+        }
+        Ok(self.written)
+    }
+
+    /// Flushes and returns the underlying writer.
+    pub fn into_inner(mut self) -> Result<W, CaptureError> {
+        if let Err(e) = self.out.flush() {
+            return Err(self.io(e));
+        }
+        Ok(self.out)
+    }
+}
+
+/// A streaming reader of capture records; see [`capture_lines`].
+pub struct CaptureLines<R = BufReader<File>> {
+    reader: Option<R>,
+    path: PathBuf,
+    line: u64,
+    buf: Vec<u8>,
+    open_error: Option<CaptureError>,
+}
+
+impl<R: BufRead> CaptureLines<R> {
+    /// Reads capture lines from any buffered reader; `name` is used in errors.
+    pub fn from_reader(reader: R, name: impl Into<PathBuf>) -> Self {
+        CaptureLines {
+            reader: Some(reader),
+            path: name.into(),
+            line: 0,
+            buf: Vec::new(),
+            open_error: None,
+        }
+    }
+
+    fn line_err(&self, message: String) -> CaptureError {
+        CaptureError::Line {
+            path: self.path.clone(),
+            line: self.line,
+            message,
+        }
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<CaptureRecord, CaptureError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| self.line_err(format!("not UTF-8 text: {e}")))?;
+        let rec: CaptureRecord = serde_json::from_str(text)
+            .map_err(|e| self.line_err(format!("not a capture record: {e}")))?;
+        if rec.partition < 0 {
+            return Err(self.line_err(format!("negative partition {}", rec.partition)));
+        }
+        if rec.offset < 0 {
+            return Err(self.line_err(format!("negative offset {}", rec.offset)));
+        }
+        Ok(rec)
+    }
+}
+
+impl<R: BufRead> Iterator for CaptureLines<R> {
+    type Item = Result<CaptureRecord, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.open_error.take() {
+            return Some(Err(e));
+        }
+        loop {
+            let reader = self.reader.as_mut()?;
+            self.buf.clear();
+            match reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => {
+                    self.reader = None;
+                    return None;
+                }
+                Ok(_) => {
+                    self.line += 1;
+                    let mut end = self.buf.len();
+                    while end > 0 && matches!(self.buf[end - 1], b'\n' | b'\r') {
+                        end -= 1;
+                    }
+                    let bytes = &self.buf[..end];
+                    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                        continue;
+                    }
+                    return Some(self.parse(bytes));
+                }
+                Err(source) => {
+                    self.reader = None;
+                    return Some(Err(CaptureError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Streams the records of a capture file in file order. Errors carry the line
+/// number; a file that cannot be opened yields that error once.
+pub fn capture_lines(path: &Path) -> CaptureLines {
+    match File::open(path) {
+        Ok(f) => CaptureLines::from_reader(BufReader::with_capacity(1 << 16, f), path),
+        Err(source) => CaptureLines {
+            reader: None,
+            path: path.to_path_buf(),
+            line: 0,
+            buf: Vec::new(),
+            open_error: Some(CaptureError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        },
+    }
+}
+
+/// Reads a whole capture file; the first malformed line is an error.
+pub fn read_capture(path: &Path) -> Result<Vec<CaptureRecord>, CaptureError> {
+    capture_lines(path).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    RefData(#[from] RefDataError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("a dataset needs at least two users, not {0}")]
+    TooFewUsers(usize),
+}
+
+/// What [`generate_dataset`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetSummary {
+    pub regions_path: PathBuf,
+    pub users_path: PathBuf,
+    pub capture_path: PathBuf,
+    pub regions: usize,
+    pub users: usize,
+    pub messages: u64,
+    /// Record timestamps of the first and last message.
+    pub first_t: Option<u64>,
+    pub last_t: Option<u64>,
+}
+
+/// Writes `regions.csv` (capitals plus `extra_regions`), `users.csv` (`users`
+/// users) and `capture.jsonl` (`count` generated messages) into `dir`, creating
+/// it if needed. All three derive from `cfg.seed`. The arrival clock is the one
+/// of [`Generator::next_message`] with `cfg` as given: to span a day, pass
+/// `cfg.spanning(count, 86_400_000)`.
+pub fn generate_dataset(
+    dir: &Path,
+    count: usize,
+    users: usize,
+    extra_regions: usize,
+    cfg: GeneratorConfig,
+) -> Result<DatasetSummary, DatasetError> {
+    if users < 2 {
+        return Err(DatasetError::TooFewUsers(users));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| DatasetError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let regions = refdata::generate_regions(extra_regions, cfg.seed);
+    let user_list = refdata::generate_users(users, &regions, cfg.seed);
+    let regions_path = dir.join("regions.csv");
+    let users_path = dir.join("users.csv");
+    let capture_path = dir.join("capture.jsonl");
+    refdata::write_regions(&regions_path, &regions)?;
+    refdata::write_users(&users_path, &user_list)?;
+    let (n_regions, n_users) = (regions.len(), user_list.len());
+    let mut generator = Generator::new(cfg, regions, user_list);
+    let mut writer = CaptureWriter::create(&capture_path)?;
+    let (mut first_t, mut last_t) = (None, None);
+    for _ in 0..count {
+        let msg = generator.next_message();
+        first_t.get_or_insert(msg.record_ts);
+        last_t = Some(msg.record_ts);
+        writer.write(&msg)?;
+    }
+    let messages = writer.finish()?;
+    Ok(DatasetSummary {
+        regions_path,
+        users_path,
+        capture_path,
+        regions: n_regions,
+        users: n_users,
+        messages,
+        first_t,
+        last_t,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refdata::{generate_regions, generate_users};
+    use std::collections::HashMap;
+
+    /// A scratch directory removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "vtpga-ingest-capture-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    fn msg(partition: i32, ts: u64, payload: &str) -> GenMessage {
+        GenMessage {
+            record_ts: ts,
+            partition,
+            key: format!("k{partition}"),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn offsets_are_per_partition_in_write_order() {
+        let mut w = CaptureWriter::new(Vec::new(), "mem");
+        let parts = [2, 0, 2, 1, 2, 0, 3, 2];
+        let got: Vec<SourcePos> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| w.write(&msg(p, 100 + i as u64, "{}")).unwrap())
+            .collect();
+        let offsets: Vec<i64> = got.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![0, 0, 1, 0, 2, 1, 0, 3]);
+        assert_eq!(w.written(), 8);
+        let bytes = w.into_inner().unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text.lines().next().unwrap(),
+            r#"{"t":100,"partition":2,"offset":0,"payload":"{}"}"#
+        );
+        let recs: Vec<CaptureRecord> = CaptureLines::from_reader(text.as_bytes(), "mem")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(recs.len(), 8);
+        assert_eq!(
+            recs[4].source_pos(),
+            SourcePos {
+                partition: 2,
+                offset: 2
+            }
+        );
+    }
+
+    #[test]
+    fn write_record_keeps_offsets_and_later_writes_continue() {
+        let mut w = CaptureWriter::new(Vec::new(), "mem");
+        w.write_record(&CaptureRecord {
+            t: 5,
+            partition: 1,
+            offset: 41,
+            payload: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(w.write(&msg(1, 6, "y")).unwrap().offset, 42);
+        assert_eq!(w.next_offset(1), 43);
+        assert_eq!(w.next_offset(0), 0);
+    }
+
+    #[test]
+    fn generated_capture_round_trips_with_offsets_0_to_n() {
+        let d = tmpdir("gen");
+        let regions = generate_regions(10, 3);
+        let users = generate_users(300, &regions, 3);
+        let mut g = Generator::new(
+            GeneratorConfig {
+                invalid_share: 0.2,
+                ..GeneratorConfig::default()
+            },
+            regions,
+            users,
+        );
+        let p = d.join("c.jsonl");
+        let mut w = CaptureWriter::create(&p).unwrap();
+        let msgs: Vec<GenMessage> = (0..3000).map(|_| g.next_message()).collect();
+        for m in &msgs {
+            w.write(m).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), 3000);
+        let recs = read_capture(&p).unwrap();
+        assert_eq!(recs.len(), 3000);
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for (r, m) in recs.iter().zip(&msgs) {
+            let n = next.entry(r.partition).or_insert(0);
+            assert_eq!(r.offset, *n);
+            *n += 1;
+            assert_eq!((r.t, r.partition), (m.record_ts, m.partition));
+            assert_eq!(r.payload.as_bytes(), &m.payload[..]);
+        }
+        assert_eq!(next.values().sum::<i64>(), 3000);
+        assert!(next.len() == 4 && next.keys().all(|p| (0..4).contains(p)));
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_with_line_numbers() {
+        let d = tmpdir("bad");
+        let good = r#"{"t":1,"partition":0,"offset":0,"payload":"not json at all"}"#;
+        let cases: [(&str, &str); 7] = [
+            (
+                "{\"t\":1,\"partition\":0,\"offset\":1}",
+                "missing field `payload`",
+            ),
+            ("not json", "not a capture record"),
+            (
+                "{\"t\":-1,\"partition\":0,\"offset\":1,\"payload\":\"\"}",
+                "not a capture record",
+            ),
+            (
+                "{\"t\":1,\"partition\":\"0\",\"offset\":1,\"payload\":\"\"}",
+                "not a capture record",
+            ),
+            (
+                "{\"t\":1,\"partition\":-1,\"offset\":1,\"payload\":\"\"}",
+                "negative partition",
+            ),
+            (
+                "{\"t\":1,\"partition\":0,\"offset\":-3,\"payload\":\"\"}",
+                "negative offset",
+            ),
+            (
+                "{\"t\":1,\"t\":2,\"partition\":0,\"offset\":1,\"payload\":\"\"}",
+                "duplicate field",
+            ),
+        ];
+        for (i, (bad, msg)) in cases.iter().enumerate() {
+            let p = d.join(format!("c{i}.jsonl"));
+            std::fs::write(&p, format!("{good}\n\n{good}\r\n{bad}\n{good}\n")).unwrap();
+            let e = read_capture(&p).unwrap_err();
+            assert_eq!(e.line(), Some(4), "{e}");
+            let shown = e.to_string();
+            assert!(shown.contains(msg), "{shown}");
+            assert!(shown.contains(&format!("c{i}.jsonl: line 4:")), "{shown}");
+            // The streaming reader yields the good lines around it.
+            let items: Vec<_> = capture_lines(&p).collect();
+            assert_eq!(items.len(), 4);
+            assert!(items[0].is_ok() && items[1].is_ok() && items[2].is_err() && items[3].is_ok());
+        }
+        let p = d.join("utf8.jsonl");
+        std::fs::write(
+            &p,
+            b"{\"t\":1,\"partition\":0,\"offset\":0,\"payload\":\"\xff\"}\n",
+        )
+        .unwrap();
+        let e = read_capture(&p).unwrap_err();
+        assert_eq!(e.line(), Some(1));
+        assert!(e.to_string().contains("UTF-8"), "{e}");
+        let e = read_capture(&d.join("absent.jsonl")).unwrap_err();
+        assert!(matches!(e, CaptureError::Io { .. }));
+        assert_eq!(capture_lines(&d.join("absent.jsonl")).count(), 1);
+        // Extra fields are ignored; a missing final newline is fine.
+        let p = d.join("extra.jsonl");
+        std::fs::write(
+            &p,
+            r#"{"t":7,"partition":3,"offset":9,"payload":"p","key":"u1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            read_capture(&p).unwrap(),
+            vec![CaptureRecord {
+                t: 7,
+                partition: 3,
+                offset: 9,
+                payload: "p".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn non_utf8_payload_is_refused() {
+        let mut w = CaptureWriter::new(Vec::new(), "mem");
+        let m = GenMessage {
+            record_ts: 1,
+            partition: 0,
+            key: "u1".into(),
+            payload: vec![0xff, 0xfe],
+        };
+        assert!(matches!(w.write(&m), Err(CaptureError::NotUtf8 { .. })));
+        assert_eq!(w.written(), 0);
+        assert_eq!(w.next_offset(0), 0);
+    }
+
+    #[test]
+    fn dataset_is_written_and_readable() {
+        let base = tmpdir("dataset");
+        let d = base.join("out");
+        let cfg = GeneratorConfig::default().spanning(2000, 86_400_000);
+        let s = generate_dataset(&d, 2000, 100, 5, cfg.clone()).unwrap();
+        assert_eq!((s.regions, s.users, s.messages), (32, 100, 2000));
+        assert_eq!(s.first_t, Some(1_764_165_600_000));
+        let span = s.last_t.unwrap() - s.first_t.unwrap();
+        assert!(span > 85_000_000, "{span}");
+        let regions = refdata::read_regions(&s.regions_path).unwrap();
+        let users = refdata::read_users(&s.users_path).unwrap();
+        assert_eq!(regions.len(), 32);
+        assert_eq!(users.len(), 100);
+        refdata::check_user_regions(&s.users_path, &regions, &users).unwrap();
+        let recs = read_capture(&s.capture_path).unwrap();
+        assert_eq!(recs.len(), 2000);
+        // Deterministic: a second run writes identical bytes.
+        let d2 = tmpdir("dataset2");
+        let s2 = generate_dataset(&d2, 2000, 100, 5, cfg).unwrap();
+        for (a, b) in [
+            (&s.regions_path, &s2.regions_path),
+            (&s.users_path, &s2.users_path),
+            (&s.capture_path, &s2.capture_path),
+        ] {
+            assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+        }
+        assert!(matches!(
+            generate_dataset(&d2, 10, 1, 0, GeneratorConfig::default()),
+            Err(DatasetError::TooFewUsers(1))
+        ));
+    }
+}

@@ -1,0 +1,89 @@
+//! The embedded generator as a live feed: arrival time is the wall clock, and messages
+//! come at a fixed rate (or as fast as the graph takes them).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use vtpga_dataflow::graph::{Body, Incoming};
+use vtpga_dataflow::{SourcePos, Time};
+
+use crate::generator::Generator;
+use crate::source::{Feed, Polled};
+
+/// Wall-clock µs since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub struct LiveFeed {
+    generator: Generator,
+    /// Messages per second for this feed; `None` for as fast as possible.
+    rate: Option<f64>,
+    limit: u64,
+    stop: Arc<AtomicBool>,
+    partition: i32,
+    started: Instant,
+    produced: u64,
+    last_t: Time,
+}
+
+impl LiveFeed {
+    /// A feed that acts as source partition `partition`, produces at most `limit`
+    /// messages, and ends early when `stop` is set.
+    pub fn new(
+        generator: Generator,
+        rate: Option<f64>,
+        limit: u64,
+        stop: Arc<AtomicBool>,
+        partition: i32,
+    ) -> Self {
+        LiveFeed {
+            generator,
+            rate,
+            limit,
+            stop,
+            partition,
+            started: Instant::now(),
+            produced: 0,
+            last_t: 0,
+        }
+    }
+}
+
+impl Feed for LiveFeed {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        if self.produced >= self.limit || self.stop.load(Ordering::Relaxed) {
+            return Polled::Done;
+        }
+        let now = now_us();
+        let t = (now / 1000).max(self.last_t);
+        self.last_t = t;
+        let due = match self.rate {
+            Some(rate) => ((self.started.elapsed().as_secs_f64() * rate) as u64)
+                .saturating_sub(self.produced),
+            None => max as u64,
+        };
+        let n = due.min(max as u64).min(self.limit - self.produced);
+        for _ in 0..n {
+            let m = self.generator.next_at(t);
+            out.push(Incoming {
+                pos: SourcePos {
+                    partition: self.partition,
+                    offset: self.produced as i64,
+                },
+                t,
+                ingest_us: now,
+                body: Body::Raw(m.payload),
+            });
+            self.produced += 1;
+        }
+        Polled::Open {
+            frontier: t,
+            idle: self.rate.is_some() && n == due,
+        }
+    }
+}

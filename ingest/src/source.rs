@@ -1,0 +1,155 @@
+//! The timely source operator that every feed (replay file, embedded generator, and later
+//! Kafka) plugs into. It owns a capability, gives each message at its arrival time `t`,
+//! and downgrades the capability to the feed's promise about future arrival times.
+//! It stops polling while too many messages are in flight (bounded memory).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use timely::dataflow::operators::generic::source;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use vtpga_dataflow::graph::Incoming;
+use vtpga_dataflow::Time;
+
+/// What a poll found.
+pub enum Polled {
+    /// Every future message will have `t >= frontier`. `idle` asks to be polled again
+    /// only after a short pause (a live feed with nothing due yet).
+    Open { frontier: Time, idle: bool },
+    /// The feed is exhausted.
+    Done,
+}
+
+/// A source of messages for one worker.
+pub trait Feed {
+    /// Appends at most `max` messages to `out`. Each has `t` at least the frontier of the
+    /// previous poll, and messages come in non-decreasing `t`.
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled;
+}
+
+/// How many messages one activation takes from its feed.
+const POLL_BATCH: usize = 16_384;
+
+/// Distinct arrival times a source lets into the graph before waiting for the oldest to
+/// come out. Progress tracking costs grow with the number of outstanding timestamps, so a
+/// sparse timeline (a replay spanning hours) must not put thousands in flight at once.
+const MAX_TIMES_IN_FLIGHT: usize = 64;
+
+/// Builds the source operator for `feed`. `probe` tells how far the whole graph has got;
+/// the source pauses while more than `max_in_flight` of its messages are not yet through.
+pub fn feed_source<'s, F: Feed + 'static>(
+    scope: Scope<'s, Time>,
+    mut feed: F,
+    probe: ProbeHandle<Time>,
+    max_in_flight: usize,
+) -> StreamVec<'s, Time, Incoming> {
+    source(scope, "FeedSource", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = Some(capability);
+        let mut polled = Vec::with_capacity(POLL_BATCH);
+        // Messages taken from the feed and not yet given (beyond the timestamp budget).
+        let mut buffer: VecDeque<Incoming> = VecDeque::new();
+        let mut feed_frontier: Time = 0;
+        let mut feed_idle = false;
+        let mut feed_done = false;
+        // (time, count) of messages given and not yet known to be through the graph.
+        let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
+        let mut in_flight_count = 0usize;
+        move |output| {
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
+            while let Some(&(t, n)) = in_flight.front() {
+                if probe.less_equal(&t) {
+                    break;
+                }
+                in_flight.pop_front();
+                in_flight_count -= n;
+            }
+            let full = |in_flight: &VecDeque<(Time, usize)>, count: usize| {
+                count >= max_in_flight || in_flight.len() >= MAX_TIMES_IN_FLIGHT
+            };
+            if buffer.is_empty() && !feed_done && !full(&in_flight, in_flight_count) {
+                match feed.poll(&mut polled, POLL_BATCH.min(max_in_flight - in_flight_count)) {
+                    Polled::Open { frontier, idle } => {
+                        feed_frontier = frontier;
+                        feed_idle = idle;
+                    }
+                    Polled::Done => feed_done = true,
+                }
+                buffer.extend(polled.drain(..));
+            }
+            let floor = *cap.time();
+            while let Some(first) = buffer.front() {
+                if full(&in_flight, in_flight_count) {
+                    break;
+                }
+                // Feeds promise non-decreasing t; anything earlier than the capability would
+                // be a feed bug, so it is raised to the capability's time rather than lost.
+                let t = first.t.max(floor);
+                let time_cap = cap.delayed(&t);
+                let mut session = output.session(&time_cap);
+                let mut n = 0;
+                while let Some(mut m) = buffer.pop_front_if(|m| m.t.max(floor) == t) {
+                    m.t = t;
+                    session.give(m);
+                    n += 1;
+                }
+                match in_flight.back_mut() {
+                    Some((last, count)) if *last == t => *count += n,
+                    _ => in_flight.push_back((t, n)),
+                }
+                in_flight_count += n;
+            }
+            let next = match buffer.front() {
+                Some(m) => m.t.max(floor),
+                None if feed_done => {
+                    capability = None;
+                    return;
+                }
+                None => feed_frontier,
+            };
+            if next > floor {
+                cap.downgrade(&next);
+            }
+            if buffer.is_empty() && feed_idle {
+                activator.activate_after(Duration::from_millis(1));
+            } else {
+                activator.activate();
+            }
+        }
+    })
+}
+
+/// A feed over messages already in memory, sorted by `t` (bench and replay).
+pub struct VecFeed {
+    items: std::vec::IntoIter<Incoming>,
+    next_t: Option<Time>,
+}
+
+impl VecFeed {
+    /// `items` must be sorted by `t`.
+    pub fn new(items: Vec<Incoming>) -> Self {
+        debug_assert!(items.windows(2).all(|w| w[0].t <= w[1].t));
+        let next_t = items.first().map(|m| m.t);
+        VecFeed {
+            items: items.into_iter(),
+            next_t,
+        }
+    }
+}
+
+impl Feed for VecFeed {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        out.extend(self.items.by_ref().take(max));
+        self.next_t = self.items.as_slice().first().map(|m| m.t);
+        match self.next_t {
+            Some(frontier) => Polled::Open {
+                frontier,
+                idle: false,
+            },
+            None => Polled::Done,
+        }
+    }
+}

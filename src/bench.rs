@@ -1,0 +1,196 @@
+//! `vtpga bench`: pushes pre-generated messages through the graph with 1 and 2 workers,
+//! (a) already parsed and (b) as raw JSON, and runs the sequential reference on the
+//! same input, printing messages per second for each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use vtpga_dataflow::graph::{Body, Incoming};
+use vtpga_dataflow::parse::parse_transaction;
+use vtpga_dataflow::{Params, SourcePos};
+use vtpga_ingest::generator::{Generator, GeneratorConfig};
+use vtpga_ingest::refdata::{generate_regions, generate_users};
+use vtpga_ingest::source::VecFeed;
+use vtpga_sinks::Gather;
+
+use crate::cluster::ClusterArgs;
+use crate::pipeline::{self, PipelineSpec, Reference};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Messages per run.
+    #[arg(long, env = "VTPGA_BENCH_COUNT", default_value_t = 1_000_000)]
+    pub count: usize,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// Nominal arrival rate of the generated messages (spaces their timestamps): the
+    /// load the measured system would be under.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub arrival_rate: f64,
+    /// Generated users.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Repetitions of each measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+}
+
+struct Input {
+    raw: Vec<Incoming>,
+    parsed: Vec<Incoming>,
+    reference_msgs: Vec<vtpga_reference::RefMsg>,
+}
+
+fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
+    let cfg = GeneratorConfig {
+        seed: args.seed,
+        rate_per_sec: args.arrival_rate,
+        ..GeneratorConfig::default()
+    };
+    let partitions = cfg.partitions;
+    let mut generator = Generator::new(cfg, reference.regions.clone(), reference.users.clone());
+    let mut offsets = vec![0i64; partitions as usize];
+    let mut raw = Vec::with_capacity(args.count);
+    let mut parsed = Vec::with_capacity(args.count);
+    let mut reference_msgs = Vec::with_capacity(args.count);
+    for _ in 0..args.count {
+        let m = generator.next_message();
+        let offset = &mut offsets[m.partition as usize];
+        let pos = SourcePos {
+            partition: m.partition,
+            offset: *offset,
+        };
+        *offset += 1;
+        let tx = parse_transaction(&m.payload).ok();
+        reference_msgs.push(vtpga_reference::RefMsg {
+            record_ts: m.record_ts,
+            partition: pos.partition,
+            offset: pos.offset,
+            tx: tx.as_ref().map(|tx| vtpga_reference::RefTx {
+                id: tx.id.clone(),
+                payer: tx.payer.clone(),
+                payee: tx.payee.clone(),
+                region: tx.region.clone(),
+                mode: tx.mode.as_str().to_owned(),
+                amount_cents: tx.amount_cents,
+                event_ms: tx.event_ms,
+            }),
+        });
+        let incoming = |body| Incoming {
+            pos,
+            t: m.record_ts,
+            ingest_us: 0,
+            body,
+        };
+        parsed.push(incoming(match tx {
+            Some(tx) => Body::Parsed(tx),
+            None => Body::Raw(m.payload.clone()),
+        }));
+        raw.push(incoming(Body::Raw(m.payload)));
+    }
+    Input {
+        raw,
+        parsed,
+        reference_msgs,
+    }
+}
+
+/// One run; returns (seconds, decisions).
+fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &Arc<Vec<Incoming>>) -> Result<(f64, u64)> {
+    let (sender, receiver) = crossbeam_channel::bounded(4096);
+    let counter = std::thread::spawn(move || receiver.iter().map(|b: vtpga_sinks::Batch| b.decisions.len() as u64).sum::<u64>());
+    let messages = messages.clone();
+    let spec = PipelineSpec {
+        config: ClusterArgs::single(workers).config()?,
+        reference: reference.clone(),
+        params: Params::default(),
+        gather: Gather::PerWorker,
+        max_in_flight: 2_000_000,
+    };
+    let started = Instant::now();
+    pipeline::execute(
+        spec,
+        move |index, peers| {
+            VecFeed::new(
+                messages
+                    .iter()
+                    .filter(|m| m.pos.partition as usize % peers == index)
+                    .cloned()
+                    .collect(),
+            )
+        },
+        sender,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let decided = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?;
+    Ok((seconds, decided))
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.count == 0 || args.repeat == 0 {
+        bail!("--count and --repeat must be positive");
+    }
+    let regions = generate_regions(100, args.seed);
+    let users = generate_users(args.users, &regions, args.seed);
+    let reference = Arc::new(Reference { regions, users });
+    eprintln!("generating {} messages at a nominal {} tx/s ...", args.count, args.arrival_rate);
+    let input = build_input(&args, &reference);
+    let n = args.count as f64;
+
+    let ref_regions: Vec<_> = reference
+        .regions
+        .iter()
+        .map(|r| vtpga_reference::RefRegion {
+            id: r.id.clone(),
+            uf: r.uf.clone(),
+            lat: r.lat,
+            lon: r.lon,
+        })
+        .collect();
+    let ref_users: Vec<_> = reference
+        .users
+        .iter()
+        .map(|u| vtpga_reference::RefUser {
+            id: u.id.clone(),
+            region_id: u.region_id.clone(),
+            balance_cents: u.balance_cents,
+            credit_limit_cents: u.credit_limit_cents,
+        })
+        .collect();
+    let mut reference_best = f64::MAX;
+    for _ in 0..args.repeat {
+        let started = Instant::now();
+        let out = vtpga_reference::run(&ref_regions, &ref_users, &input.reference_msgs, &Default::default());
+        reference_best = reference_best.min(started.elapsed().as_secs_f64());
+        std::hint::black_box(out);
+    }
+    let reference_rate = n / reference_best;
+
+    println!("vtpga bench: {} messages, nominal arrival {} tx/s, {} users, best of {}", args.count, args.arrival_rate, args.users, args.repeat);
+    println!("{:<34} {:>8} {:>14} {:>16}", "input", "workers", "tx/s", "x reference");
+    let parsed = Arc::new(input.parsed);
+    let raw = Arc::new(input.raw);
+    for (label, messages) in [("(a) parsed, decisions + 10 analyses", &parsed), ("(b) raw JSON, decisions + 10 analyses", &raw)] {
+        for &workers in &args.workers {
+            let mut best = f64::MAX;
+            for _ in 0..args.repeat {
+                let (seconds, decided) = run_graph(workers, &reference, messages)?;
+                if decided != args.count as u64 {
+                    bail!("{label}: {decided} decisions for {} messages", args.count);
+                }
+                best = best.min(seconds);
+            }
+            println!("{:<34} {:>8} {:>14.0} {:>16.2}", label, workers, n / best, (n / best) / reference_rate);
+        }
+    }
+    println!("{:<34} {:>8} {:>14.0} {:>16.2}", "sequential reference (parsed)", 1, reference_rate, 1.0);
+    Ok(())
+}

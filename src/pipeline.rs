@@ -1,0 +1,78 @@
+//! Runs the decision graph on a timely cluster: reference data in, a feed per worker,
+//! the graph, and a batch sink whose batches go to a channel for the caller's consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use crossbeam_channel::Sender;
+use differential_dataflow::input::Input;
+use timely::dataflow::ProbeHandle;
+
+use vtpga_dataflow::graph::{self, arrange_reference, region_row, user_row, RegionRow, UserRow};
+use vtpga_dataflow::{Params, Region, Time, User};
+use vtpga_ingest::source::{feed_source, Feed};
+use vtpga_sinks::{batch_sink, Batch, Gather};
+
+/// Reference data, shared by all workers of the process (only worker 0 inserts it).
+pub struct Reference {
+    pub regions: Vec<Region>,
+    pub users: Vec<User>,
+}
+
+pub struct PipelineSpec {
+    pub config: timely::Config,
+    pub reference: Arc<Reference>,
+    pub params: Params,
+    pub gather: Gather,
+    /// Messages a source lets into the graph before waiting for them to come out.
+    pub max_in_flight: usize,
+}
+
+/// Runs until every feed is exhausted and every output has left the graph.
+pub fn execute<F, M>(spec: PipelineSpec, make_feed: M, sender: Sender<Batch>) -> Result<()>
+where
+    F: Feed + 'static,
+    M: Fn(usize, usize) -> F + Send + Sync + 'static,
+{
+    let PipelineSpec {
+        config,
+        reference,
+        params,
+        gather,
+        max_in_flight,
+    } = spec;
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let probe = ProbeHandle::<Time>::new();
+        let feed = make_feed(index, peers);
+        let sender = sender.clone();
+        let (mut regions_in, mut users_in) = worker.dataflow::<Time, _, _>(|scope| {
+            let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
+            let (users_in, users) = scope.new_collection::<UserRow, i64>();
+            let (regions, users) = arrange_reference(regions, users);
+            let messages = feed_source(scope, feed, probe.clone(), max_in_flight);
+            let outputs = graph::build(messages, regions, users, params);
+            batch_sink(outputs, gather, sender, &probe);
+            (regions_in, users_in)
+        });
+        if index == 0 {
+            for r in &reference.regions {
+                regions_in.update(region_row(r), 1);
+            }
+            for u in &reference.users {
+                users_in.update(user_row(u), 1);
+            }
+        }
+        // Reference data is complete: closing the inputs lets every lookup proceed.
+        drop(regions_in);
+        drop(users_in);
+        while worker.step_or_park(Some(Duration::from_millis(1))) {}
+    })
+    .map_err(|e| anyhow!("starting timely: {e}"))?;
+    for result in guards.join() {
+        result.map_err(|e| anyhow!("a worker failed: {e}"))?;
+    }
+    Ok(())
+}
