@@ -16,8 +16,8 @@ use vtpga_ingest::refdata::{generate_regions, generate_users};
 use vtpga_ingest::source::VecFeed;
 use vtpga_sinks::Gather;
 
-use crate::cluster::ClusterArgs;
-use crate::pipeline::{self, PipelineSpec, Reference};
+use vtpga::cluster::ClusterArgs;
+use vtpga::pipeline::{self, PipelineSpec, Reference};
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -102,9 +102,18 @@ fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
 }
 
 /// One run; returns (seconds, decisions).
-fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &Arc<Vec<Incoming>>) -> Result<(f64, u64)> {
+fn run_graph(
+    workers: usize,
+    reference: &Arc<Reference>,
+    messages: &Arc<Vec<Incoming>>,
+) -> Result<(f64, u64)> {
     let (sender, receiver) = crossbeam_channel::bounded(4096);
-    let counter = std::thread::spawn(move || receiver.iter().map(|b: vtpga_sinks::Batch| b.decisions.len() as u64).sum::<u64>());
+    let counter = std::thread::spawn(move || {
+        receiver
+            .iter()
+            .map(|b: vtpga_sinks::Batch| b.decisions.len() as u64)
+            .sum::<u64>()
+    });
     let messages = messages.clone();
     let spec = PipelineSpec {
         config: ClusterArgs::single(workers).config()?,
@@ -141,7 +150,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let regions = generate_regions(100, args.seed);
     let users = generate_users(args.users, &regions, args.seed);
     let reference = Arc::new(Reference { regions, users });
-    eprintln!("generating {} messages at a nominal {} tx/s ...", args.count, args.arrival_rate);
+    eprintln!(
+        "generating {} messages at a nominal {} tx/s ...",
+        args.count, args.arrival_rate
+    );
     let input = build_input(&args, &reference);
     let n = args.count as f64;
 
@@ -168,17 +180,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut reference_best = f64::MAX;
     for _ in 0..args.repeat {
         let started = Instant::now();
-        let out = vtpga_reference::run(&ref_regions, &ref_users, &input.reference_msgs, &Default::default());
+        let out = vtpga_reference::run(
+            &ref_regions,
+            &ref_users,
+            &input.reference_msgs,
+            &Default::default(),
+        );
         reference_best = reference_best.min(started.elapsed().as_secs_f64());
         std::hint::black_box(out);
     }
     let reference_rate = n / reference_best;
 
-    println!("vtpga bench: {} messages, nominal arrival {} tx/s, {} users, best of {}", args.count, args.arrival_rate, args.users, args.repeat);
-    println!("{:<34} {:>8} {:>14} {:>16}", "input", "workers", "tx/s", "x reference");
+    println!(
+        "vtpga bench: {} messages, nominal arrival {} tx/s, {} users, best of {}",
+        args.count, args.arrival_rate, args.users, args.repeat
+    );
+    println!(
+        "{:<34} {:>8} {:>14} {:>16}",
+        "input", "workers", "tx/s", "x reference"
+    );
     let parsed = Arc::new(input.parsed);
     let raw = Arc::new(input.raw);
-    for (label, messages) in [("(a) parsed, decisions + 10 analyses", &parsed), ("(b) raw JSON, decisions + 10 analyses", &raw)] {
+    for (label, messages) in [
+        ("(a) parsed, decisions + 10 analyses", &parsed),
+        ("(b) raw JSON, decisions + 10 analyses", &raw),
+    ] {
         for &workers in &args.workers {
             let mut best = f64::MAX;
             for _ in 0..args.repeat {
@@ -188,9 +214,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 }
                 best = best.min(seconds);
             }
-            println!("{:<34} {:>8} {:>14.0} {:>16.2}", label, workers, n / best, (n / best) / reference_rate);
+            println!(
+                "{:<34} {:>8} {:>14.0} {:>16.2}",
+                label,
+                workers,
+                n / best,
+                (n / best) / reference_rate
+            );
         }
     }
-    println!("{:<34} {:>8} {:>14.0} {:>16.2}", "sequential reference (parsed)", 1, reference_rate, 1.0);
+    println!(
+        "{:<34} {:>8} {:>14.0} {:>16.2}",
+        "sequential reference (parsed)", 1, reference_rate, 1.0
+    );
     Ok(())
 }

@@ -1,9 +1,7 @@
 //! `vtpga`: the VT.PGA transaction approval pipeline.
 
 mod bench;
-mod cluster;
 mod generate;
-mod pipeline;
 mod replay;
 mod run;
 
@@ -13,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use vtpga_dataflow::Params;
 
 #[derive(Parser)]
-#[command(name = "vtpga", version, about = "VT.PGA real-time transaction approval on timely dataflow")]
+#[command(
+    name = "vtpga",
+    version,
+    about = "VT.PGA real-time transaction approval on timely dataflow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -16,9 +16,9 @@ use vtpga_ingest::source::VecFeed;
 use vtpga_sinks::files::ReplayWriter;
 use vtpga_sinks::Gather;
 
-use crate::cluster::ClusterArgs;
-use crate::pipeline::{self, PipelineSpec, Reference};
 use crate::ParamArgs;
+use vtpga::cluster::ClusterArgs;
+use vtpga::pipeline::{self, PipelineSpec, Reference};
 
 #[derive(Args, Clone, Debug)]
 pub struct ReplayArgs {
@@ -72,9 +72,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let decisions_path = args.decisions.clone();
     let writer = std::thread::spawn(move || -> Result<Option<ReplayWriter>> {
         let mut writer = if writes {
-            Some(ReplayWriter::create(&decisions_path).with_context(|| {
-                format!("creating {}", decisions_path.display())
-            })?)
+            Some(
+                ReplayWriter::create(&decisions_path)
+                    .with_context(|| format!("creating {}", decisions_path.display()))?,
+            )
         } else {
             None
         };
@@ -107,7 +108,11 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             .zip(counts)
             .map(|(s, n)| format!("{}={}", s.as_str(), n))
             .collect();
-        log::info!("decided {} messages: {}", counts.iter().sum::<u64>(), summary.join(" "));
+        log::info!(
+            "decided {} messages: {}",
+            counts.iter().sum::<u64>(),
+            summary.join(" ")
+        );
     }
     Ok(())
 }

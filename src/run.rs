@@ -15,9 +15,9 @@ use vtpga_ingest::refdata::{generate_regions, generate_users};
 use vtpga_sinks::monitor::Monitor;
 use vtpga_sinks::Gather;
 
-use crate::cluster::ClusterArgs;
-use crate::pipeline::{self, PipelineSpec, Reference};
 use crate::ParamArgs;
+use vtpga::cluster::ClusterArgs;
+use vtpga::pipeline::{self, PipelineSpec, Reference};
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
@@ -85,7 +85,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.rate,
         reference.users.len(),
         reference.regions.len(),
-        args.count.map(|n| format!(", {n} messages")).unwrap_or_default()
+        args.count
+            .map(|n| format!(", {n} messages"))
+            .unwrap_or_default()
     );
     let (sender, receiver) = crossbeam_channel::bounded(4096);
     let monitor = std::thread::spawn(move || {
@@ -117,7 +119,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         spec,
         move |index, peers| {
             // Each worker is one source partition with its share of the rate and count.
-            let share = |total: u64| total / peers as u64 + u64::from((index as u64) < total % peers as u64);
+            let share = |total: u64| {
+                total / peers as u64 + u64::from((index as u64) < total % peers as u64)
+            };
             let cfg = GeneratorConfig {
                 seed: seed.wrapping_add(index as u64),
                 partitions: total_workers as i32,
@@ -131,7 +135,11 @@ pub fn run(args: RunArgs) -> Result<()> {
             LiveFeed::new(
                 generator,
                 rate.map(|r| r / peers as f64),
-                if limit == u64::MAX { u64::MAX } else { share(limit) },
+                if limit == u64::MAX {
+                    u64::MAX
+                } else {
+                    share(limit)
+                },
                 stop.clone(),
                 index as i32,
             )

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::{Mode, Status};
@@ -18,7 +18,9 @@ use crate::rules::{self, DISTANCE_BANDS, VALUE_BANDS};
 
 /// The counters of one analysis row, and the difference type of the analyses collection:
 /// differential adds tallies of the same key, so a row's tally is the sum of its deltas.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Tally {
     pub count: i64,
     pub approved: i64,
@@ -164,7 +166,11 @@ impl TallyBatch {
 
     pub fn add_assessed(&mut self, a: &Assessed, region: &str) {
         let (ok, amt) = (a.approved, a.amount_cents);
-        add(&mut self.value_band[rules::value_band(amt) as usize], ok, amt);
+        add(
+            &mut self.value_band[rules::value_band(amt) as usize],
+            ok,
+            amt,
+        );
         add(&mut self.hour[a.local_hour as usize], ok, amt);
         add(
             &mut self.bucket[rules::value_risk_bucket(a.value_risk) as usize],
@@ -186,7 +192,8 @@ impl TallyBatch {
         let slot = match self.minutes.iter().rposition(|m| m.0 == a.minute) {
             Some(i) => i,
             None => {
-                self.minutes.push((a.minute, Default::default(), Default::default()));
+                self.minutes
+                    .push((a.minute, Default::default(), Default::default()));
                 self.minutes.len() - 1
             }
         };
@@ -233,10 +240,22 @@ impl TallyBatch {
                 }
             }
         }
-        flush(&mut self.value_band, |i| AnalysisKey::ValueBand(i as u8), &mut keyed);
+        flush(
+            &mut self.value_band,
+            |i| AnalysisKey::ValueBand(i as u8),
+            &mut keyed,
+        );
         flush(&mut self.hour, |i| AnalysisKey::Hour(i as u8), &mut keyed);
-        flush(&mut self.bucket, |i| AnalysisKey::ValueRiskBucket(i as u8), &mut keyed);
-        flush(&mut self.hour_risk, |i| AnalysisKey::HourRisk(i as u8), &mut keyed);
+        flush(
+            &mut self.bucket,
+            |i| AnalysisKey::ValueRiskBucket(i as u8),
+            &mut keyed,
+        );
+        flush(
+            &mut self.hour_risk,
+            |i| AnalysisKey::HourRisk(i as u8),
+            &mut keyed,
+        );
         flush(
             &mut self.funds,
             |i| {
@@ -248,10 +267,18 @@ impl TallyBatch {
             },
             &mut keyed,
         );
-        flush(&mut self.mode, |i| AnalysisKey::Mode(Mode::ALL[i]), &mut keyed);
+        flush(
+            &mut self.mode,
+            |i| AnalysisKey::Mode(Mode::ALL[i]),
+            &mut keyed,
+        );
         for (minute, total, mut bands) in self.minutes.drain(..) {
             keyed(AnalysisKey::Minute(minute), total);
-            flush(&mut bands, |b| AnalysisKey::DistanceMinute(minute, b as u8), &mut keyed);
+            flush(
+                &mut bands,
+                |b| AnalysisKey::DistanceMinute(minute, b as u8),
+                &mut keyed,
+            );
         }
         for (region, t) in self.regions.drain(..) {
             by_region(region, t);
@@ -265,7 +292,9 @@ impl TallyBatch {
 pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
     let mut out: BTreeMap<&str, Vec<Value>> = NAMES.iter().map(|n| (*n, Vec::new())).collect();
     for status in Status::ALL {
-        let count = rows.get(&AnalysisKey::Status(status)).map_or(0, |t| t.count);
+        let count = rows
+            .get(&AnalysisKey::Status(status))
+            .map_or(0, |t| t.count);
         out.get_mut("status_counts")
             .expect("name")
             .push(json!({"status": status.as_str(), "count": count}));

@@ -110,7 +110,9 @@ pub struct Tx {
 }
 
 /// Where a message came from: (partition, offset) in Kafka, (0, sequence) elsewhere.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct SourcePos {
     pub partition: i32,
     pub offset: i64,

@@ -63,8 +63,9 @@ impl Feed for LiveFeed {
         let t = (now / 1000).max(self.last_t);
         self.last_t = t;
         let due = match self.rate {
-            Some(rate) => ((self.started.elapsed().as_secs_f64() * rate) as u64)
-                .saturating_sub(self.produced),
+            Some(rate) => {
+                ((self.started.elapsed().as_secs_f64() * rate) as u64).saturating_sub(self.produced)
+            }
             None => max as u64,
         };
         let n = due.min(max as u64).min(self.limit - self.produced);

@@ -91,8 +91,14 @@ mod tests {
     #[test]
     fn workers_split_by_partition_and_sort_by_time() {
         let p = prepare([rec(30, 0, 0), rec(10, 1, 0), rec(20, 2, 0), rec(5, 3, 0)]);
-        let w0: Vec<i32> = for_worker(&p.messages, 0, 2).iter().map(|m| m.pos.partition).collect();
-        let w1: Vec<i32> = for_worker(&p.messages, 1, 2).iter().map(|m| m.pos.partition).collect();
+        let w0: Vec<i32> = for_worker(&p.messages, 0, 2)
+            .iter()
+            .map(|m| m.pos.partition)
+            .collect();
+        let w1: Vec<i32> = for_worker(&p.messages, 1, 2)
+            .iter()
+            .map(|m| m.pos.partition)
+            .collect();
         assert_eq!(w0, vec![2, 0]);
         assert_eq!(w1, vec![3, 1]);
         assert_eq!(owner(-3, 2), 1);

@@ -48,14 +48,20 @@ pub enum Gather {
 }
 
 /// Attaches the sink to the graph's outputs; `probe` observes everything the sink observed.
-pub fn batch_sink(outputs: Outputs<'_>, gather: Gather, sender: Sender<Batch>, probe: &ProbeHandle<Time>) {
+pub fn batch_sink(
+    outputs: Outputs<'_>,
+    gather: Gather,
+    sender: Sender<Batch>,
+    probe: &ProbeHandle<Time>,
+) {
     let Outputs {
         decisions,
         accounts,
         analyses,
     } = outputs;
     let scope = decisions.scope();
-    let analyses: StreamVec<'_, Time, ((AnalysisKey, Tally), Time, isize)> = analyses_stream(analyses);
+    let analyses: StreamVec<'_, Time, ((AnalysisKey, Tally), Time, isize)> =
+        analyses_stream(analyses);
     let decisions = timely::dataflow::operators::Probe::probe_with(decisions, probe);
     let accounts = timely::dataflow::operators::Probe::probe_with(accounts, probe);
     let analyses = timely::dataflow::operators::Probe::probe_with(analyses, probe);
@@ -75,14 +81,15 @@ pub fn batch_sink(outputs: Outputs<'_>, gather: Gather, sender: Sender<Batch>, p
         // alone says when a timestamp is closed.
         let mut pending: BTreeMap<Time, Batch> = BTreeMap::new();
         move |frontiers| {
-            let mut slot = |cap: &timely::dataflow::operators::InputCapability<Time>| -> Option<Time> {
-                let t = *cap.least()?;
-                pending.entry(t).or_insert_with(|| Batch {
-                    time: t,
-                    ..Batch::default()
-                });
-                Some(t)
-            };
+            let mut slot =
+                |cap: &timely::dataflow::operators::InputCapability<Time>| -> Option<Time> {
+                    let t = *cap.least()?;
+                    pending.entry(t).or_insert_with(|| Batch {
+                        time: t,
+                        ..Batch::default()
+                    });
+                    Some(t)
+                };
             let mut staged_d = Vec::new();
             d_in.for_each(|cap, data| {
                 if let Some(t) = slot(&cap) {
@@ -102,10 +109,18 @@ pub fn batch_sink(outputs: Outputs<'_>, gather: Gather, sender: Sender<Batch>, p
                 }
             });
             for (t, mut data) in staged_d {
-                pending.get_mut(&t).expect("slot").decisions.append(&mut data);
+                pending
+                    .get_mut(&t)
+                    .expect("slot")
+                    .decisions
+                    .append(&mut data);
             }
             for (t, mut data) in staged_a {
-                pending.get_mut(&t).expect("slot").accounts.append(&mut data);
+                pending
+                    .get_mut(&t)
+                    .expect("slot")
+                    .accounts
+                    .append(&mut data);
             }
             for (t, data) in staged_x {
                 let batch = pending.get_mut(&t).expect("slot");

@@ -1,0 +1,5 @@
+//! The `vtpga` library: how the decision graph is run on a timely cluster. The binary's
+//! subcommands and the integration tests both build on it.
+
+pub mod cluster;
+pub mod pipeline;

@@ -1,0 +1,453 @@
+//! The dataflow against the sequential reference (`vtpga-reference`, written from the SPEC
+//! independently of the graph): random captures built to hit every rule and boundary,
+//! decided by 1, 2 and 3 workers, must give the reference's decisions, scores, balances
+//! and analyses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use vtpga::cluster::ClusterArgs;
+use vtpga::pipeline::{self, PipelineSpec, Reference};
+use vtpga_dataflow::analyses;
+use vtpga_dataflow::parse::format_utc_ms;
+use vtpga_dataflow::{Params, Region, User};
+use vtpga_ingest::capture::CaptureRecord;
+use vtpga_ingest::replay::{for_worker, prepare};
+use vtpga_ingest::source::VecFeed;
+use vtpga_reference::{RefMsg, RefParams, RefRegion, RefTx, RefUser};
+use vtpga_sinks::{Batch, Gather};
+
+/// Small parameters so that random steps cross their boundaries often.
+const MAX_DELAY: u64 = 3;
+const WINDOW: u64 = 6;
+/// 2026-11-26T08:59:59.990Z = 05:59:59.990 local: steps cross from hour_risk 1.0 to 0.5.
+const BASE_T: u64 = 1_795_683_599_990;
+
+fn regions() -> Vec<Region> {
+    let r = |id: &str, uf: &str, lat: f64, lon: f64| Region {
+        id: id.into(),
+        uf: uf.into(),
+        name: id.into(),
+        lat,
+        lon,
+    };
+    vec![
+        r("r1", "SP", -23.55, -46.63),
+        r("r2", "SP", -23.60, -46.70), // ~10 km from r1
+        r("r3", "RJ", -22.90, -43.17), // ~360 km
+        r("r4", "AM", -3.12, -60.02),  // ~2700 km
+    ]
+}
+
+fn users() -> Vec<User> {
+    let u = |id: &str, region: &str, balance: i64, limit: i64| User {
+        id: id.into(),
+        name: id.into(),
+        region_id: region.into(),
+        balance_cents: balance,
+        credit_limit_cents: limit,
+    };
+    vec![
+        u("A", "r1", 2_000_000, 0),
+        u("B", "r1", 0, 1_500_000),
+        u("C", "r3", 50_000, 100_000),
+        u("D", "r4", 1_200_000, 2_000_000),
+        u("E", "r2", 0, 0),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    dt: u64,
+    partition: i32,
+    /// Replay an earlier position instead of a new message.
+    redeliver: Option<usize>,
+    invalid: bool,
+    id: u8,
+    payer: u8,
+    payee: u8,
+    region: u8,
+    mode: u8,
+    amount: i64,
+    /// E − t.
+    skew: i64,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![
+            Just(0u64),
+            Just(0),
+            Just(1),
+            Just(2),
+            Just(WINDOW),
+            Just(WINDOW + 1),
+            0..20u64
+        ],
+        0..4i32,
+        prop::option::weighted(0.05, 0..1000usize),
+        prop::bool::weighted(0.05),
+        0..6u8,
+        0..6u8,
+        0..6u8,
+        0..5u8,
+        0..4u8,
+        prop_oneof![
+            Just(1i64),
+            Just(50_000),
+            Just(100_000),
+            Just(100_001),
+            Just(30_000),
+            Just(40_000),
+            Just(550_000),
+            Just(1_000_000),
+            Just(1_500_000),
+            1..2_500_000i64
+        ],
+        prop_oneof![
+            Just(0i64),
+            Just(-(MAX_DELAY as i64)),
+            Just(-(MAX_DELAY as i64) - 1),
+            Just(MAX_DELAY as i64),
+            Just(MAX_DELAY as i64 + 1),
+            -5..5i64,
+            -200..0i64
+        ],
+    )
+        .prop_map(
+            |(dt, partition, redeliver, invalid, id, payer, payee, region, mode, amount, skew)| {
+                Step {
+                    dt,
+                    partition,
+                    redeliver,
+                    invalid,
+                    id,
+                    payer,
+                    payee,
+                    region,
+                    mode,
+                    amount,
+                    skew,
+                }
+            },
+        )
+}
+
+const IDS: [&str; 6] = ["t-a", "t-b", "t-c", "t-d", "t-e", "T-a"];
+const PEOPLE: [&str; 6] = ["A", "B", "C", "D", "E", "Z"];
+const REGIONS: [&str; 5] = ["r1", "r2", "r3", "r4", "r9"];
+const MODES: [&str; 4] = ["pix", "debito", "credito", "boleto"];
+
+/// The capture (as a Kafka consumer would have recorded it) and the same messages for
+/// the reference. Record timestamps go up and down a little per partition, so clamping
+/// matters; positions are sometimes re-delivered.
+fn capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>) {
+    let mut records: Vec<CaptureRecord> = Vec::new();
+    let mut msgs: Vec<RefMsg> = Vec::new();
+    let mut offsets = [0i64; 4];
+    let mut t = BASE_T;
+    for s in steps {
+        t += s.dt;
+        if let Some(i) = s.redeliver.filter(|_| !records.is_empty()) {
+            let i = i % records.len();
+            records.push(records[i].clone());
+            msgs.push(msgs[i].clone());
+            continue;
+        }
+        // Partition clocks lag behind each other: record_ts may go backwards.
+        let record_ts = t - (s.partition as u64 % 2) * 3;
+        let offset = offsets[s.partition as usize];
+        offsets[s.partition as usize] += 1;
+        let tx = RefTx {
+            id: IDS[s.id as usize].into(),
+            payer: PEOPLE[s.payer as usize].into(),
+            payee: PEOPLE[s.payee as usize].into(),
+            region: REGIONS[s.region as usize].into(),
+            mode: MODES[s.mode as usize].into(),
+            amount_cents: s.amount,
+            event_ms: record_ts as i64 + s.skew,
+        };
+        let payload = if s.invalid {
+            "{\"id_transacao\": 1}".to_owned()
+        } else {
+            serde_json::json!({
+                "id_transacao": tx.id,
+                "id_usuario_pagador": tx.payer,
+                "id_usuario_recebedor": tx.payee,
+                "id_regiao": tx.region,
+                "modalidade_pagamento": tx.mode,
+                "data_horario": format_utc_ms(tx.event_ms),
+                "valor_transacao": format!("{}.{:02}", tx.amount_cents / 100, tx.amount_cents % 100),
+            })
+            .to_string()
+        };
+        records.push(CaptureRecord {
+            t: record_ts,
+            partition: s.partition,
+            offset,
+            payload,
+        });
+        msgs.push(RefMsg {
+            record_ts,
+            partition: s.partition,
+            offset,
+            tx: (!s.invalid).then_some(tx),
+        });
+    }
+    (records, msgs)
+}
+
+/// (t, status, scores) of one decision.
+type Seen = (u64, String, Option<[f64; 4]>);
+
+struct Observed {
+    decisions: BTreeMap<(i32, i64), Seen>,
+    balances: BTreeMap<String, (i64, i64)>,
+    analyses: Value,
+}
+
+fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> Observed {
+    let messages = Arc::new(prepare(records).messages);
+    let reference = Arc::new(Reference {
+        regions: regions(),
+        users: users(),
+    });
+    let (sender, receiver) = crossbeam_channel::unbounded::<Batch>();
+    let spec = PipelineSpec {
+        config: ClusterArgs::single(workers).config().expect("config"),
+        reference: reference.clone(),
+        params,
+        gather: Gather::ToWorkerZero,
+        max_in_flight: 1000,
+    };
+    pipeline::execute(
+        spec,
+        move |index, peers| VecFeed::new(for_worker(&messages, index, peers)),
+        sender,
+    )
+    .expect("pipeline runs");
+    let mut decisions = BTreeMap::new();
+    let mut balances: BTreeMap<String, (i64, i64)> = reference
+        .users
+        .iter()
+        .map(|u| (u.id.clone(), (u.balance_cents, 0)))
+        .collect();
+    let mut rows = BTreeMap::new();
+    let mut last_time = 0;
+    for batch in receiver.try_iter() {
+        assert!(batch.time >= last_time, "batches arrive in time order");
+        last_time = batch.time;
+        for d in batch.decisions {
+            let scores = d
+                .scores
+                .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
+            let previous = decisions.insert(
+                (d.pos.partition, d.pos.offset),
+                (d.t, d.status.as_str().to_owned(), scores),
+            );
+            assert!(previous.is_none(), "one decision per source position");
+        }
+        for a in batch.accounts {
+            balances.insert(a.user, (a.balance_cents, a.credit_used_cents));
+        }
+        analyses::apply_changes(&mut rows, batch.analyses);
+    }
+    Observed {
+        decisions,
+        balances,
+        analyses: analyses::to_json(&rows),
+    }
+}
+
+/// Rows in a canonical order, all-zero rows dropped (the SPEC lets either side omit them).
+fn normalise(analyses: &Value) -> BTreeMap<String, Vec<String>> {
+    let obj = analyses.as_object().expect("analyses is an object");
+    obj.iter()
+        .map(|(name, rows)| {
+            let mut rows: Vec<String> = rows
+                .as_array()
+                .expect("rows")
+                .iter()
+                .filter(|row| {
+                    name == "status_counts"
+                        || row.as_object().expect("row").iter().any(|(k, v)| {
+                            ["approved", "rejected", "count"].contains(&k.as_str())
+                                && v.as_i64() != Some(0)
+                        })
+                })
+                .map(|row| row.to_string())
+                .collect();
+            rows.sort();
+            (name.clone(), rows)
+        })
+        .collect()
+}
+
+fn check(steps: &[Step]) -> Result<(), TestCaseError> {
+    let params = Params {
+        max_delay_ms: MAX_DELAY,
+        dedup_window_ms: WINDOW,
+        risk_threshold: 0.5,
+    };
+    let (records, msgs) = capture(steps);
+    let ref_regions: Vec<RefRegion> = regions()
+        .into_iter()
+        .map(|r| RefRegion {
+            id: r.id,
+            uf: r.uf,
+            lat: r.lat,
+            lon: r.lon,
+        })
+        .collect();
+    let ref_users: Vec<RefUser> = users()
+        .into_iter()
+        .map(|u| RefUser {
+            id: u.id,
+            region_id: u.region_id,
+            balance_cents: u.balance_cents,
+            credit_limit_cents: u.credit_limit_cents,
+        })
+        .collect();
+    let expected = vtpga_reference::run(
+        &ref_regions,
+        &ref_users,
+        &msgs,
+        &RefParams {
+            max_delay_ms: MAX_DELAY,
+            dedup_window_ms: WINDOW,
+            risk_threshold: 0.5,
+        },
+    );
+    for workers in [1, 2, 3] {
+        let got = run_dataflow(records.clone(), workers, params);
+        prop_assert_eq!(
+            got.decisions.len(),
+            expected.decisions.len(),
+            "decision count, {} workers",
+            workers
+        );
+        for (pos, want) in &expected.decisions {
+            let (t, status, scores) = &got.decisions[pos];
+            prop_assert_eq!(*t, want.t, "t of {:?}, {} workers", pos, workers);
+            prop_assert_eq!(
+                status.as_str(),
+                want.status,
+                "status of {:?}, {} workers",
+                pos,
+                workers
+            );
+            let want_scores = want
+                .scores
+                .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
+            prop_assert_eq!(scores.is_some(), want_scores.is_some());
+            if let (Some(a), Some(b)) = (scores, want_scores) {
+                for (x, y) in a.iter().zip(b) {
+                    prop_assert!(
+                        (x - y).abs() < 1e-9,
+                        "scores of {:?}: {:?} vs {:?}",
+                        pos,
+                        a,
+                        b
+                    );
+                }
+            }
+        }
+        prop_assert_eq!(
+            &got.balances,
+            &expected.balances,
+            "balances, {} workers",
+            workers
+        );
+        prop_assert_eq!(
+            normalise(&got.analyses),
+            normalise(&expected.analyses),
+            "analyses, {} workers",
+            workers
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dataflow_matches_reference(steps in prop::collection::vec(step(), 1..80)) {
+        check(&steps)?;
+    }
+}
+
+/// Same-t chain A→B→C: B's credit from A is not spendable at the same t, is at t+1.
+#[test]
+fn credit_chain_across_workers() {
+    let s = |dt, id, payer, payee, amount| Step {
+        dt,
+        partition: payer as i32 % 4,
+        redeliver: None,
+        invalid: false,
+        id,
+        payer,
+        payee,
+        region: 0,
+        mode: 0,
+        amount,
+        skew: 0,
+    };
+    // A (rich) pays E (0 balance); E pays B at the same t (refused) and at t+1 (approved).
+    let steps = vec![
+        s(0, 0, 0, 4, 10_000),
+        s(0, 1, 4, 1, 5_000),
+        s(1, 2, 4, 1, 5_000),
+    ];
+    check(&steps).expect("matches the reference");
+    let (records, _) = capture(&steps);
+    let got = run_dataflow(
+        records,
+        3,
+        Params {
+            max_delay_ms: MAX_DELAY,
+            dedup_window_ms: WINDOW,
+            risk_threshold: 0.5,
+        },
+    );
+    let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
+    assert!(statuses.contains(&"insufficient_balance"), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "approved").count(),
+        2,
+        "{statuses:?}"
+    );
+}
+
+/// Several same-t debits of one payer apply in ledger order (by id), not arrival order.
+#[test]
+fn same_t_debits_follow_ledger_order() {
+    let s = |id, amount| Step {
+        dt: 0,
+        partition: 0,
+        redeliver: None,
+        invalid: false,
+        id,
+        payer: 2,
+        payee: 0,
+        region: 2,
+        mode: 0,
+        amount,
+        skew: 0,
+    };
+    // C has 500.00: "t-b" (400.00) arrives first but "t-a" (300.00) is first in ledger order.
+    let steps = vec![s(1, 40_000), s(0, 30_000)];
+    check(&steps).expect("matches the reference");
+    let (records, _) = capture(&steps);
+    let params = Params {
+        max_delay_ms: MAX_DELAY,
+        dedup_window_ms: WINDOW,
+        risk_threshold: 0.5,
+    };
+    let got = run_dataflow(records, 2, params);
+    let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
+    assert_eq!(statuses, vec!["insufficient_balance", "approved"]);
+}
