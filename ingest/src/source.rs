@@ -115,6 +115,10 @@ pub fn feed_source<'s, F: Feed + 'static>(
             }
             if buffer.is_empty() && feed_idle {
                 activator.activate_after(Duration::from_millis(1));
+            } else if full(&in_flight, in_flight_count) {
+                // Waiting for the graph: let the worker park (or do other work) rather than
+                // spin, which starves the other workers when threads outnumber cores.
+                activator.activate_after(Duration::from_micros(50));
             } else {
                 activator.activate();
             }
