@@ -15,7 +15,7 @@ fn vtpga(args: &[&str]) {
     assert!(status.success(), "vtpga {args:?} failed: {status}");
 }
 
-fn replay_args<'a>(dir: &'a str, tag: &str) -> Vec<String> {
+fn replay_args(dir: &str, tag: &str) -> Vec<String> {
     vec![
         "replay".into(),
         "--input".into(),
