@@ -331,6 +331,25 @@ struct Stash<D, const N: usize> {
     items: Vec<D>,
 }
 
+/// Moves `data` into the stash entry of its timestamp, taking a capability for every
+/// output the first time that timestamp is seen.
+fn stash_at<D, const N: usize>(
+    stash: &mut BTreeMap<Time, Stash<D, N>>,
+    cap: &timely::dataflow::operators::InputCapability<Time>,
+    data: &mut Vec<D>,
+) {
+    if let Some(&t) = cap.least() {
+        stash
+            .entry(t)
+            .or_insert_with(|| Stash {
+                caps: std::array::from_fn(|port| cap.delayed(&t, port)),
+                items: Vec::new(),
+            })
+            .items
+            .append(data);
+    }
+}
+
 fn ready(frontiers: &[MutableAntichain<Time>], t: &Time) -> bool {
     frontiers.iter().all(|f| !f.less_equal(t))
 }
@@ -359,18 +378,7 @@ fn dedup<'s>(
         // (time seen, id) in time order, to forget ids that left the window.
         let mut expiry: VecDeque<(Time, String)> = VecDeque::new();
         move |frontiers| {
-            input.for_each(|cap, data| {
-                if let Some(&t) = cap.least() {
-                    stash
-                        .entry(t)
-                        .or_insert_with(|| Stash {
-                            caps: [cap.delayed(&t, 0), cap.delayed(&t, 1)],
-                            items: Vec::new(),
-                        })
-                        .items
-                        .append(data);
-                }
-            });
+            input.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let mut pass_h = pass_out.activate();
             let mut dup_h = dup_out.activate();
             while let Some(entry) = stash.first_entry() {
@@ -453,18 +461,7 @@ where
         let mut upper = Antichain::new();
         move |frontiers| {
             batches.for_each(|_, _| {});
-            queries.for_each(|cap, data| {
-                if let Some(&t) = cap.least() {
-                    stash
-                        .entry(t)
-                        .or_insert_with(|| Stash {
-                            caps: [cap.delayed(&t, 0), cap.delayed(&t, 1)],
-                            items: Vec::new(),
-                        })
-                        .items
-                        .append(data);
-                }
-            });
+            queries.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let reference_frontier = &frontiers[1];
             let mut found_h = found_out.activate();
             let mut missing_h = missing_out.activate();
