@@ -43,7 +43,7 @@ const F_MODE: usize = 4;
 const F_TIME: usize = 5;
 const F_AMOUNT: usize = 6;
 /// The seven known top-level fields, indexed by the `F_*` constants.
-const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 7] = [
     "id_transacao",
     "id_usuario_pagador",
     "id_usuario_recebedor",

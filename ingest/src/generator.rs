@@ -307,15 +307,7 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }
 
-const FIELDS: [&str; 7] = [
-    "id_transacao",
-    "id_usuario_pagador",
-    "id_usuario_recebedor",
-    "id_regiao",
-    "modalidade_pagamento",
-    "data_horario",
-    "valor_transacao",
-];
+use vtpga_dataflow::parse::FIELDS;
 
 /// A message in the making: the seven field values as JSON texts.
 struct Draft {
