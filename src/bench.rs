@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Repetitions of each measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Skip the raw-JSON runs (b), e.g. to profile (a) alone.
+    #[arg(long)]
+    pub parsed_only: bool,
 }
 
 struct Input {
@@ -211,6 +214,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ("(a) parsed, decisions + 10 analyses", &parsed),
         ("(b) raw JSON, decisions + 10 analyses", &raw),
     ] {
+        if args.parsed_only && label.starts_with("(b)") {
+            continue;
+        }
         for &workers in &args.workers {
             let mut best = f64::MAX;
             for _ in 0..args.repeat {

@@ -16,7 +16,10 @@
 //! credit is sent around a feedback edge whose summary is +1 ms, so it reaches the payee's
 //! owner at `t + 1`: visible exactly to messages with a strictly greater `t`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
+use foldhash::{HashMap, HashMapExt};
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
@@ -459,8 +462,17 @@ where
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
         let mut upper = Antichain::new();
+        // A hash index of the arrangement's contents (value and time of its latest update),
+        // rebuilt whenever the arrangement publishes updates. Queries at or after that time
+        // read it; earlier queries (only possible while reference data is changing) seek
+        // the trace itself.
+        let mut index: HashMap<String, V> = HashMap::new();
+        let mut index_time: Option<Time> = None;
+        let mut stale_index = true;
         move |frontiers| {
-            batches.for_each(|_, _| {});
+            batches.for_each(|_, spans| {
+                stale_index |= spans.iter().any(|span| span.has_updates());
+            });
             queries.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let reference_frontier = &frontiers[1];
             let mut found_h = found_out.activate();
@@ -477,10 +489,49 @@ where
                     let batches = trace.batches_through(upper.borrow()).unwrap_or_default();
                     differential_dataflow::trace::cursor::cursor_list(batches)
                 });
-                cursor.rewind_keys(storage);
-                items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+                if stale_index {
+                    index.clear();
+                    index_time = None;
+                    cursor.rewind_keys(storage);
+                    while let Some(k) = cursor.get_key(storage) {
+                        while let Some(v) = cursor.get_val(storage) {
+                            let mut count = 0i64;
+                            cursor.map_times(storage, |time, diff| {
+                                count += *diff;
+                                index_time = index_time.max(Some(*time));
+                            });
+                            if count > 0 {
+                                index.insert(k.clone(), v.clone());
+                            }
+                            cursor.step_val(storage);
+                        }
+                        cursor.step_key(storage);
+                    }
+                    stale_index = false;
+                }
                 let mut found_s = found_h.session(&caps[0]);
                 let mut missing_s = missing_h.session(&caps[1]);
+                if index_time.is_none_or(|it| it <= t) {
+                    for mut p in items {
+                        match index.get(key(&p)) {
+                            Some(v) => {
+                                attach(&mut p, v);
+                                found_s.give(p);
+                            }
+                            None => {
+                                let reason = format!("unknown {what} {}", key(&p));
+                                missing_s.give(Decision::of(
+                                    p,
+                                    Status::UnknownReference,
+                                    Some(reason),
+                                ));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                cursor.rewind_keys(storage);
+                items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
                 for mut p in items {
                     let k = key(&p);
                     cursor.seek_key(storage, k);
