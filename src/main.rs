@@ -10,6 +10,11 @@ use clap::{Args, Parser, Subcommand};
 
 use vtpga_dataflow::Params;
 
+// Messages are allocated by one worker and often freed by another (or by a sink thread);
+// mimalloc handles such cross-thread frees far better than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vtpga",

@@ -134,7 +134,7 @@ pub struct Assessed {
 
 /// Pre-aggregates the analysis deltas of a batch of decisions so that the differential
 /// part of the graph sees a handful of keyed rows per timestamp rather than ten per decision.
-/// Small key domains are plain arrays; minutes and regions are short vectors.
+/// Small key domains are plain arrays; minutes a short vector; regions a hash map.
 #[derive(Default)]
 pub struct TallyBatch {
     status: [i64; 9],
@@ -145,7 +145,7 @@ pub struct TallyBatch {
     funds: [Tally; 2],
     mode: [Tally; 4],
     minutes: Vec<(i64, Tally, [Tally; 4])>,
-    regions: Vec<(String, Tally)>,
+    regions: foldhash::HashMap<String, Tally>,
 }
 
 fn add(t: &mut Tally, approved: bool, amount: i64) {
@@ -200,12 +200,12 @@ impl TallyBatch {
         let m = &mut self.minutes[slot];
         add(&mut m.1, ok, amt);
         add(&mut m.2[a.home_band as usize], ok, amt);
-        match self.regions.iter_mut().find(|r| r.0 == region) {
-            Some(r) => add(&mut r.1, ok, amt),
+        match self.regions.get_mut(region) {
+            Some(t) => add(t, ok, amt),
             None => {
                 let mut t = Tally::default();
                 add(&mut t, ok, amt);
-                self.regions.push((region.to_owned(), t));
+                self.regions.insert(region.to_owned(), t);
             }
         }
     }
@@ -280,7 +280,7 @@ impl TallyBatch {
                 &mut keyed,
             );
         }
-        for (region, t) in self.regions.drain(..) {
+        for (region, t) in self.regions.drain() {
             by_region(region, t);
         }
     }

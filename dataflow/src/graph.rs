@@ -17,6 +17,9 @@
 //! owner at `t + 1`: visible exactly to messages with a strictly greater `t`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+use compact_str::CompactString;
 
 // Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
 use foldhash::{HashMap, HashMapExt};
@@ -377,9 +380,9 @@ fn dedup<'s>(
         );
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
-        let mut last_seen: HashMap<String, Time> = HashMap::new();
+        let mut last_seen: HashMap<Rc<str>, Time> = HashMap::new();
         // (time seen, id) in time order, to forget ids that left the window.
-        let mut expiry: VecDeque<(Time, String)> = VecDeque::new();
+        let mut expiry: VecDeque<(Time, Rc<str>)> = VecDeque::new();
         move |frontiers| {
             input.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let mut pass_h = pass_out.activate();
@@ -403,16 +406,22 @@ fn dedup<'s>(
                 let mut pass_s = pass_h.session(&caps[0]);
                 let mut dup_s = dup_h.session(&caps[1]);
                 for p in items {
-                    let prev = match last_seen.get_mut(&p.tx.id) {
-                        Some(seen) => Some(std::mem::replace(seen, t)),
+                    // The map and the expiry queue share one allocation of the id.
+                    let prev = match last_seen.get_key_value(p.tx.id.as_str()) {
+                        Some((id, &seen)) => {
+                            if seen != t {
+                                expiry.push_back((t, id.clone()));
+                                last_seen.insert(id.clone(), t);
+                            }
+                            Some(seen)
+                        }
                         None => {
-                            last_seen.insert(p.tx.id.clone(), t);
+                            let id: Rc<str> = Rc::from(p.tx.id.as_str());
+                            expiry.push_back((t, id.clone()));
+                            last_seen.insert(id, t);
                             None
                         }
                     };
-                    if prev != Some(t) {
-                        expiry.push_back((t, p.tx.id.clone()));
-                    }
                     if rules::is_duplicate(t, prev, &params) {
                         dup_s.give(Decision::of(p, Status::Duplicate, None));
                     } else if p.tx.payer == p.tx.payee {
@@ -466,7 +475,7 @@ where
         // rebuilt whenever the arrangement publishes updates. Queries at or after that time
         // read it; earlier queries (only possible while reference data is changing) seek
         // the trace itself.
-        let mut index: HashMap<String, V> = HashMap::new();
+        let mut index: HashMap<CompactString, V> = HashMap::new();
         let mut index_time: Option<Time> = None;
         let mut stale_index = true;
         move |frontiers| {
@@ -501,7 +510,7 @@ where
                                 index_time = index_time.max(Some(*time));
                             });
                             if count > 0 {
-                                index.insert(k.clone(), v.clone());
+                                index.insert(CompactString::from(k.as_str()), v.clone());
                             }
                             cursor.step_val(storage);
                         }
@@ -513,7 +522,7 @@ where
                 let mut missing_s = missing_h.session(&caps[1]);
                 if index_time.is_none_or(|it| it <= t) {
                     for mut p in items {
-                        match index.get(key(&p)) {
+                        match index.get(key(&p).as_str()) {
                             Some(v) => {
                                 attach(&mut p, v);
                                 found_s.give(p);
@@ -633,7 +642,8 @@ fn decide<'s>(
     >::from(account_out);
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<DecideIn, 3>> = BTreeMap::new();
-        let mut users: HashMap<String, State> = HashMap::new();
+        // Ids up to 24 bytes are stored inline, so a probe compares keys without a pointer chase.
+        let mut users: HashMap<CompactString, State> = HashMap::new();
         let mut changed: Vec<String> = Vec::new();
         let mut msgs_at: Vec<Pending> = Vec::new();
         move |frontiers| {
@@ -668,7 +678,7 @@ fn decide<'s>(
                     match item {
                         DecideIn::Credit(c) => {
                             let s = users
-                                .entry(c.payee.clone())
+                                .entry(CompactString::from(c.payee.as_str()))
                                 .or_insert_with(|| State::new(&c.payee_ref));
                             s.balance += c.amount_cents;
                             if s.touched != Some(t) {
@@ -687,10 +697,9 @@ fn decide<'s>(
                     else {
                         unreachable!("lookups attach payer, payee and region before Decide");
                     };
-                    if !users.contains_key(&p.tx.payer) {
-                        users.insert(p.tx.payer.clone(), State::new(payer));
-                    }
-                    let s = users.get_mut(&p.tx.payer).expect("inserted above");
+                    let s = users
+                        .entry(CompactString::from(p.tx.payer.as_str()))
+                        .or_insert_with(|| State::new(payer));
                     let tx = &p.tx;
                     if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
                         decision_s.give(Decision::of(p, Status::Stale, None));
@@ -750,7 +759,7 @@ fn decide<'s>(
                 if !changed.is_empty() {
                     let mut account_s = account_h.session(&caps[2]);
                     for user in changed.drain(..) {
-                        let s = &users[&user];
+                        let s = &users[user.as_str()];
                         account_s.give(Account {
                             balance_cents: s.balance,
                             credit_used_cents: s.credit_used,
