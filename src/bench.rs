@@ -111,12 +111,14 @@ fn run_graph(
     messages: &[Incoming],
 ) -> Result<(f64, u64)> {
     let (sender, receiver) = crossbeam_channel::bounded(4096);
-    let counter = std::thread::spawn(move || {
-        receiver
-            .iter()
-            .map(|b: vtpga_sinks::Batch| b.decisions.len() as u64)
-            .sum::<u64>()
-    });
+    let counter = std::thread::Builder::new()
+        .name("bench-sink".into())
+        .spawn(move || {
+            receiver
+                .iter()
+                .map(|b: vtpga_sinks::Batch| b.decisions.len() as u64)
+                .sum::<u64>()
+        })?;
     // Each worker's share is split off before the clock starts, and handed over whole.
     let shares: Vec<std::sync::Mutex<Option<Vec<Incoming>>>> = (0..workers)
         .map(|index| {
