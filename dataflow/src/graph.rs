@@ -24,20 +24,22 @@ use compact_str::CompactString;
 // Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
 use foldhash::{HashMap, HashMapExt};
 
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use differential_dataflow::trace::SpanOf;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, OkErr};
 use timely::dataflow::{Scope, StreamVec};
 use timely::progress::frontier::{Antichain, MutableAntichain};
-use timely::PartialOrder;
 
 use crate::analyses::{AnalysisKey, Assessed, Tally, TallyBatch};
 use crate::model::{Cents, Params, Region, SourcePos, Status, Time, Tx, User};
@@ -94,7 +96,7 @@ pub struct RegionVal {
 }
 
 /// The value of the users arrangement, keyed by user id: the user joined with its home region.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserVal {
     pub home: Geo,
     pub balance_cents: Cents,
@@ -108,9 +110,6 @@ pub struct Pending {
     pub t: Time,
     pub ingest_us: u64,
     pub tx: Tx,
-    pub region: Option<Geo>,
-    pub payee: Option<UserVal>,
-    pub payer: Option<UserVal>,
 }
 
 /// The decision about one message: SPEC §8's decision record plus what the analyses need.
@@ -216,10 +215,17 @@ pub fn arrange_reference<'s>(
     regions: VecCollection<'s, Time, RegionRow, i64>,
     users: VecCollection<'s, Time, UserRow, i64>,
 ) -> (RefArranged<'s, RegionVal>, RefArranged<'s, UserVal>) {
-    let regions = regions.arrange_by_key_named("ArrangeRegions");
-    let users = users
-        .map(|(id, region, balance, limit)| (region, (id, balance, limit)))
-        .join_core(regions.clone(), |_region, (id, balance, limit), home| {
+    // Reference data is small and read by every message, so every worker arranges all of
+    // it: `Decide` reads payer, payee and region where the payer's state is, with no
+    // exchange, and a keyed collection joined with it (the analyses' region tallies)
+    // still meets each key exactly once.
+    let regions = replicated(regions, "ArrangeRegions");
+    let users_by_region = replicated(
+        users.map(|(id, region, balance, limit)| (region, (id, balance, limit))),
+        "ArrangeUsersByRegion",
+    );
+    let users =
+        users_by_region.join_core(regions.clone(), |_region, (id, balance, limit), home| {
             Some((
                 id.clone(),
                 UserVal {
@@ -228,9 +234,28 @@ pub fn arrange_reference<'s>(
                     credit_limit_cents: *limit,
                 },
             ))
-        })
-        .arrange_by_key_named("ArrangeUsers");
+        });
+    // The join ran on every worker over all the data: arrange its output where it is.
+    let users = arrange_core::<
+        _,
+        _,
+        ValBatcher<String, UserVal, Time, i64>,
+        ValSpine<String, UserVal, Time, i64>,
+    >(users.inner, Pipeline, "ArrangeUsers", ValBatcher::new);
     (regions, users)
+}
+
+/// Arranges a keyed collection in full on every worker.
+fn replicated<'s, V: differential_dataflow::ExchangeData>(
+    collection: VecCollection<'s, Time, (String, V), i64>,
+    name: &str,
+) -> RefArranged<'s, V> {
+    arrange_core::<_, _, ValBatcher<String, V, Time, i64>, ValSpine<String, V, Time, i64>>(
+        collection.inner.broadcast(),
+        Pipeline,
+        name,
+        ValBatcher::new,
+    )
 }
 
 /// Builds the decision graph on `messages`, reading the shared reference arrangements.
@@ -243,37 +268,8 @@ pub fn build<'s>(
     let scope = messages.scope();
     let (pending, invalid_or_late) = validate(messages, params);
     let (pending, dup) = dedup(pending, params);
-    let (pending, no_region) = lookup(
-        "LookupRegion",
-        pending,
-        regions.clone(),
-        |p| &p.tx.region,
-        |p, v| p.region = Some(v.geo),
-        "region",
-    );
-    let (pending, no_payee) = lookup(
-        "LookupPayee",
-        pending,
-        users.clone(),
-        |p| &p.tx.payee,
-        |p, v| p.payee = Some(v.clone()),
-        "payee",
-    );
-    let (pending, no_payer) = lookup(
-        "LookupPayer",
-        pending,
-        users,
-        |p| &p.tx.payer,
-        |p, v| p.payer = Some(v.clone()),
-        "payer",
-    );
-    let (decided, accounts) = decide(scope, pending, params);
-    let decisions = decided
-        .concat(invalid_or_late)
-        .concat(dup)
-        .concat(no_region)
-        .concat(no_payee)
-        .concat(no_payer);
+    let (decided, accounts) = decide(scope, pending, regions.clone(), users, params);
+    let decisions = decided.concat(invalid_or_late).concat(dup);
     let analyses = analyses(decisions.clone(), regions);
     Outputs {
         decisions,
@@ -310,9 +306,6 @@ fn validate<'s>(
                 t: m.t,
                 ingest_us: m.ingest_us,
                 tx,
-                region: None,
-                payee: None,
-                payer: None,
             }),
             Some(TimeVerdict::Future) => Err(Decision {
                 reason: Some(format!(
@@ -440,151 +433,105 @@ fn dedup<'s>(
     (pass, dups)
 }
 
-/// Rule 4 against a shared reference arrangement, at the owner of the looked-up id.
-/// Queries wait until the arrangement is complete through their time.
-fn lookup<'s, V>(
-    name: &str,
-    pending: StreamVec<'s, Time, Pending>,
-    arranged: RefArranged<'s, V>,
-    key: fn(&Pending) -> &String,
-    attach: fn(&mut Pending, &V),
-    what: &'static str,
-) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>)
-where
-    V: differential_dataflow::ExchangeData,
-{
-    let mut trace = arranged.trace;
-    let mut builder = OperatorBuilder::new(name.to_owned(), pending.scope());
-    let mut queries = builder.new_input(pending, Exchange::new(move |p: &Pending| key(p).hashed()));
-    // Only its frontier matters: it tells when the trace is complete through a time.
-    let mut batches = builder.new_input(arranged.stream, Pipeline);
-    let (found_out, found) = builder.new_output();
-    let (missing_out, missing) = builder.new_output();
-    let mut found_out =
-        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Pending>>>::from(
-            found_out,
-        );
-    let mut missing_out = OutputBuilder::<
-        _,
-        timely::container::CapacityContainerBuilder<Vec<Decision>>,
-    >::from(missing_out);
-    builder.build(move |_caps| {
-        let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
-        let mut upper = Antichain::new();
-        // A hash index of the arrangement's contents (value and time of its latest update),
-        // rebuilt whenever the arrangement publishes updates. Queries at or after that time
-        // read it; earlier queries (only possible while reference data is changing) seek
-        // the trace itself.
-        let mut index: HashMap<CompactString, V> = HashMap::new();
-        let mut index_time: Option<Time> = None;
-        let mut stale_index = true;
-        move |frontiers| {
-            batches.for_each(|_, spans| {
-                stale_index |= spans.iter().any(|span| span.has_updates());
-            });
-            queries.for_each(|cap, data| stash_at(&mut stash, &cap, data));
-            let reference_frontier = &frontiers[1];
-            let mut found_h = found_out.activate();
-            let mut missing_h = missing_out.activate();
-            let mut cursor_parts = None;
-            while let Some(entry) = stash.first_entry() {
-                if reference_frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let t = *entry.key();
-                let Stash { caps, mut items } = entry.remove();
-                let (cursor, storage) = cursor_parts.get_or_insert_with(|| {
-                    trace.read_upper(&mut upper);
-                    let batches = trace.batches_through(upper.borrow()).unwrap_or_default();
-                    differential_dataflow::trace::cursor::cursor_list(batches)
-                });
-                if stale_index {
-                    index.clear();
-                    index_time = None;
-                    cursor.rewind_keys(storage);
-                    while let Some(k) = cursor.get_key(storage) {
-                        while let Some(v) = cursor.get_val(storage) {
-                            let mut count = 0i64;
-                            cursor.map_times(storage, |time, diff| {
-                                count += *diff;
-                                index_time = index_time.max(Some(*time));
-                            });
-                            if count > 0 {
-                                index.insert(CompactString::from(k.as_str()), v.clone());
-                            }
-                            cursor.step_val(storage);
-                        }
-                        cursor.step_key(storage);
-                    }
-                    stale_index = false;
-                }
-                let mut found_s = found_h.session(&caps[0]);
-                let mut missing_s = missing_h.session(&caps[1]);
-                if index_time.is_none_or(|it| it <= t) {
-                    for mut p in items {
-                        match index.get(key(&p).as_str()) {
-                            Some(v) => {
-                                attach(&mut p, v);
-                                found_s.give(p);
-                            }
-                            None => {
-                                let reason = format!("unknown {what} {}", key(&p));
-                                missing_s.give(Decision::of(
-                                    p,
-                                    Status::UnknownReference,
-                                    Some(reason),
-                                ));
-                            }
-                        }
-                    }
-                    continue;
-                }
-                cursor.rewind_keys(storage);
-                items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-                for mut p in items {
-                    let k = key(&p);
-                    cursor.seek_key(storage, k);
-                    let mut value = None;
-                    if cursor.get_key(storage) == Some(k) {
-                        while let Some(v) = cursor.get_val(storage) {
-                            let mut count = 0i64;
-                            cursor.map_times(storage, |time, diff| {
-                                if time.less_equal(&t) {
-                                    count += *diff;
-                                }
-                            });
-                            if count > 0 {
-                                value = Some(v);
-                                break;
-                            }
-                            cursor.step_val(storage);
-                        }
-                        cursor.rewind_vals(storage);
-                    }
-                    match value {
-                        Some(v) => {
-                            attach(&mut p, v);
-                            found_s.give(p);
-                        }
-                        None => {
-                            let reason = format!("unknown {what} {}", key(&p));
-                            missing_s.give(Decision::of(p, Status::UnknownReference, Some(reason)));
-                        }
-                    }
-                }
-            }
-            // No query will ask about a time before both the query frontier and the
-            // stashed queries: the trace may forget distinctions before that.
-            let least = frontiers[0]
-                .frontier()
-                .iter()
-                .chain(stash.keys())
-                .min()
-                .copied();
-            trace.set_logical_compaction(Antichain::from_iter(least).borrow());
+/// A cursor over all of a reference trace's batches, with the batches it reads.
+type RefCursor<V> = (
+    differential_dataflow::trace::cursor::CursorList<
+        <<RefTrace<V> as TraceReader>::Batch as differential_dataflow::trace::Navigable>::Cursor,
+    >,
+    Vec<<RefTrace<V> as TraceReader>::Batch>,
+);
+
+/// A worker's view of a replicated reference arrangement: a hash index of its contents
+/// (rebuilt whenever the arrangement publishes updates) for queries at or after its
+/// latest update, and the trace itself for older queries (only possible while reference
+/// data is changing).
+struct RefIndex<V: differential_dataflow::ExchangeData> {
+    trace: RefTrace<V>,
+    /// Ids up to 24 bytes are stored inline, so a probe compares keys without a pointer chase.
+    index: HashMap<CompactString, V>,
+    latest: Option<Time>,
+    stale: bool,
+}
+
+impl<V: differential_dataflow::ExchangeData> RefIndex<V> {
+    fn new(trace: RefTrace<V>) -> Self {
+        RefIndex {
+            trace,
+            index: HashMap::new(),
+            latest: None,
+            stale: true,
         }
-    });
-    (found, missing)
+    }
+
+    /// Notes batches the arrangement published.
+    fn observe(&mut self, spans: &[SpanOf<RefTrace<V>>]) {
+        self.stale |= spans.iter().any(|span| span.has_updates());
+    }
+
+    fn cursor(&mut self) -> RefCursor<V> {
+        let mut upper = Antichain::new();
+        self.trace.read_upper(&mut upper);
+        let batches = self
+            .trace
+            .batches_through(upper.borrow())
+            .unwrap_or_default();
+        differential_dataflow::trace::cursor::cursor_list(batches)
+    }
+
+    /// `read` of the value of `key` as of time `t`; the caller has seen the arrangement's
+    /// frontier pass `t`.
+    fn get<R>(&mut self, key: &str, t: Time, read: impl FnOnce(&V) -> R) -> Option<R> {
+        if self.stale {
+            self.index.clear();
+            self.latest = None;
+            let (mut cursor, storage) = self.cursor();
+            while let Some(k) = cursor.get_key(&storage) {
+                while let Some(v) = cursor.get_val(&storage) {
+                    let mut count = 0i64;
+                    let latest = &mut self.latest;
+                    cursor.map_times(&storage, |time, diff| {
+                        count += *diff;
+                        *latest = (*latest).max(Some(*time));
+                    });
+                    if count > 0 {
+                        self.index
+                            .insert(CompactString::from(k.as_str()), v.clone());
+                    }
+                    cursor.step_val(&storage);
+                }
+                cursor.step_key(&storage);
+            }
+            self.stale = false;
+        }
+        if self.latest.is_none_or(|latest| latest <= t) {
+            return self.index.get(key).map(read);
+        }
+        let (mut cursor, storage) = self.cursor();
+        let key = key.to_owned();
+        cursor.seek_key(&storage, &key);
+        if cursor.get_key(&storage) != Some(&key) {
+            return None;
+        }
+        while let Some(v) = cursor.get_val(&storage) {
+            let mut count = 0i64;
+            cursor.map_times(&storage, |time, diff| {
+                if *time <= t {
+                    count += *diff;
+                }
+            });
+            if count > 0 {
+                return Some(read(v));
+            }
+            cursor.step_val(&storage);
+        }
+        None
+    }
+
+    /// No query will ask about a time before `least`.
+    fn compact(&mut self, least: Option<Time>) {
+        self.trace
+            .set_logical_compaction(Antichain::from_iter(least).borrow());
+    }
 }
 
 /// A user's runtime state (SPEC §2), owned by exactly one worker.
@@ -618,13 +565,20 @@ enum DecideIn {
 fn decide<'s>(
     scope: Scope<'s, Time>,
     pending: StreamVec<'s, Time, Pending>,
+    regions: RefArranged<'s, RegionVal>,
+    users: RefArranged<'s, UserVal>,
     params: Params,
 ) -> (StreamVec<'s, Time, Decision>, StreamVec<'s, Time, Account>) {
     let (loop_handle, credits) = scope.feedback::<Vec<Credit>>(1);
     let mut builder = OperatorBuilder::new("Decide".to_owned(), scope);
-    // Already at the payer's owner: LookupPayer exchanged by the same key.
-    let mut msgs = builder.new_input(pending, Pipeline);
+    let mut msgs = builder.new_input(pending, Exchange::new(|p: &Pending| p.tx.payer.hashed()));
     let mut credit_in = builder.new_input(credits, Exchange::new(|c: &Credit| c.payee.hashed()));
+    // The reference arrangements are replicated: read locally. Their frontiers (inputs 2
+    // and 3) say when they are complete through a time.
+    let mut region_batches = builder.new_input(regions.stream, Pipeline);
+    let mut user_batches = builder.new_input(users.stream, Pipeline);
+    let mut region_index = RefIndex::new(regions.trace);
+    let mut user_index = RefIndex::new(users.trace);
     let (decision_out, decisions) = builder.new_output();
     let (credit_out, credit_stream) = builder.new_output();
     let (account_out, accounts) = builder.new_output();
@@ -661,6 +615,8 @@ fn decide<'s>(
                             .extend(items);
                     }
                 };
+            region_batches.for_each(|_, spans| region_index.observe(spans));
+            user_batches.for_each(|_, spans| user_index.observe(spans));
             msgs.for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Msg)));
             credit_in
                 .for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Credit)));
@@ -693,13 +649,22 @@ fn decide<'s>(
                 let mut decision_s = decision_h.session(&caps[0]);
                 let mut credit_s = credit_h.session(&caps[1]);
                 for p in msgs_at.drain(..) {
-                    let (Some(payer), Some(payee), Some(region)) = (&p.payer, &p.payee, p.region)
-                    else {
-                        unreachable!("lookups attach payer, payee and region before Decide");
+                    // Rule 4: every reference must be known.
+                    let region = region_index.get(&p.tx.region, t, |r| r.geo);
+                    let payee = user_index.get(&p.tx.payee, t, |u| *u);
+                    let payer = user_index.get(&p.tx.payer, t, |u| *u);
+                    let (Some(region), Some(payee), Some(payer)) = (region, payee, payer) else {
+                        let what = match (region, &payee) {
+                            (None, _) => format!("unknown region {}", p.tx.region),
+                            (Some(_), None) => format!("unknown payee {}", p.tx.payee),
+                            (Some(_), Some(_)) => format!("unknown payer {}", p.tx.payer),
+                        };
+                        decision_s.give(Decision::of(p, Status::UnknownReference, Some(what)));
+                        continue;
                     };
                     let s = users
                         .entry(CompactString::from(p.tx.payer.as_str()))
-                        .or_insert_with(|| State::new(payer));
+                        .or_insert_with(|| State::new(&payer));
                     let tx = &p.tx;
                     if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
                         decision_s.give(Decision::of(p, Status::Stale, None));
@@ -736,7 +701,7 @@ fn decide<'s>(
                         credit_s.give(Credit {
                             payee: tx.payee.clone(),
                             amount_cents: tx.amount_cents,
-                            payee_ref: payee.clone(),
+                            payee_ref: payee,
                         });
                     }
                     let assessed = Assessed {
@@ -769,6 +734,16 @@ fn decide<'s>(
                     }
                 }
             }
+            // No message will ask about a time before both the frontier of the messages and
+            // the stashed timestamps: the traces may forget distinctions before that.
+            let least = frontiers[0]
+                .frontier()
+                .iter()
+                .chain(stash.keys())
+                .min()
+                .copied();
+            region_index.compact(least);
+            user_index.compact(least);
         }
     });
     credit_stream.connect_loop(loop_handle);
@@ -857,5 +832,90 @@ mod tests {
         assert!(ready(&[a.clone()], &4));
         assert!(!ready(&[a.clone()], &5));
         assert!(!ready(&[a, b], &4));
+    }
+
+    /// Reference data that changes while messages flow: a user added at t = 10 is unknown
+    /// to a message at t = 5 and known to one at t = 15, whichever order the work arrives
+    /// in (the lookup of the older message must read the trace as of its own time).
+    #[test]
+    fn reference_updates_apply_from_their_time_on() {
+        use differential_dataflow::input::Input;
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::{Input as _, Inspect, Probe};
+        use timely::dataflow::ProbeHandle;
+
+        let seen: Arc<Mutex<Vec<(i64, Status)>>> = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        timely::execute(timely::Config::thread(), move |worker| {
+            let probe = ProbeHandle::<Time>::new();
+            let sink = sink.clone();
+            let (mut regions_in, mut users_in, mut msgs) = worker.dataflow::<Time, _, _>(|scope| {
+                let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
+                let (users_in, users) = scope.new_collection::<UserRow, i64>();
+                let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
+                let (regions, users) = arrange_reference(regions, users);
+                let out = build(messages, regions, users, Params::default());
+                out.decisions
+                    .inspect(move |d: &Decision| {
+                        sink.lock().unwrap().push((d.pos.offset, d.status));
+                    })
+                    .probe_with(&probe);
+                (regions_in, users_in, msgs)
+            });
+            let region = Region {
+                id: "r".into(),
+                uf: "SP".into(),
+                name: "r".into(),
+                lat: 0.0,
+                lon: 0.0,
+            };
+            regions_in.update(region_row(&region), 1);
+            let user = |id: &str| User {
+                id: id.into(),
+                name: id.into(),
+                region_id: "r".into(),
+                balance_cents: 1_000,
+                credit_limit_cents: 0,
+            };
+            users_in.update(user_row(&user("a")), 1);
+            regions_in.close();
+            // Both messages are sent before the late user is, so both lookups happen
+            // after the trace holds the update at t = 10.
+            let msg = |offset: i64, t: Time| Incoming {
+                pos: SourcePos {
+                    partition: 0,
+                    offset,
+                },
+                t,
+                ingest_us: 0,
+                body: Body::Parsed(Tx {
+                    id: format!("x{offset}"),
+                    payer: "b".into(),
+                    payee: "a".into(),
+                    region: "r".into(),
+                    mode: crate::Mode::Pix,
+                    amount_cents: 100,
+                    event_ms: t as i64,
+                }),
+            };
+            msgs.advance_to(5);
+            msgs.send(msg(0, 5));
+            msgs.advance_to(15);
+            msgs.send(msg(1, 15));
+            msgs.close();
+            users_in.advance_to(10);
+            users_in.update(user_row(&user("b")), 1);
+            users_in.close();
+            while probe.less_than(&16) {
+                worker.step();
+            }
+        })
+        .expect("timely runs");
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![(0, Status::UnknownReference), (1, Status::Approved)]
+        );
     }
 }
