@@ -65,7 +65,7 @@ where
                 users_in.update(user_row(u), 1);
             }
         }
-        // Reference data is complete: closing the inputs lets every lookup proceed.
+        // Reference data is complete: closing the inputs lets `Decide` read it for any time.
         drop(regions_in);
         drop(users_in);
         while worker.step_or_park(Some(Duration::from_millis(1))) {}

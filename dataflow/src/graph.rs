@@ -1,13 +1,12 @@
 //! The decision graph (SPEC §4–7) as an explicit timely dataflow.
 //!
 //! ```text
-//! messages ─▶ Validate ─▶ Dedup ─▶ LookupRegion ─▶ LookupPayee ─▶ LookupPayer ─▶ Decide ──▶ decisions
-//!   (t, pos)   invalid,    by id    by region_id    by payee_id    by payer_id    by payer      │
-//!              late        dup,     ▲ regions       ▲ users        ▲ users        ▲    │        ├─▶ Tally ─▶ CountTotal ─▶ analyses
-//!                          self-pay │ arranged      │ arranged     │ arranged     │    │        │            ▲
-//!                                   └───────────────┴──────────────┘              │    ▼        │   ByRegion ⋈ regions ─▶ State(uf)
-//!                                                                  credits (+1 ms feedback, by payee)
-//!                                                                                      └──────▶ accounts
+//! messages ─▶ Validate ─▶ Dedup ──────────▶ Decide ─────────────▶ decisions ─▶ Tally ─▶ CountTotal ─▶ analyses
+//!  (t, pos)   invalid,    by id,           by payer; reads the     │              │          ▲
+//!             late        dup, self-pay    regions and users        │              └ by region ⋈ regions ─▶ State(uf)
+//!                                          arrangements (shared,    │
+//!                                          replicated): rule 4–8    ├─▶ credits ─(+1 ms feedback, by payee)─▶ Decide
+//!                                                                   └─▶ accounts
 //! ```
 //!
 //! The timely timestamp is the arrival time `t` in ms. Every stage that must see messages
@@ -103,7 +102,7 @@ pub struct UserVal {
     pub credit_limit_cents: Cents,
 }
 
-/// A message that passed the rules so far, gathering what the lookups found.
+/// A message that passed rules 1–3 and is on its way to its payer's owner.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pending {
     pub pos: SourcePos,
