@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, skipping what is already there (idempotent).
-# The core (issue: dataflow, replay, run, bench) needs only cargo with rustfmt and clippy.
+# Installs what building and testing need, skipping what is already there (idempotent):
+# - Debian packages: cmake and libcurl (librdkafka's build, via rdkafka's cmake-build),
+#   PostgreSQL 15 and Redis (private test instances), python3-pip;
+# - the Python client confluent-kafka (the third-party client of the interop test);
+# - tansu, the Kafka-protocol broker of the tests (cargo install, about 15 minutes once);
+# - rustfmt and clippy.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is required (this machine's Rust toolchain)" >&2
     exit 1
@@ -11,3 +16,21 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c "import confluent_kafka" >/dev/null 2>&1; then
+    python3 -m pip install -q "confluent-kafka>=2.6"
+fi
+
+scripts/kafka.sh install

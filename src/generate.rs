@@ -30,6 +30,13 @@ pub struct GenerateArgs {
     /// Hours of arrival time the capture spans (at least 24 gives every local hour).
     #[arg(long, default_value_t = 26.0)]
     pub span_hours: f64,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// The share of each kind of faulty message (`vtpga generate` and `vtpga produce`).
+#[derive(Args, Clone, Debug)]
+pub struct FaultArgs {
     /// Share of messages that arrive late (rule 2).
     #[arg(long, default_value_t = 0.01)]
     pub late_share: f64,
@@ -50,19 +57,27 @@ pub struct GenerateArgs {
     pub unknown_share: f64,
 }
 
+impl FaultArgs {
+    /// A generator configuration with these shares (and the defaults otherwise).
+    pub fn config(&self, seed: u64, partitions: i32) -> Result<GeneratorConfig> {
+        let cfg = GeneratorConfig {
+            seed,
+            partitions,
+            late_share: self.late_share,
+            duplicate_share: self.duplicate_share,
+            stale_share: self.stale_share,
+            future_share: self.future_share,
+            invalid_share: self.invalid_share,
+            unknown_share: self.unknown_share,
+            ..GeneratorConfig::default()
+        };
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
+    }
+}
+
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let cfg = GeneratorConfig {
-        seed: args.seed,
-        partitions: args.partitions,
-        late_share: args.late_share,
-        duplicate_share: args.duplicate_share,
-        stale_share: args.stale_share,
-        future_share: args.future_share,
-        invalid_share: args.invalid_share,
-        unknown_share: args.unknown_share,
-        ..GeneratorConfig::default()
-    };
-    cfg.validate().map_err(anyhow::Error::msg)?;
+    let cfg = args.faults.config(args.seed, args.partitions)?;
     let cfg = cfg.spanning(args.count, (args.span_hours * 3_600_000.0) as u64);
     let summary = generate_dataset(&args.out, args.count, args.users, args.extra_regions, cfg)?;
     println!(

@@ -2,4 +2,5 @@
 //! subcommands and the integration tests both build on it.
 
 pub mod cluster;
+pub mod kafka;
 pub mod pipeline;

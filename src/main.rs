@@ -2,6 +2,8 @@
 
 mod bench;
 mod generate;
+mod loadtest;
+mod produce;
 mod replay;
 mod run;
 
@@ -36,6 +38,21 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure the dataflow's throughput against the sequential reference.
     Bench(bench::BenchArgs),
+    /// Publish generated transactions (or a capture's payloads) to Kafka.
+    Produce(produce::ProduceArgs),
+    /// Drive a running `vtpga run --source kafka` at fixed rates; report throughput and latency.
+    Loadtest(loadtest::LoadtestArgs),
+    /// Create the transactions, decisions and dead-letter topics if they are missing.
+    Topics(TopicsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct TopicsArgs {
+    #[command(flatten)]
+    kafka: vtpga::kafka::KafkaArgs,
+    /// Partitions of each new topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
 }
 
 /// The rule parameters of SPEC §5.
@@ -80,5 +97,16 @@ fn main() -> Result<()> {
         Command::Replay(args) => replay::replay(args),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Produce(args) => produce::produce(args),
+        Command::Loadtest(args) => loadtest::loadtest(args),
+        Command::Topics(args) => vtpga::kafka::create_topics(
+            &args.kafka,
+            &[
+                &args.kafka.topic,
+                &args.kafka.decisions_topic,
+                &args.kafka.dlq_topic,
+            ],
+            args.partitions,
+        ),
     }
 }

@@ -1,6 +1,7 @@
-//! `vtpga run`: the embedded main job. Generated reference data, an in-process generator
-//! per worker at a fixed rate, the decision graph, and a live status line. The batches
-//! channel is the seam where the dashboard, Kafka and the database sinks plug in.
+//! `vtpga run`: the main job. Reference data, a source (the in-process generator at a
+//! fixed rate, or the Kafka topic), the decision graph, a live status line, and with the
+//! Kafka source the decisions and dead-letter topics. The batches channel is the seam
+//! where the dashboard and the database sinks plug in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,17 +11,52 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use vtpga_ingest::generator::{Generator, GeneratorConfig};
+use vtpga_ingest::kafka::{partitions_for, KafkaFeed, KafkaSourceConfig, KafkaStats, StartFrom};
 use vtpga_ingest::live::{now_us, LiveFeed};
-use vtpga_ingest::refdata::{generate_regions, generate_users};
+use vtpga_ingest::refdata::{generate_regions, generate_users, read_regions, read_users};
+use vtpga_ingest::source::{Either, Stoppable};
+use vtpga_sinks::kafka::{DecisionProducer, OutputTopics};
 use vtpga_sinks::monitor::Monitor;
 use vtpga_sinks::Gather;
 
 use crate::ParamArgs;
 use vtpga::cluster::ClusterArgs;
+use vtpga::kafka::{partition_count, KafkaArgs};
 use vtpga::pipeline::{self, PipelineSpec, Reference};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The in-process generator (no services needed).
+    Generator,
+    /// The Kafka transactions topic; decisions go to the decisions and DLQ topics.
+    Kafka,
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
+    /// Where transactions come from.
+    #[arg(long, env = "VTPGA_SOURCE", value_enum, default_value = "generator")]
+    pub source: SourceKind,
+    /// Regions CSV (default: generated, as `vtpga generate` does).
+    #[arg(long, env = "VTPGA_REGIONS", requires = "users_csv")]
+    pub regions: Option<std::path::PathBuf>,
+    /// Users CSV (default: generated).
+    #[arg(long = "users-csv", env = "VTPGA_USERS_CSV", requires = "regions")]
+    pub users_csv: Option<std::path::PathBuf>,
+    /// Kafka source: where each partition starts (until stored offsets exist).
+    #[arg(long, env = "VTPGA_KAFKA_START", default_value = "latest")]
+    pub start: StartFrom,
+    /// Kafka source: an idle, caught-up partition's time follows the wall clock minus this.
+    #[arg(long, env = "VTPGA_KAFKA_IDLE_SLACK_MS", default_value_t = 5)]
+    pub idle_slack_ms: u64,
+    /// Kafka source: stop once every partition has been read to its end.
+    #[arg(long, env = "VTPGA_KAFKA_EXIT_AT_EOF")]
+    pub exit_at_eof: bool,
+    /// Kafka source: messages buffered per partition before it is paused.
+    #[arg(long, env = "VTPGA_KAFKA_MAX_BUFFERED", default_value_t = 50_000)]
+    pub max_buffered: usize,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Messages per second for the whole cluster, or `max` for as fast as the graph takes them.
     #[arg(long, env = "VTPGA_RATE", default_value = "5000")]
     pub rate: String,
@@ -62,8 +98,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let rate = parse_rate(&args.rate)?;
     let params = args.params.params()?;
     let config = args.cluster.config()?;
-    let regions = generate_regions(args.extra_regions, args.seed);
-    let users = generate_users(args.users, &regions, args.seed);
+    let (regions, users) = match (&args.regions, &args.users_csv) {
+        (Some(r), Some(u)) => (read_regions(r)?, read_users(u)?),
+        _ => {
+            let regions = generate_regions(args.extra_regions, args.seed);
+            let users = generate_users(args.users, &regions, args.seed);
+            (regions, users)
+        }
+    };
     if users.len() < 2 {
         bail!("--users must be at least 2");
     }
@@ -89,23 +131,78 @@ pub fn run(args: RunArgs) -> Result<()> {
             .map(|n| format!(", {n} messages"))
             .unwrap_or_default()
     );
+    // The Kafka side: partitions to read, and the producer of decisions and dead letters.
+    let kafka = match args.source {
+        SourceKind::Generator => None,
+        SourceKind::Kafka => {
+            let partitions = partition_count(&args.kafka, &args.kafka.topic, Duration::from_secs(10))?;
+            let producer = DecisionProducer::new(
+                args.kafka.client_config()?,
+                OutputTopics {
+                    decisions: args.kafka.decisions_topic.clone(),
+                    dlq: args.kafka.dlq_topic.clone(),
+                },
+            )
+            .context("creating the Kafka producer")?;
+            let source = KafkaSourceConfig {
+                client: args.kafka.settings()?,
+                topic: args.kafka.topic.clone(),
+                start: args.start,
+                offsets: Default::default(),
+                idle_slack_ms: args.idle_slack_ms,
+                exit_at_eof: args.exit_at_eof,
+                max_buffered: args.max_buffered,
+            };
+            eprintln!(
+                "kafka: {} partition(s) of {} on {}, starting from {:?}, decisions to {}, dead letters to {}",
+                partitions, args.kafka.topic, args.kafka.brokers, args.start,
+                args.kafka.decisions_topic, args.kafka.dlq_topic
+            );
+            Some((partitions, source, producer))
+        }
+    };
+    let kafka_stats = KafkaStats::new(local_workers);
+    let (kafka_source, mut producer) = match kafka {
+        Some((partitions, source, producer)) => (Some((partitions, source)), Some(producer)),
+        None => (None, None),
+    };
     let (sender, receiver) = crossbeam_channel::bounded(4096);
-    let monitor = std::thread::spawn(move || {
+    let status_stats = kafka_stats.clone();
+    let monitor_stop = stop.clone();
+    let monitor = std::thread::spawn(move || -> Result<(Monitor, Duration, Option<DecisionProducer>)> {
         let mut monitor = Monitor::default();
         let started = Instant::now();
         let mut window = Instant::now();
         loop {
             match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(batch) => monitor.observe(batch, now_us()),
+                Ok(batch) => {
+                    if let Some(p) = producer.as_mut() {
+                        if let Err(e) = p.send_batch(&batch) {
+                            // Stop taking input: nothing more can be delivered.
+                            monitor_stop.store(true, Ordering::Relaxed);
+                            return Err(anyhow::Error::new(e).context("producing decisions"));
+                        }
+                    }
+                    monitor.observe(batch, now_us())
+                }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
             if window.elapsed() >= Duration::from_secs(1) {
-                eprintln!("{}", monitor.window_line(window.elapsed().as_secs_f64()));
+                let mut line = monitor.window_line(window.elapsed().as_secs_f64());
+                if producer.is_some() {
+                    line.push_str(&format!(
+                        " | lag {} raised {} paused {}",
+                        status_stats.total_lag(),
+                        status_stats.raised.load(Ordering::Relaxed),
+                        status_stats.paused.load(Ordering::Relaxed)
+                    ));
+                }
+                eprintln!("{line}");
                 window = Instant::now();
             }
         }
-        (monitor, started.elapsed())
+        Ok((monitor, started.elapsed(), producer))
     });
     let feed_reference = reference.clone();
     let spec = PipelineSpec {
@@ -115,40 +212,71 @@ pub fn run(args: RunArgs) -> Result<()> {
         gather: Gather::PerWorker,
         max_in_flight: args.max_in_flight,
     };
+    let feed_stats = kafka_stats.clone();
     pipeline::execute(
         spec,
         move |index, peers| {
-            // Each worker is one source partition with its share of the rate and count.
-            let share = |total: u64| {
-                total / peers as u64 + u64::from((index as u64) < total % peers as u64)
+            let feed = match &kafka_source {
+                Some((partitions, source)) => Either::Right(
+                    KafkaFeed::new(
+                        source,
+                        &partitions_for(*partitions, index, peers),
+                        feed_stats.clone(),
+                        index % local_workers,
+                    )
+                    .expect("creating a Kafka consumer with settings already checked"),
+                ),
+                None => {
+                    // Each worker is one source partition with its share of the rate and count.
+                    let share = |total: u64| {
+                        total / peers as u64 + u64::from((index as u64) < total % peers as u64)
+                    };
+                    let cfg = GeneratorConfig {
+                        seed: seed.wrapping_add(index as u64),
+                        partitions: total_workers as i32,
+                        ..GeneratorConfig::default()
+                    };
+                    let generator = Generator::new(
+                        cfg,
+                        feed_reference.regions.clone(),
+                        feed_reference.users.clone(),
+                    );
+                    Either::Left(LiveFeed::new(
+                        generator,
+                        rate.map(|r| r / peers as f64),
+                        if limit == u64::MAX {
+                            u64::MAX
+                        } else {
+                            share(limit)
+                        },
+                        stop.clone(),
+                        index as i32,
+                    ))
+                }
             };
-            let cfg = GeneratorConfig {
-                seed: seed.wrapping_add(index as u64),
-                partitions: total_workers as i32,
-                ..GeneratorConfig::default()
-            };
-            let generator = Generator::new(
-                cfg,
-                feed_reference.regions.clone(),
-                feed_reference.users.clone(),
-            );
-            LiveFeed::new(
-                generator,
-                rate.map(|r| r / peers as f64),
-                if limit == u64::MAX {
-                    u64::MAX
-                } else {
-                    share(limit)
-                },
-                stop.clone(),
-                index as i32,
-            )
+            Stoppable {
+                feed,
+                stop: stop.clone(),
+            }
         },
         sender,
     )?;
-    let (monitor, elapsed) = monitor
+    let (monitor, elapsed, producer) = monitor
         .join()
-        .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))?;
+        .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))??;
     println!("{}", monitor.summary(elapsed.as_secs_f64()));
+    if let Some(p) = producer {
+        p.flush(Duration::from_secs(30))
+            .context("flushing the decisions to Kafka")?;
+        println!(
+            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions",
+            p.stats.delivered.load(Ordering::Relaxed),
+            p.stats.failed.load(Ordering::Relaxed),
+            kafka_stats.raised.load(Ordering::Relaxed)
+        );
+        if p.stats.failed.load(Ordering::Relaxed) > 0 {
+            bail!("some decisions could not be produced to Kafka");
+        }
+    }
     Ok(())
 }

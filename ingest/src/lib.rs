@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod generator;
+pub mod kafka;
 pub mod live;
 pub mod refdata;
 pub mod replay;

@@ -157,3 +157,33 @@ impl Feed for VecFeed {
         }
     }
 }
+
+/// Ends a feed early when `stop` is set (Ctrl-C).
+pub struct Stoppable<F> {
+    pub feed: F,
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<F: Feed> Feed for Stoppable<F> {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Polled::Done;
+        }
+        self.feed.poll(out, max)
+    }
+}
+
+/// One of two feeds, chosen at run time.
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<A: Feed, B: Feed> Feed for Either<A, B> {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        match self {
+            Either::Left(a) => a.poll(out, max),
+            Either::Right(b) => b.poll(out, max),
+        }
+    }
+}

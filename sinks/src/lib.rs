@@ -7,6 +7,7 @@
 //! channel, outside the workers, and consumes whole batches.
 
 pub mod files;
+pub mod kafka;
 pub mod monitor;
 
 use std::collections::BTreeMap;

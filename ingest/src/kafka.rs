@@ -1,0 +1,454 @@
+//! The Kafka source (SPEC §4): the partitions of the transactions topic, assigned to the
+//! workers of all processes deterministically, read with `assign` (no consumer-group
+//! rebalancing, no auto-commit) and merged into one non-decreasing stream of arrival
+//! times per worker.
+//!
+//! * `t` = the record timestamp made non-decreasing per partition, in offset order; the
+//!   source position is (partition, offset).
+//! * A partition that has reached its end (partition EOF) and holds nothing buffered would
+//!   otherwise stall every other partition's time. Its time advances with the wall clock
+//!   minus `idle_slack_ms`; a message that arrives later with an older timestamp has its
+//!   `t` raised to that time, and is counted in [`KafkaStats::raised`].
+//! * Buffering is bounded: a partition whose buffer is full is paused, and resumed when
+//!   it has drained; the operator upstream stops polling while the graph is behind.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use vtpga_dataflow::graph::{Body, Incoming};
+use vtpga_dataflow::{SourcePos, Time};
+
+use crate::replay::owner;
+use crate::source::{Feed, Polled};
+
+/// Where a partition starts when no stored offset is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => Err(format!("expected `earliest` or `latest`, not {s:?}")),
+        }
+    }
+}
+
+/// How a worker's consumer is set up.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceConfig {
+    /// librdkafka client settings (bootstrap.servers, group.id and any `-X key=value`).
+    pub client: Vec<(String, String)>,
+    pub topic: String,
+    pub start: StartFrom,
+    /// The next offset to read per partition, where known (stored offsets win over `start`).
+    pub offsets: HashMap<i32, i64>,
+    /// How far behind the wall clock an idle, caught-up partition's time is held.
+    pub idle_slack_ms: u64,
+    /// End the feed once every assigned partition has reached its end (tests, backfills).
+    pub exit_at_eof: bool,
+    /// Messages buffered per partition before it is paused.
+    pub max_buffered: usize,
+}
+
+/// Counters shared by all workers of a process, read by the status line.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// Messages whose time had to be raised above their clamped record timestamp because
+    /// their partition's time had advanced with the wall clock while it was idle.
+    pub raised: AtomicU64,
+    /// Consumer lag (high watermark − position) summed over partitions, per worker.
+    pub lag: Vec<AtomicI64>,
+    /// Times a partition was paused because its buffer was full.
+    pub paused: AtomicU64,
+}
+
+impl KafkaStats {
+    pub fn new(workers: usize) -> Arc<Self> {
+        Arc::new(KafkaStats {
+            lag: (0..workers).map(|_| AtomicI64::new(0)).collect(),
+            ..KafkaStats::default()
+        })
+    }
+
+    /// Total consumer lag over this process's workers (−1 until librdkafka has reported).
+    pub fn total_lag(&self) -> i64 {
+        let mut known = false;
+        let mut sum = 0;
+        for l in &self.lag {
+            let v = l.load(Ordering::Relaxed);
+            if v >= 0 {
+                known = true;
+                sum += v;
+            }
+        }
+        if known {
+            sum
+        } else {
+            -1
+        }
+    }
+}
+
+/// Receives librdkafka's statistics (every `statistics.interval.ms`) for the lag figure.
+pub struct LagContext {
+    stats: Arc<KafkaStats>,
+    slot: usize,
+    topic: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            if let Some(slot) = self.stats.lag.get(self.slot) {
+                slot.store(lag, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+pub fn client_config(settings: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    config
+}
+
+/// The number of partitions of `topic`, from the broker's metadata.
+pub fn partition_count(
+    settings: &[(String, String)],
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = client_config(settings).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let topic_md = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))?;
+    if let Some(e) = topic_md.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    Ok(topic_md.partitions().len() as i32)
+}
+
+/// The partitions worker `index` of `peers` reads: the same rule as replay's.
+pub fn partitions_for(partitions: i32, index: usize, peers: usize) -> Vec<i32> {
+    (0..partitions).filter(|&p| owner(p, peers) == index).collect()
+}
+
+fn now_ms() -> Time {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Time)
+        .unwrap_or(0)
+}
+
+struct PartitionState {
+    partition: i32,
+    /// The last `t` given to a message of this partition (the SPEC §4 clamp).
+    last_t: Time,
+    /// The time promised while idle: no later message gets a `t` below it.
+    floor: Time,
+    buffer: VecDeque<Incoming>,
+    eof: bool,
+    paused: bool,
+}
+
+impl PartitionState {
+    /// No future message of this partition will have a smaller `t`.
+    fn frontier(&self) -> Time {
+        match self.buffer.front() {
+            Some(m) => m.t,
+            None => self.last_t.max(self.floor),
+        }
+    }
+}
+
+/// One worker's share of the topic.
+pub struct KafkaFeed {
+    consumer: Option<BaseConsumer<LagContext>>,
+    topic: String,
+    parts: Vec<PartitionState>,
+    slot_of: HashMap<i32, usize>,
+    idle_slack_ms: u64,
+    exit_at_eof: bool,
+    max_buffered: usize,
+    stats: Arc<KafkaStats>,
+}
+
+impl KafkaFeed {
+    /// Assigns `partitions` of the topic to a new consumer for local worker `slot`.
+    pub fn new(
+        config: &KafkaSourceConfig,
+        partitions: &[i32],
+        stats: Arc<KafkaStats>,
+        slot: usize,
+    ) -> Result<Self, KafkaError> {
+        let parts: Vec<PartitionState> = partitions
+            .iter()
+            .map(|&partition| PartitionState {
+                partition,
+                last_t: 0,
+                floor: 0,
+                buffer: VecDeque::new(),
+                eof: false,
+                paused: false,
+            })
+            .collect();
+        let slot_of = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.partition, i))
+            .collect();
+        let consumer = if parts.is_empty() {
+            None
+        } else {
+            let mut cc = client_config(&config.client);
+            cc.set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true");
+            if cc.get("statistics.interval.ms").is_none() {
+                cc.set("statistics.interval.ms", "1000");
+            }
+            if cc.get("group.id").is_none() {
+                cc.set("group.id", "vtpga");
+            }
+            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext {
+                stats: stats.clone(),
+                slot,
+                topic: config.topic.clone(),
+            })?;
+            let mut tpl = TopicPartitionList::new();
+            for p in &parts {
+                let offset = match config.offsets.get(&p.partition) {
+                    Some(&o) => Offset::Offset(o),
+                    None => match config.start {
+                        StartFrom::Earliest => Offset::Beginning,
+                        StartFrom::Latest => Offset::End,
+                    },
+                };
+                tpl.add_partition_offset(&config.topic, p.partition, offset)?;
+            }
+            consumer.assign(&tpl)?;
+            Some(consumer)
+        };
+        Ok(KafkaFeed {
+            consumer,
+            topic: config.topic.clone(),
+            parts,
+            slot_of,
+            idle_slack_ms: config.idle_slack_ms,
+            exit_at_eof: config.exit_at_eof,
+            max_buffered: config.max_buffered.max(1),
+            stats,
+        })
+    }
+
+    fn set_paused(&mut self, index: usize, pause: bool) {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return;
+        };
+        let part = &mut self.parts[index];
+        if part.paused == pause {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&self.topic, part.partition, Offset::Invalid)
+            .is_err()
+        {
+            return;
+        }
+        let result = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                part.paused = pause;
+                if pause {
+                    self.stats.paused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => log::warn!("pausing/resuming partition {}: {e}", part.partition),
+        }
+    }
+
+    /// Takes what librdkafka has fetched into the partition buffers.
+    fn fill(&mut self, budget: usize) {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return;
+        };
+        let mut taken = 0;
+        let mut to_pause = Vec::new();
+        while taken < budget {
+            match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(msg)) => {
+                    let Some(&i) = self.slot_of.get(&msg.partition()) else {
+                        continue;
+                    };
+                    let part = &mut self.parts[i];
+                    let record_ts = msg
+                        .timestamp()
+                        .to_millis()
+                        .map(|ms| ms.max(0) as Time)
+                        .unwrap_or(0);
+                    let clamped = record_ts.max(part.last_t);
+                    let t = clamped.max(part.floor);
+                    if t > clamped {
+                        self.stats.raised.fetch_add(1, Ordering::Relaxed);
+                    }
+                    part.last_t = t;
+                    part.eof = false;
+                    part.buffer.push_back(Incoming {
+                        pos: SourcePos {
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                        },
+                        t,
+                        ingest_us: now_us(),
+                        body: Body::Raw(msg.payload().unwrap_or_default().to_vec()),
+                    });
+                    if part.buffer.len() >= self.max_buffered && !part.paused {
+                        to_pause.push(i);
+                    }
+                    taken += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(&i) = self.slot_of.get(&p) {
+                        self.parts[i].eof = true;
+                    }
+                }
+                Some(Err(e)) => {
+                    log::warn!("kafka consumer: {e}");
+                    break;
+                }
+            }
+        }
+        for i in to_pause {
+            self.set_paused(i, true);
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Feed for KafkaFeed {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        if self.parts.is_empty() {
+            return Polled::Done;
+        }
+        self.fill(max.max(1));
+        // Idle partitions that have caught up follow the wall clock, minus the slack.
+        let idle_floor = now_ms().saturating_sub(self.idle_slack_ms);
+        for part in &mut self.parts {
+            if part.eof && part.buffer.is_empty() && idle_floor > part.floor {
+                part.floor = idle_floor;
+            }
+        }
+        // Merge the partition buffers in non-decreasing `t`: a message may go once no
+        // partition can still deliver anything earlier.
+        let mut given = 0;
+        while given < max {
+            let mut best: Option<(Time, usize)> = None;
+            let mut bound = Time::MAX;
+            for (i, part) in self.parts.iter().enumerate() {
+                match part.buffer.front() {
+                    Some(m) => {
+                        if best.is_none_or(|(t, _)| m.t < t) {
+                            best = Some((m.t, i));
+                        }
+                    }
+                    None => bound = bound.min(part.frontier()),
+                }
+            }
+            let Some((t, i)) = best else { break };
+            if t > bound {
+                break;
+            }
+            let part = &mut self.parts[i];
+            while given < max {
+                match part.buffer.front() {
+                    Some(m) if m.t == t => {
+                        out.push(part.buffer.pop_front().expect("front exists"));
+                        given += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for i in 0..self.parts.len() {
+            if self.parts[i].paused && self.parts[i].buffer.len() <= self.max_buffered / 2 {
+                self.set_paused(i, false);
+            }
+        }
+        if self.exit_at_eof && self.parts.iter().all(|p| p.eof && p.buffer.is_empty()) {
+            return Polled::Done;
+        }
+        let frontier = self
+            .parts
+            .iter()
+            .map(PartitionState::frontier)
+            .min()
+            .unwrap_or(0);
+        Polled::Open {
+            frontier,
+            idle: given == 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_spread_over_all_workers() {
+        let mut seen: Vec<i32> = (0..3).flat_map(|w| partitions_for(8, w, 3)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+        assert_eq!(partitions_for(8, 1, 3), vec![1, 4, 7]);
+        assert!(partitions_for(2, 3, 4).is_empty());
+    }
+
+    #[test]
+    fn start_from_parses() {
+        assert_eq!("earliest".parse::<StartFrom>(), Ok(StartFrom::Earliest));
+        assert_eq!("latest".parse::<StartFrom>(), Ok(StartFrom::Latest));
+        assert!("newest".parse::<StartFrom>().is_err());
+    }
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# A local Kafka-protocol broker for development and tests: tansu (Apache-2.0, crates.io)
+# with in-memory storage, on loopback, no Docker.
+#
+#   scripts/kafka.sh install                      # cargo install tansu (skipped if present)
+#   scripts/kafka.sh start [PORT] [PARTITIONS]    # default 19092, 4; creates the topics
+#   scripts/kafka.sh stop                         # stops the broker this script started (by PID)
+#   scripts/kafka.sh status
+#
+# State (PID file, log) lives in $VTPGA_KAFKA_DIR (default: .local/kafka in the checkout).
+# Memory storage: everything is gone when the broker stops.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dir="${VTPGA_KAFKA_DIR:-$here/.local/kafka}"
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$cargo_bin:$PATH"
+
+tansu_bin() {
+    command -v tansu 2>/dev/null || true
+}
+
+install() {
+    if [ -n "$(tansu_bin)" ]; then
+        return 0
+    fi
+    echo "installing tansu (Kafka-protocol broker; about 15 minutes on 2 cores)..." >&2
+    # librdkafka's build (rdkafka's cmake-build) needs cmake and libcurl; tansu needs neither.
+    cargo install tansu --version 0.6.0 --features dynostore --locked
+}
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "broker did not open 127.0.0.1:$port (log: $dir/tansu.log)" >&2
+    return 1
+}
+
+start() {
+    local port="${1:-19092}" partitions="${2:-4}"
+    install
+    mkdir -p "$dir"
+    if [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null; then
+        echo "broker already running (pid $(cat "$dir/tansu.pid"), port $(cat "$dir/port"))"
+        return 0
+    fi
+    local url="tcp://127.0.0.1:$port"
+    (cd "$dir" && exec tansu broker \
+        --listener-url "$url" \
+        --advertised-listener-url "$url" \
+        --storage-engine memory://tansu/ \
+        >"$dir/tansu.log" 2>&1) &
+    echo $! >"$dir/tansu.pid"
+    echo "$port" >"$dir/port"
+    wait_port "$port"
+    for topic in "${VTPGA_KAFKA_TOPIC:-transacoes}" \
+        "${VTPGA_KAFKA_DECISIONS_TOPIC:-transacoes-decisoes}" \
+        "${VTPGA_KAFKA_DLQ_TOPIC:-transacoes-dlq}"; do
+        tansu topic create "$topic" --partitions "$partitions" --broker "$url" >/dev/null 2>&1 ||
+            echo "topic $topic: not created (it may exist already)" >&2
+    done
+    echo "broker on 127.0.0.1:$port (pid $(cat "$dir/tansu.pid")); export VTPGA_KAFKA_BROKERS=127.0.0.1:$port"
+}
+
+stop() {
+    if [ -f "$dir/tansu.pid" ]; then
+        local pid
+        pid="$(cat "$dir/tansu.pid")"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid"
+            for _ in $(seq 1 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$dir/tansu.pid"
+        echo "broker stopped"
+    else
+        echo "no broker started from $dir"
+    fi
+}
+
+status() {
+    if [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null; then
+        echo "running: pid $(cat "$dir/tansu.pid"), 127.0.0.1:$(cat "$dir/port")"
+    else
+        echo "not running"
+        return 1
+    fi
+}
+
+case "${1:-}" in
+install) install ;;
+start) shift; start "$@" ;;
+stop) stop ;;
+status) status ;;
+*)
+    echo "usage: $0 install|start [PORT] [PARTITIONS]|stop|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,182 @@
+//! Decisions back to the bank's applications (SPEC §8 record as JSON on the decisions
+//! topic, keyed by transaction id) and invalid messages to the dead-letter topic (the raw
+//! payload as value; the error, source partition and offset as headers).
+//!
+//! Each record carries a `decided_us` header: the wall-clock µs when it was handed to the
+//! producer, so a reader can measure decision latency from the source record's timestamp.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::ClientContext;
+
+use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::Status;
+
+use crate::files::DecisionRecord;
+use crate::monitor::now_us;
+use crate::Batch;
+
+/// Delivery outcomes, counted by librdkafka's delivery callbacks.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct DeliveryContext {
+    stats: Arc<DeliveryStats>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                if self.stats.failed.fetch_add(1, Ordering::Relaxed) < 10 {
+                    log::error!("producing a decision failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Topic names for the outputs.
+#[derive(Clone, Debug)]
+pub struct OutputTopics {
+    pub decisions: String,
+    pub dlq: String,
+}
+
+pub struct DecisionProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+    topics: OutputTopics,
+    pub stats: Arc<DeliveryStats>,
+    json: Vec<u8>,
+}
+
+impl DecisionProducer {
+    pub fn new(mut config: ClientConfig, topics: OutputTopics) -> Result<Self, KafkaError> {
+        if config.get("linger.ms").is_none() {
+            config.set("linger.ms", "1");
+        }
+        // A DLQ record carries the raw payload, which may be as large as the broker let in.
+        if config.get("message.max.bytes").is_none() {
+            config.set("message.max.bytes", "10000000");
+        }
+        let stats = Arc::new(DeliveryStats::default());
+        let producer = config.create_with_context(DeliveryContext {
+            stats: stats.clone(),
+        })?;
+        Ok(DecisionProducer {
+            producer,
+            topics,
+            stats,
+            json: Vec::with_capacity(512),
+        })
+    }
+
+    /// Produces every decision of the batch (and every invalid message to the DLQ).
+    /// Waits while librdkafka's queue is full (backpressure), never drops.
+    pub fn send_batch(&mut self, batch: &Batch) -> Result<(), KafkaError> {
+        for d in &batch.decisions {
+            self.send_decision(d)?;
+        }
+        Ok(())
+    }
+
+    fn send_decision(&mut self, d: &Decision) -> Result<(), KafkaError> {
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, &DecisionRecord::of(d))
+            .expect("a decision record always serializes");
+        let decided = now_us().to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "decided_us",
+            value: Some(decided.as_bytes()),
+        });
+        let ts = (now_us() / 1000) as i64;
+        let key = d.tx.as_ref().map(|tx| tx.id.as_str());
+        let mut record = BaseRecord::to(&self.topics.decisions)
+            .payload(&self.json[..])
+            .headers(headers)
+            .timestamp(ts);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        send_with_backpressure(&self.producer, record)?;
+        if d.status == Status::Invalid {
+            let error = d.reason.as_deref().unwrap_or("invalid");
+            let partition = d.pos.partition.to_string();
+            let offset = d.pos.offset.to_string();
+            let t = d.t.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "error",
+                    value: Some(error.as_bytes()),
+                })
+                .insert(Header {
+                    key: "partition",
+                    value: Some(partition.as_bytes()),
+                })
+                .insert(Header {
+                    key: "offset",
+                    value: Some(offset.as_bytes()),
+                })
+                .insert(Header {
+                    key: "t",
+                    value: Some(t.as_bytes()),
+                });
+            let raw: &[u8] = d.raw.as_deref().unwrap_or_default();
+            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.dlq)
+                .payload(raw)
+                .headers(headers)
+                .timestamp(ts);
+            send_with_backpressure(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything produced so far is delivered (or `timeout` passes).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Messages handed to librdkafka and not yet delivered.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+/// Sends `record`, waiting while the local queue is full. Any other error is returned.
+pub fn send_with_backpressure<'a, K, P, C>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

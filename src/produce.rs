@@ -1,0 +1,249 @@
+//! `vtpga produce`: the transaction generator of the original design, publishing SPEC §3
+//! messages to Kafka keyed by payer, at a fixed rate or as fast as possible. With
+//! `--capture` it publishes a capture file's payloads instead, each with its recorded
+//! timestamp (to replay a recorded day through Kafka).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use vtpga_ingest::capture::capture_lines;
+use vtpga_ingest::generator::Generator;
+use vtpga_ingest::live::now_us;
+use vtpga_ingest::refdata::{read_regions, read_users};
+use vtpga_sinks::kafka::send_with_backpressure;
+
+use crate::generate::FaultArgs;
+use vtpga::kafka::KafkaArgs;
+
+#[derive(Args, Clone, Debug)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Regions CSV (id,uf,name,lat,lon).
+    #[arg(long, env = "VTPGA_REGIONS", required_unless_present = "capture")]
+    pub regions: Option<PathBuf>,
+    /// Users CSV (id,name,region_id,balance_cents,credit_limit_cents).
+    #[arg(long, env = "VTPGA_USERS_CSV", required_unless_present = "capture")]
+    pub users: Option<PathBuf>,
+    /// Publish this capture's payloads (with their recorded timestamps) instead of
+    /// generating messages.
+    #[arg(long, conflicts_with_all = ["regions", "users"])]
+    pub capture: Option<PathBuf>,
+    /// Messages per second, or `max`.
+    #[arg(long, default_value = "1000")]
+    pub rate: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Seed of the generated messages (give each concurrent producer its own).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Producer acknowledgements: 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    pub acks: String,
+    /// Producer linger (ms): how long a batch waits to fill.
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u64,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub batch_size: u64,
+    /// No progress bar (logs and CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What a producer run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Produced {
+    pub sent: u64,
+    pub seconds: f64,
+}
+
+pub fn parse_rate(rate: &str) -> Result<Option<f64>> {
+    if rate.eq_ignore_ascii_case("max") {
+        return Ok(None);
+    }
+    let r: f64 = rate
+        .parse()
+        .with_context(|| format!("rate must be a number or `max`, not {rate:?}"))?;
+    if !(r.is_finite() && r > 0.0) {
+        bail!("rate must be positive, not {rate}");
+    }
+    Ok(Some(r))
+}
+
+pub fn make_producer(
+    kafka: &KafkaArgs,
+    acks: &str,
+    linger_ms: u64,
+    batch_size: u64,
+) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    let mut config = kafka.client_config()?;
+    config
+        .set("acks", acks)
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.size", batch_size.to_string())
+        // The Java client's partitioner, so keys land where other clients put them.
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000");
+    if config.get("message.max.bytes").is_none() {
+        config.set("message.max.bytes", "10000000");
+    }
+    config.create().context("creating the Kafka producer")
+}
+
+/// Publishes generated messages at `rate` (None: as fast as possible) until `count`
+/// messages, `duration` or `stop`. Each record's timestamp is its arrival time `t`.
+pub fn produce_generated(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    generator: &mut Generator,
+    rate: Option<f64>,
+    count: u64,
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+    bar: &ProgressBar,
+) -> Result<Produced> {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < count && !stop.load(Ordering::Relaxed) {
+        let elapsed = started.elapsed();
+        if duration.is_some_and(|d| elapsed >= d) {
+            break;
+        }
+        let due = match rate {
+            Some(r) => ((elapsed.as_secs_f64() * r) as u64).saturating_sub(sent),
+            None => 1024,
+        }
+        .min(count - sent);
+        if due == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let t = now_us() / 1000;
+        for _ in 0..due {
+            let m = generator.next_at(t);
+            let record = BaseRecord::to(topic)
+                .key(m.key.as_str())
+                .payload(&m.payload[..])
+                .timestamp(t as i64);
+            send_with_backpressure(producer, record).context("producing a transaction")?;
+        }
+        sent += due;
+        bar.inc(due);
+    }
+    Ok(Produced {
+        sent,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+pub fn produce(args: ProduceArgs) -> Result<()> {
+    let rate = parse_rate(&args.rate)?;
+    let producer = make_producer(&args.kafka, &args.acks, args.linger_ms, args.batch_size)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let count = args.count.unwrap_or(u64::MAX);
+    if args.count.is_none() && args.duration.is_none() && args.capture.is_none() {
+        log::info!("no --count or --duration: producing until Ctrl-C");
+    }
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = match args.count {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::no_length(),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} {wide_bar} {human_pos}/{human_len} msgs {per_sec} ({eta})",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    };
+    let produced = match &args.capture {
+        Some(path) => {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            for record in capture_lines(path) {
+                if sent >= count || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let record = record.with_context(|| format!("reading {}", path.display()))?;
+                let key = payer_of(record.payload.as_bytes());
+                let mut r = BaseRecord::to(&args.kafka.topic)
+                    .payload(record.payload.as_str())
+                    .timestamp(record.t as i64);
+                if let Some(k) = key.as_deref() {
+                    r = r.key(k);
+                }
+                send_with_backpressure(&producer, r).context("producing a transaction")?;
+                sent += 1;
+                bar.inc(1);
+            }
+            Produced {
+                sent,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+        }
+        None => {
+            let (Some(regions), Some(users)) = (&args.regions, &args.users) else {
+                bail!("--regions and --users are required without --capture");
+            };
+            let regions = read_regions(regions)?;
+            let users = read_users(users)?;
+            let cfg = args.faults.config(args.seed, 1)?;
+            let mut generator = Generator::new(cfg, regions, users);
+            produce_generated(
+                &producer,
+                &args.kafka.topic,
+                &mut generator,
+                rate,
+                count,
+                args.duration,
+                &stop,
+                &bar,
+            )?
+        }
+    };
+    bar.finish_and_clear();
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
+    println!(
+        "produced {} messages to {} in {:.2} s ({:.0} msg/s)",
+        produced.sent,
+        args.kafka.topic,
+        produced.seconds,
+        produced.sent as f64 / produced.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// The payer id of a payload, when it is a JSON object with a string payer (the key).
+fn payer_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Payer {
+        id_usuario_pagador: String,
+    }
+    serde_json::from_slice::<Payer>(payload)
+        .ok()
+        .map(|p| p.id_usuario_pagador)
+}

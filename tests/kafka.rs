@@ -1,0 +1,341 @@
+//! The pipeline from Kafka, end to end, against a private broker: decisions on the
+//! decisions topic equal `vtpga replay` of the messages as consumed (1 and 2 workers), bad
+//! messages land in the dead-letter topic with a reason while their neighbours are
+//! decided, and a third-party client (Python `confluent-kafka`) talks to it both ways.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::Value;
+
+use common::{path_str, read_topic, vtpga, write_capture, Broker};
+
+const TOPIC: &str = "transacoes";
+const DECISIONS: &str = "transacoes-decisoes";
+const DLQ: &str = "transacoes-dlq";
+
+fn run_pipeline(broker: &Broker, dir: &std::path::Path, workers: usize) -> String {
+    let out = vtpga(
+        &[
+            "run",
+            "--source",
+            "kafka",
+            "--start",
+            "earliest",
+            "--exit-at-eof",
+            "--regions",
+            path_str(&dir.join("regions.csv")),
+            "--users-csv",
+            path_str(&dir.join("users.csv")),
+            "--workers",
+            &workers.to_string(),
+        ],
+        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn decisions_equal_replay(workers: usize) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    vtpga(
+        &[
+            "generate",
+            "--out",
+            path_str(dir),
+            "--count",
+            "12000",
+            "--users",
+            "800",
+            "--span-hours",
+            "1",
+            "--seed",
+            &(100 + workers).to_string(),
+        ],
+        &[],
+    );
+    let broker = Broker::start();
+    broker.create_topics(4);
+    vtpga(
+        &[
+            "produce",
+            "--capture",
+            path_str(&dir.join("capture.jsonl")),
+            "--quiet",
+        ],
+        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
+    );
+    let summary = run_pipeline(&broker, dir, workers);
+
+    // The capture as the pipeline consumed it, replayed from the file.
+    let consumed = read_topic(&broker, TOPIC);
+    assert_eq!(consumed.len(), 12000, "every produced message is in the topic");
+    let partitions: std::collections::BTreeSet<i32> =
+        consumed.iter().map(|r| r.partition).collect();
+    assert!(partitions.len() > 1, "messages are spread over partitions");
+    let capture = dir.join("consumed.jsonl");
+    write_capture(&consumed, &capture);
+    let replayed = dir.join("replayed.jsonl");
+    vtpga(
+        &[
+            "replay",
+            "--input",
+            path_str(&capture),
+            "--regions",
+            path_str(&dir.join("regions.csv")),
+            "--users",
+            path_str(&dir.join("users.csv")),
+            "--decisions",
+            path_str(&replayed),
+            "--analyses",
+            path_str(&dir.join("replayed-analyses.json")),
+        ],
+        &[],
+    );
+    let mut expected: Vec<String> = std::fs::read_to_string(&replayed)
+        .expect("replay decisions")
+        .lines()
+        .map(String::from)
+        .collect();
+    let records = read_topic(&broker, DECISIONS);
+    let mut got: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).expect("decisions are JSON text"))
+        .collect();
+    assert_eq!(got.len(), consumed.len(), "one decision per message\n{summary}");
+    expected.sort();
+    got.sort();
+    assert!(
+        got == expected,
+        "decisions from Kafka differ from the replay of the consumed messages ({workers} workers): first difference {:?}",
+        got.iter().zip(&expected).find(|(a, b)| a != b)
+    );
+    // Decisions are keyed by transaction id; every invalid message is also in the DLQ.
+    let mut invalid = 0;
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
+        match v.get("id").and_then(Value::as_str) {
+            Some(id) => assert_eq!(r.key.as_deref(), Some(id.as_bytes()), "keyed by id"),
+            None => assert_eq!(v["status"], "invalid"),
+        }
+        assert!(r.header("decided_us").is_some());
+        if v["status"] == "invalid" {
+            invalid += 1;
+        }
+    }
+    let statuses: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].to_string())
+        .collect();
+    assert!(statuses.len() >= 7, "a realistic mix of statuses: {statuses:?}");
+    assert!(invalid > 0, "the capture holds invalid messages");
+    assert_eq!(read_topic(&broker, DLQ).len(), invalid);
+}
+
+#[test]
+fn kafka_decisions_equal_replay_one_worker() {
+    decisions_equal_replay(1);
+}
+
+#[test]
+fn kafka_decisions_equal_replay_two_workers() {
+    decisions_equal_replay(2);
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first users of a generated users.csv: (id, region).
+fn some_users(dir: &std::path::Path, n: usize) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("users.csv"))
+        .expect("users.csv")
+        .lines()
+        .skip(1)
+        .take(n)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), f[2].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn bad_messages_go_to_the_dead_letter_topic() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    vtpga(
+        &["generate", "--out", path_str(dir), "--count", "10", "--users", "50"],
+        &[],
+    );
+    let users = some_users(dir, 2);
+    let broker = Broker::start();
+    broker.create_topics(2);
+    let producer: ThreadedProducer<DefaultProducerContext> = broker
+        .config()
+        .set("message.max.bytes", "5000000")
+        .create()
+        .expect("producer");
+    let huge = format!("{{\"pad\":\"{}\"}}", "a".repeat(1 << 20));
+    let bad: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("not JSON", Some(b"this is not json".to_vec())),
+        ("binary garbage", Some(vec![0xff, 0x00, 0xfe, 0x80, 0xc3, 0x28, 0x01])),
+        ("1 MB payload", Some(huge.into_bytes())),
+        (
+            "wrong types",
+            Some(
+                br#"{"id_transacao": 5, "id_usuario_pagador": true, "id_usuario_recebedor": null,
+                "id_regiao": [], "modalidade_pagamento": 1, "data_horario": 0, "valor_transacao": "x"}"#
+                    .to_vec(),
+            ),
+        ),
+        ("empty", Some(Vec::new())),
+        ("no value at all", None),
+    ];
+    // good, bad, good, bad, ..., good: all on partition 0, in this order.
+    let t = now_ms();
+    let event = chrono_like_utc(t);
+    let good = |i: usize| {
+        format!(
+            r#"{{"id_transacao":"good-{i}","id_usuario_pagador":"{}","id_usuario_recebedor":"{}","id_regiao":"{}","modalidade_pagamento":"Pix","data_horario":"{event}","valor_transacao":1.25}}"#,
+            users[0].0, users[1].0, users[0].1
+        )
+    };
+    let mut expected_kind: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
+    for (i, (name, payload)) in bad.iter().enumerate() {
+        expected_kind.push(("good", Some(good(i).into_bytes())));
+        expected_kind.push((name, payload.clone()));
+    }
+    expected_kind.push(("good", Some(good(bad.len()).into_bytes())));
+    for (_, payload) in &expected_kind {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(TOPIC).partition(0).timestamp(t);
+        if let Some(p) = payload {
+            record = record.payload(&p[..]);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let consumed = read_topic(&broker, TOPIC);
+    assert_eq!(consumed.len(), expected_kind.len(), "the broker took every message");
+
+    run_pipeline(&broker, dir, 2);
+
+    let decisions: HashMap<i64, Value> = read_topic(&broker, DECISIONS)
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
+            (v["offset"].as_i64().expect("offset"), v)
+        })
+        .collect();
+    let dlq: HashMap<i64, common::Consumed> = read_topic(&broker, DLQ)
+        .into_iter()
+        .map(|r| {
+            let offset: i64 = r
+                .header("offset")
+                .expect("offset header")
+                .parse()
+                .expect("numeric offset");
+            (offset, r)
+        })
+        .collect();
+    assert_eq!(decisions.len(), expected_kind.len(), "one decision per message");
+    assert_eq!(dlq.len(), bad.len(), "each bad message, once, in the DLQ");
+    for (offset, (kind, payload)) in expected_kind.iter().enumerate() {
+        let offset = offset as i64;
+        let d = &decisions[&offset];
+        if *kind == "good" {
+            assert_ne!(d["status"], "invalid", "{d}");
+            assert_ne!(d["status"], "late", "{d}");
+            assert!(!dlq.contains_key(&offset));
+        } else {
+            assert_eq!(d["status"], "invalid", "{kind}: {d}");
+            assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{kind}");
+            let dead = &dlq[&offset];
+            assert_eq!(&dead.payload, payload.as_ref().unwrap_or(&Vec::new()), "{kind}");
+            assert_eq!(dead.header("partition"), Some("0"));
+            let error = dead.header("error").expect("error header");
+            assert!(!error.is_empty(), "{kind}");
+            assert_eq!(Some(error), d["error"].as_str(), "{kind}");
+        }
+    }
+}
+
+/// `t` (ms) as RFC 3339 UTC with milliseconds, without a date library.
+fn chrono_like_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[test]
+fn interoperates_with_python_confluent_kafka() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    vtpga(
+        &["generate", "--out", path_str(dir), "--count", "10", "--users", "200"],
+        &[],
+    );
+    let broker = Broker::start();
+    broker.create_topics(3);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/confluent_client.py");
+    let python = |mode: &str| {
+        let out = Command::new("python3")
+            .args([
+                script,
+                mode,
+                "--brokers",
+                &broker.addr,
+                "--users",
+                path_str(&dir.join("users.csv")),
+                "--ids",
+                path_str(&dir.join("ids.txt")),
+                "--count",
+                "400",
+            ])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "confluent_client.py {mode} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    python("produce");
+    run_pipeline(&broker, dir, 2);
+    let report = python("verify");
+    // The script checked the decisions itself; check its report too.
+    let counts: BTreeMap<String, u64> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("status "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(s, n)| (s.to_owned(), n.trim().parse().expect("count")))
+        .collect();
+    assert_eq!(counts.values().sum::<u64>(), 400, "{report}");
+    assert!(!counts.contains_key("invalid"), "{report}");
+}
