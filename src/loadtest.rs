@@ -82,8 +82,11 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<
 pub fn loadtest(args: LoadtestArgs) -> Result<()> {
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
-    let decision_partitions =
-        partition_count(&args.kafka, &args.kafka.decisions_topic, Duration::from_secs(10))?;
+    let decision_partitions = partition_count(
+        &args.kafka,
+        &args.kafka.decisions_topic,
+        Duration::from_secs(10),
+    )?;
     let producer = make_producer(&args.kafka, "1", args.linger_ms, 1_000_000)?;
     let mut consumer_config = args.kafka.client_config()?;
     consumer_config
@@ -111,14 +114,11 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
             tpl.add_partition_offset(&args.kafka.decisions_topic, p as i32, Offset::Offset(o))?;
         }
         consumer.assign(&tpl)?;
-        let cfg = args.faults.config(args.seed.wrapping_add(i as u64 * 7919), 1)?;
+        let cfg = args
+            .faults
+            .config(args.seed.wrapping_add(i as u64 * 7919), 1)?;
         let mut generator = Generator::new(cfg, regions.clone(), users.clone());
-        eprintln!(
-            "step {}: rate {} for {:?}",
-            i + 1,
-            rate_text,
-            args.duration
-        );
+        eprintln!("step {}: rate {} for {:?}", i + 1, rate_text, args.duration);
         // The producer runs on its own thread; this one reads decisions meanwhile.
         let produced = std::thread::scope(|s| -> Result<(crate::produce::Produced, Step)> {
             let topic = args.kafka.topic.clone();
@@ -179,9 +179,10 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
                     Some(Ok(msg)) => {
                         // Only count each source position once (a re-delivered decision
                         // would be counted twice otherwise).
-                        let Some(record) = msg.payload().and_then(|p| {
-                            serde_json::from_slice::<DecisionTime>(p).ok()
-                        }) else {
+                        let Some(record) = msg
+                            .payload()
+                            .and_then(|p| serde_json::from_slice::<DecisionTime>(p).ok())
+                        else {
                             continue;
                         };
                         if seen.insert((record.partition, record.offset), ()).is_some() {

@@ -135,7 +135,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let kafka = match args.source {
         SourceKind::Generator => None,
         SourceKind::Kafka => {
-            let partitions = partition_count(&args.kafka, &args.kafka.topic, Duration::from_secs(10))?;
+            let partitions =
+                partition_count(&args.kafka, &args.kafka.topic, Duration::from_secs(10))?;
             let producer = DecisionProducer::new(
                 args.kafka.client_config()?,
                 OutputTopics {
@@ -169,41 +170,43 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (sender, receiver) = crossbeam_channel::bounded(4096);
     let status_stats = kafka_stats.clone();
     let monitor_stop = stop.clone();
-    let monitor = std::thread::spawn(move || -> Result<(Monitor, Duration, Option<DecisionProducer>)> {
-        let mut monitor = Monitor::default();
-        let started = Instant::now();
-        let mut window = Instant::now();
-        loop {
-            match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(batch) => {
-                    if let Some(p) = producer.as_mut() {
-                        if let Err(e) = p.send_batch(&batch) {
-                            // Stop taking input: nothing more can be delivered.
-                            monitor_stop.store(true, Ordering::Relaxed);
-                            return Err(anyhow::Error::new(e).context("producing decisions"));
+    let monitor = std::thread::spawn(
+        move || -> Result<(Monitor, Duration, Option<DecisionProducer>)> {
+            let mut monitor = Monitor::default();
+            let started = Instant::now();
+            let mut window = Instant::now();
+            loop {
+                match receiver.recv_timeout(Duration::from_millis(100)) {
+                    Ok(batch) => {
+                        if let Some(p) = producer.as_mut() {
+                            if let Err(e) = p.send_batch(&batch) {
+                                // Stop taking input: nothing more can be delivered.
+                                monitor_stop.store(true, Ordering::Relaxed);
+                                return Err(anyhow::Error::new(e).context("producing decisions"));
+                            }
                         }
+                        monitor.observe(batch, now_us())
                     }
-                    monitor.observe(batch, now_us())
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            if window.elapsed() >= Duration::from_secs(1) {
-                let mut line = monitor.window_line(window.elapsed().as_secs_f64());
-                if producer.is_some() {
-                    line.push_str(&format!(
-                        " | lag {} raised {} paused {}",
-                        status_stats.total_lag(),
-                        status_stats.raised.load(Ordering::Relaxed),
-                        status_stats.paused.load(Ordering::Relaxed)
-                    ));
+                if window.elapsed() >= Duration::from_secs(1) {
+                    let mut line = monitor.window_line(window.elapsed().as_secs_f64());
+                    if producer.is_some() {
+                        line.push_str(&format!(
+                            " | lag {} raised {} paused {}",
+                            status_stats.total_lag(),
+                            status_stats.raised.load(Ordering::Relaxed),
+                            status_stats.paused.load(Ordering::Relaxed)
+                        ));
+                    }
+                    eprintln!("{line}");
+                    window = Instant::now();
                 }
-                eprintln!("{line}");
-                window = Instant::now();
             }
-        }
-        Ok((monitor, started.elapsed(), producer))
-    });
+            Ok((monitor, started.elapsed(), producer))
+        },
+    );
     let feed_reference = reference.clone();
     let spec = PipelineSpec {
         config,

@@ -73,7 +73,11 @@ fn decisions_equal_replay(workers: usize) {
 
     // The capture as the pipeline consumed it, replayed from the file.
     let consumed = read_topic(&broker, TOPIC);
-    assert_eq!(consumed.len(), 12000, "every produced message is in the topic");
+    assert_eq!(
+        consumed.len(),
+        12000,
+        "every produced message is in the topic"
+    );
     let partitions: std::collections::BTreeSet<i32> =
         consumed.iter().map(|r| r.partition).collect();
     assert!(partitions.len() > 1, "messages are spread over partitions");
@@ -106,7 +110,11 @@ fn decisions_equal_replay(workers: usize) {
         .iter()
         .map(|r| String::from_utf8(r.payload.clone()).expect("decisions are JSON text"))
         .collect();
-    assert_eq!(got.len(), consumed.len(), "one decision per message\n{summary}");
+    assert_eq!(
+        got.len(),
+        consumed.len(),
+        "one decision per message\n{summary}"
+    );
     expected.sort();
     got.sort();
     assert!(
@@ -131,7 +139,10 @@ fn decisions_equal_replay(workers: usize) {
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].to_string())
         .collect();
-    assert!(statuses.len() >= 7, "a realistic mix of statuses: {statuses:?}");
+    assert!(
+        statuses.len() >= 7,
+        "a realistic mix of statuses: {statuses:?}"
+    );
     assert!(invalid > 0, "the capture holds invalid messages");
     assert_eq!(read_topic(&broker, DLQ).len(), invalid);
 }
@@ -172,7 +183,15 @@ fn bad_messages_go_to_the_dead_letter_topic() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
     vtpga(
-        &["generate", "--out", path_str(dir), "--count", "10", "--users", "50"],
+        &[
+            "generate",
+            "--out",
+            path_str(dir),
+            "--count",
+            "10",
+            "--users",
+            "50",
+        ],
         &[],
     );
     let users = some_users(dir, 2);
@@ -224,7 +243,11 @@ fn bad_messages_go_to_the_dead_letter_topic() {
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
     let consumed = read_topic(&broker, TOPIC);
-    assert_eq!(consumed.len(), expected_kind.len(), "the broker took every message");
+    assert_eq!(
+        consumed.len(),
+        expected_kind.len(),
+        "the broker took every message"
+    );
 
     run_pipeline(&broker, dir, 2);
 
@@ -246,7 +269,11 @@ fn bad_messages_go_to_the_dead_letter_topic() {
             (offset, r)
         })
         .collect();
-    assert_eq!(decisions.len(), expected_kind.len(), "one decision per message");
+    assert_eq!(
+        decisions.len(),
+        expected_kind.len(),
+        "one decision per message"
+    );
     assert_eq!(dlq.len(), bad.len(), "each bad message, once, in the DLQ");
     for (offset, (kind, payload)) in expected_kind.iter().enumerate() {
         let offset = offset as i64;
@@ -259,7 +286,11 @@ fn bad_messages_go_to_the_dead_letter_topic() {
             assert_eq!(d["status"], "invalid", "{kind}: {d}");
             assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{kind}");
             let dead = &dlq[&offset];
-            assert_eq!(&dead.payload, payload.as_ref().unwrap_or(&Vec::new()), "{kind}");
+            assert_eq!(
+                &dead.payload,
+                payload.as_ref().unwrap_or(&Vec::new()),
+                "{kind}"
+            );
             assert_eq!(dead.header("partition"), Some("0"));
             let error = dead.header("error").expect("error header");
             assert!(!error.is_empty(), "{kind}");
@@ -296,12 +327,23 @@ fn interoperates_with_python_confluent_kafka() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
     vtpga(
-        &["generate", "--out", path_str(dir), "--count", "10", "--users", "200"],
+        &[
+            "generate",
+            "--out",
+            path_str(dir),
+            "--count",
+            "10",
+            "--users",
+            "200",
+        ],
         &[],
     );
     let broker = Broker::start();
     broker.create_topics(3);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/confluent_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/confluent_client.py"
+    );
     let python = |mode: &str| {
         let out = Command::new("python3")
             .args([

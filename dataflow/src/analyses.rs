@@ -353,6 +353,46 @@ pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
     )
 }
 
+/// A row key as stored in a table: (analysis name, key text, minute index or −1).
+/// [`key_from_parts`] is its inverse.
+pub fn key_parts(key: &AnalysisKey) -> (&'static str, String, i64) {
+    match key {
+        AnalysisKey::Status(s) => (NAMES[0], s.as_str().to_owned(), -1),
+        AnalysisKey::ValueBand(b) => (NAMES[1], VALUE_BANDS[*b as usize].to_owned(), -1),
+        AnalysisKey::Hour(h) => (NAMES[2], h.to_string(), -1),
+        AnalysisKey::ValueRiskBucket(b) => (NAMES[3], b.to_string(), -1),
+        AnalysisKey::HourRisk(h) => (NAMES[4], format!("{:.1}", *h as f64 / 2.0), -1),
+        AnalysisKey::State(uf) => (NAMES[5], uf.clone(), -1),
+        AnalysisKey::Funds(s) => (NAMES[6], s.as_str().to_owned(), -1),
+        AnalysisKey::Mode(m) => (NAMES[7], m.as_str().to_owned(), -1),
+        AnalysisKey::Minute(m) => (NAMES[8], String::new(), *m),
+        AnalysisKey::DistanceMinute(m, b) => (NAMES[9], DISTANCE_BANDS[*b as usize].to_owned(), *m),
+    }
+}
+
+/// The row key stored as `key_parts` gave it, or `None` for anything else.
+pub fn key_from_parts(analysis: &str, k: &str, minute: i64) -> Option<AnalysisKey> {
+    let index = |list: &[&str]| list.iter().position(|x| *x == k).map(|i| i as u8);
+    Some(match analysis {
+        "status_counts" => AnalysisKey::Status(Status::parse(k)?),
+        "value_histogram" => AnalysisKey::ValueBand(index(&VALUE_BANDS)?),
+        "hour_histogram" => AnalysisKey::Hour(k.parse().ok().filter(|h| *h < 24)?),
+        "value_risk_distribution" => {
+            AnalysisKey::ValueRiskBucket(k.parse().ok().filter(|b| *b <= 10)?)
+        }
+        "hour_risk_outcome" => AnalysisKey::HourRisk(index(&["0.0", "0.5", "1.0"])?),
+        "state_approval" => AnalysisKey::State(k.to_owned()),
+        "insufficient_funds" => match Status::parse(k)? {
+            s @ (Status::InsufficientBalance | Status::InsufficientLimit) => AnalysisKey::Funds(s),
+            _ => return None,
+        },
+        "mode_rejections" => AnalysisKey::Mode(*Mode::ALL.iter().find(|m| m.as_str() == k)?),
+        "minute_frequency" => AnalysisKey::Minute(minute),
+        "distance_band_outcome" => AnalysisKey::DistanceMinute(minute, index(&DISTANCE_BANDS)?),
+        _ => return None,
+    })
+}
+
 /// Applies one batch of `count_total` output (row, ±1) to accumulated rows.
 /// Retractions and insertions of one timestamp may arrive in any order.
 pub fn apply_changes(
@@ -369,5 +409,33 @@ pub fn apply_changes(
     }
     for ((key, tally), _) in pending.into_iter().filter(|(_, d)| *d > 0) {
         rows.insert(key, tally);
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+
+    #[test]
+    fn key_parts_round_trip() {
+        let keys = [
+            AnalysisKey::Status(Status::Stale),
+            AnalysisKey::ValueBand(7),
+            AnalysisKey::Hour(23),
+            AnalysisKey::ValueRiskBucket(10),
+            AnalysisKey::HourRisk(1),
+            AnalysisKey::State("SP".into()),
+            AnalysisKey::Funds(Status::InsufficientLimit),
+            AnalysisKey::Mode(Mode::Credito),
+            AnalysisKey::Minute(29_400_000),
+            AnalysisKey::DistanceMinute(29_400_001, 3),
+        ];
+        for key in keys {
+            let (a, k, m) = key_parts(&key);
+            assert_eq!(key_from_parts(a, &k, m), Some(key.clone()), "{a} {k} {m}");
+        }
+        assert_eq!(key_from_parts("insufficient_funds", "approved", -1), None);
+        assert_eq!(key_from_parts("hour_histogram", "24", -1), None);
+        assert_eq!(key_from_parts("nope", "x", -1), None);
     }
 }

@@ -36,7 +36,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, OkErr};
+use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, OkErr, ToStream};
 use timely::dataflow::{Scope, StreamVec};
 use timely::progress::frontier::{Antichain, MutableAntichain};
 
@@ -184,6 +184,18 @@ pub struct Outputs<'s> {
     pub analyses: VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
 }
 
+/// The pipeline's state at a resume point (restored from the durable sink after a restart):
+/// the ids seen within the duplicate window, every changed account, and the analyses.
+/// Worker 0 injects it at time 0, before any message; it travels the same exchanges as the
+/// state it seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Transaction ids that passed rules 1–2, with the arrival time they were last seen.
+    pub seen: Vec<(String, Time)>,
+    pub accounts: Vec<Account>,
+    pub analyses: Vec<(AnalysisKey, Tally)>,
+}
+
 /// A region as a reference-collection record: `(id, value)`.
 pub type RegionRow = (String, RegionVal);
 /// A user as a reference-collection record: `(id, home region id, balance, credit limit)`.
@@ -264,12 +276,46 @@ pub fn build<'s>(
     users: RefArranged<'s, UserVal>,
     params: Params,
 ) -> Outputs<'s> {
+    build_resumed(messages, regions, users, params, &Resume::default())
+}
+
+/// [`build`], starting from the state in `resume` rather than from the reference data alone.
+pub fn build_resumed<'s>(
+    messages: StreamVec<'s, Time, Incoming>,
+    regions: RefArranged<'s, RegionVal>,
+    users: RefArranged<'s, UserVal>,
+    params: Params,
+    resume: &Resume,
+) -> Outputs<'s> {
     let scope = messages.scope();
+    // Only worker 0 injects the resume state; the exchanges take each part to its owner.
+    let mine = scope.index() == 0;
+    let seen = if mine {
+        resume.seen.clone()
+    } else {
+        Vec::new()
+    }
+    .to_stream(scope);
+    let seeded = if mine {
+        resume.accounts.clone()
+    } else {
+        Vec::new()
+    }
+    .to_stream(scope);
+    let prior = if mine {
+        resume.analyses.clone()
+    } else {
+        Vec::new()
+    }
+    .into_iter()
+    .map(|(key, tally)| (key, 0, tally))
+    .to_stream(scope)
+    .as_collection();
     let (pending, invalid_or_late) = validate(messages, params);
-    let (pending, dup) = dedup(pending, params);
-    let (decided, accounts) = decide(scope, pending, regions.clone(), users, params);
+    let (pending, dup) = dedup(pending, seen, params);
+    let (decided, accounts) = decide(scope, pending, seeded, regions.clone(), users, params);
     let decisions = decided.concat(invalid_or_late).concat(dup);
-    let analyses = analyses(decisions.clone(), regions);
+    let analyses = analyses(decisions.clone(), regions, prior);
     Outputs {
         decisions,
         accounts,
@@ -356,10 +402,12 @@ fn ready(frontiers: &[MutableAntichain<Time>], t: &Time) -> bool {
 /// at the owner of the transaction id.
 fn dedup<'s>(
     pending: StreamVec<'s, Time, Pending>,
+    seen: StreamVec<'s, Time, (String, Time)>,
     params: Params,
 ) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
     let mut builder = OperatorBuilder::new("Dedup".to_owned(), pending.scope());
     let mut input = builder.new_input(pending, Exchange::new(|p: &Pending| p.tx.id.hashed()));
+    let mut seen_in = builder.new_input(seen, Exchange::new(|s: &(String, Time)| s.0.hashed()));
     let (pass_out, pass) = builder.new_output();
     let (dup_out, dups) = builder.new_output();
     let mut pass_out =
@@ -376,6 +424,21 @@ fn dedup<'s>(
         // (time seen, id) in time order, to forget ids that left the window.
         let mut expiry: VecDeque<(Time, Rc<str>)> = VecDeque::new();
         move |frontiers| {
+            // Resume state (time 0): ids seen before the restart, with when they were seen.
+            let mut seeded = false;
+            seen_in.for_each(|_, data| {
+                for (id, t) in data.drain(..) {
+                    let id: Rc<str> = Rc::from(id.as_str());
+                    if last_seen.get(&id).is_none_or(|&prev| prev < t) {
+                        last_seen.insert(id.clone(), t);
+                        expiry.push_back((t, id));
+                        seeded = true;
+                    }
+                }
+            });
+            if seeded {
+                expiry.make_contiguous().sort();
+            }
             input.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let mut pass_h = pass_out.activate();
             let mut dup_h = dup_out.activate();
@@ -544,13 +607,23 @@ struct State {
 }
 
 impl State {
-    fn new(r: &UserVal) -> Self {
-        State {
-            balance: r.balance_cents,
-            limit: r.credit_limit_cents,
-            credit_used: 0,
-            last_approved: None,
-            touched: None,
+    /// A user's state from its reference data, or from its state at the resume point.
+    fn resumed(r: &UserVal, resumed: Option<Account>) -> Self {
+        match resumed {
+            Some(a) => State {
+                balance: a.balance_cents,
+                limit: r.credit_limit_cents,
+                credit_used: a.credit_used_cents,
+                last_approved: a.last_approved_ms,
+                touched: None,
+            },
+            None => State {
+                balance: r.balance_cents,
+                limit: r.credit_limit_cents,
+                credit_used: 0,
+                last_approved: None,
+                touched: None,
+            },
         }
     }
 }
@@ -564,6 +637,7 @@ enum DecideIn {
 fn decide<'s>(
     scope: Scope<'s, Time>,
     pending: StreamVec<'s, Time, Pending>,
+    seeded: StreamVec<'s, Time, Account>,
     regions: RefArranged<'s, RegionVal>,
     users: RefArranged<'s, UserVal>,
     params: Params,
@@ -576,6 +650,7 @@ fn decide<'s>(
     // and 3) say when they are complete through a time.
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
     let mut user_batches = builder.new_input(users.stream, Pipeline);
+    let mut seeded_in = builder.new_input(seeded, Exchange::new(|a: &Account| a.user.hashed()));
     let mut region_index = RefIndex::new(regions.trace);
     let mut user_index = RefIndex::new(users.trace);
     let (decision_out, decisions) = builder.new_output();
@@ -599,7 +674,14 @@ fn decide<'s>(
         let mut users: HashMap<CompactString, State> = HashMap::new();
         let mut changed: Vec<String> = Vec::new();
         let mut msgs_at: Vec<Pending> = Vec::new();
+        // Resume state of users this worker owns, applied when each is first touched.
+        let mut resumed: HashMap<CompactString, Account> = HashMap::new();
         move |frontiers| {
+            seeded_in.for_each(|_, data| {
+                for a in data.drain(..) {
+                    resumed.insert(CompactString::from(a.user.as_str()), a);
+                }
+            });
             let mut stash_in =
                 |cap: timely::dataflow::operators::InputCapability<Time>,
                  items: &mut dyn Iterator<Item = DecideIn>| {
@@ -634,7 +716,9 @@ fn decide<'s>(
                         DecideIn::Credit(c) => {
                             let s = users
                                 .entry(CompactString::from(c.payee.as_str()))
-                                .or_insert_with(|| State::new(&c.payee_ref));
+                                .or_insert_with_key(|k| {
+                                    State::resumed(&c.payee_ref, resumed.remove(k))
+                                });
                             s.balance += c.amount_cents;
                             if s.touched != Some(t) {
                                 s.touched = Some(t);
@@ -663,7 +747,7 @@ fn decide<'s>(
                     };
                     let s = users
                         .entry(CompactString::from(p.tx.payer.as_str()))
-                        .or_insert_with(|| State::new(&payer));
+                        .or_insert_with_key(|k| State::resumed(&payer, resumed.remove(k)));
                     let tx = &p.tx;
                     if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
                         decision_s.give(Decision::of(p, Status::Stale, None));
@@ -755,6 +839,7 @@ fn decide<'s>(
 fn analyses<'s>(
     decisions: StreamVec<'s, Time, Decision>,
     regions: RefArranged<'s, RegionVal>,
+    prior: VecCollection<'s, Time, AnalysisKey, Tally>,
 ) -> VecCollection<'s, Time, (AnalysisKey, Tally), isize> {
     let mut builder = OperatorBuilder::new("Tally".to_owned(), decisions.scope());
     let mut input = builder.new_input(decisions, Pipeline);
@@ -805,7 +890,11 @@ fn analyses<'s>(
         .join_core(regions, |_region, (), val| {
             Some(AnalysisKey::State(val.uf.clone()))
         });
-    keyed.as_collection().concat(states).count_total()
+    keyed
+        .as_collection()
+        .concat(states)
+        .concat(prior)
+        .count_total()
 }
 
 #[cfg(test)]

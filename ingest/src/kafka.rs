@@ -145,13 +145,14 @@ pub fn partition_count(
 ) -> Result<i32, KafkaError> {
     let consumer: BaseConsumer = client_config(settings).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let topic_md = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or(KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))?;
+    let topic_md =
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))?;
     if let Some(e) = topic_md.error() {
         return Err(KafkaError::MetadataFetch(e.into()));
     }
@@ -160,7 +161,9 @@ pub fn partition_count(
 
 /// The partitions worker `index` of `peers` reads: the same rule as replay's.
 pub fn partitions_for(partitions: i32, index: usize, peers: usize) -> Vec<i32> {
-    (0..partitions).filter(|&p| owner(p, peers) == index).collect()
+    (0..partitions)
+        .filter(|&p| owner(p, peers) == index)
+        .collect()
 }
 
 fn now_ms() -> Time {

@@ -31,7 +31,9 @@ fn tansu_path() -> PathBuf {
     }
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     let candidate = home.join("bin/tansu");
     assert!(
         candidate.is_file(),
@@ -82,7 +84,11 @@ impl Broker {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&broker.addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not open {}", broker.addr);
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not open {}",
+                broker.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -212,8 +218,8 @@ pub fn read_topic(broker: &Broker, topic: &str) -> Vec<Consumed> {
 pub fn write_capture(records: &[Consumed], path: &Path) {
     let mut text = String::new();
     for r in records {
-        let payload = String::from_utf8(r.payload.clone())
-            .expect("the capture format holds text payloads");
+        let payload =
+            String::from_utf8(r.payload.clone()).expect("the capture format holds text payloads");
         text.push_str(
             &serde_json::json!({
                 "t": r.timestamp,
