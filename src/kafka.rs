@@ -43,12 +43,16 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    /// The librdkafka settings: brokers, group, then every `-X` pair (which win).
+    /// The librdkafka settings of a consumer: [`KafkaArgs::settings`] with the group id.
+    pub fn consumer_settings(&self) -> Result<Vec<(String, String)>> {
+        let mut out = vec![("group.id".to_owned(), self.group.clone())];
+        out.extend(self.settings()?);
+        Ok(out)
+    }
+
+    /// The librdkafka settings: brokers, then every `-X` pair (which win).
     pub fn settings(&self) -> Result<Vec<(String, String)>> {
-        let mut out = vec![
-            ("bootstrap.servers".to_owned(), self.brokers.clone()),
-            ("group.id".to_owned(), self.group.clone()),
-        ];
+        let mut out = vec![("bootstrap.servers".to_owned(), self.brokers.clone())];
         for kv in &self.extra {
             let (k, v) = kv
                 .split_once('=')

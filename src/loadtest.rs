@@ -23,7 +23,7 @@ use vtpga_ingest::generator::Generator;
 use vtpga_ingest::refdata::{read_regions, read_users};
 
 use crate::generate::FaultArgs;
-use crate::produce::{make_producer, parse_rate, produce_generated};
+use crate::produce::{make_producer, parse_rate, produce_generated, Pace};
 use vtpga::kafka::{partition_count, KafkaArgs};
 
 #[derive(Args, Clone, Debug)]
@@ -132,9 +132,11 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
                     producer,
                     &topic,
                     &mut generator,
-                    rate,
-                    limit,
-                    Some(duration),
+                    Pace {
+                        rate,
+                        count: limit,
+                        duration: Some(duration),
+                    },
                     stop_ref,
                     &bar,
                 );
@@ -146,6 +148,7 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
                 .map_err(|e| anyhow!("histogram: {e}"))?;
             let mut decided = 0u64;
             let mut last_decision = started;
+            let mut first_decision: Option<Instant> = None;
             let mut produced: Option<crate::produce::Produced> = None;
             let mut drain_started: Option<Instant> = None;
             let mut seen: HashMap<(i32, i64), ()> = HashMap::new();
@@ -200,6 +203,7 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
                         }
                         decided += 1;
                         last_decision = Instant::now();
+                        first_decision.get_or_insert(last_decision);
                     }
                 }
             }
@@ -217,7 +221,8 @@ pub fn loadtest(args: LoadtestArgs) -> Result<()> {
                     produced: produced.sent,
                     produce_seconds: produced.seconds,
                     decided,
-                    decide_seconds: (last_decision - started).as_secs_f64(),
+                    decide_seconds: (last_decision - first_decision.unwrap_or(started))
+                        .as_secs_f64(),
                     latency,
                 },
             ))

@@ -104,18 +104,30 @@ pub fn make_producer(
     config.create().context("creating the Kafka producer")
 }
 
-/// Publishes generated messages at `rate` (None: as fast as possible) until `count`
-/// messages, `duration` or `stop`. Each record's timestamp is its arrival time `t`.
+/// How long and how fast a producer runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Messages per second; `None` for as fast as possible.
+    pub rate: Option<f64>,
+    pub count: u64,
+    pub duration: Option<Duration>,
+}
+
+/// Publishes generated messages at the pace given until its count or duration, or `stop`.
+/// Each record's timestamp is its arrival time `t`.
 pub fn produce_generated(
     producer: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     generator: &mut Generator,
-    rate: Option<f64>,
-    count: u64,
-    duration: Option<Duration>,
+    pace: Pace,
     stop: &AtomicBool,
     bar: &ProgressBar,
 ) -> Result<Produced> {
+    let Pace {
+        rate,
+        count,
+        duration,
+    } = pace;
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < count && !stop.load(Ordering::Relaxed) {
@@ -215,9 +227,11 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
                 &producer,
                 &args.kafka.topic,
                 &mut generator,
-                rate,
-                count,
-                args.duration,
+                Pace {
+                    rate,
+                    count,
+                    duration: args.duration,
+                },
                 &stop,
                 &bar,
             )?

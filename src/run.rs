@@ -146,7 +146,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             )
             .context("creating the Kafka producer")?;
             let source = KafkaSourceConfig {
-                client: args.kafka.settings()?,
+                client: args.kafka.consumer_settings()?,
                 topic: args.kafka.topic.clone(),
                 start: args.start,
                 offsets: Default::default(),

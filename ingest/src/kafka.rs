@@ -112,6 +112,15 @@ pub struct LagContext {
 }
 
 impl ClientContext for LagContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // End of partition is expected (it is how an idle partition is recognised).
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            log::error!("kafka: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
             let lag: i64 = topic
@@ -180,8 +189,12 @@ struct PartitionState {
     /// The time promised while idle: no later message gets a `t` below it.
     floor: Time,
     buffer: VecDeque<Incoming>,
+    /// The partition has been read to its end (partition EOF, or the high watermark of
+    /// the latest fetch reached).
     eof: bool,
     paused: bool,
+    /// The offset after the last message taken.
+    next_offset: i64,
 }
 
 impl PartitionState {
@@ -223,6 +236,7 @@ impl KafkaFeed {
                 buffer: VecDeque::new(),
                 eof: false,
                 paused: false,
+                next_offset: -1,
             })
             .collect();
         let slot_of = parts
@@ -237,6 +251,11 @@ impl KafkaFeed {
             cc.set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "true");
+            // A caught-up consumer must hear of new records at once: a fetch that waits for
+            // data holds the partition's time back for as long as it waits.
+            if cc.get("fetch.wait.max.ms").is_none() {
+                cc.set("fetch.wait.max.ms", "5");
+            }
             if cc.get("statistics.interval.ms").is_none() {
                 cc.set("statistics.interval.ms", "1000");
             }
@@ -332,6 +351,7 @@ impl KafkaFeed {
                     }
                     part.last_t = t;
                     part.eof = false;
+                    part.next_offset = msg.offset() + 1;
                     part.buffer.push_back(Incoming {
                         pos: SourcePos {
                             partition: msg.partition(),
@@ -357,10 +377,47 @@ impl KafkaFeed {
                 }
             }
         }
+        // A partition whose messages have all been taken, up to the high watermark its
+        // latest fetch reported, is caught up now: waiting for librdkafka's partition-EOF
+        // event would cost another (empty) fetch round trip.
+        for part in &mut self.parts {
+            if !part.eof && part.next_offset >= 0 {
+                if let Some(high) = cached_high_watermark(consumer, &self.topic, part.partition) {
+                    if part.next_offset >= high {
+                        part.eof = true;
+                    }
+                }
+            }
+        }
         for i in to_pause {
             self.set_paused(i, true);
         }
     }
+}
+
+/// The high watermark librdkafka cached from the latest fetch response of a partition
+/// (no broker round trip), if it knows one.
+fn cached_high_watermark<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime; the topic is a
+    // NUL-terminated string that outlives the call; low and high are valid out-pointers.
+    // rd_kafka_get_watermark_offsets only reads librdkafka's own cached state.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 fn now_us() -> u64 {
