@@ -194,7 +194,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     let mut line = monitor.window_line(window.elapsed().as_secs_f64());
                     if producer.is_some() {
                         line.push_str(&format!(
-                            " | lag {} raised {} paused {}",
+                            " | lag {} raised {} held {}",
                             status_stats.total_lag(),
                             status_stats.raised.load(Ordering::Relaxed),
                             status_stats.paused.load(Ordering::Relaxed)
@@ -272,10 +272,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         p.flush(Duration::from_secs(30))
             .context("flushing the decisions to Kafka")?;
         println!(
-            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions",
+            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions; partitions held back {} time(s); {} re-delivered record(s) dropped",
             p.stats.delivered.load(Ordering::Relaxed),
             p.stats.failed.load(Ordering::Relaxed),
-            kafka_stats.raised.load(Ordering::Relaxed)
+            kafka_stats.raised.load(Ordering::Relaxed),
+            kafka_stats.paused.load(Ordering::Relaxed),
+            kafka_stats.redelivered.load(Ordering::Relaxed),
         );
         if p.stats.failed.load(Ordering::Relaxed) > 0 {
             bail!("some decisions could not be produced to Kafka");

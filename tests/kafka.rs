@@ -19,27 +19,40 @@ const DECISIONS: &str = "transacoes-decisoes";
 const DLQ: &str = "transacoes-dlq";
 
 fn run_pipeline(broker: &Broker, dir: &std::path::Path, workers: usize) -> String {
-    let out = vtpga(
-        &[
-            "run",
-            "--source",
-            "kafka",
-            "--start",
-            "earliest",
-            "--exit-at-eof",
-            "--regions",
-            path_str(&dir.join("regions.csv")),
-            "--users-csv",
-            path_str(&dir.join("users.csv")),
-            "--workers",
-            &workers.to_string(),
-        ],
-        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
-    );
+    run_pipeline_with(broker, dir, workers, &[])
+}
+
+fn run_pipeline_with(
+    broker: &Broker,
+    dir: &std::path::Path,
+    workers: usize,
+    extra: &[&str],
+) -> String {
+    let w = workers.to_string();
+    let regions = dir.join("regions.csv");
+    let users = dir.join("users.csv");
+    let mut args = vec![
+        "run",
+        "--source",
+        "kafka",
+        "--start",
+        "earliest",
+        "--exit-at-eof",
+        "--regions",
+        path_str(&regions),
+        "--users-csv",
+        path_str(&users),
+        "--workers",
+        &w,
+    ];
+    args.extend_from_slice(extra);
+    let out = vtpga(&args, &[("VTPGA_KAFKA_BROKERS", &broker.addr)]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn decisions_equal_replay(workers: usize) {
+/// `extra`: flags of the pipeline run (the two-worker run uses tiny buffers, so that
+/// partitions are held back and the graph's in-flight budget is hit all the time).
+fn decisions_equal_replay(workers: usize, extra: &[&str]) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
     vtpga(
@@ -69,7 +82,19 @@ fn decisions_equal_replay(workers: usize) {
         ],
         &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
     );
-    let summary = run_pipeline(&broker, dir, workers);
+    let summary = run_pipeline_with(&broker, dir, workers, extra);
+    if !extra.is_empty() {
+        let held: u64 = summary
+            .split("partitions held back ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no held-back count in the summary:\n{summary}"));
+        assert!(
+            held > 0,
+            "tiny buffers must hold partitions back:\n{summary}"
+        );
+    }
 
     // The capture as the pipeline consumed it, replayed from the file.
     let consumed = read_topic(&broker, TOPIC);
@@ -149,12 +174,12 @@ fn decisions_equal_replay(workers: usize) {
 
 #[test]
 fn kafka_decisions_equal_replay_one_worker() {
-    decisions_equal_replay(1);
+    decisions_equal_replay(1, &[]);
 }
 
 #[test]
 fn kafka_decisions_equal_replay_two_workers() {
-    decisions_equal_replay(2);
+    decisions_equal_replay(2, &["--max-buffered", "50", "--max-in-flight", "300"]);
 }
 
 fn now_ms() -> i64 {

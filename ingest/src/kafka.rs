@@ -9,8 +9,12 @@
 //!   otherwise stall every other partition's time. Its time advances with the wall clock
 //!   minus `idle_slack_ms`; a message that arrives later with an older timestamp has its
 //!   `t` raised to that time, and is counted in [`KafkaStats::raised`].
-//! * Buffering is bounded: a partition whose buffer is full is paused, and resumed when
-//!   it has drained; the operator upstream stops polling while the graph is behind.
+//! * Buffering is bounded: each partition has its own librdkafka queue, and a partition
+//!   whose buffer here is full is not polled until it drains; librdkafka then stops
+//!   fetching it once its own queue holds `queued.max.messages.kbytes`. The operator
+//!   upstream stops polling altogether while the graph is behind. (librdkafka's
+//!   pause/resume is not used: against tansu it lost and repeated messages.)
+//! * A source position seen again (offset below the next expected one) is dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -20,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use vtpga_dataflow::graph::{Body, Incoming};
@@ -61,7 +65,7 @@ pub struct KafkaSourceConfig {
     pub idle_slack_ms: u64,
     /// End the feed once every assigned partition has reached its end (tests, backfills).
     pub exit_at_eof: bool,
-    /// Messages buffered per partition before it is paused.
+    /// Messages buffered per partition before it is no longer polled.
     pub max_buffered: usize,
 }
 
@@ -71,21 +75,24 @@ pub struct KafkaStats {
     /// Messages whose time had to be raised above their clamped record timestamp because
     /// their partition's time had advanced with the wall clock while it was idle.
     pub raised: AtomicU64,
-    /// Consumer lag (high watermark − position) summed over partitions, per worker.
+    /// Consumer lag (high watermark of the latest fetch − next offset to take), summed over
+    /// partitions, per local worker.
     pub lag: Vec<AtomicI64>,
-    /// Times a partition was paused because its buffer was full.
+    /// Times a partition was held (not polled) because its buffer was full.
     pub paused: AtomicU64,
+    /// Records dropped because their source position had already been taken.
+    pub redelivered: AtomicU64,
 }
 
 impl KafkaStats {
     pub fn new(workers: usize) -> Arc<Self> {
         Arc::new(KafkaStats {
-            lag: (0..workers).map(|_| AtomicI64::new(0)).collect(),
+            lag: (0..workers).map(|_| AtomicI64::new(-1)).collect(),
             ..KafkaStats::default()
         })
     }
 
-    /// Total consumer lag over this process's workers (−1 until librdkafka has reported).
+    /// Total consumer lag over this process's workers (−1 until a fetch has reported a high watermark).
     pub fn total_lag(&self) -> i64 {
         let mut known = false;
         let mut sum = 0;
@@ -104,12 +111,8 @@ impl KafkaStats {
     }
 }
 
-/// Receives librdkafka's statistics (every `statistics.interval.ms`) for the lag figure.
-pub struct LagContext {
-    stats: Arc<KafkaStats>,
-    slot: usize,
-    topic: String,
-}
+/// The consumer's context: partition EOF is expected, not an error worth logging.
+pub struct LagContext;
 
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -118,20 +121,6 @@ impl ClientContext for LagContext {
             || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
         if !eof {
             log::error!("kafka: {error}: {reason}");
-        }
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            let lag: i64 = topic
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
-            if let Some(slot) = self.stats.lag.get(self.slot) {
-                slot.store(lag, Ordering::Relaxed);
-            }
         }
     }
 }
@@ -192,9 +181,10 @@ struct PartitionState {
     /// The partition has been read to its end (partition EOF, or the high watermark of
     /// the latest fetch reached).
     eof: bool,
-    paused: bool,
-    /// The offset after the last message taken.
+    held: bool,
+    /// The offset after the last message taken (−1 before the first).
     next_offset: i64,
+    queue: Option<rdkafka::consumer::base_consumer::PartitionQueue<LagContext>>,
 }
 
 impl PartitionState {
@@ -209,14 +199,15 @@ impl PartitionState {
 
 /// One worker's share of the topic.
 pub struct KafkaFeed {
-    consumer: Option<BaseConsumer<LagContext>>,
+    consumer: Option<Arc<BaseConsumer<LagContext>>>,
     topic: String,
     parts: Vec<PartitionState>,
-    slot_of: HashMap<i32, usize>,
     idle_slack_ms: u64,
     exit_at_eof: bool,
     max_buffered: usize,
     stats: Arc<KafkaStats>,
+    /// This worker's slot in `stats.lag`.
+    slot: usize,
 }
 
 impl KafkaFeed {
@@ -227,7 +218,7 @@ impl KafkaFeed {
         stats: Arc<KafkaStats>,
         slot: usize,
     ) -> Result<Self, KafkaError> {
-        let parts: Vec<PartitionState> = partitions
+        let mut parts: Vec<PartitionState> = partitions
             .iter()
             .map(|&partition| PartitionState {
                 partition,
@@ -235,14 +226,10 @@ impl KafkaFeed {
                 floor: 0,
                 buffer: VecDeque::new(),
                 eof: false,
-                paused: false,
+                held: false,
                 next_offset: -1,
+                queue: None,
             })
-            .collect();
-        let slot_of = parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.partition, i))
             .collect();
         let consumer = if parts.is_empty() {
             None
@@ -256,17 +243,10 @@ impl KafkaFeed {
             if cc.get("fetch.wait.max.ms").is_none() {
                 cc.set("fetch.wait.max.ms", "5");
             }
-            if cc.get("statistics.interval.ms").is_none() {
-                cc.set("statistics.interval.ms", "1000");
-            }
             if cc.get("group.id").is_none() {
                 cc.set("group.id", "vtpga");
             }
-            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext {
-                stats: stats.clone(),
-                slot,
-                topic: config.topic.clone(),
-            })?;
+            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext)?;
             let mut tpl = TopicPartitionList::new();
             for p in &parts {
                 let offset = match config.offsets.get(&p.partition) {
@@ -279,120 +259,115 @@ impl KafkaFeed {
                 tpl.add_partition_offset(&config.topic, p.partition, offset)?;
             }
             consumer.assign(&tpl)?;
+            let consumer = Arc::new(consumer);
+            for p in &mut parts {
+                p.queue = consumer.split_partition_queue(&config.topic, p.partition);
+                if p.queue.is_none() {
+                    return Err(KafkaError::Subscription(format!(
+                        "no queue for partition {} of {}",
+                        p.partition, config.topic
+                    )));
+                }
+            }
             Some(consumer)
         };
         Ok(KafkaFeed {
             consumer,
             topic: config.topic.clone(),
             parts,
-            slot_of,
             idle_slack_ms: config.idle_slack_ms,
             exit_at_eof: config.exit_at_eof,
             max_buffered: config.max_buffered.max(1),
             stats,
+            slot,
         })
     }
 
-    fn set_paused(&mut self, index: usize, pause: bool) {
-        let Some(consumer) = self.consumer.as_ref() else {
-            return;
-        };
-        let part = &mut self.parts[index];
-        if part.paused == pause {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&self.topic, part.partition, Offset::Invalid)
-            .is_err()
-        {
-            return;
-        }
-        let result = if pause {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
-        };
-        match result {
-            Ok(()) => {
-                part.paused = pause;
-                if pause {
-                    self.stats.paused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(e) => log::warn!("pausing/resuming partition {}: {e}", part.partition),
-        }
-    }
-
-    /// Takes what librdkafka has fetched into the partition buffers.
+    /// Takes what librdkafka has fetched into the partition buffers, polling each
+    /// partition's own queue unless its buffer is full.
     fn fill(&mut self, budget: usize) {
         let Some(consumer) = self.consumer.as_ref() else {
             return;
         };
-        let mut taken = 0;
-        let mut to_pause = Vec::new();
-        while taken < budget {
-            match consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(msg)) => {
-                    let Some(&i) = self.slot_of.get(&msg.partition()) else {
-                        continue;
-                    };
-                    let part = &mut self.parts[i];
-                    let record_ts = msg
-                        .timestamp()
-                        .to_millis()
-                        .map(|ms| ms.max(0) as Time)
-                        .unwrap_or(0);
-                    let clamped = record_ts.max(part.last_t);
-                    let t = clamped.max(part.floor);
-                    if t > clamped {
-                        self.stats.raised.fetch_add(1, Ordering::Relaxed);
-                    }
-                    part.last_t = t;
-                    part.eof = false;
-                    part.next_offset = msg.offset() + 1;
-                    part.buffer.push_back(Incoming {
-                        pos: SourcePos {
-                            partition: msg.partition(),
-                            offset: msg.offset(),
-                        },
-                        t,
-                        ingest_us: now_us(),
-                        body: Body::Raw(msg.payload().unwrap_or_default().to_vec()),
-                    });
-                    if part.buffer.len() >= self.max_buffered && !part.paused {
-                        to_pause.push(i);
-                    }
-                    taken += 1;
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(&i) = self.slot_of.get(&p) {
-                        self.parts[i].eof = true;
-                    }
-                }
-                Some(Err(e)) => {
-                    log::warn!("kafka consumer: {e}");
-                    break;
-                }
+        // Serves the client's events (statistics, errors); messages go to partition queues.
+        while let Some(event) = consumer.poll(Duration::ZERO) {
+            if let Err(e) = event {
+                log::warn!("kafka consumer: {e}");
             }
         }
-        // A partition whose messages have all been taken, up to the high watermark its
-        // latest fetch reported, is caught up now: waiting for librdkafka's partition-EOF
-        // event would cost another (empty) fetch round trip.
+        let share = (budget / self.parts.len()).max(1);
+        let mut lag = 0i64;
         for part in &mut self.parts {
-            if !part.eof && part.next_offset >= 0 {
-                if let Some(high) = cached_high_watermark(consumer, &self.topic, part.partition) {
+            if part.buffer.len() >= self.max_buffered {
+                if !part.held {
+                    part.held = true;
+                    self.stats.paused.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            part.held = false;
+            let room = share.min(self.max_buffered - part.buffer.len());
+            let Some(queue) = part.queue.take() else {
+                continue;
+            };
+            for _ in 0..room {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(msg)) => take(part, &msg, &self.stats),
+                    Some(Err(KafkaError::PartitionEOF(_))) => part.eof = true,
+                    Some(Err(e)) => {
+                        log::warn!("kafka partition {}: {e}", part.partition);
+                        break;
+                    }
+                }
+            }
+            part.queue = Some(queue);
+            // A partition whose messages have all been taken, up to the high watermark
+            // its latest fetch reported, is caught up now: waiting for librdkafka's
+            // partition-EOF event would cost another (empty) fetch round trip.
+            if let Some(high) = cached_high_watermark(consumer, &self.topic, part.partition) {
+                if part.next_offset >= 0 {
+                    lag += (high - part.next_offset).max(0);
                     if part.next_offset >= high {
                         part.eof = true;
                     }
                 }
             }
         }
-        for i in to_pause {
-            self.set_paused(i, true);
+        if let Some(slot) = self.stats.lag.get(self.slot) {
+            slot.store(lag, Ordering::Relaxed);
         }
     }
+}
+
+/// Buffers one record of `part` at its arrival time.
+fn take(part: &mut PartitionState, msg: &BorrowedMessage<'_>, stats: &KafkaStats) {
+    if msg.offset() < part.next_offset {
+        stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let record_ts = msg
+        .timestamp()
+        .to_millis()
+        .map(|ms| ms.max(0) as Time)
+        .unwrap_or(0);
+    let clamped = record_ts.max(part.last_t);
+    let t = clamped.max(part.floor);
+    if t > clamped {
+        stats.raised.fetch_add(1, Ordering::Relaxed);
+    }
+    part.last_t = t;
+    part.eof = false;
+    part.next_offset = msg.offset() + 1;
+    part.buffer.push_back(Incoming {
+        pos: SourcePos {
+            partition: part.partition,
+            offset: msg.offset(),
+        },
+        t,
+        ingest_us: now_us(),
+        body: Body::Raw(msg.payload().unwrap_or_default().to_vec()),
+    });
 }
 
 /// The high watermark librdkafka cached from the latest fetch response of a partition
@@ -469,11 +444,6 @@ impl Feed for KafkaFeed {
                     }
                     _ => break,
                 }
-            }
-        }
-        for i in 0..self.parts.len() {
-            if self.parts[i].paused && self.parts[i].buffer.len() <= self.max_buffered / 2 {
-                self.set_paused(i, false);
             }
         }
         if self.exit_at_eof && self.parts.iter().all(|p| p.eof && p.buffer.is_empty()) {
