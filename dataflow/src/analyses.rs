@@ -300,50 +300,10 @@ pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
             .push(json!({"status": status.as_str(), "count": count}));
     }
     for (key, t) in rows {
-        if t.is_zero() {
+        if t.is_zero() || matches!(key, AnalysisKey::Status(_)) {
             continue;
         }
-        let (name, row) = match key {
-            AnalysisKey::Status(_) => continue,
-            AnalysisKey::ValueBand(b) => (
-                "value_histogram",
-                json!({"band": VALUE_BANDS[*b as usize], "approved": t.approved, "rejected": t.rejected}),
-            ),
-            AnalysisKey::Hour(h) => (
-                "hour_histogram",
-                json!({"hour": h, "approved": t.approved, "rejected": t.rejected}),
-            ),
-            AnalysisKey::ValueRiskBucket(b) => (
-                "value_risk_distribution",
-                json!({"bucket": b, "approved": t.approved, "rejected": t.rejected,
-                       "approved_amount_cents": t.approved_amount_cents, "rejected_amount_cents": t.rejected_amount_cents}),
-            ),
-            AnalysisKey::HourRisk(h) => (
-                "hour_risk_outcome",
-                json!({"hour_risk": *h as f64 / 2.0, "approved": t.approved, "rejected": t.rejected}),
-            ),
-            AnalysisKey::State(uf) => (
-                "state_approval",
-                json!({"uf": uf, "approved": t.approved, "rejected": t.rejected}),
-            ),
-            AnalysisKey::Funds(reason) => (
-                "insufficient_funds",
-                json!({"reason": reason.as_str(), "count": t.count, "amount_cents": t.rejected_amount_cents}),
-            ),
-            AnalysisKey::Mode(m) => (
-                "mode_rejections",
-                json!({"mode": m.as_str(), "approved": t.approved, "rejected": t.rejected}),
-            ),
-            AnalysisKey::Minute(m) => (
-                "minute_frequency",
-                json!({"minute": format_minute(*m), "count": t.count}),
-            ),
-            AnalysisKey::DistanceMinute(m, b) => (
-                "distance_band_outcome",
-                json!({"minute": format_minute(*m), "band": DISTANCE_BANDS[*b as usize],
-                       "approved": t.approved, "rejected": t.rejected}),
-            ),
-        };
+        let (name, row) = row_json(key, t);
         out.get_mut(name).expect("name").push(row);
     }
     Value::Object(
@@ -351,6 +311,54 @@ pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
             .map(|(k, v)| (k.to_owned(), Value::Array(v)))
             .collect(),
     )
+}
+
+/// One analysis row in its SPEC §7 shape, with the name of its analysis.
+pub fn row_json(key: &AnalysisKey, t: &Tally) -> (&'static str, Value) {
+    match key {
+        AnalysisKey::Status(s) => (
+            "status_counts",
+            json!({"status": s.as_str(), "count": t.count}),
+        ),
+        AnalysisKey::ValueBand(b) => (
+            "value_histogram",
+            json!({"band": VALUE_BANDS[*b as usize], "approved": t.approved, "rejected": t.rejected}),
+        ),
+        AnalysisKey::Hour(h) => (
+            "hour_histogram",
+            json!({"hour": h, "approved": t.approved, "rejected": t.rejected}),
+        ),
+        AnalysisKey::ValueRiskBucket(b) => (
+            "value_risk_distribution",
+            json!({"bucket": b, "approved": t.approved, "rejected": t.rejected,
+                       "approved_amount_cents": t.approved_amount_cents, "rejected_amount_cents": t.rejected_amount_cents}),
+        ),
+        AnalysisKey::HourRisk(h) => (
+            "hour_risk_outcome",
+            json!({"hour_risk": *h as f64 / 2.0, "approved": t.approved, "rejected": t.rejected}),
+        ),
+        AnalysisKey::State(uf) => (
+            "state_approval",
+            json!({"uf": uf, "approved": t.approved, "rejected": t.rejected}),
+        ),
+        AnalysisKey::Funds(reason) => (
+            "insufficient_funds",
+            json!({"reason": reason.as_str(), "count": t.count, "amount_cents": t.rejected_amount_cents}),
+        ),
+        AnalysisKey::Mode(m) => (
+            "mode_rejections",
+            json!({"mode": m.as_str(), "approved": t.approved, "rejected": t.rejected}),
+        ),
+        AnalysisKey::Minute(m) => (
+            "minute_frequency",
+            json!({"minute": format_minute(*m), "count": t.count}),
+        ),
+        AnalysisKey::DistanceMinute(m, b) => (
+            "distance_band_outcome",
+            json!({"minute": format_minute(*m), "band": DISTANCE_BANDS[*b as usize],
+                       "approved": t.approved, "rejected": t.rejected}),
+        ),
+    }
 }
 
 /// A row key as stored in a table: (analysis name, key text, minute index or −1).
