@@ -137,6 +137,7 @@ fn run_graph(
         params: Params::default(),
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
+        resume: Default::default(),
     };
     let started = Instant::now();
     pipeline::execute(

@@ -6,6 +6,7 @@ mod loadtest;
 mod produce;
 mod replay;
 mod run;
+mod seed;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Drive a running `vtpga run --source kafka` at fixed rates; report throughput and latency.
     Loadtest(loadtest::LoadtestArgs),
+    /// Create the PostgreSQL schema and fill regions and users (idempotent).
+    Seed(seed::SeedArgs),
     /// Create the transactions, decisions and dead-letter topics if they are missing.
     Topics(TopicsArgs),
 }
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Produce(args) => produce::produce(args),
         Command::Loadtest(args) => loadtest::loadtest(args),
+        Command::Seed(args) => seed::seed(args),
         Command::Topics(args) => vtpga::kafka::create_topics(
             &args.kafka,
             &[

@@ -9,7 +9,9 @@ use crossbeam_channel::Sender;
 use differential_dataflow::input::Input;
 use timely::dataflow::ProbeHandle;
 
-use vtpga_dataflow::graph::{self, arrange_reference, region_row, user_row, RegionRow, UserRow};
+use vtpga_dataflow::graph::{
+    self, arrange_reference, region_row, user_row, RegionRow, Resume, UserRow,
+};
 use vtpga_dataflow::{Params, Region, Time, User};
 use vtpga_ingest::source::{feed_source, Feed};
 use vtpga_sinks::{batch_sink, Batch, Gather};
@@ -27,6 +29,8 @@ pub struct PipelineSpec {
     pub gather: Gather,
     /// Messages a source lets into the graph before waiting for them to come out.
     pub max_in_flight: usize,
+    /// State to start from (after a restart); empty for a fresh start.
+    pub resume: Arc<Resume>,
 }
 
 /// Runs until every feed is exhausted and every output has left the graph.
@@ -41,6 +45,7 @@ where
         params,
         gather,
         max_in_flight,
+        resume,
     } = spec;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
@@ -53,7 +58,7 @@ where
             let (users_in, users) = scope.new_collection::<UserRow, i64>();
             let (regions, users) = arrange_reference(regions, users);
             let messages = feed_source(scope, feed, probe.clone(), max_in_flight);
-            let outputs = graph::build(messages, regions, users, params);
+            let outputs = graph::build_resumed(messages, regions, users, params, &resume);
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)
         });

@@ -92,6 +92,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         params,
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
+        resume: Default::default(),
     };
     pipeline::execute(
         spec,

@@ -3,6 +3,7 @@
 //! Kafka source the decisions and dead-letter topics. The batches channel is the seam
 //! where the dashboard and the database sinks plug in.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use vtpga_dataflow::analyses::{AnalysisKey, Tally};
 use vtpga_ingest::generator::{Generator, GeneratorConfig};
 use vtpga_ingest::kafka::{partitions_for, KafkaFeed, KafkaSourceConfig, KafkaStats, StartFrom};
 use vtpga_ingest::live::{now_us, LiveFeed};
@@ -17,6 +19,9 @@ use vtpga_ingest::refdata::{generate_regions, generate_users, read_regions, read
 use vtpga_ingest::source::{Either, Stoppable};
 use vtpga_sinks::kafka::{DecisionProducer, OutputTopics};
 use vtpga_sinks::monitor::Monitor;
+use vtpga_sinks::postgres::{self as pg, PgSink, ResumePoint};
+use vtpga_sinks::redis::{RedisOptions, RedisSink};
+use vtpga_sinks::Batch;
 use vtpga_sinks::Gather;
 
 use crate::ParamArgs;
@@ -57,6 +62,17 @@ pub struct RunArgs {
     pub max_buffered: usize,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// PostgreSQL URL (e.g. postgres://vtpga@127.0.0.1:15432/vtpga): reference data comes
+    /// from it, every batch is committed to it, and a restart resumes from it.
+    #[arg(long, env = "VTPGA_POSTGRES")]
+    pub postgres: Option<String>,
+    /// Redis URL (e.g. redis://127.0.0.1:16379/): the low-latency cache of decisions and
+    /// analyses. Deciding goes on while it is down.
+    #[arg(long, env = "VTPGA_REDIS_URL")]
+    pub redis: Option<String>,
+    /// With PostgreSQL: batches merged into one database transaction, at most (decisions).
+    #[arg(long, env = "VTPGA_PG_MAX_BATCH", default_value_t = 50_000)]
+    pub pg_max_batch: usize,
     /// Messages per second for the whole cluster, or `max` for as fast as the graph takes them.
     #[arg(long, env = "VTPGA_RATE", default_value = "5000")]
     pub rate: String,
@@ -98,16 +114,46 @@ pub fn run(args: RunArgs) -> Result<()> {
     let rate = parse_rate(&args.rate)?;
     let params = args.params.params()?;
     let config = args.cluster.config()?;
-    let (regions, users) = match (&args.regions, &args.users_csv) {
-        (Some(r), Some(u)) => (read_regions(r)?, read_users(u)?),
-        _ => {
-            let regions = generate_regions(args.extra_regions, args.seed);
-            let users = generate_users(args.users, &regions, args.seed);
+    let source_name = match args.source {
+        SourceKind::Kafka => format!("kafka:{}", args.kafka.topic),
+        SourceKind::Generator => "generator".to_owned(),
+    };
+    // The durable store first: with it, reference data and the resume point come from it.
+    let mut resume_point = ResumePoint::default();
+    let (regions, users) = match &args.postgres {
+        Some(url) => {
+            let mut client = pg::connect(url)
+                .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+            let (regions, users) = pg::load_reference(&mut client)?;
+            if users.is_empty() {
+                bail!(
+                    "PostgreSQL at {} has no users: run `vtpga seed --postgres URL` first",
+                    redact(url)
+                );
+            }
+            resume_point = pg::load_resume(&mut client, &source_name, params.dedup_window_ms)?;
+            if let Some(cut) = resume_point.cut_time {
+                eprintln!(
+                    "resuming after t = {cut}: {} account(s), {} id(s) in the duplicate window, {} analysis row(s), {} partition offset(s)",
+                    resume_point.state.accounts.len(),
+                    resume_point.state.seen.len(),
+                    resume_point.state.analyses.len(),
+                    resume_point.partitions.len()
+                );
+            }
             (regions, users)
         }
+        None => match (&args.regions, &args.users_csv) {
+            (Some(r), Some(u)) => (read_regions(r)?, read_users(u)?),
+            _ => {
+                let regions = generate_regions(args.extra_regions, args.seed);
+                let users = generate_users(args.users, &regions, args.seed);
+                (regions, users)
+            }
+        },
     };
     if users.len() < 2 {
-        bail!("--users must be at least 2");
+        bail!("at least 2 users are needed, not {}", users.len());
     }
     let reference = Arc::new(Reference { regions, users });
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,16 +167,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let limit = args.count.unwrap_or(u64::MAX);
     let seed = args.seed;
     eprintln!(
-        "vtpga run: {} worker(s) x {} process(es), rate {}, {} users, {} regions{}",
+        "vtpga run: {} worker(s) x {} process(es), source {}, {} users, {} regions{}",
         local_workers,
         args.cluster.processes,
-        args.rate,
+        source_name,
         reference.users.len(),
         reference.regions.len(),
         args.count
             .map(|n| format!(", {n} messages"))
             .unwrap_or_default()
     );
+    let min_t = resume_point.cut_time.map_or(0, |cut| cut + 1);
     // The Kafka side: partitions to read, and the producer of decisions and dead letters.
     let kafka = match args.source {
         SourceKind::Generator => None,
@@ -149,71 +196,130 @@ pub fn run(args: RunArgs) -> Result<()> {
                 client: args.kafka.consumer_settings()?,
                 topic: args.kafka.topic.clone(),
                 start: args.start,
-                offsets: Default::default(),
+                offsets: resume_point
+                    .partitions
+                    .iter()
+                    .map(|(p, r)| (*p, r.next_offset))
+                    .collect(),
+                last_t: resume_point
+                    .partitions
+                    .iter()
+                    .map(|(p, r)| (*p, r.last_t))
+                    .collect(),
+                min_t,
                 idle_slack_ms: args.idle_slack_ms,
                 exit_at_eof: args.exit_at_eof,
                 max_buffered: args.max_buffered,
             };
             eprintln!(
-                "kafka: {} partition(s) of {} on {}, starting from {:?}, decisions to {}, dead letters to {}",
-                partitions, args.kafka.topic, args.kafka.brokers, args.start,
-                args.kafka.decisions_topic, args.kafka.dlq_topic
+                "kafka: {} partition(s) of {} on {}, {}, decisions to {}, dead letters to {}",
+                partitions,
+                args.kafka.topic,
+                args.kafka.brokers,
+                if resume_point.partitions.is_empty() {
+                    format!("starting from {:?}", args.start)
+                } else {
+                    "resuming from the stored offsets".to_owned()
+                },
+                args.kafka.decisions_topic,
+                args.kafka.dlq_topic
             );
             Some((partitions, source, producer))
         }
     };
     let kafka_stats = KafkaStats::new(local_workers);
-    let (kafka_source, mut producer) = match kafka {
+    let (kafka_source, producer) = match kafka {
         Some((partitions, source, producer)) => (Some((partitions, source)), Some(producer)),
         None => (None, None),
     };
-    let (sender, receiver) = crossbeam_channel::bounded(4096);
+    let rows: BTreeMap<AnalysisKey, Tally> = resume_point.state.analyses.iter().cloned().collect();
+    let pg_sink = match &args.postgres {
+        Some(url) => Some(
+            PgSink::new(url, &source_name, rows.clone())
+                .with_context(|| format!("connecting the PostgreSQL sink to {}", redact(url)))?,
+        ),
+        None => None,
+    };
+    let redis_sink = match &args.redis {
+        Some(url) => {
+            let mut sink = RedisSink::new(url, RedisOptions::default())
+                .with_context(|| format!("Redis URL {}", redact(url)))?;
+            sink.seed(rows);
+            Some(sink)
+        }
+        None => None,
+    };
+    let generator_offsets: HashMap<i32, i64> = resume_point
+        .partitions
+        .iter()
+        .map(|(p, r)| (*p, r.next_offset))
+        .collect();
+    let mut sinks = Sinks {
+        kafka: producer,
+        pg: pg_sink,
+        redis: redis_sink,
+        pg_max_batch: args.pg_max_batch,
+    };
+    let gather = if sinks.pg.is_some() {
+        // One consistent cut of the whole cluster per batch: what the database needs.
+        Gather::ToWorkerZero
+    } else {
+        Gather::PerWorker
+    };
+    let (sender, receiver) = crossbeam_channel::bounded::<Batch>(1024);
     let status_stats = kafka_stats.clone();
     let monitor_stop = stop.clone();
-    let monitor = std::thread::spawn(
-        move || -> Result<(Monitor, Duration, Option<DecisionProducer>)> {
-            let mut monitor = Monitor::default();
-            let started = Instant::now();
-            let mut window = Instant::now();
-            loop {
-                match receiver.recv_timeout(Duration::from_millis(100)) {
-                    Ok(batch) => {
-                        if let Some(p) = producer.as_mut() {
-                            if let Err(e) = p.send_batch(&batch) {
-                                // Stop taking input: nothing more can be delivered.
-                                monitor_stop.store(true, Ordering::Relaxed);
-                                return Err(anyhow::Error::new(e).context("producing decisions"));
+    let monitor = std::thread::spawn(move || -> Result<(Monitor, Duration, Sinks)> {
+        let mut monitor = Monitor::default();
+        let started = Instant::now();
+        let mut window = Instant::now();
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(mut batch) => {
+                    if sinks.pg.is_some() {
+                        // Merge what is already waiting: fewer, larger transactions.
+                        while batch.decisions.len() < sinks.pg_max_batch {
+                            match receiver.try_recv() {
+                                Ok(more) => batch.merge(more),
+                                Err(_) => break,
                             }
                         }
-                        monitor.observe(batch, now_us())
                     }
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                }
-                if window.elapsed() >= Duration::from_secs(1) {
-                    let mut line = monitor.window_line(window.elapsed().as_secs_f64());
-                    if producer.is_some() {
-                        line.push_str(&format!(
-                            " | lag {} raised {} held {}",
-                            status_stats.total_lag(),
-                            status_stats.raised.load(Ordering::Relaxed),
-                            status_stats.paused.load(Ordering::Relaxed)
-                        ));
+                    if let Err(e) = sinks.write(&batch) {
+                        // Stop taking input: nothing more can be recorded.
+                        monitor_stop.store(true, Ordering::Relaxed);
+                        return Err(e);
                     }
-                    eprintln!("{line}");
-                    window = Instant::now();
+                    monitor.observe(batch, now_us())
                 }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
-            Ok((monitor, started.elapsed(), producer))
-        },
-    );
+            if window.elapsed() >= Duration::from_secs(1) {
+                let mut line = monitor.window_line(window.elapsed().as_secs_f64());
+                if sinks.kafka.is_some() {
+                    line.push_str(&format!(
+                        " | lag {} raised {} held {}",
+                        status_stats.total_lag(),
+                        status_stats.raised.load(Ordering::Relaxed),
+                        status_stats.paused.load(Ordering::Relaxed)
+                    ));
+                }
+                line.push_str(&sinks.status());
+                eprintln!("{line}");
+                window = Instant::now();
+            }
+        }
+        Ok((monitor, started.elapsed(), sinks))
+    });
     let feed_reference = reference.clone();
     let spec = PipelineSpec {
         config,
         reference,
         params,
-        gather: Gather::PerWorker,
+        gather,
         max_in_flight: args.max_in_flight,
+        resume: Arc::new(resume_point.state),
     };
     let feed_stats = kafka_stats.clone();
     pipeline::execute(
@@ -244,17 +350,23 @@ pub fn run(args: RunArgs) -> Result<()> {
                         feed_reference.regions.clone(),
                         feed_reference.users.clone(),
                     );
-                    Either::Left(LiveFeed::new(
-                        generator,
-                        rate.map(|r| r / peers as f64),
-                        if limit == u64::MAX {
-                            u64::MAX
-                        } else {
-                            share(limit)
-                        },
-                        stop.clone(),
-                        index as i32,
-                    ))
+                    Either::Left(
+                        LiveFeed::new(
+                            generator,
+                            rate.map(|r| r / peers as f64),
+                            if limit == u64::MAX {
+                                u64::MAX
+                            } else {
+                                share(limit)
+                            },
+                            stop.clone(),
+                            index as i32,
+                        )
+                        .starting_at(
+                            generator_offsets.get(&(index as i32)).copied().unwrap_or(0),
+                            min_t,
+                        ),
+                    )
                 }
             };
             Stoppable {
@@ -264,11 +376,24 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         sender,
     )?;
-    let (monitor, elapsed, producer) = monitor
+    let (monitor, elapsed, sinks) = monitor
         .join()
         .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))??;
     println!("{}", monitor.summary(elapsed.as_secs_f64()));
-    if let Some(p) = producer {
+    if let Some(pg) = &sinks.pg {
+        println!(
+            "postgres: {} decision(s) in {} transaction(s), {} retried",
+            pg.decisions, pg.batches, pg.retries
+        );
+    }
+    if let Some(redis) = &sinks.redis {
+        let s = redis.stats();
+        println!(
+            "redis: {} batch(es) written, {} failure(s), {} rebuild(s), connected {}",
+            s.batches_written, s.failures, s.rebuilds, s.connected
+        );
+    }
+    if let Some(p) = sinks.kafka {
         p.flush(Duration::from_secs(30))
             .context("flushing the decisions to Kafka")?;
         println!(
@@ -284,4 +409,58 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where each batch goes, in order: Kafka (at least once: a restart may re-produce the
+/// decisions after the committed cut), PostgreSQL (the durable record), Redis (the cache).
+struct Sinks {
+    kafka: Option<DecisionProducer>,
+    pg: Option<PgSink>,
+    redis: Option<RedisSink>,
+    pg_max_batch: usize,
+}
+
+impl Sinks {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        if let Some(p) = self.kafka.as_mut() {
+            p.send_batch(batch).context("producing decisions")?;
+        }
+        if let Some(pg) = self.pg.as_mut() {
+            pg.write(batch, &|| false)
+                .context("writing a batch to PostgreSQL")?;
+        }
+        if let Some(redis) = self.redis.as_mut() {
+            redis.apply(batch);
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> String {
+        let mut line = String::new();
+        if let Some(pg) = &self.pg {
+            line.push_str(&format!(" | pg {} tx, {} retried", pg.batches, pg.retries));
+        }
+        if let Some(redis) = &self.redis {
+            let s = redis.stats();
+            line.push_str(&format!(
+                " | redis {}",
+                if s.connected { "up" } else { "DOWN" }
+            ));
+        }
+        line
+    }
+}
+
+/// A connection URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

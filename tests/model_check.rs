@@ -222,6 +222,7 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
         params,
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
+        resume: Default::default(),
     };
     pipeline::execute(
         spec,

@@ -61,6 +61,11 @@ pub struct KafkaSourceConfig {
     pub start: StartFrom,
     /// The next offset to read per partition, where known (stored offsets win over `start`).
     pub offsets: HashMap<i32, i64>,
+    /// The last arrival time given per partition before a restart (the SPEC §4 clamp).
+    pub last_t: HashMap<i32, Time>,
+    /// Every message gets at least this arrival time: after a restart, one past the
+    /// committed cut (all earlier times are closed and recorded).
+    pub min_t: Time,
     /// How far behind the wall clock an idle, caught-up partition's time is held.
     pub idle_slack_ms: u64,
     /// End the feed once every assigned partition has reached its end (tests, backfills).
@@ -222,12 +227,12 @@ impl KafkaFeed {
             .iter()
             .map(|&partition| PartitionState {
                 partition,
-                last_t: 0,
-                floor: 0,
+                last_t: config.last_t.get(&partition).copied().unwrap_or(0),
+                floor: config.min_t,
                 buffer: VecDeque::new(),
                 eof: false,
                 held: false,
-                next_offset: -1,
+                next_offset: config.offsets.get(&partition).copied().unwrap_or(-1),
                 queue: None,
             })
             .collect();

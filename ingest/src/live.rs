@@ -29,6 +29,7 @@ pub struct LiveFeed {
     started: Instant,
     produced: u64,
     last_t: Time,
+    first_offset: i64,
 }
 
 impl LiveFeed {
@@ -50,7 +51,15 @@ impl LiveFeed {
             started: Instant::now(),
             produced: 0,
             last_t: 0,
+            first_offset: 0,
         }
+    }
+
+    /// Numbers this feed's messages from `offset` on (a restart continues the sequence).
+    pub fn starting_at(mut self, offset: i64, min_t: Time) -> Self {
+        self.first_offset = offset.max(0);
+        self.last_t = min_t;
+        self
     }
 }
 
@@ -74,7 +83,7 @@ impl Feed for LiveFeed {
             out.push(Incoming {
                 pos: SourcePos {
                     partition: self.partition,
-                    offset: self.produced as i64,
+                    offset: self.first_offset + self.produced as i64,
                 },
                 t,
                 ingest_us: now,

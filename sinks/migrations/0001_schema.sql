@@ -128,9 +128,13 @@ CREATE TABLE source_offsets (
     PRIMARY KEY (source, partition)
 );
 
--- The latest closed arrival time whose outputs are all committed.
+-- The latest closed arrival time whose outputs are all committed; `credits_through` is
+-- set to it once a restart has applied the credits of that time's approvals (due one ms
+-- later, so in no committed account yet) to their payees.
 CREATE TABLE pipeline_state (
-    id         integer PRIMARY KEY CHECK (id = 1),
-    cut_time   bigint NOT NULL,
-    updated_at timestamptz NOT NULL
+    id              integer PRIMARY KEY CHECK (id = 1),
+    source          text NOT NULL,
+    cut_time        bigint NOT NULL,
+    credits_through bigint,
+    updated_at      timestamptz NOT NULL
 );

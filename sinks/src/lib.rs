@@ -9,6 +9,8 @@
 pub mod files;
 pub mod kafka;
 pub mod monitor;
+pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,16 @@ pub struct Batch {
     /// In timestamp order: a later state of a user replaces an earlier one.
     pub accounts: Vec<Account>,
     pub analyses: Vec<AnalysisChange>,
+}
+
+impl Batch {
+    /// Appends a later batch: the result covers every timestamp up to `later.time`.
+    pub fn merge(&mut self, mut later: Batch) {
+        self.time = self.time.max(later.time);
+        self.decisions.append(&mut later.decisions);
+        self.accounts.append(&mut later.accounts);
+        self.analyses.append(&mut later.analyses);
+    }
 }
 
 /// Where a worker's batches go.

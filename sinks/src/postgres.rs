@@ -1,0 +1,673 @@
+//! PostgreSQL: the durable record (SPEC §8).
+//!
+//! * Schema: versioned migrations embedded in the binary (`sinks/migrations/*.sql`),
+//!   applied once each and recorded in `schema_migrations`.
+//! * The sink writes each batch — every closed timestamp up to `batch.time`, from the whole
+//!   cluster — in ONE database transaction: the decisions and invalid payloads by binary
+//!   COPY, the changed accounts and analysis rows by `unnest` upserts, the next offset and
+//!   last arrival time of every source partition the batch touched, and the cut time.
+//!   After a crash, the pipeline resumes from exactly that cut ([`load_resume`]): nothing
+//!   is lost and nothing counted twice.
+//! * Connection failures are retried with bounded backoff (100 ms doubling to 5 s), the
+//!   same batch again, so deciding waits (backpressure through the bounded batch channel)
+//!   rather than losing anything. Any other error is returned.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Transaction};
+
+use vtpga_dataflow::analyses::{key_from_parts, key_parts, AnalysisKey, Tally};
+use vtpga_dataflow::graph::{Account, Resume};
+use vtpga_dataflow::parse::format_utc_ms;
+use vtpga_dataflow::{Region, SourcePos, Status, Time, User};
+
+use crate::Batch;
+
+/// The migrations, in order: (version, SQL).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_schema.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] postgres::Error),
+    #[error("{0}")]
+    Data(String),
+}
+
+pub type PgResult<T> = Result<T, PgError>;
+
+/// Connects, with a connect timeout, and applies any missing migration.
+pub fn connect(url: &str) -> PgResult<Client> {
+    let mut config: postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let mut client = config.connect(NoTls)?;
+    migrate(&mut client)?;
+    Ok(client)
+}
+
+/// Applies the embedded migrations that are not yet recorded.
+pub fn migrate(client: &mut Client) -> PgResult<()> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = client.transaction()?;
+        // One migrator at a time (several processes may start together).
+        tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE", &[])?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )?;
+            log::info!("applied migration {version}");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Writes regions and users that are not there yet (re-running changes nothing).
+/// Returns how many rows were inserted.
+pub fn seed_reference(
+    client: &mut Client,
+    regions: &[Region],
+    users: &[User],
+) -> PgResult<(u64, u64)> {
+    let mut tx = client.transaction()?;
+    let ids: Vec<&str> = regions.iter().map(|r| r.id.as_str()).collect();
+    let ufs: Vec<&str> = regions.iter().map(|r| r.uf.as_str()).collect();
+    let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+    let lats: Vec<f64> = regions.iter().map(|r| r.lat).collect();
+    let lons: Vec<f64> = regions.iter().map(|r| r.lon).collect();
+    let r = tx.execute(
+        "INSERT INTO regions (id, uf, name, lat, lon)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[])
+         ON CONFLICT (id) DO NOTHING",
+        &[&ids, &ufs, &names, &lats, &lons],
+    )?;
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    let regions_of: Vec<&str> = users.iter().map(|u| u.region_id.as_str()).collect();
+    let balances: Vec<i64> = users.iter().map(|u| u.balance_cents).collect();
+    let limits: Vec<i64> = users.iter().map(|u| u.credit_limit_cents).collect();
+    let u = tx.execute(
+        "INSERT INTO users (id, name, region_id, balance_cents, credit_limit_cents)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])
+         ON CONFLICT (id) DO NOTHING",
+        &[&ids, &names, &regions_of, &balances, &limits],
+    )?;
+    tx.commit()?;
+    Ok((r, u))
+}
+
+/// The reference data as stored.
+pub fn load_reference(client: &mut Client) -> PgResult<(Vec<Region>, Vec<User>)> {
+    let regions = client
+        .query(
+            "SELECT id, uf, name, lat, lon FROM regions ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .map(|r| Region {
+            id: r.get(0),
+            uf: r.get(1),
+            name: r.get(2),
+            lat: r.get(3),
+            lon: r.get(4),
+        })
+        .collect();
+    let users = client
+        .query(
+            "SELECT id, name, region_id, balance_cents, credit_limit_cents FROM users ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .map(|r| User {
+            id: r.get(0),
+            name: r.get(1),
+            region_id: r.get(2),
+            balance_cents: r.get(3),
+            credit_limit_cents: r.get(4),
+        })
+        .collect();
+    Ok((regions, users))
+}
+
+/// Where a source partition resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionResume {
+    pub next_offset: i64,
+    pub last_t: Time,
+}
+
+/// Everything a restarted pipeline needs.
+#[derive(Debug, Default)]
+pub struct ResumePoint {
+    /// The latest committed cut (every arrival time up to it is fully recorded).
+    pub cut_time: Option<Time>,
+    pub state: Resume,
+    pub partitions: HashMap<i32, PartitionResume>,
+}
+
+/// Loads the state at the last committed cut, for `source` (its offsets) and the duplicate
+/// window `dedup_window_ms`. The credits of approvals at the cut time itself (due at
+/// cut + 1, so not yet in any committed account) are applied to their payees here, and
+/// written back once (recorded in `pipeline_state.credits_through`), so that a payee
+/// nothing else touches still ends with the right balance.
+pub fn load_resume(
+    client: &mut Client,
+    source: &str,
+    dedup_window_ms: u64,
+) -> PgResult<ResumePoint> {
+    let mut tx = client.transaction()?;
+    let row = tx.query_opt(
+        "SELECT cut_time, credits_through, source FROM pipeline_state WHERE id = 1",
+        &[],
+    )?;
+    let Some(row) = row else {
+        tx.commit()?;
+        return Ok(ResumePoint::default());
+    };
+    let cut: i64 = row.get(0);
+    let credits_through: Option<i64> = row.get(1);
+    let recorded: String = row.get(2);
+    if recorded != source {
+        // Source positions are the identity of the rows: two sources cannot share them.
+        return Err(PgError::Data(format!(
+            "this database holds the record of source {recorded:?}, not {source:?}: use another database"
+        )));
+    }
+    if credits_through != Some(cut) {
+        // Approvals at the cut time credit their payees at cut + 1: apply them now, once.
+        tx.execute(
+            "INSERT INTO accounts (user_id, balance_cents, credit_used_cents, last_approved_ms)
+             SELECT c.payee_id, coalesce(a.balance_cents, u.balance_cents) + c.amount,
+                    coalesce(a.credit_used_cents, 0), a.last_approved_ms
+             FROM (SELECT payee_id, sum(amount_cents)::bigint AS amount FROM transactions
+                   WHERE t = $1 AND status = 'approved' GROUP BY payee_id) c
+             JOIN users u ON u.id = c.payee_id
+             LEFT JOIN accounts a ON a.user_id = c.payee_id
+             ON CONFLICT (user_id) DO UPDATE SET balance_cents = excluded.balance_cents",
+            &[&cut],
+        )?;
+        tx.execute(
+            "UPDATE pipeline_state SET credits_through = cut_time WHERE id = 1",
+            &[],
+        )?;
+    }
+    let accounts = tx
+        .query(
+            "SELECT user_id, balance_cents, credit_used_cents, last_approved_ms FROM accounts",
+            &[],
+        )?
+        .iter()
+        .map(|r| Account {
+            user: r.get(0),
+            balance_cents: r.get(1),
+            credit_used_cents: r.get(2),
+            last_approved_ms: r.get(3),
+        })
+        .collect();
+    // Rule 3 looks back `dedup_window` from any later message (t > cut).
+    let since = cut.saturating_sub(dedup_window_ms.min(i64::MAX as u64) as i64);
+    let seen = tx
+        .query(
+            "SELECT tx_id, max(t) FROM transactions
+             WHERE t >= $1 AND tx_id IS NOT NULL AND status NOT IN ('invalid', 'late')
+             GROUP BY tx_id",
+            &[&since],
+        )?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as Time))
+        .collect();
+    let mut analyses = Vec::new();
+    for r in tx.query(
+        "SELECT analysis, k, minute, count, approved, rejected,
+                approved_amount_cents, rejected_amount_cents FROM analysis_rows",
+        &[],
+    )? {
+        let (name, k, minute): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        let key = key_from_parts(&name, &k, minute)
+            .ok_or_else(|| PgError::Data(format!("unknown analysis row {name}/{k}/{minute}")))?;
+        analyses.push((
+            key,
+            Tally {
+                count: r.get(3),
+                approved: r.get(4),
+                rejected: r.get(5),
+                approved_amount_cents: r.get(6),
+                rejected_amount_cents: r.get(7),
+            },
+        ));
+    }
+    let partitions = tx
+        .query(
+            "SELECT partition, next_offset, last_t FROM source_offsets WHERE source = $1",
+            &[&source],
+        )?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i32>(0),
+                PartitionResume {
+                    next_offset: r.get(1),
+                    last_t: r.get::<_, i64>(2) as Time,
+                },
+            )
+        })
+        .collect();
+    tx.commit()?;
+    Ok(ResumePoint {
+        cut_time: Some(cut as Time),
+        state: Resume {
+            seen,
+            accounts,
+            analyses,
+        },
+        partitions,
+    })
+}
+
+/// Writes batches; see the module doc.
+pub struct PgSink {
+    url: String,
+    client: Option<Client>,
+    source: String,
+    /// Accumulated analysis rows (to turn count_total's changes into row values).
+    rows: BTreeMap<AnalysisKey, Tally>,
+    pub batches: u64,
+    pub decisions: u64,
+    pub retries: u64,
+}
+
+fn ms_time(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// Is this the kind of error that a new connection may cure?
+fn is_connection_error(e: &PgError) -> bool {
+    match e {
+        PgError::Db(e) => {
+            e.is_closed()
+                || e.as_db_error().is_none_or(|db| {
+                    // admin_shutdown, crash_shutdown, cannot_connect_now, connection_failure...
+                    db.code().code().starts_with("57P") || db.code().code().starts_with("08")
+                })
+        }
+        PgError::Data(_) => false,
+    }
+}
+
+impl PgSink {
+    /// A sink for `source` (e.g. `kafka:transacoes`), starting from the analysis rows at
+    /// the resume point.
+    pub fn new(url: &str, source: &str, rows: BTreeMap<AnalysisKey, Tally>) -> PgResult<Self> {
+        let client = connect(url)?;
+        Ok(PgSink {
+            url: url.to_owned(),
+            client: Some(client),
+            source: source.to_owned(),
+            rows,
+            batches: 0,
+            decisions: 0,
+            retries: 0,
+        })
+    }
+
+    /// Writes `batch` in one transaction, retrying connection failures with bounded
+    /// backoff until it is committed (or `give_up` says to stop).
+    pub fn write(&mut self, batch: &Batch, give_up: &dyn Fn() -> bool) -> PgResult<()> {
+        // The analysis rows after this batch (applied to a copy: a failed attempt must not
+        // have changed them).
+        let mut rows = self.rows.clone();
+        let touched = apply_touched(&mut rows, &batch.analyses);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = match self.client.as_mut() {
+                Some(client) => write_batch(client, &self.source, batch, &rows, &touched),
+                None => connect(&self.url)
+                    .map(|c| {
+                        self.client = Some(c);
+                    })
+                    .and_then(|()| {
+                        let client = self.client.as_mut().expect("just connected");
+                        write_batch(client, &self.source, batch, &rows, &touched)
+                    }),
+            };
+            match attempt {
+                Ok(()) => {
+                    self.rows = rows;
+                    self.batches += 1;
+                    self.decisions += batch.decisions.len() as u64;
+                    return Ok(());
+                }
+                Err(e) if is_connection_error(&e) && !give_up() => {
+                    self.retries += 1;
+                    log::warn!("PostgreSQL unavailable ({e}); retrying in {backoff:?}");
+                    self.client = None;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Applies count_total's changes to `rows`; returns the keys touched.
+fn apply_touched(
+    rows: &mut BTreeMap<AnalysisKey, Tally>,
+    changes: &[((AnalysisKey, Tally), isize)],
+) -> Vec<AnalysisKey> {
+    let mut touched: Vec<AnalysisKey> = changes.iter().map(|((k, _), _)| k.clone()).collect();
+    touched.sort();
+    touched.dedup();
+    vtpga_dataflow::analyses::apply_changes(rows, changes.iter().cloned());
+    touched
+}
+
+fn write_batch(
+    client: &mut Client,
+    source: &str,
+    batch: &Batch,
+    rows: &BTreeMap<AnalysisKey, Tally>,
+    touched: &[AnalysisKey],
+) -> PgResult<()> {
+    log::debug!(
+        "batch up to t = {}: {} decision(s), {} account(s), {} analysis change(s)",
+        batch.time,
+        batch.decisions.len(),
+        batch.accounts.len(),
+        batch.analyses.len()
+    );
+    let mut tx = client.transaction()?;
+    copy_decisions(&mut tx, batch)?;
+    upsert_accounts(&mut tx, &batch.accounts)?;
+    upsert_analyses(&mut tx, rows, touched)?;
+    upsert_offsets(&mut tx, source, batch)?;
+    tx.execute(
+        // A restart re-states the analyses at time 0: the cut never moves back.
+        "INSERT INTO pipeline_state (id, source, cut_time, credits_through, updated_at)
+         VALUES (1, $2, $1, NULL, now())
+         ON CONFLICT (id) DO UPDATE SET
+             cut_time = greatest(pipeline_state.cut_time, excluded.cut_time),
+             credits_through = CASE WHEN excluded.cut_time > pipeline_state.cut_time
+                                    THEN NULL ELSE pipeline_state.credits_through END,
+             updated_at = now()",
+        &[&(batch.time as i64), &source],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
+    if batch.decisions.is_empty() {
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    {
+        let sink = tx.copy_in(
+            "COPY transactions (partition, \"offset\", t, status, tx_id, payer_id, payee_id,
+                region_id, mode, amount_cents, event_time, value_risk, hour_risk,
+                distance_risk, risk, error, reason, decided_at) FROM STDIN BINARY",
+        )?;
+        let types = [
+            Type::INT4,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+        ];
+        let mut writer = BinaryCopyInWriter::new(sink, &types);
+        for d in &batch.decisions {
+            let tx_ = d.tx.as_ref();
+            let (error, reason) = match d.status {
+                Status::Invalid => (d.reason.as_deref(), None),
+                _ => (None, d.reason.as_deref()),
+            };
+            let t = d.t as i64;
+            let event = tx_.map(|x| ms_time(x.event_ms));
+            let s = d.scores;
+            let values: [&(dyn ToSql + Sync); 18] = [
+                &d.pos.partition,
+                &d.pos.offset,
+                &t,
+                &d.status.as_str(),
+                &tx_.map(|x| x.id.as_str()),
+                &tx_.map(|x| x.payer.as_str()),
+                &tx_.map(|x| x.payee.as_str()),
+                &tx_.map(|x| x.region.as_str()),
+                &tx_.map(|x| x.mode.as_str()),
+                &tx_.map(|x| x.amount_cents),
+                &event,
+                &s.map(|s| s.value_risk),
+                &s.map(|s| s.hour_risk),
+                &s.map(|s| s.distance_risk),
+                &s.map(|s| s.risk),
+                &error,
+                &reason,
+                &now,
+            ];
+            writer.write(&values)?;
+        }
+        writer.finish()?;
+    }
+    let invalid: Vec<_> = batch
+        .decisions
+        .iter()
+        .filter(|d| d.status == Status::Invalid)
+        .collect();
+    if !invalid.is_empty() {
+        let sink = tx.copy_in(
+            "COPY invalid_messages (partition, \"offset\", t, payload, error) FROM STDIN BINARY",
+        )?;
+        let mut writer = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT4, Type::INT8, Type::INT8, Type::BYTEA, Type::TEXT],
+        );
+        for d in invalid {
+            let t = d.t as i64;
+            let payload: &[u8] = d.raw.as_deref().unwrap_or_default();
+            let error = d.reason.as_deref().unwrap_or("invalid");
+            writer.write(&[&d.pos.partition, &d.pos.offset, &t, &payload, &error])?;
+        }
+        writer.finish()?;
+    }
+    Ok(())
+}
+
+fn upsert_accounts(tx: &mut Transaction<'_>, accounts: &[Account]) -> PgResult<()> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    // Accounts come in timestamp order: the last state of a user wins.
+    let mut last: HashMap<&str, &Account> = HashMap::new();
+    for a in accounts {
+        last.insert(a.user.as_str(), a);
+    }
+    let ids: Vec<&str> = last.keys().copied().collect();
+    let balances: Vec<i64> = ids.iter().map(|id| last[id].balance_cents).collect();
+    let used: Vec<i64> = ids.iter().map(|id| last[id].credit_used_cents).collect();
+    let approved: Vec<Option<i64>> = ids.iter().map(|id| last[id].last_approved_ms).collect();
+    tx.execute(
+        "INSERT INTO accounts (user_id, balance_cents, credit_used_cents, last_approved_ms)
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])
+         ON CONFLICT (user_id) DO UPDATE SET balance_cents = excluded.balance_cents,
+             credit_used_cents = excluded.credit_used_cents,
+             last_approved_ms = excluded.last_approved_ms",
+        &[&ids, &balances, &used, &approved],
+    )?;
+    Ok(())
+}
+
+fn upsert_analyses(
+    tx: &mut Transaction<'_>,
+    rows: &BTreeMap<AnalysisKey, Tally>,
+    touched: &[AnalysisKey],
+) -> PgResult<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let mut up = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        [(); 5].map(|_| Vec::<i64>::new()),
+    );
+    let mut del = (Vec::new(), Vec::new(), Vec::new());
+    for key in touched {
+        let (name, k, minute) = key_parts(key);
+        match rows.get(key) {
+            Some(t) => {
+                up.0.push(name);
+                up.1.push(k);
+                up.2.push(minute);
+                up.3[0].push(t.count);
+                up.3[1].push(t.approved);
+                up.3[2].push(t.rejected);
+                up.3[3].push(t.approved_amount_cents);
+                up.3[4].push(t.rejected_amount_cents);
+            }
+            None => {
+                del.0.push(name);
+                del.1.push(k);
+                del.2.push(minute);
+            }
+        }
+    }
+    if !up.0.is_empty() {
+        tx.execute(
+            "INSERT INTO analysis_rows (analysis, k, minute, count, approved, rejected,
+                 approved_amount_cents, rejected_amount_cents)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
+                                  $6::int8[], $7::int8[], $8::int8[])
+             ON CONFLICT (analysis, k, minute) DO UPDATE SET count = excluded.count,
+                 approved = excluded.approved, rejected = excluded.rejected,
+                 approved_amount_cents = excluded.approved_amount_cents,
+                 rejected_amount_cents = excluded.rejected_amount_cents",
+            &[
+                &up.0, &up.1, &up.2, &up.3[0], &up.3[1], &up.3[2], &up.3[3], &up.3[4],
+            ],
+        )?;
+    }
+    if !del.0.is_empty() {
+        tx.execute(
+            "DELETE FROM analysis_rows r USING unnest($1::text[], $2::text[], $3::int8[]) d(a, k, m)
+             WHERE r.analysis = d.a AND r.k = d.k AND r.minute = d.m",
+            &[&del.0, &del.1, &del.2],
+        )?;
+    }
+    Ok(())
+}
+
+fn upsert_offsets(tx: &mut Transaction<'_>, source: &str, batch: &Batch) -> PgResult<()> {
+    // Per partition: the offset after the last decided message, and its arrival time.
+    let mut last: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for d in &batch.decisions {
+        let SourcePos { partition, offset } = d.pos;
+        let e = last.entry(partition).or_insert((offset + 1, d.t as i64));
+        e.0 = e.0.max(offset + 1);
+        e.1 = e.1.max(d.t as i64);
+    }
+    if last.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<i32> = last.keys().copied().collect();
+    let next: Vec<i64> = last.values().map(|v| v.0).collect();
+    let last_t: Vec<i64> = last.values().map(|v| v.1).collect();
+    tx.execute(
+        "INSERT INTO source_offsets (source, partition, next_offset, last_t)
+         SELECT $1, * FROM unnest($2::int4[], $3::int8[], $4::int8[])
+         ON CONFLICT (source, partition) DO UPDATE
+         SET next_offset = greatest(source_offsets.next_offset, excluded.next_offset),
+             last_t = greatest(source_offsets.last_t, excluded.last_t)",
+        &[&source, &partitions, &next, &last_t],
+    )?;
+    Ok(())
+}
+
+/// A decision row read back as its SPEC §8 JSON record (the same fields and formatting as
+/// the replay's decision lines), for tests and tools that compare the two.
+pub fn decision_records(client: &mut Client) -> PgResult<Vec<serde_json::Value>> {
+    let rows = client.query(
+        "SELECT partition, \"offset\", t, status, tx_id, payer_id, payee_id, region_id, mode,
+                amount_cents, (extract(epoch FROM event_time) * 1000)::bigint, value_risk,
+                hour_risk, distance_risk, risk, error, reason
+         FROM transactions ORDER BY t, partition, \"offset\"",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            m.insert("partition".into(), r.get::<_, i32>(0).into());
+            m.insert("offset".into(), r.get::<_, i64>(1).into());
+            m.insert("t".into(), r.get::<_, i64>(2).into());
+            m.insert("status".into(), r.get::<_, String>(3).into());
+            let text = |i: usize| r.get::<_, Option<String>>(i);
+            for (name, i) in [
+                ("id", 4),
+                ("payer_id", 5),
+                ("payee_id", 6),
+                ("region_id", 7),
+                ("mode", 8),
+            ] {
+                if let Some(v) = text(i) {
+                    m.insert(name.into(), v.into());
+                }
+            }
+            if let Some(v) = r.get::<_, Option<i64>>(9) {
+                m.insert("amount_cents".into(), v.into());
+            }
+            if let Some(ms) = r.get::<_, Option<i64>>(10) {
+                m.insert("event_time".into(), format_utc_ms(ms).into());
+            }
+            for (name, i) in [
+                ("value_risk", 11),
+                ("hour_risk", 12),
+                ("distance_risk", 13),
+                ("risk", 14),
+            ] {
+                if let Some(v) = r.get::<_, Option<f64>>(i) {
+                    m.insert(name.into(), v.into());
+                }
+            }
+            for (name, i) in [("error", 15), ("reason", 16)] {
+                if let Some(v) = text(i) {
+                    m.insert(name.into(), v.into());
+                }
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect())
+}

@@ -1,0 +1,1186 @@
+//! The Redis sink (SPEC §8): a cache of the pipeline's outputs for the dashboard.
+//!
+//! # Key layout (`P` is [`RedisOptions::key_prefix`], default `vtpga`)
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P:tx:{partition}:{offset}` | hash | one decided message: the SPEC §8 decision record's fields ([`DecisionRecord`]) as strings, absent fields omitted, plus `decided_at_ms` (wall clock when the sink received its batch); expires after [`RedisOptions::tx_ttl_secs`] |
+//! | `P:recent` | sorted set | members `{partition}:{offset}`, score = arrival time `t` (ms); only the newest [`RedisOptions::recent_limit`] are kept |
+//! | `P:analysis:{name}` | hash | one per SPEC §7 analysis; field `{k}\|{minute}` from [`analyses::key_parts`] (minute −1 for analyses without one), value = the row's SPEC JSON. Rows whose tally is zero are absent, except that `status_counts` always holds all nine statuses |
+//! | `P:time` | string | the latest closed arrival time (ms) the cache reflects (the maximum over batches) |
+//! | `P:analyses` | pub/sub channel | after each write, `{"time": t, "changed": [names of the analyses that changed]}` |
+//!
+//! [`read_analyses`] reads the analysis hashes back as the SPEC §8 analyses JSON.
+//!
+//! # Writing
+//!
+//! [`RedisSink::apply`] writes one batch as ONE atomic pipeline (`MULTI`/`EXEC`), so a
+//! reader never sees half a batch: per decision `DEL`, `HSET`, `EXPIRE` of its hash and a
+//! `ZADD` to the recent set, one `ZREMRANGEBYRANK` to trim it, an `HSET` or `HDEL` per
+//! analysis row the batch changed, `SET` of the time and a `PUBLISH`. The command count is
+//! proportional to the batch: the sink never rewrites rows the batch did not touch.
+//!
+//! # Redis is a cache
+//!
+//! Redis must never hold deciding up, so `apply` never fails and never blocks for long:
+//! connecting, reading and writing have short timeouts (500 ms, longer only in proportion
+//! to a very large pipeline). When a pipeline fails (refused, reset, timed out, or an error
+//! reply), the sink drops the connection, counts the failure, and tries to reconnect on
+//! later `apply` calls, the first time 1 s later, then backing off up to 5 s between
+//! attempts; between attempts `apply` does no I/O at all.
+//!
+//! The sink always keeps, in memory, the accumulated analysis rows and a ring buffer of the
+//! newest `recent_limit` decision records. Whenever it (re)connects — including the very
+//! first connection, so that a restarted pipeline overwrites whatever an older run left —
+//! and after [`RedisSink::seed`], the next write is a REBUILD: one atomic pipeline that
+//! deletes the ten analysis hashes and the recent set, rewrites every analysis from the
+//! accumulated rows, re-adds the ring buffer's transactions and recent entries, sets the
+//! time and publishes all ten names as changed. A cache that comes back after an outage is
+//! therefore never left stale. A failed `EXEC` may or may not have been applied by Redis;
+//! the rebuild that follows makes the difference moot. (The ring buffer holds the last
+//! `recent_limit` decisions *applied*; with per-worker batches, whose times interleave,
+//! the rebuilt recent set may differ slightly from the incremental one at its old end.)
+//!
+//! Replies are read by `exec_atomic`, which stops at the first error: a hung Redis costs
+//! one read timeout, not one per queued command as `Pipeline::exec` would.
+//!
+//! # Use
+//!
+//! On the thread that consumes the sink's batches: [`RedisSink::new`] once,
+//! [`RedisSink::seed`] with the accumulated rows when resuming from PostgreSQL, then
+//! [`RedisSink::apply`] for every batch, in order. `P:time` is the maximum batch time seen.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, Pipeline};
+use serde_json::{json, Value};
+
+use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
+use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::Status;
+
+use crate::files::DecisionRecord;
+use crate::Batch;
+
+pub use redis::RedisError;
+
+/// Timeout of a connection attempt, and of a normal pipeline's reads and writes.
+const IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// Extra read/write time allowed per command of a large pipeline (a rebuild, a huge batch).
+const PER_COMMAND: Duration = Duration::from_micros(10);
+/// The longest a pipeline may wait for Redis, however large.
+const MAX_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wait before the first reconnection attempt after a failure.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the sink lays out and bounds what it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Expiry of each transaction hash, in seconds.
+    pub tx_ttl_secs: u64,
+    /// How many of the most recent transactions the recent set (and the in-memory ring
+    /// buffer used to rebuild it) keeps.
+    pub recent_limit: usize,
+    /// Every key and the channel start with `{key_prefix}:`.
+    pub key_prefix: String,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            tx_ttl_secs: 3600,
+            recent_limit: 10_000,
+            key_prefix: "vtpga".to_owned(),
+        }
+    }
+}
+
+/// What the sink has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Whether the sink holds a connection (it may still fail on the next write).
+    pub connected: bool,
+    /// Batches that reached Redis, by an incremental write or as part of a rebuild.
+    pub batches_written: u64,
+    /// Pipelines and connection attempts that failed.
+    pub failures: u64,
+    /// Full rewrites of the cache (on every (re)connection and after a seed).
+    pub rebuilds: u64,
+}
+
+/// One decided transaction as cached: its recent-set member and score and its hash fields.
+struct CachedTx {
+    /// `{partition}:{offset}`
+    member: String,
+    /// Arrival time `t` in ms.
+    score: u64,
+    fields: Vec<(String, String)>,
+}
+
+impl CachedTx {
+    fn of(d: &Decision, decided_at_ms: u64) -> Self {
+        let mut fields = Vec::with_capacity(16);
+        if let Ok(Value::Object(map)) = serde_json::to_value(DecisionRecord::of(d)) {
+            for (k, v) in map {
+                let v = match v {
+                    Value::String(s) => s,
+                    Value::Null => continue,
+                    other => other.to_string(),
+                };
+                fields.push((k, v));
+            }
+        }
+        fields.push(("decided_at_ms".to_owned(), decided_at_ms.to_string()));
+        CachedTx {
+            member: format!("{}:{}", d.pos.partition, d.pos.offset),
+            score: d.t,
+            fields,
+        }
+    }
+}
+
+/// The keys of one prefix.
+struct Keys {
+    prefix: String,
+    recent: String,
+    time: String,
+    channel: String,
+    analyses: BTreeMap<&'static str, String>,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            recent: format!("{prefix}:recent"),
+            time: format!("{prefix}:time"),
+            channel: format!("{prefix}:analyses"),
+            analyses: NAMES
+                .iter()
+                .map(|n| (*n, analysis_key(prefix, n)))
+                .collect(),
+        }
+    }
+
+    fn tx(&self, member: &str) -> String {
+        format!("{}:tx:{}", self.prefix, member)
+    }
+
+    fn analysis(&self, name: &str) -> &str {
+        &self.analyses[name]
+    }
+}
+
+fn analysis_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}:analysis:{name}")
+}
+
+/// The hash field of an analysis row: `{k}|{minute}`.
+fn row_field(key: &AnalysisKey) -> (&'static str, String) {
+    let (name, k, minute) = analyses::key_parts(key);
+    (name, format!("{k}|{minute}"))
+}
+
+/// Writes the pipeline's outputs to Redis; see the module documentation.
+pub struct RedisSink {
+    client: Client,
+    options: RedisOptions,
+    keys: Keys,
+    conn: Option<Connection>,
+    /// The read/write timeout currently set on `conn`.
+    conn_timeout: Duration,
+    /// Accumulated analysis rows (all batches, plus a seed).
+    rows: BTreeMap<AnalysisKey, Tally>,
+    /// The newest `recent_limit` transactions, oldest first.
+    ring: VecDeque<CachedTx>,
+    time: u64,
+    needs_rebuild: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+    stats: RedisStats,
+}
+
+impl RedisSink {
+    /// A sink writing to the Redis at `url` (`redis://host:port/db`). A malformed URL is an
+    /// error; an unreachable Redis is not (a warning; the sink starts disconnected and
+    /// tries again on later batches).
+    pub fn new(url: &str, options: RedisOptions) -> Result<Self, RedisError> {
+        let client = Client::open(url)?;
+        let keys = Keys::new(&options.key_prefix);
+        let mut sink = RedisSink {
+            client,
+            options,
+            keys,
+            conn: None,
+            conn_timeout: IO_TIMEOUT,
+            rows: BTreeMap::new(),
+            ring: VecDeque::new(),
+            time: 0,
+            needs_rebuild: true,
+            next_attempt: Instant::now(),
+            backoff: MIN_BACKOFF,
+            stats: RedisStats::default(),
+        };
+        match sink.connect() {
+            Ok(conn) => sink.conn = Some(conn),
+            Err(e) => {
+                log::warn!(
+                    "redis at {url} unreachable ({e}); starting disconnected, retrying every {}–{} s",
+                    MIN_BACKOFF.as_secs(),
+                    MAX_BACKOFF.as_secs()
+                );
+                sink.stats.failures += 1;
+                sink.next_attempt = Instant::now() + MIN_BACKOFF;
+            }
+        }
+        Ok(sink)
+    }
+
+    /// Accumulated analysis rows at a resume point (after a restart from PostgreSQL):
+    /// they replace the sink's rows, and the next write rebuilds the cache from them.
+    pub fn seed(&mut self, rows: BTreeMap<AnalysisKey, Tally>) {
+        self.rows = rows;
+        self.needs_rebuild = true;
+    }
+
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            connected: self.conn.is_some(),
+            ..self.stats
+        }
+    }
+
+    /// The accumulated analysis rows.
+    pub fn rows(&self) -> &BTreeMap<AnalysisKey, Tally> {
+        &self.rows
+    }
+
+    /// Writes one batch (or, after a (re)connection or a seed, rebuilds the whole cache).
+    /// Never fails: a Redis that is down only costs a failure count and a rebuild later.
+    pub fn apply(&mut self, batch: &Batch) {
+        let decided_at_ms = crate::monitor::now_us() / 1000;
+        // Only the newest `recent_limit` can matter to the recent set; the hashes of all
+        // of them are written (each expires on its own).
+        let txs: Vec<CachedTx> = batch
+            .decisions
+            .iter()
+            .map(|d| CachedTx::of(d, decided_at_ms))
+            .collect();
+        analyses::apply_changes(&mut self.rows, batch.analyses.iter().cloned());
+        let changed: BTreeSet<&AnalysisKey> = batch.analyses.iter().map(|((k, _), _)| k).collect();
+        self.time = self.time.max(batch.time);
+
+        if self.ensure_connected() && !self.needs_rebuild {
+            let pipe = self.batch_pipeline(&txs, &changed);
+            self.remember(txs);
+            if self.run(&pipe).is_ok() {
+                self.stats.batches_written += 1;
+            }
+            return;
+        }
+        self.remember(txs);
+        if self.conn.is_some() && self.rebuild().is_ok() {
+            self.stats.batches_written += 1;
+        }
+    }
+
+    /// Rewrites the whole cache now, if connected (or reconnection is due); returns whether
+    /// Redis now reflects everything applied. `apply` does this by itself when needed.
+    pub fn flush(&mut self) -> bool {
+        if !self.ensure_connected() {
+            return false;
+        }
+        self.rebuild().is_ok()
+    }
+
+    fn remember(&mut self, txs: Vec<CachedTx>) {
+        let limit = self.options.recent_limit;
+        for tx in txs {
+            if self.ring.len() >= limit {
+                self.ring.pop_front();
+            }
+            if limit > 0 {
+                self.ring.push_back(tx);
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let conn = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    /// Whether there is a connection; reconnects when the backoff allows it.
+    fn ensure_connected(&mut self) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        let now = Instant::now();
+        if now < self.next_attempt {
+            return false;
+        }
+        match self.connect() {
+            Ok(conn) => {
+                log::info!("redis reconnected; rebuilding the cache");
+                self.conn = Some(conn);
+                self.conn_timeout = IO_TIMEOUT;
+                self.backoff = MIN_BACKOFF;
+                self.needs_rebuild = true;
+                true
+            }
+            Err(e) => {
+                self.stats.failures += 1;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.next_attempt = Instant::now() + self.backoff;
+                log::debug!(
+                    "redis still unreachable ({e}); next attempt in {:?}",
+                    self.backoff
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs a pipeline; on any error drops the connection and schedules a reconnection.
+    fn run(&mut self, pipe: &Pipeline) -> Result<(), ()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(());
+        };
+        let timeout = (IO_TIMEOUT + PER_COMMAND * pipe.len() as u32).min(MAX_IO_TIMEOUT);
+        let result = (|| {
+            if timeout != self.conn_timeout {
+                conn.set_read_timeout(Some(timeout))?;
+                conn.set_write_timeout(Some(timeout))?;
+                self.conn_timeout = timeout;
+            }
+            exec_atomic(conn, pipe)
+        })();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::warn!(
+                    "redis write failed ({e}); caching in memory, reconnecting in {MIN_BACKOFF:?}"
+                );
+                self.conn = None;
+                self.stats.failures += 1;
+                self.needs_rebuild = true;
+                self.backoff = MIN_BACKOFF;
+                self.next_attempt = Instant::now() + MIN_BACKOFF;
+                Err(())
+            }
+        }
+    }
+
+    fn add_tx(&self, pipe: &mut Pipeline, tx: &CachedTx) {
+        let key = self.keys.tx(&tx.member);
+        pipe.cmd("DEL").arg(&key).ignore();
+        let hset = pipe.cmd("HSET").arg(&key);
+        for (f, v) in &tx.fields {
+            hset.arg(f).arg(v);
+        }
+        hset.ignore();
+        pipe.cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.options.tx_ttl_secs)
+            .ignore();
+    }
+
+    /// `ZADD`s `txs` to the recent set and trims it to the newest `recent_limit`.
+    fn add_recent<'a>(
+        &self,
+        pipe: &mut Pipeline,
+        txs: impl ExactSizeIterator<Item = &'a CachedTx>,
+    ) {
+        if txs.len() == 0 {
+            // ZADD without pairs is a syntax error.
+            return;
+        }
+        let zadd = pipe.cmd("ZADD").arg(&self.keys.recent);
+        for tx in txs {
+            zadd.arg(tx.score).arg(&tx.member);
+        }
+        zadd.ignore();
+        // Keep the `recent_limit` highest scores: drop ranks 0 ..= len − limit − 1.
+        let keep = self.options.recent_limit as i64;
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&self.keys.recent)
+            .arg(0)
+            .arg(-(keep + 1))
+            .ignore();
+    }
+
+    fn add_time_and_publish(&self, pipe: &mut Pipeline, changed: &[&str]) {
+        pipe.cmd("SET").arg(&self.keys.time).arg(self.time).ignore();
+        let message = json!({"time": self.time, "changed": changed}).to_string();
+        pipe.cmd("PUBLISH")
+            .arg(&self.keys.channel)
+            .arg(message)
+            .ignore();
+    }
+
+    fn batch_pipeline(&self, txs: &[CachedTx], changed: &BTreeSet<&AnalysisKey>) -> Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for tx in txs {
+            self.add_tx(&mut pipe, tx);
+        }
+        let start = txs.len().saturating_sub(self.options.recent_limit);
+        self.add_recent(&mut pipe, txs[start..].iter());
+        let mut names: BTreeSet<&'static str> = BTreeSet::new();
+        for key in changed {
+            let (name, field) = row_field(key);
+            names.insert(name);
+            let hash = self.keys.analysis(name);
+            match self.rows.get(*key).filter(|t| **t != Tally::default()) {
+                Some(t) => {
+                    let row = analyses::row_json(key, t).1.to_string();
+                    pipe.cmd("HSET").arg(hash).arg(field).arg(row).ignore();
+                }
+                None if matches!(key, AnalysisKey::Status(_)) => {
+                    let row = analyses::row_json(key, &Tally::default()).1.to_string();
+                    pipe.cmd("HSET").arg(hash).arg(field).arg(row).ignore();
+                }
+                None => {
+                    pipe.cmd("HDEL").arg(hash).arg(field).ignore();
+                }
+            }
+        }
+        // The SPEC order of the names, not their alphabetical order.
+        let names: Vec<&str> = NAMES
+            .iter()
+            .copied()
+            .filter(|n| names.contains(n))
+            .collect();
+        self.add_time_and_publish(&mut pipe, &names);
+        pipe
+    }
+
+    fn rebuild_pipeline(&self) -> Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let del = pipe.cmd("DEL").arg(&self.keys.recent);
+        for name in NAMES {
+            del.arg(self.keys.analysis(name));
+        }
+        del.ignore();
+        let mut hashes: BTreeMap<&'static str, Vec<(String, String)>> = BTreeMap::new();
+        for status in Status::ALL {
+            let key = AnalysisKey::Status(status);
+            let tally = self.rows.get(&key).copied().unwrap_or_default();
+            let (name, field) = row_field(&key);
+            let row = analyses::row_json(&key, &tally).1.to_string();
+            hashes.entry(name).or_default().push((field, row));
+        }
+        for (key, tally) in &self.rows {
+            if *tally == Tally::default() || matches!(key, AnalysisKey::Status(_)) {
+                continue;
+            }
+            let (name, field) = row_field(key);
+            let row = analyses::row_json(key, tally).1.to_string();
+            hashes.entry(name).or_default().push((field, row));
+        }
+        for (name, fields) in &hashes {
+            let hset = pipe.cmd("HSET").arg(self.keys.analysis(name));
+            for (f, v) in fields {
+                hset.arg(f).arg(v);
+            }
+            hset.ignore();
+        }
+        for tx in &self.ring {
+            self.add_tx(&mut pipe, tx);
+        }
+        self.add_recent(&mut pipe, self.ring.iter());
+        self.add_time_and_publish(&mut pipe, &NAMES);
+        pipe
+    }
+
+    fn rebuild(&mut self) -> Result<(), ()> {
+        let pipe = self.rebuild_pipeline();
+        self.run(&pipe)?;
+        self.needs_rebuild = false;
+        self.stats.rebuilds += 1;
+        log::info!(
+            "redis cache rebuilt: {} analysis rows, {} recent transactions, time {}",
+            self.rows.len(),
+            self.ring.len(),
+            self.time
+        );
+        Ok(())
+    }
+}
+
+/// Sends an atomic pipeline and reads its replies, giving up at the first error.
+///
+/// Unlike `Pipeline::exec`, which goes on reading one reply per queued command after an
+/// error (so a hung Redis would cost one read timeout per command), a single timeout ends
+/// it. The caller drops the connection after any error, so unread replies do not matter.
+fn exec_atomic(conn: &mut Connection, pipe: &Pipeline) -> redis::RedisResult<()> {
+    debug_assert!(pipe.is_transaction());
+    conn.send_packed_command(&pipe.get_packed_pipeline())?;
+    // MULTI's OK, one QUEUED per command, then EXEC's array of results.
+    let replies = pipe.len() + 2;
+    let mut read = 0;
+    while read < replies {
+        match conn.recv_response()? {
+            redis::Value::Push { .. } => continue,
+            redis::Value::ServerError(e) => return Err(e.into()),
+            redis::Value::Array(results) if read + 1 == replies => {
+                if let Some(redis::Value::ServerError(e)) = results
+                    .into_iter()
+                    .find(|v| matches!(v, redis::Value::ServerError(_)))
+                {
+                    return Err(e.into());
+                }
+            }
+            redis::Value::Nil if read + 1 == replies => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "transaction aborted",
+                )));
+            }
+            _ => {}
+        }
+        read += 1;
+    }
+    Ok(())
+}
+
+/// Reads the ten analysis hashes under `prefix` as the SPEC §8 analyses JSON: one object
+/// whose keys are the ten names, each an array of row objects sorted by hash field.
+pub fn read_analyses(conn: &mut Connection, prefix: &str) -> redis::RedisResult<Value> {
+    let mut out = serde_json::Map::new();
+    for name in NAMES {
+        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(analysis_key(prefix, name))
+            .query(conn)?;
+        let rows = fields
+            .into_iter()
+            .map(|(field, v)| {
+                serde_json::from_str(&v).map_err(|e| {
+                    RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "analysis row is not JSON",
+                        format!("{name} {field}: {e}"),
+                    ))
+                })
+            })
+            .collect::<Result<Vec<Value>, _>>()?;
+        out.insert(name.to_owned(), Value::Array(rows));
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::thread::sleep;
+
+    use vtpga_dataflow::rules::Scores;
+    use vtpga_dataflow::{Mode, SourcePos, Tx};
+
+    /// A private redis-server on loopback, killed (by its handle) when dropped.
+    struct Server {
+        child: Child,
+        port: u16,
+        dir: tempfile::TempDir,
+    }
+
+    fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("local addr").port()
+    }
+
+    impl Server {
+        fn start(port: u16) -> Server {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = std::fs::File::create(dir.path().join("redis.log")).expect("log file");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("redis-server must be installed (scripts/setup.sh)");
+            let mut server = Server { child, port, dir };
+            let client = Client::open(server.url()).expect("url");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return server;
+                    }
+                }
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    let log = std::fs::read_to_string(server.dir.path().join("redis.log"));
+                    panic!("redis-server exited ({status}): {log:?}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not answer on {port}"
+                );
+                sleep(Duration::from_millis(50));
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        fn conn(&self) -> Connection {
+            let c = Client::open(self.url())
+                .expect("url")
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .expect("connect to the test redis");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Builds batches by hand and keeps the rows they should accumulate to.
+    #[derive(Default)]
+    struct Gen {
+        rows: BTreeMap<AnalysisKey, Tally>,
+        offset: i64,
+        t: u64,
+    }
+
+    fn tally(approved: i64, rejected: i64) -> Tally {
+        Tally {
+            count: approved + rejected,
+            approved,
+            rejected,
+            approved_amount_cents: approved * 1000,
+            rejected_amount_cents: rejected * 700,
+        }
+    }
+
+    fn count(n: i64) -> Tally {
+        Tally {
+            count: n,
+            ..Tally::default()
+        }
+    }
+
+    impl Gen {
+        fn decision(&mut self) -> Decision {
+            self.offset += 1;
+            self.t += 10;
+            let n = self.offset;
+            let tx = Tx {
+                id: format!("tx{n}"),
+                payer: format!("u{}", n % 3),
+                payee: format!("u{}", n % 3 + 1),
+                region: "r1".into(),
+                mode: Mode::ALL[n as usize % 4],
+                amount_cents: 100 * n,
+                event_ms: 1_700_000_000_000 + n,
+            };
+            let (status, tx, scores, reason) = match n % 3 {
+                0 => (
+                    Status::Approved,
+                    Some(tx),
+                    Some(Scores {
+                        value_risk: 0.25,
+                        hour_risk: 0.5,
+                        distance_risk: 0.0,
+                        risk: 0.3,
+                    }),
+                    None,
+                ),
+                1 => (Status::Invalid, None, None, Some("bad json".to_owned())),
+                _ => (Status::Late, Some(tx), None, None),
+            };
+            Decision {
+                pos: SourcePos {
+                    partition: (n % 2) as i32,
+                    offset: n,
+                },
+                t: self.t,
+                ingest_us: 0,
+                status,
+                tx,
+                scores,
+                reason,
+                raw: None,
+                assessed: None,
+            }
+        }
+
+        /// `n` decisions and the given row changes (None: the row goes away).
+        fn batch(&mut self, n: usize, changes: &[(AnalysisKey, Option<Tally>)]) -> Batch {
+            let decisions: Vec<Decision> = (0..n).map(|_| self.decision()).collect();
+            let mut analyses = Vec::new();
+            for (key, new) in changes {
+                // Retractions after insertions: the sink must not depend on the order.
+                if let Some(new) = new {
+                    analyses.push(((key.clone(), *new), 1));
+                }
+                if let Some(old) = self.rows.get(key) {
+                    analyses.push(((key.clone(), *old), -1));
+                }
+                match new {
+                    Some(new) => self.rows.insert(key.clone(), *new),
+                    None => self.rows.remove(key),
+                };
+            }
+            if n == 0 {
+                self.t += 10;
+            }
+            Batch {
+                time: self.t,
+                decisions,
+                accounts: Vec::new(),
+                analyses,
+            }
+        }
+    }
+
+    fn member(d: &Decision) -> String {
+        format!("{}:{}", d.pos.partition, d.pos.offset)
+    }
+
+    /// The analyses JSON as, per name, the set of its rows.
+    fn as_sets(v: &Value) -> BTreeMap<String, BTreeSet<String>> {
+        let obj = v.as_object().expect("analyses object");
+        obj.iter()
+            .map(|(name, rows)| {
+                let rows = rows.as_array().expect("rows array");
+                (name.clone(), rows.iter().map(|r| r.to_string()).collect())
+            })
+            .collect()
+    }
+
+    fn assert_analyses(conn: &mut Connection, prefix: &str, rows: &BTreeMap<AnalysisKey, Tally>) {
+        let got = read_analyses(conn, prefix).expect("read analyses");
+        assert_eq!(got.as_object().unwrap().len(), 10);
+        assert_eq!(as_sets(&got), as_sets(&analyses::to_json(rows)));
+    }
+
+    fn assert_tx(conn: &mut Connection, prefix: &str, d: &Decision, ttl: u64) {
+        let key = format!("{prefix}:tx:{}", member(d));
+        let mut got: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(&key).query(conn).unwrap();
+        let decided_at: u64 = got
+            .remove("decided_at_ms")
+            .expect("decided_at_ms")
+            .parse()
+            .expect("decided_at_ms is a number");
+        let now_ms = crate::monitor::now_us() / 1000;
+        assert!(decided_at <= now_ms && decided_at + 60_000 > now_ms);
+        let record = serde_json::to_value(DecisionRecord::of(d)).unwrap();
+        let want: BTreeMap<String, String> = record
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        assert_eq!(got, want, "{key}");
+        assert!(got.contains_key("status") && got.contains_key("t"));
+        let left: i64 = redis::cmd("TTL").arg(&key).query(conn).unwrap();
+        assert!(left > 0 && left as u64 <= ttl, "{key} ttl {left}");
+    }
+
+    fn recent(conn: &mut Connection, prefix: &str) -> Vec<(String, u64)> {
+        redis::cmd("ZRANGE")
+            .arg(format!("{prefix}:recent"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(conn)
+            .unwrap()
+    }
+
+    fn options(prefix: &str, recent_limit: usize) -> RedisOptions {
+        RedisOptions {
+            tx_ttl_secs: 60,
+            recent_limit,
+            key_prefix: prefix.to_owned(),
+        }
+    }
+
+    #[test]
+    fn redis_writes_batches_incrementally() {
+        let server = Server::start(free_port());
+        let mut conn = server.conn();
+        let p = "t1";
+        // What an older run left: the first write must replace it.
+        redis::pipe()
+            .cmd("HSET")
+            .arg(format!("{p}:analysis:value_histogram"))
+            .arg("stale|-1")
+            .arg("{}")
+            .cmd("ZADD")
+            .arg(format!("{p}:recent"))
+            .arg(1)
+            .arg("9:9")
+            .exec(&mut conn)
+            .unwrap();
+
+        let mut sink = RedisSink::new(&server.url(), options(p, 5)).unwrap();
+        assert!(sink.stats().connected);
+        let mut gen = Gen::default();
+        let mut all = Vec::new();
+
+        let b1 = gen.batch(
+            3,
+            &[
+                (AnalysisKey::Status(Status::Approved), Some(count(1))),
+                (AnalysisKey::Status(Status::Invalid), Some(count(1))),
+                (AnalysisKey::Status(Status::Late), Some(count(1))),
+                (AnalysisKey::ValueBand(1), Some(tally(1, 1))),
+                (AnalysisKey::State("SP".into()), Some(tally(1, 0))),
+                (AnalysisKey::Minute(28_333_333), Some(count(2))),
+                (
+                    AnalysisKey::DistanceMinute(28_333_333, 2),
+                    Some(tally(1, 1)),
+                ),
+                (AnalysisKey::HourRisk(1), Some(tally(1, 1))),
+            ],
+        );
+        sink.apply(&b1);
+        all.extend(b1.decisions.iter());
+        let s = sink.stats();
+        assert_eq!((s.batches_written, s.rebuilds, s.failures), (1, 1, 0));
+        assert_analyses(&mut conn, p, &gen.rows);
+        assert_eq!(
+            recent(&mut conn, p),
+            b1.decisions
+                .iter()
+                .map(|d| (member(d), d.t))
+                .collect::<Vec<_>>()
+        );
+
+        // A field nobody writes: an incremental write must leave untouched rows alone.
+        redis::cmd("HSET")
+            .arg(format!("{p}:analysis:hour_risk_outcome"))
+            .arg("marker|-1")
+            .arg("{}")
+            .exec(&mut conn)
+            .unwrap();
+        let b2 = gen.batch(
+            4,
+            &[
+                (AnalysisKey::Status(Status::Approved), Some(count(3))),
+                // Retracted rows: status_counts keeps the status with count 0, the others go.
+                (AnalysisKey::Status(Status::Invalid), None),
+                (AnalysisKey::State("SP".into()), None),
+                (AnalysisKey::ValueBand(1), Some(tally(3, 1))),
+                (AnalysisKey::Hour(5), Some(tally(0, 2))),
+                (AnalysisKey::Mode(Mode::Pix), Some(tally(2, 0))),
+                (
+                    AnalysisKey::Funds(Status::InsufficientLimit),
+                    Some(tally(0, 1)),
+                ),
+            ],
+        );
+        sink.apply(&b2);
+        all.extend(b2.decisions.iter());
+        let s = sink.stats();
+        assert_eq!((s.batches_written, s.rebuilds, s.failures), (2, 1, 0));
+        let removed: bool = redis::cmd("HDEL")
+            .arg(format!("{p}:analysis:hour_risk_outcome"))
+            .arg("marker|-1")
+            .query(&mut conn)
+            .unwrap();
+        assert!(
+            removed,
+            "an incremental write rewrote an untouched analysis"
+        );
+        let sp: bool = redis::cmd("HEXISTS")
+            .arg(format!("{p}:analysis:state_approval"))
+            .arg("SP|-1")
+            .query(&mut conn)
+            .unwrap();
+        assert!(!sp, "a retracted row is still cached");
+        let invalid: String = redis::cmd("HGET")
+            .arg(format!("{p}:analysis:status_counts"))
+            .arg("invalid|-1")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&invalid).unwrap(),
+            json!({"status": "invalid", "count": 0})
+        );
+        assert_analyses(&mut conn, p, &gen.rows);
+        assert_eq!(sink.rows(), &gen.rows);
+
+        // 7 decisions so far, the recent set keeps the newest 5.
+        let newest: Vec<(String, u64)> = all[all.len() - 5..]
+            .iter()
+            .map(|d| (member(d), d.t))
+            .collect();
+        assert_eq!(recent(&mut conn, p), newest);
+
+        // A batch larger than the limit.
+        let b3 = gen.batch(8, &[(AnalysisKey::Hour(5), Some(tally(1, 2)))]);
+        sink.apply(&b3);
+        all.extend(b3.decisions.iter());
+        let newest: Vec<(String, u64)> =
+            b3.decisions[3..].iter().map(|d| (member(d), d.t)).collect();
+        assert_eq!(recent(&mut conn, p), newest);
+        assert_analyses(&mut conn, p, &gen.rows);
+        for d in &all {
+            assert_tx(&mut conn, p, d, 60);
+        }
+        let time: u64 = redis::cmd("GET")
+            .arg(format!("{p}:time"))
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(time, gen.t);
+        assert_eq!(sink.stats().batches_written, 3);
+
+        // A seed replaces the rows and rebuilds: the cache follows.
+        let mut seeded = BTreeMap::new();
+        seeded.insert(AnalysisKey::Status(Status::Stale), count(7));
+        seeded.insert(AnalysisKey::ValueRiskBucket(3), tally(2, 5));
+        sink.seed(seeded.clone());
+        gen.rows = seeded;
+        let b4 = gen.batch(1, &[(AnalysisKey::Hour(1), Some(tally(1, 0)))]);
+        sink.apply(&b4);
+        assert_eq!(sink.stats().rebuilds, 2);
+        assert_analyses(&mut conn, p, &gen.rows);
+        assert_eq!(recent(&mut conn, p).len(), 5);
+    }
+
+    #[test]
+    fn redis_outage_then_rebuild() {
+        let port = free_port();
+        let server = Server::start(port);
+        let p = "t2";
+        let mut sink = RedisSink::new(&server.url(), options(p, 100)).unwrap();
+        let mut gen = Gen::default();
+        let b1 = gen.batch(
+            2,
+            &[
+                (AnalysisKey::Status(Status::Approved), Some(count(2))),
+                (AnalysisKey::ValueBand(0), Some(tally(2, 0))),
+                (AnalysisKey::State("RJ".into()), Some(tally(2, 0))),
+            ],
+        );
+        sink.apply(&b1);
+        assert_eq!(sink.stats().batches_written, 1);
+        drop(server);
+
+        let mut down = Vec::new();
+        let changes: [&[(AnalysisKey, Option<Tally>)]; 3] = [
+            &[
+                (AnalysisKey::Status(Status::Approved), Some(count(4))),
+                (AnalysisKey::ValueBand(0), Some(tally(4, 0))),
+            ],
+            &[
+                (AnalysisKey::State("RJ".into()), None),
+                (AnalysisKey::State("MG".into()), Some(tally(0, 3))),
+            ],
+            &[(AnalysisKey::Minute(28_000_000), Some(count(9)))],
+        ];
+        for c in changes {
+            let b = gen.batch(3, c);
+            let start = Instant::now();
+            sink.apply(&b);
+            assert!(
+                start.elapsed() < Duration::from_millis(1500),
+                "apply blocked {:?} while redis was down",
+                start.elapsed()
+            );
+            down.extend(b.decisions.iter().map(|d| (member(d), d.t)));
+        }
+        let s = sink.stats();
+        assert!(!s.connected, "{s:?}");
+        assert!(s.failures >= 1, "{s:?}");
+        assert_eq!(s.batches_written, 1);
+
+        let server = Server::start(port);
+        let mut reconnected = false;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for i in 0..40 {
+            let b = gen.batch(1, &[(AnalysisKey::Hour(i % 24), Some(tally(i as i64, 1)))]);
+            let start = Instant::now();
+            sink.apply(&b);
+            assert!(start.elapsed() < Duration::from_millis(1500));
+            if sink.stats().connected {
+                reconnected = true;
+                break;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            sleep(Duration::from_millis(250));
+        }
+        assert!(reconnected, "no reconnection: {:?}", sink.stats());
+        let s = sink.stats();
+        assert_eq!(s.rebuilds, 2, "{s:?}");
+
+        let mut conn = server.conn();
+        assert_analyses(&mut conn, p, &gen.rows);
+        let cached: BTreeSet<(String, u64)> = recent(&mut conn, p).into_iter().collect();
+        for entry in &down {
+            assert!(cached.contains(entry), "{entry:?} missing from {cached:?}");
+        }
+        let time: u64 = redis::cmd("GET")
+            .arg(format!("{p}:time"))
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(time, gen.t);
+
+        // And it goes on incrementally.
+        let b = gen.batch(1, &[(AnalysisKey::Mode(Mode::Boleto), Some(tally(0, 1)))]);
+        sink.apply(&b);
+        assert_eq!(sink.stats().rebuilds, 2);
+        assert_analyses(&mut conn, p, &gen.rows);
+    }
+
+    #[test]
+    fn redis_hung_server_times_out() {
+        let server = Server::start(free_port());
+        let p = "t5";
+        let mut sink = RedisSink::new(&server.url(), options(p, 100)).unwrap();
+        let mut gen = Gen::default();
+        sink.apply(&gen.batch(2, &[(AnalysisKey::Hour(1), Some(tally(1, 1)))]));
+        assert_eq!(sink.stats().batches_written, 1);
+        let signal = |sig: &str| {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(server.child.id().to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        };
+        // A Redis that accepts but never answers: the write must time out, not hang.
+        signal("-STOP");
+        let b = gen.batch(2, &[(AnalysisKey::Hour(1), Some(tally(2, 1)))]);
+        let start = Instant::now();
+        sink.apply(&b);
+        let took = start.elapsed();
+        signal("-CONT");
+        assert!(took < Duration::from_millis(1500), "apply blocked {took:?}");
+        let s = sink.stats();
+        assert!(!s.connected && s.failures == 1, "{s:?}");
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut i = 0;
+        while !sink.stats().connected && Instant::now() < deadline {
+            i += 1;
+            sleep(Duration::from_millis(250));
+            sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(2), Some(tally(i, 0)))]));
+        }
+        assert!(sink.stats().connected, "{:?}", sink.stats());
+        assert_eq!(sink.stats().rebuilds, 2);
+        let mut conn = server.conn();
+        assert_analyses(&mut conn, p, &gen.rows);
+        assert_eq!(recent(&mut conn, p).len() as i64, 4 + i);
+    }
+
+    #[test]
+    fn redis_error_reply_heals_by_rebuild() {
+        let server = Server::start(free_port());
+        let p = "t6";
+        let mut sink = RedisSink::new(&server.url(), options(p, 100)).unwrap();
+        let mut gen = Gen::default();
+        sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(1), Some(tally(1, 0)))]));
+        let mut conn = server.conn();
+        // Someone overwrote the recent set with a string: ZADD fails inside EXEC.
+        redis::cmd("SET")
+            .arg(format!("{p}:recent"))
+            .arg("oops")
+            .exec(&mut conn)
+            .unwrap();
+        sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(1), Some(tally(2, 0)))]));
+        let s = sink.stats();
+        assert!(!s.connected && s.failures == 1, "{s:?}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut i = 0;
+        while !sink.stats().connected && Instant::now() < deadline {
+            i += 1;
+            sleep(Duration::from_millis(250));
+            sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(2), Some(tally(i, 0)))]));
+        }
+        assert_eq!(sink.stats().rebuilds, 2, "{:?}", sink.stats());
+        assert_analyses(&mut conn, p, &gen.rows);
+        assert_eq!(recent(&mut conn, p).len() as i64, 2 + i);
+    }
+
+    #[test]
+    fn redis_publishes_changes() {
+        let server = Server::start(free_port());
+        let p = "t3";
+        let mut sub_conn = server.conn();
+        let mut sub = sub_conn.as_pubsub();
+        sub.subscribe(format!("{p}:analyses")).unwrap();
+        sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = RedisSink::new(
+            &server.url(),
+            RedisOptions {
+                key_prefix: p.to_owned(),
+                ..RedisOptions::default()
+            },
+        )
+        .unwrap();
+        let mut gen = Gen::default();
+
+        let b1 = gen.batch(1, &[(AnalysisKey::Status(Status::Late), Some(count(1)))]);
+        sink.apply(&b1);
+        let msg = sub.get_message().expect("a message after the first batch");
+        assert_eq!(msg.get_channel_name(), format!("{p}:analyses"));
+        let v: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        // The first write is a rebuild: every analysis changed.
+        assert_eq!(v, json!({"time": b1.time, "changed": NAMES}));
+
+        let b2 = gen.batch(
+            2,
+            &[
+                (AnalysisKey::ValueBand(4), Some(tally(1, 0))),
+                (AnalysisKey::Status(Status::Approved), Some(count(1))),
+            ],
+        );
+        sink.apply(&b2);
+        let msg = sub.get_message().expect("a message after the second batch");
+        let v: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({"time": b2.time, "changed": ["status_counts", "value_histogram"]})
+        );
+    }
+
+    #[test]
+    fn redis_unreachable_at_start_is_not_an_error() {
+        assert!(RedisSink::new("not a url", RedisOptions::default()).is_err());
+        assert!(RedisSink::new("http://127.0.0.1:1/", RedisOptions::default()).is_err());
+        let url = format!("redis://127.0.0.1:{}/", free_port());
+        let mut sink = RedisSink::new(&url, RedisOptions::default()).unwrap();
+        let s = sink.stats();
+        assert!(!s.connected);
+        assert_eq!(s.failures, 1);
+        let mut gen = Gen::default();
+        for _ in 0..3 {
+            let b = gen.batch(2, &[(AnalysisKey::Hour(3), Some(tally(1, 1)))]);
+            let start = Instant::now();
+            sink.apply(&b);
+            assert!(start.elapsed() < Duration::from_millis(1500));
+        }
+        assert_eq!(sink.stats().batches_written, 0);
+        assert_eq!(sink.rows(), &gen.rows);
+    }
+}
