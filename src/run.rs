@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Kafka source: stop once every partition has been read to its end.
     #[arg(long, env = "VTPGA_KAFKA_EXIT_AT_EOF")]
     pub exit_at_eof: bool,
+    /// Kafka source: a resumed partition starts this many offsets before its stored offset
+    /// and drops what it has already decided (tansu answers a fetch from inside a record
+    /// batch with the next batch; see the README).
+    #[arg(long, env = "VTPGA_KAFKA_RESUME_REWIND", default_value_t = 20_000)]
+    pub resume_rewind: i64,
     /// Kafka source: messages buffered per partition before it is paused.
     #[arg(long, env = "VTPGA_KAFKA_MAX_BUFFERED", default_value_t = 50_000)]
     pub max_buffered: usize,
@@ -207,6 +212,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     .map(|(p, r)| (*p, r.last_t))
                     .collect(),
                 min_t,
+                resume_rewind: args.resume_rewind,
                 idle_slack_ms: args.idle_slack_ms,
                 exit_at_eof: args.exit_at_eof,
                 max_buffered: args.max_buffered,
@@ -397,12 +403,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         p.flush(Duration::from_secs(30))
             .context("flushing the decisions to Kafka")?;
         println!(
-            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions; partitions held back {} time(s); {} re-delivered record(s) dropped",
+            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions; partitions held back {} time(s); {} re-delivered record(s) dropped; {} offset(s) skipped by the broker",
             p.stats.delivered.load(Ordering::Relaxed),
             p.stats.failed.load(Ordering::Relaxed),
             kafka_stats.raised.load(Ordering::Relaxed),
             kafka_stats.paused.load(Ordering::Relaxed),
             kafka_stats.redelivered.load(Ordering::Relaxed),
+            kafka_stats.skipped.load(Ordering::Relaxed),
         );
         if p.stats.failed.load(Ordering::Relaxed) > 0 {
             bail!("some decisions could not be produced to Kafka");

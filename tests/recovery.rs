@@ -1,0 +1,380 @@
+//! Exactly-once with PostgreSQL, and Redis as a rebuilt cache (SPEC §8), end to end
+//! against a private broker, PostgreSQL and Redis:
+//!
+//! * the pipeline is killed with SIGKILL at random moments at least ten times while it
+//!   works through 200,000 messages from Kafka, and restarted each time; at the end the
+//!   `transactions` rows (one per source position), the balances and the analyses in
+//!   PostgreSQL equal `vtpga replay` of the same messages, and Redis's analyses equal
+//!   PostgreSQL's;
+//! * PostgreSQL is restarted mid-run: same equalities;
+//! * Redis is killed mid-run and started again: same equalities.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{path_str, read_topic, vtpga, write_capture, Broker, Postgres, Redis, BIN};
+use vtpga_dataflow::analyses::{key_from_parts, to_json, AnalysisKey, Tally};
+
+/// Generated data in `dir`, its capture produced to a 4-partition topic, and the database
+/// seeded with the same reference data.
+fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
+    vtpga(
+        &[
+            "generate",
+            "--out",
+            path_str(dir),
+            "--count",
+            &count.to_string(),
+            "--users",
+            "2000",
+            "--span-hours",
+            "0.05",
+        ],
+        &[],
+    );
+    broker.create_topics(4);
+    vtpga(
+        &["produce", "--capture", path_str(&dir.join("capture.jsonl")), "--quiet"],
+        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
+    );
+    vtpga(
+        &[
+            "seed",
+            "--postgres",
+            &pg.url,
+            "--regions-csv",
+            path_str(&dir.join("regions.csv")),
+            "--users-csv",
+            path_str(&dir.join("users.csv")),
+        ],
+        &[],
+    );
+}
+
+/// `vtpga run` from Kafka into PostgreSQL and Redis, until the topic is read to its end.
+fn pipeline(broker: &Broker, pg: &Postgres, redis: &Redis) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "run",
+        "--source",
+        "kafka",
+        "--start",
+        "earliest",
+        "--exit-at-eof",
+        "--workers",
+        "2",
+        "--postgres",
+        &pg.url,
+        "--redis",
+        &redis.url,
+    ])
+    .env("VTPGA_KAFKA_BROKERS", &broker.addr)
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null());
+    c
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().expect("pipeline runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pipeline failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The replay of the messages as consumed: (decisions by position, analyses, balances).
+type Expected = (
+    BTreeMap<(i64, i64), Value>,
+    Value,
+    HashMap<String, (i64, i64)>,
+);
+
+fn expected(dir: &Path, broker: &Broker) -> Expected {
+    let consumed = read_topic(broker, "transacoes");
+    let capture = dir.join("consumed.jsonl");
+    write_capture(&consumed, &capture);
+    vtpga(
+        &[
+            "replay",
+            "--input",
+            path_str(&capture),
+            "--regions",
+            path_str(&dir.join("regions.csv")),
+            "--users",
+            path_str(&dir.join("users.csv")),
+            "--decisions",
+            path_str(&dir.join("replay.jsonl")),
+            "--analyses",
+            path_str(&dir.join("replay-analyses.json")),
+            "--balances",
+            path_str(&dir.join("replay-balances.csv")),
+        ],
+        &[],
+    );
+    let decisions = std::fs::read_to_string(dir.join("replay.jsonl"))
+        .expect("replay decisions")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("decision JSON"))
+        .map(|v| ((v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()), v))
+        .collect();
+    let analyses: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("replay-analyses.json")).expect("replay analyses"),
+    )
+    .expect("analyses JSON");
+    let balances = std::fs::read_to_string(dir.join("replay-balances.csv"))
+        .expect("balances")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .collect();
+    (decisions, analyses, balances)
+}
+
+/// Analyses as sets: every analysis's rows sorted by their JSON text.
+fn normalized(analyses: &Value) -> BTreeMap<String, Vec<String>> {
+    analyses
+        .as_object()
+        .expect("analyses object")
+        .iter()
+        .map(|(name, rows)| {
+            let mut rows: Vec<String> = rows
+                .as_array()
+                .expect("rows")
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            rows.sort();
+            (name.clone(), rows)
+        })
+        .collect()
+}
+
+/// Checks PostgreSQL and Redis against the replay.
+fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redis, total: usize) {
+    let (decisions, analyses, balances) = expected(dir, broker);
+    assert_eq!(decisions.len(), total, "the replay decides every message");
+    let mut client = pg.client();
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM transactions", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count as usize, total, "one row per source position, none missing");
+    let rows = vtpga_sinks::postgres::decision_records(&mut client).expect("decision rows");
+    let stored: BTreeMap<(i64, i64), Value> = rows
+        .into_iter()
+        .map(|v| ((v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()), v))
+        .collect();
+    assert_eq!(stored.len(), total);
+    let mut differing = stored
+        .iter()
+        .filter(|(pos, v)| decisions.get(pos) != Some(v))
+        .map(|(pos, v)| format!("{pos:?}: stored {v} replayed {:?}", decisions.get(pos)));
+    if let Some(first) = differing.next() {
+        panic!("decisions in PostgreSQL differ from the replay, e.g. {first}");
+    }
+    let stored_balances: HashMap<String, (i64, i64)> = client
+        .query("SELECT id, balance_cents, credit_used_cents FROM balances", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    assert_eq!(stored_balances.len(), balances.len());
+    for (id, b) in &balances {
+        assert_eq!(stored_balances.get(id), Some(b), "balance of {id}");
+    }
+    let mut rows: BTreeMap<AnalysisKey, Tally> = BTreeMap::new();
+    for r in client
+        .query(
+            "SELECT analysis, k, minute, count, approved, rejected, approved_amount_cents,
+                    rejected_amount_cents FROM analysis_rows",
+            &[],
+        )
+        .unwrap()
+    {
+        let key = key_from_parts(r.get(0), r.get(1), r.get(2)).expect("known row");
+        rows.insert(
+            key,
+            Tally {
+                count: r.get(3),
+                approved: r.get(4),
+                rejected: r.get(5),
+                approved_amount_cents: r.get(6),
+                rejected_amount_cents: r.get(7),
+            },
+        );
+    }
+    let pg_analyses = to_json(&rows);
+    assert_eq!(
+        normalized(&pg_analyses),
+        normalized(&analyses),
+        "analyses in PostgreSQL equal the replay's"
+    );
+    let mut conn = redis.connection();
+    let redis_analyses =
+        vtpga_sinks::redis::read_analyses(&mut conn, "vtpga").expect("read Redis analyses");
+    assert_eq!(
+        normalized(&redis_analyses),
+        normalized(&pg_analyses),
+        "analyses in Redis equal PostgreSQL's"
+    );
+}
+
+/// A small deterministic generator of kill delays (printed, so a failure can be replayed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_ms(&mut self, low: u64, high: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        low + (self.0 >> 33) % (high - low)
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    const TOTAL: usize = 200_000;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    setup(dir, TOTAL, &broker, &pg);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("kill delays from seed {seed}");
+    let mut rng = Lcg(seed);
+    let mut kills = 0;
+    let mut finished = false;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while kills < 10 {
+        assert!(Instant::now() < deadline, "the crash loop took too long");
+        let mut child = pipeline(&broker, &pg, &redis)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pipeline starts");
+        std::thread::sleep(Duration::from_millis(rng.next_ms(500, 2500)));
+        match child.try_wait().expect("status") {
+            Some(status) => {
+                assert!(status.success(), "the pipeline failed by itself: {status}");
+                finished = true;
+                break;
+            }
+            None => {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reaped");
+                kills += 1;
+            }
+        }
+    }
+    let done: i64 = pg
+        .client()
+        .query_one("SELECT count(*) FROM transactions", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        kills >= 10 && !finished,
+        "the pipeline must be killed at least 10 times mid-run (killed {kills}, finished {finished}, {done} rows)"
+    );
+    assert!((done as usize) < TOTAL, "the kills came before the end");
+    // The last run goes to the end.
+    let summary = finish(
+        pipeline(&broker, &pg, &redis)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pipeline starts"),
+    );
+    eprintln!("{kills} kills, {done} rows committed before the last run\n{summary}");
+    check_against_replay(dir, &broker, &pg, &redis, TOTAL);
+}
+
+/// Waits until PostgreSQL holds at least `rows` decisions (bounded).
+fn wait_for_rows(pg: &Postgres, rows: i64, child: &mut Child) {
+    let mut client = pg.client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM transactions", &[])
+            .unwrap()
+            .get(0);
+        if n >= rows {
+            return;
+        }
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "the pipeline ended before {rows} rows"
+        );
+        assert!(Instant::now() < deadline, "no progress to {rows} rows");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn postgres_restart_mid_run_loses_nothing() {
+    const TOTAL: usize = 120_000;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    setup(dir, TOTAL, &broker, &pg);
+    let mut child = pipeline(&broker, &pg, &redis)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pipeline starts");
+    wait_for_rows(&pg, 5_000, &mut child);
+    pg.restart(Duration::from_millis(1500));
+    let summary = finish(child);
+    let retried: u64 = summary
+        .split(" retried")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no retry count in:\n{summary}"));
+    assert!(retried > 0, "the sink saw PostgreSQL go away:\n{summary}");
+    check_against_replay(dir, &broker, &pg, &redis, TOTAL);
+}
+
+#[test]
+fn redis_outage_mid_run_is_rebuilt() {
+    const TOTAL: usize = 120_000;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    let mut redis = Redis::start();
+    setup(dir, TOTAL, &broker, &pg);
+    let mut child = pipeline(&broker, &pg, &redis)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pipeline starts");
+    wait_for_rows(&pg, 5_000, &mut child);
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.start_server();
+    let summary = finish(child);
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("redis: "))
+        .unwrap_or_else(|| panic!("no redis summary in:\n{summary}"));
+    assert!(!line.contains(" 0 failure(s)"), "the sink saw Redis go away: {line}");
+    assert!(line.contains("connected true"), "{line}");
+    check_against_replay(dir, &broker, &pg, &redis, TOTAL);
+}
