@@ -7,6 +7,7 @@ mod produce;
 mod replay;
 mod run;
 mod seed;
+mod sinkbench;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Drive a running `vtpga run --source kafka` at fixed rates; report throughput and latency.
     Loadtest(loadtest::LoadtestArgs),
+    /// Measure the PostgreSQL (and Redis) sinks' write rate.
+    Sinkbench(sinkbench::SinkbenchArgs),
     /// Create the PostgreSQL schema and fill regions and users (idempotent).
     Seed(seed::SeedArgs),
     /// Create the transactions, decisions and dead-letter topics if they are missing.
@@ -103,6 +106,7 @@ fn main() -> Result<()> {
         Command::Produce(args) => produce::produce(args),
         Command::Loadtest(args) => loadtest::loadtest(args),
         Command::Seed(args) => seed::seed(args),
+        Command::Sinkbench(args) => sinkbench::sinkbench(args),
         Command::Topics(args) => vtpga::kafka::create_topics(
             &args.kafka,
             &[

@@ -40,7 +40,12 @@ fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
     );
     broker.create_topics(4);
     vtpga(
-        &["produce", "--capture", path_str(&dir.join("capture.jsonl")), "--quiet"],
+        &[
+            "produce",
+            "--capture",
+            path_str(&dir.join("capture.jsonl")),
+            "--quiet",
+        ],
         &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
     );
     vtpga(
@@ -125,7 +130,15 @@ fn expected(dir: &Path, broker: &Broker) -> Expected {
         .expect("replay decisions")
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("decision JSON"))
-        .map(|v| ((v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()), v))
+        .map(|v| {
+            (
+                (
+                    v["partition"].as_i64().unwrap(),
+                    v["offset"].as_i64().unwrap(),
+                ),
+                v,
+            )
+        })
         .collect();
     let analyses: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("replay-analyses.json")).expect("replay analyses"),
@@ -137,7 +150,10 @@ fn expected(dir: &Path, broker: &Broker) -> Expected {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_owned(), (f[1].parse().unwrap(), f[2].parse().unwrap()))
+            (
+                f[0].to_owned(),
+                (f[1].parse().unwrap(), f[2].parse().unwrap()),
+            )
         })
         .collect();
     (decisions, analyses, balances)
@@ -171,11 +187,22 @@ fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redi
         .query_one("SELECT count(*) FROM transactions", &[])
         .unwrap()
         .get(0);
-    assert_eq!(count as usize, total, "one row per source position, none missing");
+    assert_eq!(
+        count as usize, total,
+        "one row per source position, none missing"
+    );
     let rows = vtpga_sinks::postgres::decision_records(&mut client).expect("decision rows");
     let stored: BTreeMap<(i64, i64), Value> = rows
         .into_iter()
-        .map(|v| ((v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()), v))
+        .map(|v| {
+            (
+                (
+                    v["partition"].as_i64().unwrap(),
+                    v["offset"].as_i64().unwrap(),
+                ),
+                v,
+            )
+        })
         .collect();
     assert_eq!(stored.len(), total);
     let mut differing = stored
@@ -186,7 +213,10 @@ fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redi
         panic!("decisions in PostgreSQL differ from the replay, e.g. {first}");
     }
     let stored_balances: HashMap<String, (i64, i64)> = client
-        .query("SELECT id, balance_cents, credit_used_cents FROM balances", &[])
+        .query(
+            "SELECT id, balance_cents, credit_used_cents FROM balances",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
@@ -237,7 +267,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next_ms(&mut self, low: u64, high: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         low + (self.0 >> 33) % (high - low)
     }
 }
@@ -374,7 +407,10 @@ fn redis_outage_mid_run_is_rebuilt() {
         .lines()
         .find(|l| l.starts_with("redis: "))
         .unwrap_or_else(|| panic!("no redis summary in:\n{summary}"));
-    assert!(!line.contains(" 0 failure(s)"), "the sink saw Redis go away: {line}");
+    assert!(
+        !line.contains(" 0 failure(s)"),
+        "the sink saw Redis go away: {line}"
+    );
     assert!(line.contains("connected true"), "{line}");
     check_against_replay(dir, &broker, &pg, &redis, TOTAL);
 }

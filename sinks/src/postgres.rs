@@ -41,13 +41,18 @@ pub type PgResult<T> = Result<T, PgError>;
 
 /// Connects, with a connect timeout, and applies any missing migration.
 pub fn connect(url: &str) -> PgResult<Client> {
+    let mut client = connect_plain(url)?;
+    migrate(&mut client)?;
+    Ok(client)
+}
+
+/// Connects, with a connect timeout, and does nothing else.
+pub fn connect_plain(url: &str) -> PgResult<Client> {
     let mut config: postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    let mut client = config.connect(NoTls)?;
-    migrate(&mut client)?;
-    Ok(client)
+    Ok(config.connect(NoTls)?)
 }
 
 /// Applies the embedded migrations that are not yet recorded.
@@ -397,11 +402,15 @@ fn write_batch(
         batch.accounts.len(),
         batch.analyses.len()
     );
+    let started = std::time::Instant::now();
     let mut tx = client.transaction()?;
     copy_decisions(&mut tx, batch)?;
+    let copied = started.elapsed();
     upsert_accounts(&mut tx, &batch.accounts)?;
+    let accounts = started.elapsed();
     upsert_analyses(&mut tx, rows, touched)?;
     upsert_offsets(&mut tx, source, batch)?;
+    let rest = started.elapsed();
     tx.execute(
         // A restart re-states the analyses at time 0: the cut never moves back.
         "INSERT INTO pipeline_state (id, source, cut_time, credits_through, updated_at)
@@ -414,6 +423,13 @@ fn write_batch(
         &[&(batch.time as i64), &source],
     )?;
     tx.commit()?;
+    log::debug!(
+        "timings: copy {:?}, accounts {:?}, analyses+offsets {:?}, commit {:?}",
+        copied,
+        accounts - copied,
+        rest - accounts,
+        started.elapsed() - rest
+    );
     Ok(())
 }
 

@@ -271,11 +271,23 @@ impl Postgres {
             .status();
         let data = dir.path().join("data");
         let out = pg_command("initdb")
-            .args(["-D", path_str(&data), "-U", "vtpga", "--auth=trust", "-E", "UTF8"])
+            .args([
+                "-D",
+                path_str(&data),
+                "-U",
+                "vtpga",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
             .args(["--locale=C.UTF-8"])
             .output()
             .expect("initdb runs");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let pg = Postgres {
             url: format!("postgres://vtpga@127.0.0.1:{port}/postgres"),
@@ -295,7 +307,16 @@ impl Postgres {
             path_str(self.dir.path())
         );
         let out = pg_command("pg_ctl")
-            .args(["-D", path_str(&data), "-l", path_str(&log), "-w", "-o", &opts, "start"])
+            .args([
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ])
             .output()
             .expect("pg_ctl runs");
         assert!(
@@ -321,7 +342,8 @@ impl Postgres {
     }
 
     pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test PostgreSQL")
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .expect("connect to the test PostgreSQL")
     }
 }
 
@@ -372,7 +394,10 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not open its port");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not open its port"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
