@@ -54,7 +54,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         ..GeneratorConfig::default()
     };
     let mut generator = Generator::new(cfg, reference.regions.clone(), reference.users.clone());
-    let mut offsets = vec![0i64; 4];
+    let mut offsets = [0i64; 4];
     let messages: Vec<Incoming> = (0..args.count)
         .map(|_| {
             let m = generator.next_message();
