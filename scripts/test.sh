@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The test suite: unit tests, the parser's property tests, the dataflow-vs-reference
-# model check (1, 2 and 3 workers), and the replay CLI determinism test (1, 2, 4 workers
-# and 2 processes on localhost).
+# The test suite: unit tests, the parser's property tests, the dataflow-vs-reference model
+# check (1, 2 and 3 workers), the replay CLI determinism test, the Kafka integration tests
+# (private tansu brokers, Python confluent-kafka interop) and the recovery tests (private
+# PostgreSQL and Redis, SIGKILL x10, PostgreSQL restart, Redis outage). The services are
+# installed by scripts/setup.sh; each test starts its own on free loopback ports and stops
+# it by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo test --workspace "$@"
