@@ -27,11 +27,14 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Regions CSV (id,uf,name,lat,lon).
-    #[arg(long, env = "VTPGA_REGIONS", required_unless_present = "capture")]
+    #[arg(long, env = "VTPGA_REGIONS", required_unless_present_any = ["capture", "postgres"])]
     pub regions: Option<PathBuf>,
     /// Users CSV (id,name,region_id,balance_cents,credit_limit_cents).
-    #[arg(long, env = "VTPGA_USERS_CSV", required_unless_present = "capture")]
+    #[arg(long, env = "VTPGA_USERS_CSV", required_unless_present_any = ["capture", "postgres"])]
     pub users: Option<PathBuf>,
+    /// Read regions and users from PostgreSQL (as `vtpga seed` wrote them) instead.
+    #[arg(long, env = "VTPGA_POSTGRES", conflicts_with_all = ["regions", "users"])]
+    pub postgres: Option<String>,
     /// Publish this capture's payloads (with their recorded timestamps) instead of
     /// generating messages.
     #[arg(long, conflicts_with_all = ["regions", "users"])]
@@ -216,11 +219,18 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
             }
         }
         None => {
-            let (Some(regions), Some(users)) = (&args.regions, &args.users) else {
-                bail!("--regions and --users are required without --capture");
+            let (regions, users) = match (&args.postgres, &args.regions, &args.users) {
+                (Some(url), _, _) => {
+                    let mut client = vtpga_sinks::postgres::connect_plain(url)
+                        .context("connecting to PostgreSQL")?;
+                    vtpga_sinks::postgres::load_reference(&mut client)?
+                }
+                (None, Some(regions), Some(users)) => (read_regions(regions)?, read_users(users)?),
+                _ => bail!("--regions and --users (or --postgres) are required without --capture"),
             };
-            let regions = read_regions(regions)?;
-            let users = read_users(users)?;
+            if users.len() < 2 {
+                bail!("at least 2 users are needed to generate transactions");
+            }
             let cfg = args.faults.config(args.seed, 1)?;
             let mut generator = Generator::new(cfg, regions, users);
             produce_generated(

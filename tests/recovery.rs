@@ -414,3 +414,32 @@ fn redis_outage_mid_run_is_rebuilt() {
     assert!(line.contains("connected true"), "{line}");
     check_against_replay(dir, &broker, &pg, &redis, TOTAL);
 }
+
+#[test]
+fn bad_postgres_settings_fail_at_start_with_a_clear_error() {
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--count",
+            "10",
+            "--postgres",
+            "postgres://vtpga@127.0.0.1:1/nowhere",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("vtpga runs");
+    assert!(!out.status.success(), "must exit non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connecting to PostgreSQL at postgres://vtpga@127.0.0.1:1/nowhere"),
+        "{stderr}"
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--count", "10", "--postgres", "not a url at all"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("vtpga runs");
+    assert!(!out.status.success(), "must exit non-zero");
+}
