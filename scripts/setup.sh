@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping what is already there (idempotent):
 # - Debian packages: cmake and libcurl (librdkafka's build, via rdkafka's cmake-build),
-#   PostgreSQL 15 and Redis (private test instances), python3-pip;
+#   PostgreSQL 15 and Redis (private test instances), python3-pip, chromium (the
+#   dashboard's browser test);
 # - the Python client confluent-kafka (the third-party client of the interop test);
 # - tansu, the Kafka-protocol broker of the tests (cargo install, about 15 minutes once);
 # - rustfmt and clippy.
@@ -23,6 +24,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2
     apt-get update -qq

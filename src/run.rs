@@ -24,6 +24,7 @@ use vtpga_sinks::redis::{RedisOptions, RedisSink};
 use vtpga_sinks::Batch;
 use vtpga_sinks::Gather;
 
+use crate::produce::parse_rate;
 use crate::ParamArgs;
 use vtpga::cluster::ClusterArgs;
 use vtpga::kafka::{partition_count, KafkaArgs};
@@ -100,19 +101,6 @@ pub struct RunArgs {
     pub params: ParamArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-}
-
-fn parse_rate(rate: &str) -> Result<Option<f64>> {
-    if rate.eq_ignore_ascii_case("max") {
-        return Ok(None);
-    }
-    let r: f64 = rate
-        .parse()
-        .with_context(|| format!("--rate must be a number or `max`, not {rate:?}"))?;
-    if !(r.is_finite() && r > 0.0) {
-        bail!("--rate must be positive, not {rate}");
-    }
-    Ok(Some(r))
 }
 
 pub fn run(args: RunArgs) -> Result<()> {

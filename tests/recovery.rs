@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::{path_str, read_topic, vtpga, write_capture, Broker, Postgres, Redis, BIN};
-use vtpga_dataflow::analyses::{key_from_parts, to_json, AnalysisKey, Tally};
+use vtpga_dataflow::analyses::{to_json, AnalysisKey, Tally};
 
 /// Generated data in `dir`, its capture produced to a 4-partition topic, and the database
 /// seeded with the same reference data.
@@ -225,27 +225,10 @@ fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redi
     for (id, b) in &balances {
         assert_eq!(stored_balances.get(id), Some(b), "balance of {id}");
     }
-    let mut rows: BTreeMap<AnalysisKey, Tally> = BTreeMap::new();
-    for r in client
-        .query(
-            "SELECT analysis, k, minute, count, approved, rejected, approved_amount_cents,
-                    rejected_amount_cents FROM analysis_rows",
-            &[],
-        )
-        .unwrap()
-    {
-        let key = key_from_parts(r.get(0), r.get(1), r.get(2)).expect("known row");
-        rows.insert(
-            key,
-            Tally {
-                count: r.get(3),
-                approved: r.get(4),
-                rejected: r.get(5),
-                approved_amount_cents: r.get(6),
-                rejected_amount_cents: r.get(7),
-            },
-        );
-    }
+    let rows: BTreeMap<AnalysisKey, Tally> = vtpga_sinks::postgres::analysis_rows(&mut client)
+        .expect("analysis rows")
+        .into_iter()
+        .collect();
     let pg_analyses = to_json(&rows);
     assert_eq!(
         normalized(&pg_analyses),

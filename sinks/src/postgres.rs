@@ -238,26 +238,7 @@ pub fn load_resume(
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as Time))
         .collect();
-    let mut analyses = Vec::new();
-    for r in tx.query(
-        "SELECT analysis, k, minute, count, approved, rejected,
-                approved_amount_cents, rejected_amount_cents FROM analysis_rows",
-        &[],
-    )? {
-        let (name, k, minute): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-        let key = key_from_parts(&name, &k, minute)
-            .ok_or_else(|| PgError::Data(format!("unknown analysis row {name}/{k}/{minute}")))?;
-        analyses.push((
-            key,
-            Tally {
-                count: r.get(3),
-                approved: r.get(4),
-                rejected: r.get(5),
-                approved_amount_cents: r.get(6),
-                rejected_amount_cents: r.get(7),
-            },
-        ));
-    }
+    let analyses = analysis_rows(&mut tx)?;
     let partitions = tx
         .query(
             "SELECT partition, next_offset, last_t FROM source_offsets WHERE source = $1",
@@ -284,6 +265,33 @@ pub fn load_resume(
         },
         partitions,
     })
+}
+
+/// Every stored analysis row.
+pub fn analysis_rows(
+    client: &mut impl postgres::GenericClient,
+) -> PgResult<Vec<(AnalysisKey, Tally)>> {
+    let mut analyses = Vec::new();
+    for r in client.query(
+        "SELECT analysis, k, minute, count, approved, rejected,
+                approved_amount_cents, rejected_amount_cents FROM analysis_rows",
+        &[],
+    )? {
+        let (name, k, minute): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+        let key = key_from_parts(&name, &k, minute)
+            .ok_or_else(|| PgError::Data(format!("unknown analysis row {name}/{k}/{minute}")))?;
+        analyses.push((
+            key,
+            Tally {
+                count: r.get(3),
+                approved: r.get(4),
+                rejected: r.get(5),
+                approved_amount_cents: r.get(6),
+                rejected_amount_cents: r.get(7),
+            },
+        ));
+    }
+    Ok(analyses)
 }
 
 /// Writes batches; see the module doc.
