@@ -2,7 +2,8 @@
 # Installs what building and testing need, skipping what is already there (idempotent):
 # - Debian packages: cmake and libcurl (librdkafka's build, via rdkafka's cmake-build),
 #   PostgreSQL 15 and Redis (private test instances), python3-pip, chromium (the
-#   dashboard's browser test);
+#   dashboard's browser test, with chromium-driver), shellcheck and docker-compose (CI lints
+#   the scripts and checks docker-compose.yml; no Docker engine is needed);
 # - the Python client confluent-kafka (the third-party client of the interop test);
 # - tansu, the Kafka-protocol broker of the tests (cargo install, about 15 minutes once);
 # - rustfmt and clippy.
@@ -25,6 +26,9 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2
     apt-get update -qq

@@ -46,10 +46,28 @@ enum Command {
     Loadtest(loadtest::LoadtestArgs),
     /// Measure the PostgreSQL (and Redis) sinks' write rate.
     Sinkbench(sinkbench::SinkbenchArgs),
+    /// Serve the dashboard and the query API from Redis (live) and PostgreSQL (history).
+    Web(WebArgs),
     /// Create the PostgreSQL schema and fill regions and users (idempotent).
     Seed(seed::SeedArgs),
     /// Create the transactions, decisions and dead-letter topics if they are missing.
     Topics(TopicsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct WebArgs {
+    /// Where to listen.
+    #[arg(long, env = "VTPGA_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Bearer token required on every route.
+    #[arg(long, env = "VTPGA_WEB_TOKEN")]
+    token: Option<String>,
+    /// Redis the pipeline writes to (live analyses and recent transactions).
+    #[arg(long, env = "VTPGA_REDIS_URL")]
+    redis: String,
+    /// PostgreSQL the pipeline writes to (history, users, transactions by id).
+    #[arg(long, env = "VTPGA_POSTGRES")]
+    postgres: Option<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -106,6 +124,14 @@ fn main() -> Result<()> {
         Command::Produce(args) => produce::produce(args),
         Command::Loadtest(args) => loadtest::loadtest(args),
         Command::Seed(args) => seed::seed(args),
+        Command::Web(args) => vtpga_web::run_standalone(
+            vtpga_web::WebConfig {
+                listen: args.listen,
+                token: args.token,
+            },
+            args.redis,
+            args.postgres,
+        ),
         Command::Sinkbench(args) => sinkbench::sinkbench(args),
         Command::Topics(args) => vtpga::kafka::create_topics(
             &args.kafka,

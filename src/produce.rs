@@ -35,8 +35,8 @@ pub struct ProduceArgs {
     /// Read regions and users from PostgreSQL (as `vtpga seed` wrote them) instead.
     #[arg(long, env = "VTPGA_POSTGRES", conflicts_with_all = ["regions", "users"])]
     pub postgres: Option<String>,
-    /// Publish this capture's payloads (with their recorded timestamps) instead of
-    /// generating messages.
+    /// Publish this capture's payloads (with their recorded timestamps, each to its
+    /// recorded partition when the topic has it) instead of generating messages.
     #[arg(long, conflicts_with_all = ["regions", "users"])]
     pub capture: Option<PathBuf>,
     /// Messages per second, or `max`.
@@ -195,6 +195,11 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
     };
     let produced = match &args.capture {
         Some(path) => {
+            let partitions = vtpga::kafka::partition_count(
+                &args.kafka,
+                &args.kafka.topic,
+                Duration::from_secs(10),
+            )?;
             let started = Instant::now();
             let mut sent = 0u64;
             for record in capture_lines(path) {
@@ -206,6 +211,11 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
                 let mut r = BaseRecord::to(&args.kafka.topic)
                     .payload(record.payload.as_str())
                     .timestamp(record.t as i64);
+                // The capture's own partition, so the topic reproduces it (keyless invalid
+                // payloads would otherwise land on a random partition).
+                if record.partition >= 0 && record.partition < partitions {
+                    r = r.partition(record.partition);
+                }
                 if let Some(k) = key.as_deref() {
                     r = r.key(k);
                 }

@@ -23,6 +23,7 @@ use vtpga_sinks::postgres::{self as pg, PgSink, ResumePoint};
 use vtpga_sinks::redis::{RedisOptions, RedisSink};
 use vtpga_sinks::Batch;
 use vtpga_sinks::Gather;
+use vtpga_web::{LiveState, WebConfig};
 
 use crate::produce::parse_rate;
 use crate::ParamArgs;
@@ -76,6 +77,18 @@ pub struct RunArgs {
     /// analyses. Deciding goes on while it is down.
     #[arg(long, env = "VTPGA_REDIS_URL")]
     pub redis: Option<String>,
+    /// Where the dashboard and the query API listen (embedded mode).
+    #[arg(long, env = "VTPGA_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub web_listen: std::net::SocketAddr,
+    /// Bearer token required on every dashboard and API route.
+    #[arg(long, env = "VTPGA_WEB_TOKEN")]
+    pub web_token: Option<String>,
+    /// Do not serve the dashboard.
+    #[arg(long, env = "VTPGA_NO_WEB")]
+    pub no_web: bool,
+    /// When the source is exhausted, keep serving the dashboard until Ctrl-C.
+    #[arg(long)]
+    pub hold: bool,
     /// With PostgreSQL: batches merged into one database transaction, at most (decisions).
     #[arg(long, env = "VTPGA_PG_MAX_BATCH", default_value_t = 50_000)]
     pub pg_max_batch: usize,
@@ -227,6 +240,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => (None, None),
     };
     let rows: BTreeMap<AnalysisKey, Tally> = resume_point.state.analyses.iter().cloned().collect();
+    let rows_for_web = rows.clone();
     let pg_sink = match &args.postgres {
         Some(url) => Some(
             PgSink::new(url, &source_name, rows.clone())
@@ -243,12 +257,34 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let web = if args.no_web {
+        None
+    } else {
+        let state = LiveState::new(total_workers);
+        state.seed_analyses(rows_for_web);
+        let config = WebConfig {
+            listen: args.web_listen,
+            token: args.web_token.clone(),
+        };
+        match vtpga_web::spawn_embedded_with(config, state.clone(), args.postgres.clone()) {
+            Ok(server) => {
+                eprintln!("dashboard: http://{}/", server.addr);
+                Some((state, server))
+            }
+            Err(e) => {
+                // The dashboard is a view: deciding does not depend on it.
+                log::warn!("dashboard not served: binding {}: {e}", args.web_listen);
+                None
+            }
+        }
+    };
     let generator_offsets: HashMap<i32, i64> = resume_point
         .partitions
         .iter()
         .map(|(p, r)| (*p, r.next_offset))
         .collect();
     let mut sinks = Sinks {
+        web: web.as_ref().map(|(state, _)| state.clone()),
         kafka: producer,
         pg: pg_sink,
         redis: redis_sink,
@@ -300,6 +336,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                     ));
                 }
                 line.push_str(&sinks.status());
+                if let Some(web) = &sinks.web {
+                    web.set_health(status_stats.total_lag());
+                }
                 eprintln!("{line}");
                 window = Instant::now();
             }
@@ -316,6 +355,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         resume: Arc::new(resume_point.state),
     };
     let feed_stats = kafka_stats.clone();
+    let held = stop.clone();
     pipeline::execute(
         spec,
         move |index, peers| {
@@ -374,6 +414,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))??;
     println!("{}", monitor.summary(elapsed.as_secs_f64()));
+    if let Some((_, server)) = web {
+        if args.hold && !held.load(Ordering::Relaxed) {
+            eprintln!("source exhausted; serving the dashboard until Ctrl-C");
+            while !held.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        server.stop();
+    }
     if let Some(pg) = &sinks.pg {
         println!(
             "postgres: {} decision(s) in {} transaction(s), {} retried",
@@ -409,6 +458,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// Where each batch goes, in order: Kafka (at least once: a restart may re-produce the
 /// decisions after the committed cut), PostgreSQL (the durable record), Redis (the cache).
 struct Sinks {
+    web: Option<Arc<LiveState>>,
     kafka: Option<DecisionProducer>,
     pg: Option<PgSink>,
     redis: Option<RedisSink>,
@@ -426,6 +476,9 @@ impl Sinks {
         }
         if let Some(redis) = self.redis.as_mut() {
             redis.apply(batch);
+        }
+        if let Some(web) = &self.web {
+            web.observe(batch, now_us());
         }
         Ok(())
     }

@@ -43,6 +43,7 @@ CREATE TABLE transactions (
 CREATE INDEX transactions_by_t ON transactions (t DESC);
 CREATE INDEX transactions_by_payer ON transactions (payer_id, t DESC);
 CREATE INDEX transactions_by_status ON transactions (status, t DESC);
+CREATE INDEX transactions_by_tx_id ON transactions USING hash (tx_id);
 
 -- Invalid messages with their raw payload.
 CREATE TABLE invalid_messages (

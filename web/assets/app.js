@@ -1,0 +1,576 @@
+// VT.PGA dashboard: keeps the ten analyses, the recent transactions and the health figures
+// from the Server-Sent Events of /api/stream, and draws every chart in plain SVG.
+(function () {
+  "use strict";
+
+  var NAMES = ["status_counts", "value_histogram", "hour_histogram", "value_risk_distribution",
+    "hour_risk_outcome", "state_approval", "insufficient_funds", "mode_rejections",
+    "minute_frequency", "distance_band_outcome"];
+  var STATUSES = ["invalid", "late", "duplicate", "unknown_reference", "stale",
+    "insufficient_balance", "insufficient_limit", "rejected_risk", "approved"];
+  var VALUE_BANDS = ["0-10", "10-50", "50-100", "100-500", "500-1000", "1000-5000", "5000-10000", "10000+"];
+  var BAND_LABEL = { "0-10": "0", "10-50": "10", "50-100": "50", "100-500": "100",
+    "500-1000": "500", "1000-5000": "1k", "5000-10000": "5k", "10000+": "10k+" };
+  var DIST_BANDS = ["short", "medium_short", "medium_long", "long"];
+  var DIST_LABEL = { short: "< 50 km", medium_short: "50–300 km", medium_long: "300–1000 km", long: "≥ 1000 km" };
+  var DIST_COLOR = { short: "#38bdf8", medium_short: "#22c55e", medium_long: "#f59e0b", long: "#f97066" };
+  var MODES = ["pix", "debito", "credito", "boleto"];
+  var MODE_LABEL = { pix: "PIX", debito: "Débito", credito: "Crédito", boleto: "Boleto" };
+  var C = {
+    approved: "#22c55e", rejected: "#f97066", balance: "#f59e0b", limit: "#a78bfa",
+    risk: "#f97066", accent: "#38bdf8", neutral: "#64748b"
+  };
+  var STATUS_COLOR = {
+    invalid: "#475569", late: "#64748b", duplicate: "#7c8aa5", unknown_reference: "#94a3b8",
+    stale: "#cbd5e1", insufficient_balance: C.balance, insufficient_limit: C.limit,
+    rejected_risk: C.risk, approved: C.approved
+  };
+  var MINUTES_LINE = 120;   // minutes shown by chart 9
+  var MINUTES_BARS = 20;    // minutes shown by chart 10
+  var TABLE_ROWS = 30;
+
+  var token = new URLSearchParams(location.search).get("access_token");
+  var tokenQuery = token ? "access_token=" + encodeURIComponent(token) : "";
+
+  // ---- state ----
+  var rows = {};            // name -> Map(key -> row)
+  var dirty = {};           // name -> true
+  var recent = [];          // newest first
+  var recentSeen = {};      // "partition:offset" -> true
+  var freshKeys = {};
+  var health = null;
+  var lastSeq = 0;
+  var scheduled = false;
+  NAMES.forEach(function (n) { rows[n] = new Map(); });
+
+  function keyOf(name, r) {
+    switch (name) {
+      case "status_counts": return r.status;
+      case "value_histogram": return r.band;
+      case "hour_histogram": return String(r.hour);
+      case "value_risk_distribution": return String(r.bucket);
+      case "hour_risk_outcome": return String(r.hour_risk);
+      case "state_approval": return r.uf;
+      case "insufficient_funds": return r.reason;
+      case "mode_rejections": return r.mode;
+      case "minute_frequency": return r.minute;
+      case "distance_band_outcome": return r.minute + "|" + r.band;
+    }
+    return JSON.stringify(r);
+  }
+
+  function isZero(r) {
+    for (var k in r) {
+      if (typeof r[k] === "number" && k !== "hour" && k !== "bucket" && k !== "hour_risk" && r[k] !== 0) return false;
+    }
+    return true;
+  }
+
+  function setAnalysis(name, list) {
+    var m = new Map();
+    (list || []).forEach(function (r) { m.set(keyOf(name, r), r); });
+    rows[name] = m;
+    dirty[name] = true;
+  }
+
+  function upsertRows(name, list) {
+    var m = rows[name];
+    list.forEach(function (r) {
+      var k = keyOf(name, r);
+      if (isZero(r)) m.delete(k); else m.set(k, r);
+    });
+    dirty[name] = true;
+  }
+
+  function txKey(t) { return t.partition + ":" + t.offset; }
+
+  function addTransactions(list, replace) {
+    if (replace) { recent = []; recentSeen = {}; }
+    var fresh = [];
+    for (var i = list.length - 1; i >= 0; i--) {   // oldest first
+      var t = list[i], k = txKey(t);
+      if (recentSeen[k]) continue;
+      recentSeen[k] = true;
+      fresh.push(t);
+      if (!replace) freshKeys[k] = true;
+    }
+    recent = fresh.reverse().concat(recent);
+    if (recent.length > 500) {
+      recent.slice(500).forEach(function (t) { delete recentSeen[txKey(t)]; });
+      recent.length = 500;
+    }
+    dirty.__recent = true;
+  }
+
+  function onSnapshot(d) {
+    lastSeq = d.seq || 0;
+    NAMES.forEach(function (n) { setAnalysis(n, (d.analyses || {})[n]); });
+    addTransactions(d.transactions || [], true);
+    health = d.health; dirty.__health = true;
+    schedule();
+  }
+
+  function onChange(d) {
+    if (d.seq && d.seq <= lastSeq) return;
+    lastSeq = d.seq || lastSeq;
+    var a = d.analyses || {};
+    Object.keys(a).forEach(function (n) { if (rows[n]) setAnalysis(n, a[n]); });
+    var mr = d.minute_rows || {};
+    Object.keys(mr).forEach(function (n) { if (rows[n]) upsertRows(n, mr[n]); });
+    if (d.transactions && d.transactions.length) addTransactions(d.transactions, false);
+    if (d.health) { health = d.health; dirty.__health = true; }
+    schedule();
+  }
+
+  function onHealth(d) {
+    if (d.health) { health = d.health; dirty.__health = true; schedule(); }
+  }
+
+  // ---- connection ----
+  var connEl = document.getElementById("conn"), connText = document.getElementById("conn-text");
+  function setConn(cls, text) { connEl.className = "conn " + cls; connText.textContent = text; }
+
+  function connect() {
+    var es = new EventSource("/api/stream" + (tokenQuery ? "?" + tokenQuery : ""));
+    es.addEventListener("snapshot", function (e) { setConn("live", "live"); onSnapshot(JSON.parse(e.data)); });
+    es.addEventListener("change", function (e) { setConn("live", "live"); onChange(JSON.parse(e.data)); });
+    es.addEventListener("health", function (e) { onHealth(JSON.parse(e.data)); });
+    es.onerror = function () {
+      setConn("down", "reconnecting…");
+      if (es.readyState === 2) { setTimeout(connect, 2000); }
+    };
+  }
+
+  // ---- formatting ----
+  var nf = new Intl.NumberFormat("en-US");
+  var cf = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+  function fmt(n) { return nf.format(n); }
+  function compact(n) { return Math.abs(n) < 10000 ? nf.format(Math.round(n)) : cf.format(n); }
+  function brl(cents) { return "R$ " + (Math.abs(cents) >= 1e7 ? cf.format(cents / 100) : nf.format(Math.round(cents / 100))); }
+  function brlExact(cents) {
+    return "R$ " + (cents / 100).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  }
+  function pct(x) { return isFinite(x) ? (x * 100).toFixed(1) + "%" : "–"; }
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+  function ms(x) { return x == null ? "–" : (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x)) + " ms"; }
+  function duration(s) {
+    s = Math.floor(s || 0);
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), sec = s % 60;
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + m + "m";
+    if (m) return m + "m " + sec + "s";
+    return sec + "s";
+  }
+  function hhmm(minute) { return minute.slice(11, 16); }
+
+  // ---- SVG helpers ----
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    var p = Math.pow(10, Math.floor(Math.log10(v))), f = v / p;
+    var n = f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10;
+    return n * p;
+  }
+  function width(el) { return Math.max(260, Math.floor(el.clientWidth || el.getBoundingClientRect().width || 360)); }
+  function svg(w, h, body) {
+    return '<svg viewBox="0 0 ' + w + " " + h + '" width="' + w + '" height="' + h + '" role="img">' + body + "</svg>";
+  }
+  function rect(x, y, w, h, color, title, extra) {
+    if (!(h > 0) || !(w > 0)) return "";
+    return '<rect class="bar" x="' + x.toFixed(1) + '" y="' + y.toFixed(1) + '" width="' + w.toFixed(1) +
+      '" height="' + h.toFixed(1) + '" rx="2" fill="' + color + '"' + (extra || "") + "><title>" + esc(title) + "</title></rect>";
+  }
+  function text(x, y, s, anchor, cls) {
+    return '<text x="' + x.toFixed(1) + '" y="' + y.toFixed(1) + '"' + (anchor ? ' text-anchor="' + anchor + '"' : "") +
+      (cls ? ' class="' + cls + '"' : "") + ">" + esc(s) + "</text>";
+  }
+  function legend(items) {
+    return '<div class="legend">' + items.map(function (it) {
+      return '<span><i style="background:' + it[1] + '"></i>' + esc(it[0]) + "</span>";
+    }).join("") + "</div>";
+  }
+  function yAxis(x0, x1, top, h, max, fmtTick) {
+    var out = "";
+    for (var i = 0; i <= 4; i++) {
+      var v = max * i / 4, y = top + h - h * i / 4;
+      out += '<line class="gridline" x1="' + x0 + '" x2="' + x1 + '" y1="' + y.toFixed(1) + '" y2="' + y.toFixed(1) + '"/>';
+      out += text(x0 - 6, y + 3.5, (fmtTick || compact)(v), "end");
+    }
+    return out;
+  }
+
+  // Vertical bars: categories × series, grouped or stacked.
+  function bars(el, opt) {
+    var cats = opt.categories, series = opt.series, stacked = opt.stacked;
+    var w = width(el), h = opt.height || 220, left = opt.left || 46, right = 8, top = 10, bottom = opt.bottom || 34;
+    var ih = h - top - bottom, iw = w - left - right;
+    var max = 0;
+    cats.forEach(function (_, i) {
+      if (stacked) {
+        var s = 0; series.forEach(function (se) { s += se.values[i] || 0; }); max = Math.max(max, s);
+      } else series.forEach(function (se) { max = Math.max(max, se.values[i] || 0); });
+    });
+    max = niceMax(max);
+    var body = yAxis(left, w - right, top, ih, max, opt.tick);
+    var slot = iw / cats.length, pad = Math.min(slot * 0.18, 10), bw = slot - 2 * pad;
+    var every = Math.max(1, Math.ceil(cats.length * (opt.labelWidth || 34) / iw));
+    cats.forEach(function (c, i) {
+      var x = left + i * slot + pad, base = top + ih;
+      if (stacked) {
+        series.forEach(function (se) {
+          var v = se.values[i] || 0, bh = ih * v / max;
+          body += rect(x, base - bh, bw, bh, se.color, (opt.tipLabel ? opt.tipLabel(c) : c) + " · " + se.name + ": " + (opt.valueText || fmt)(v));
+          base -= bh;
+        });
+      } else {
+        var sw = bw / series.length;
+        series.forEach(function (se, j) {
+          var v = se.values[i] || 0, bh = ih * v / max;
+          body += rect(x + j * sw, base - bh, Math.max(1, sw - 1), bh, se.color, (opt.tipLabel ? opt.tipLabel(c) : c) + " · " + se.name + ": " + (opt.valueText || fmt)(v));
+        });
+      }
+      if (i % every === 0) body += text(x + bw / 2, top + ih + 15, opt.catLabel ? opt.catLabel(c) : c, "middle");
+      if (opt.subLabel) body += text(x + bw / 2, top + ih + 29, opt.subLabel(c, i), "middle");
+    });
+    if (opt.xTitle) body += text(left + iw / 2, h - 3, opt.xTitle, "middle");
+    el.innerHTML = svg(w, h, body) + (opt.legend === false ? "" : legend(series.map(function (s) { return [s.name, s.color]; })));
+  }
+
+  function empty(el, msg) {
+    el.innerHTML = '<div class="empty">' + esc(msg || "waiting for assessed transactions…") + "</div>";
+    el.removeAttribute("data-drawn");
+  }
+  function drawn(el) { el.setAttribute("data-drawn", "true"); }
+
+  function get(name, key) { return rows[name].get(key); }
+
+  // ---- the ten charts ----
+  function drawStatus() {
+    var el = document.getElementById("chart-status_counts");
+    var counts = {}, total = 0;
+    STATUSES.forEach(function (s) { var r = get("status_counts", s); counts[s] = r ? r.count : 0; total += counts[s]; });
+    var rejected = counts.insufficient_balance + counts.insufficient_limit + counts.rejected_risk;
+    var assessed = rejected + counts.approved;
+    var approvedEl = document.getElementById("approved-count");
+    approvedEl.textContent = fmt(counts.approved);
+    approvedEl.setAttribute("data-value", String(counts.approved));
+    document.getElementById("approved-rate").textContent = assessed ? pct(counts.approved / assessed) + " of assessed" : "–";
+    document.getElementById("rejected-count").textContent = fmt(rejected);
+    document.getElementById("unprocessed-count").textContent = fmt(total - assessed);
+    document.getElementById("total-count").textContent = fmt(total);
+    document.getElementById("total-sub").textContent = assessed ? fmt(assessed) + " assessed" : "decided";
+    if (!total) { empty(el, "waiting for decisions…"); return; }
+    // donut of the assessed outcomes
+    var size = 170, r = 76, ri = 52, cx = size / 2, cy = size / 2, a0 = -Math.PI / 2, body = "";
+    var parts = [["approved", counts.approved, C.approved], ["insufficient_balance", counts.insufficient_balance, C.balance],
+      ["insufficient_limit", counts.insufficient_limit, C.limit], ["rejected_risk", counts.rejected_risk, C.risk]];
+    if (!assessed) parts = [["none", 1, "#243149"]];
+    var sum = parts.reduce(function (s, p) { return s + p[1]; }, 0);
+    parts.forEach(function (p) {
+      if (!p[1]) return;
+      var frac = p[1] / sum, a1 = a0 + frac * 2 * Math.PI;
+      if (frac >= 0.9999) a1 = a0 + 2 * Math.PI - 0.0001;
+      var large = a1 - a0 > Math.PI ? 1 : 0;
+      var d = "M" + (cx + r * Math.cos(a0)) + " " + (cy + r * Math.sin(a0)) +
+        " A" + r + " " + r + " 0 " + large + " 1 " + (cx + r * Math.cos(a1)) + " " + (cy + r * Math.sin(a1)) +
+        " L" + (cx + ri * Math.cos(a1)) + " " + (cy + ri * Math.sin(a1)) +
+        " A" + ri + " " + ri + " 0 " + large + " 0 " + (cx + ri * Math.cos(a0)) + " " + (cy + ri * Math.sin(a0)) + " Z";
+      body += '<path class="arc" d="' + d + '" fill="' + p[2] + '"><title>' + esc(p[0] + ": " + fmt(p[1]) + " (" + pct(frac) + ")") + "</title></path>";
+      a0 = a1;
+    });
+    body += text(cx, cy + 2, assessed ? pct(counts.approved / assessed) : "–", "middle", "big");
+    body += text(cx, cy + 20, "approved", "middle");
+    var list = STATUSES.map(function (s) {
+      return '<div><span><i style="display:inline-block;width:8px;height:8px;border-radius:2px;margin-right:6px;background:' +
+        STATUS_COLOR[s] + '"></i>' + esc(s.replace(/_/g, " ")) + "</span><b>" + fmt(counts[s]) + "</b></div>";
+    }).join("");
+    el.innerHTML = '<div class="status-layout"><div class="donut">' + svg(size, size, body) + '</div><div class="statuses">' + list + "</div></div>";
+    drawn(el);
+  }
+
+  function outcomeSeries(name, cats, keyFn) {
+    var a = [], r = [];
+    cats.forEach(function (c) { var row = get(name, keyFn ? keyFn(c) : c); a.push(row ? row.approved : 0); r.push(row ? row.rejected : 0); });
+    return [{ name: "approved", color: C.approved, values: a }, { name: "rejected", color: C.rejected, values: r }];
+  }
+
+  function drawValueHistogram() {
+    var el = document.getElementById("chart-value_histogram"), name = "value_histogram";
+    if (!rows[name].size) return empty(el);
+    bars(el, { categories: VALUE_BANDS, series: outcomeSeries(name, VALUE_BANDS), labelWidth: 38,
+      catLabel: function (c) { return BAND_LABEL[c] || c; }, valueText: fmt,
+      xTitle: "band, from (BRL)" , bottom: 44 });
+    drawn(el);
+  }
+
+  function drawHourHistogram() {
+    var el = document.getElementById("chart-hour_histogram"), name = "hour_histogram";
+    if (!rows[name].size) return empty(el);
+    var hours = []; for (var i = 0; i < 24; i++) hours.push(String(i));
+    bars(el, { categories: hours, series: outcomeSeries(name, hours), stacked: true, labelWidth: 22,
+      catLabel: function (c) { return c.length < 2 ? "0" + c : c; } });
+    drawn(el);
+  }
+
+  function drawValueRisk() {
+    var el = document.getElementById("chart-value_risk_distribution"), name = "value_risk_distribution";
+    if (!rows[name].size) return empty(el);
+    var cats = []; for (var i = 0; i <= 10; i++) cats.push(String(i));
+    var top = document.createElement("div"), bottom = document.createElement("div");
+    el.innerHTML = ""; el.appendChild(top); el.appendChild(bottom);
+    bars(top, { categories: cats, series: outcomeSeries(name, cats), stacked: true, height: 150, legend: false, labelWidth: 20 });
+    var aa = [], ra = [];
+    cats.forEach(function (c) { var r = get(name, c); aa.push(r ? r.approved_amount_cents : 0); ra.push(r ? r.rejected_amount_cents : 0); });
+    bars(bottom, { categories: cats, stacked: true, height: 140, labelWidth: 20, left: 58,
+      tick: function (v) { return "R$" + cf.format(v / 100); }, valueText: brlExact,
+      series: [{ name: "approved amount", color: "#15803d", values: aa }, { name: "rejected amount", color: "#c2410c", values: ra }],
+      xTitle: "bucket (0 = no value risk)" });
+    var lg = document.createElement("div");
+    lg.innerHTML = legend([["approved", C.approved], ["rejected", C.rejected], ["approved R$", "#15803d"], ["rejected R$", "#c2410c"]]);
+    var old = bottom.querySelector(".legend"); if (old) old.remove();
+    el.appendChild(lg.firstChild);
+    drawn(el);
+  }
+
+  // 100%-stacked horizontal bars with counts.
+  function shareBars(el, cats, labels, series, opt) {
+    var w = width(el), rowH = opt && opt.rowH || 34, left = opt && opt.left || 70, right = 64, top = 4;
+    var h = top + cats.length * rowH + 4, iw = w - left - right, body = "";
+    cats.forEach(function (c, i) {
+      var total = 0; series.forEach(function (s) { total += s.values[i] || 0; });
+      var y = top + i * rowH + 6, bh = rowH - 14, x = left;
+      body += text(left - 8, y + bh / 2 + 4, labels[i], "end", "v");
+      body += '<rect x="' + left + '" y="' + y + '" width="' + iw + '" height="' + bh + '" rx="3" fill="#1f2a40"/>';
+      series.forEach(function (s) {
+        var v = s.values[i] || 0, bw = total ? iw * v / total : 0;
+        body += rect(x, y, bw, bh, s.color, labels[i] + " · " + s.name + ": " + fmt(v) + (total ? " (" + pct(v / total) + ")" : ""));
+        if (bw > 44) body += text(x + bw / 2, y + bh / 2 + 4, pct(v / total), "middle", "v");
+        x += bw;
+      });
+      body += text(w - right + 6, y + bh / 2 + 4, opt && opt.totalText ? opt.totalText(i, total) : compact(total), "start");
+    });
+    el.innerHTML = svg(w, h, body) + legend(series.map(function (s) { return [s.name, s.color]; }));
+  }
+
+  function drawHourRisk() {
+    var el = document.getElementById("chart-hour_risk_outcome"), name = "hour_risk_outcome";
+    if (!rows[name].size) return empty(el);
+    var cats = ["0", "0.5", "1"];
+    shareBars(el, cats, ["0.0 (07–21h)", "0.5 (06h, 22–23h)", "1.0 (00–05h)"], outcomeSeries(name, cats), { left: 118, rowH: 40 });
+    drawn(el);
+  }
+
+  function drawStates() {
+    var el = document.getElementById("chart-state_approval"), name = "state_approval";
+    if (!rows[name].size) return empty(el);
+    var list = Array.from(rows[name].values()).map(function (r) {
+      var t = r.approved + r.rejected; return { uf: r.uf, a: r.approved, r: r.rejected, t: t, rate: t ? r.approved / t : 0 };
+    }).filter(function (x) { return x.t > 0; });
+    list.sort(function (x, y) { return y.rate - x.rate || y.t - x.t || (x.uf < y.uf ? -1 : 1); });
+    var w = width(el), n = list.length, left = 34, right = 8, top = 16, bottom = 26, h = 230;
+    var iw = w - left - right, ih = h - top - bottom, slot = iw / Math.max(n, 1), bw = Math.max(2, slot * 0.7);
+    var lo = Math.min.apply(null, list.map(function (x) { return x.rate; }));
+    var hi = Math.max.apply(null, list.map(function (x) { return x.rate; }));
+    var step = lo > 0.7 ? 0.05 : 0.1;
+    var floor = Math.max(0, Math.floor(lo / step - 0.5) * step), body = "";
+    for (var v = floor; v <= 1.0001; v += step) {
+      var y = top + ih - ih * (v - floor) / (1 - floor);
+      body += '<line class="gridline" x1="' + left + '" x2="' + (w - right) + '" y1="' + y.toFixed(1) + '" y2="' + y.toFixed(1) + '"/>';
+      body += text(left - 5, y + 3.5, Math.round(v * 100) + "%", "end");
+    }
+    var avgA = 0, avgT = 0;
+    list.forEach(function (x, i) {
+      avgA += x.a; avgT += x.t;
+      var bh = ih * (x.rate - floor) / (1 - floor), xx = left + i * slot + (slot - bw) / 2;
+      var hue = 30 + 110 * (hi > lo ? (x.rate - lo) / (hi - lo) : 1);
+      body += rect(xx, top + ih - bh, bw, Math.max(bh, 1), "hsl(" + hue.toFixed(0) + ",65%,48%)",
+        x.uf + ": " + pct(x.rate) + " approved (" + fmt(x.a) + " of " + fmt(x.t) + ")");
+      body += text(xx + bw / 2, top + ih + 14, x.uf, "middle");
+      if (slot > 26) body += text(xx + bw / 2, top + ih - bh - 4, Math.round(x.rate * 100) + "", "middle", "v");
+    });
+    if (avgT) {
+      var avg = avgA / avgT, ay = top + ih - ih * (avg - floor) / (1 - floor);
+      body += '<line x1="' + left + '" x2="' + (w - right) + '" y1="' + ay.toFixed(1) + '" y2="' + ay.toFixed(1) + '" stroke="#38bdf8" stroke-width="1.5" stroke-dasharray="5 4"><title>all states ' + pct(avg) + "</title></line>";
+      document.getElementById("sub-state_approval").textContent = "Transaction region's UF, sorted by approval rate · dashed line: all states " + pct(avg);
+    }
+    el.innerHTML = svg(w, h, body);
+    drawn(el);
+  }
+
+  function drawFunds() {
+    var el = document.getElementById("chart-insufficient_funds"), name = "insufficient_funds";
+    if (!rows[name].size) return empty(el, "no insufficient balance or limit yet…");
+    var b = get(name, "insufficient_balance") || { count: 0, amount_cents: 0 };
+    var l = get(name, "insufficient_limit") || { count: 0, amount_cents: 0 };
+    var sc = get("status_counts", "approved"), approved = sc ? sc.count : 0;
+    var tiles = '<div class="funds">' +
+      '<div class="f"><span style="color:' + C.balance + '">● insufficient balance</span><b>' + fmt(b.count) + '</b><small>' + brl(b.amount_cents) + " refused</small></div>" +
+      '<div class="f"><span style="color:' + C.limit + '">● insufficient limit</span><b>' + fmt(l.count) + '</b><small>' + brl(l.amount_cents) + " refused</small></div></div>";
+    var holder = document.createElement("div");
+    el.innerHTML = tiles; el.appendChild(holder);
+    shareBars(holder, ["c", "a"], ["count", "amount"], [
+      { name: "balance", color: C.balance, values: [b.count, b.amount_cents] },
+      { name: "limit", color: C.limit, values: [l.count, l.amount_cents] }], { left: 60, rowH: 34,
+      totalText: function (i, total) { return i ? brl(total) : compact(total); } });
+    if (approved) holder.insertAdjacentHTML("beforeend", '<div class="legend">' + pct((b.count + l.count) / (b.count + l.count + approved)) + " of balance/limit checks refused</div>");
+    drawn(el);
+  }
+
+  function drawModes() {
+    var el = document.getElementById("chart-mode_rejections"), name = "mode_rejections";
+    if (!rows[name].size) return empty(el);
+    var series = outcomeSeries(name, MODES);
+    bars(el, { categories: MODES, series: series, height: 214, bottom: 46, labelWidth: 50,
+      catLabel: function (m) { return MODE_LABEL[m]; },
+      subLabel: function (m, i) {
+        var a = series[0].values[i], r = series[1].values[i];
+        return a + r ? pct(r / (a + r)) + " rejected" : "";
+      } });
+    drawn(el);
+  }
+
+  function sortedMinutes(name) {
+    return Array.from(rows[name].values()).sort(function (a, b) { return a.minute < b.minute ? -1 : a.minute > b.minute ? 1 : 0; });
+  }
+
+  function drawMinuteFrequency() {
+    var el = document.getElementById("chart-minute_frequency"), name = "minute_frequency";
+    if (!rows[name].size) return empty(el);
+    var all = sortedMinutes(name), pts = all.slice(-MINUTES_LINE);
+    var w = width(el), h = 210, left = 48, right = 12, top = 12, bottom = 28, iw = w - left - right, ih = h - top - bottom;
+    var max = niceMax(Math.max.apply(null, pts.map(function (p) { return p.count; })));
+    var body = yAxis(left, w - right, top, ih, max);
+    var n = pts.length, step = n > 1 ? iw / (n - 1) : 0;
+    var xy = pts.map(function (p, i) { return [left + (n > 1 ? i * step : iw / 2), top + ih - ih * p.count / max]; });
+    var line = xy.map(function (q, i) { return (i ? "L" : "M") + q[0].toFixed(1) + " " + q[1].toFixed(1); }).join(" ");
+    body += '<defs><linearGradient id="mf" x1="0" x2="0" y1="0" y2="1"><stop offset="0" stop-color="#38bdf8" stop-opacity=".35"/><stop offset="1" stop-color="#38bdf8" stop-opacity="0"/></linearGradient></defs>';
+    if (n > 1) body += '<path d="' + line + " L" + xy[n - 1][0].toFixed(1) + " " + (top + ih) + " L" + xy[0][0].toFixed(1) + " " + (top + ih) + ' Z" fill="url(#mf)"/>';
+    body += '<path d="' + line + '" fill="none" stroke="#38bdf8" stroke-width="2" stroke-linejoin="round"/>';
+    var every = Math.max(1, Math.ceil(n * 44 / iw));
+    pts.forEach(function (p, i) {
+      if ((n - 1 - i) % every === 0) body += text(xy[i][0], top + ih + 16, hhmm(p.minute), "middle");
+      body += '<circle cx="' + xy[i][0].toFixed(1) + '" cy="' + xy[i][1].toFixed(1) + '" r="' + (n <= 40 ? 3 : 1.6) + '" fill="#38bdf8"><title>' +
+        esc(p.minute + ": " + fmt(p.count)) + "</title></circle>";
+    });
+    var last = pts[n - 1];
+    body += text(xy[n - 1][0] - 4, xy[n - 1][1] - 8, fmt(last.count), "end", "v");
+    el.innerHTML = svg(w, h, body);
+    document.getElementById("sub-minute_frequency").textContent = "Assessed transactions per event-time minute (UTC) · " +
+      (all.length > n ? "last " + n + " of " + all.length + " minutes" : all.length + " minute" + (all.length > 1 ? "s" : "")) +
+      " · " + pts[0].minute.slice(0, 10);
+    drawn(el);
+  }
+
+  function drawDistance() {
+    var el = document.getElementById("chart-distance_band_outcome"), name = "distance_band_outcome";
+    if (!rows[name].size) return empty(el);
+    var byMinute = new Map();
+    rows[name].forEach(function (r) {
+      var m = byMinute.get(r.minute);
+      if (!m) { m = {}; byMinute.set(r.minute, m); }
+      m[r.band] = r;
+    });
+    var minutes = Array.from(byMinute.keys()).sort().slice(-MINUTES_BARS);
+    var w = width(el), h = 230, left = 48, right = 8, top = 10, bottom = 30, iw = w - left - right, ih = h - top - bottom;
+    var max = 0;
+    minutes.forEach(function (m) {
+      var a = 0, r = 0, b = byMinute.get(m);
+      DIST_BANDS.forEach(function (d) { if (b[d]) { a += b[d].approved; r += b[d].rejected; } });
+      max = Math.max(max, a, r);
+    });
+    max = niceMax(max);
+    var body = yAxis(left, w - right, top, ih, max);
+    var slot = iw / minutes.length, pad = Math.min(slot * 0.14, 8), bw = (slot - 2 * pad) / 2;
+    var every = Math.max(1, Math.ceil(minutes.length * 44 / iw));
+    minutes.forEach(function (m, i) {
+      var b = byMinute.get(m), x = left + i * slot + pad;
+      ["approved", "rejected"].forEach(function (o, j) {
+        var base = top + ih;
+        DIST_BANDS.forEach(function (d) {
+          var v = b[d] ? b[d][o] : 0, bh = ih * v / max;
+          body += rect(x + j * bw, base - bh, Math.max(1, bw - 1.5), bh, DIST_COLOR[d],
+            hhmm(m) + " · " + o + " · " + DIST_LABEL[d] + ": " + fmt(v), o === "rejected" ? ' fill-opacity="0.55"' : "");
+          base -= bh;
+        });
+      });
+      if ((minutes.length - 1 - i) % every === 0) body += text(x + bw, top + ih + 15, hhmm(m), "middle");
+    });
+    el.innerHTML = svg(w, h, body) + legend(DIST_BANDS.map(function (d) { return [DIST_LABEL[d], DIST_COLOR[d]]; })
+      .concat([["solid = approved, faded = rejected", "transparent"]]));
+    drawn(el);
+  }
+
+  function drawRecent() {
+    var tbody = document.querySelector("#recent tbody");
+    var html = recent.slice(0, TABLE_ROWS).map(function (t) {
+      var k = txKey(t), cls = freshKeys[k] ? ' class="fresh"' : "";
+      var risk = t.risk != null ? '<span class="riskbar"><i style="width:' + Math.min(100, t.risk * 100).toFixed(0) + "%;background:" +
+        (t.risk > 0.5 ? C.rejected : t.risk > 0 ? C.balance : C.approved) + '"></i></span>' + t.risk.toFixed(2) : "–";
+      var f = function (x) { return x != null ? x.toFixed(2) : "–"; };
+      var when = t.event_time ? t.event_time.slice(11, 23) : new Date(t.t).toISOString().slice(11, 23);
+      return "<tr" + cls + ' title="' + esc(JSON.stringify(t)) + '"><td class="mono">' + esc(when) +
+        '</td><td class="mono hide-sm">' + esc(t.id ? (t.id.length > 14 ? t.id.slice(0, 13) + "…" : t.id) : "–") +
+        "</td><td>" + esc(t.mode ? MODE_LABEL[t.mode] || t.mode : "–") +
+        '</td><td class="num">' + (t.amount_cents != null ? brlExact(t.amount_cents) : "–") +
+        '</td><td><span class="badge ' + esc(t.status) + '">' + esc(t.status.replace(/_/g, " ")) +
+        '</span></td><td class="num hide-sm">' + f(t.value_risk) + '</td><td class="num hide-sm">' + f(t.hour_risk) +
+        '</td><td class="num hide-sm">' + f(t.distance_risk) + '</td><td class="num">' + risk + "</td></tr>";
+    }).join("");
+    tbody.innerHTML = html || '<tr><td colspan="9" style="color:var(--muted);text-align:center;padding:18px">waiting for transactions…</td></tr>';
+    freshKeys = {};
+    document.getElementById("tx-sub").textContent = "Newest first, updated live · " + fmt(recent.length) + " kept, " + Math.min(TABLE_ROWS, recent.length) + " shown";
+  }
+
+  function drawHealth() {
+    if (!health) return;
+    var set = function (id, v) { document.getElementById(id).textContent = v; };
+    set("h-rate", health.tx_per_s != null ? compact(health.tx_per_s) : "–");
+    set("h-p50", health.latency_ms ? ms(health.latency_ms.p50) : "–");
+    set("h-p99", health.latency_ms ? ms(health.latency_ms.p99) : "–");
+    set("h-lag", health.consumer_lag != null ? compact(health.consumer_lag) : "–");
+    set("h-workers", health.workers != null ? String(health.workers) : "–");
+    set("h-uptime", duration(health.uptime_s));
+    set("h-time", health.closed_time_ms ? new Date(health.closed_time_ms).toISOString().slice(11, 19) + "Z" : "–");
+    if (health.redis && !health.redis.connected) setConn("down", "Redis unreachable");
+  }
+
+  var DRAW = {
+    status_counts: drawStatus, value_histogram: drawValueHistogram, hour_histogram: drawHourHistogram,
+    value_risk_distribution: drawValueRisk, hour_risk_outcome: drawHourRisk, state_approval: drawStates,
+    insufficient_funds: drawFunds, mode_rejections: drawModes, minute_frequency: drawMinuteFrequency,
+    distance_band_outcome: drawDistance, __recent: drawRecent, __health: drawHealth
+  };
+
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(render);
+  }
+
+  function render() {
+    scheduled = false;
+    if (dirty.status_counts) dirty.insufficient_funds = true;
+    var names = Object.keys(dirty);
+    dirty = {};
+    names.forEach(function (n) {
+      try { DRAW[n](); } catch (e) { if (window.console) console.error(n, e); }
+    });
+  }
+
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () { NAMES.forEach(function (n) { dirty[n] = true; }); schedule(); }, 150);
+  });
+
+  if (tokenQuery) {
+    document.querySelectorAll("footer a").forEach(function (a) { a.href = a.getAttribute("href") + "?" + tokenQuery; });
+  }
+  NAMES.forEach(function (n) { dirty[n] = true; });
+  dirty.__recent = true;
+  schedule();
+  connect();
+})();

@@ -1,0 +1,698 @@
+//! The live dashboard and the query API of VT.PGA (issue 5): a warp server with the
+//! dashboard page (static HTML/JS/CSS embedded in the binary, charts drawn in SVG), a
+//! read-only JSON API, Prometheus metrics, and Server-Sent Events that push every change.
+//!
+//! * **Embedded** ([`spawn_embedded`]): `vtpga run` feeds a [`LiveState`] from its sink
+//!   thread ([`LiveState::observe`] for every batch); the server reads it.
+//! * **Standalone** ([`run_standalone`]): a follower thread mirrors the Redis cache into a
+//!   `LiveState` (analyses, recent transactions, pushed on every `P:analyses`
+//!   notification); PostgreSQL, when given, answers minute ranges, transactions by id
+//!   beyond the recent ones, and users.
+//!
+//! # Routes
+//!
+//! All read-only (`GET`). When a token is set, every route needs `Authorization: Bearer
+//! <token>` (or `?access_token=<token>`, RFC 6750 §2.3, because a browser's page
+//! navigation and `EventSource` cannot send headers); otherwise 401 with a JSON error.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `/` | the dashboard page (CSS and JS inline) |
+//! | `/assets/app.js`, `/assets/style.css`, `/assets/favicon.svg` | the static assets |
+//! | `/api/analyses` | SPEC §8 analyses JSON |
+//! | `/api/analyses/{name}` | `{"name", "source", "from"?, "to"?, "rows"}`; `from`/`to` (RFC 3339 times with an offset, e.g. `2026-11-26T14:03:00Z`, inclusive minutes) only on `minute_frequency` and `distance_band_outcome` |
+//! | `/api/transactions/recent?limit=N` | the newest N (1–500, default 50) decision records, newest first |
+//! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates) |
+//! | `/api/users/{id}` | PostgreSQL: balance, credit, last approvals |
+//! | `/healthz` | health figures (503 when standalone and Redis is unreachable) |
+//! | `/metrics` | Prometheus text |
+//! | `/api/stream` | Server-Sent Events: `snapshot` on connect, then `change` events |
+//!
+//! # The event stream
+//!
+//! `snapshot`: `{"seq", "analyses" (SPEC JSON), "transactions" (newest first, ≤ 500),
+//! "health"}`. `change`: `{"seq", "analyses": {name: rows} (only the analyses that changed,
+//! whole, except the two per-minute ones), "minute_rows": {name: rows} (their changed rows;
+//! a row of zeros means removed), "transactions" (new records, newest first), "health"}`.
+//! A change event goes out at most 100 ms after the batch that caused it and at most one
+//! every 100 ms (bursts coalesce); with nothing new, one with health alone every second.
+//! Change events whose `seq` is not above the snapshot's are already in it. A client that
+//! falls behind (64 events) gets a fresh snapshot.
+
+mod assets;
+mod follow;
+mod pg;
+mod state;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use vtpga_dataflow::analyses::NAMES;
+use vtpga_dataflow::parse::parse_event_time;
+
+pub use state::{
+    analysis_name, is_minute_analysis, LiveState, BATCH_BUCKETS, LATENCY_BUCKETS_S, RECENT_LIMIT,
+};
+
+use state::Mode;
+
+/// Coalescing interval of pushed changes: at most one change event per interval.
+pub const PUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// With nothing new, a health-only event this often.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Events a slow client may fall behind before it gets a fresh snapshot instead.
+const STREAM_BACKLOG: usize = 64;
+/// Default `limit` of `/api/transactions/recent`.
+const DEFAULT_RECENT: usize = 50;
+
+/// Where the server listens and whether it wants a bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// When set, every route requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+        }
+    }
+}
+
+/// Everything the routes read. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<LiveState>,
+    pg: Option<Arc<pg::Pg>>,
+    token: Option<Arc<str>>,
+    events: broadcast::Sender<Arc<Event>>,
+    clients: Arc<AtomicUsize>,
+}
+
+/// One pushed event, shared by every client.
+pub struct Event {
+    kind: &'static str,
+    seq: u64,
+    data: String,
+}
+
+impl App {
+    /// An app over `state`, with PostgreSQL for history when `postgres_url` is given.
+    pub fn new(state: Arc<LiveState>, token: Option<String>, postgres_url: Option<String>) -> Self {
+        let (events, _) = broadcast::channel(STREAM_BACKLOG);
+        App {
+            state,
+            pg: postgres_url.map(|u| Arc::new(pg::Pg::new(u))),
+            token: token.map(Arc::from),
+            events,
+            clients: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The state the app reads.
+    pub fn state(&self) -> &Arc<LiveState> {
+        &self.state
+    }
+
+    /// The task that turns changes into events; [`App::routes`] spawns it.
+    async fn push_loop(self) {
+        loop {
+            let _ = tokio::time::timeout(HEALTH_INTERVAL, self.state.changed()).await;
+            let has_changes = self.state.has_changes();
+            if self.events.receiver_count() == 0 {
+                // Nobody listens: a new client starts from a snapshot anyway.
+                if has_changes {
+                    self.state.discard_changes();
+                    tokio::time::sleep(PUSH_INTERVAL).await;
+                }
+                continue;
+            }
+            let change = self.state.take_change();
+            let kind = if has_changes { "change" } else { "health" };
+            let _ = self.events.send(Arc::new(Event {
+                kind,
+                seq: change.seq,
+                data: change.json,
+            }));
+            if has_changes {
+                tokio::time::sleep(PUSH_INTERVAL).await;
+            }
+        }
+    }
+
+    /// All routes, with the token check and JSON errors. Spawns the push task on the
+    /// current tokio runtime (call it inside one).
+    pub fn routes(self) -> warp::filters::BoxedFilter<(Response,)> {
+        tokio::spawn(self.clone().push_loop());
+        let app = self;
+        let with_app = {
+            let app = app.clone();
+            warp::any().map(move || app.clone())
+        };
+        let query = warp::query::<HashMap<String, String>>();
+
+        let index = warp::path::end().map(assets::index);
+        let asset = warp::path!("assets" / String).map(|name: String| assets::asset(&name));
+        let analyses = warp::path!("api" / "analyses")
+            .and(with_app.clone())
+            .map(|app: App| json_reply(StatusCode::OK, &app.state.analyses_json()));
+        let analysis = warp::path!("api" / "analyses" / String)
+            .and(with_app.clone())
+            .and(query)
+            .then(|name: String, app: App, q| async move { app.analysis(&name, q).await });
+        let recent = warp::path!("api" / "transactions" / "recent")
+            .and(with_app.clone())
+            .and(query)
+            .map(|app: App, q: HashMap<String, String>| app.recent(&q));
+        let by_id = warp::path!("api" / "transactions" / String)
+            .and(with_app.clone())
+            .then(|id: String, app: App| async move { app.transaction(&decode(&id)).await });
+        let user = warp::path!("api" / "users" / String)
+            .and(with_app.clone())
+            .then(|id: String, app: App| async move { app.user(&decode(&id)).await });
+        let healthz = warp::path!("healthz")
+            .and(with_app.clone())
+            .map(|app: App| app.healthz());
+        let metrics = warp::path!("metrics")
+            .and(with_app.clone())
+            .map(|app: App| app.metrics());
+        let stream = warp::path!("api" / "stream")
+            .and(with_app.clone())
+            .map(|app: App| app.stream());
+
+        let routes = index
+            .or(asset)
+            .unify()
+            .or(analyses)
+            .unify()
+            .or(analysis)
+            .unify()
+            .or(recent)
+            .unify()
+            .or(by_id)
+            .unify()
+            .or(user)
+            .unify()
+            .or(healthz)
+            .unify()
+            .or(metrics)
+            .unify()
+            .or(stream)
+            .unify();
+        let token = app.token.clone();
+        let auth = warp::header::optional::<String>("authorization")
+            .and(query)
+            .and_then(move |h: Option<String>, q: HashMap<String, String>| {
+                let token = token.clone();
+                async move {
+                    match &token {
+                        None => Ok(()),
+                        Some(t) => {
+                            let bearer = h.as_deref().and_then(|h| {
+                                h.strip_prefix("Bearer ")
+                                    .or_else(|| h.strip_prefix("bearer "))
+                            });
+                            let given = bearer.or(q.get("access_token").map(String::as_str));
+                            if given.is_some_and(|g| same(g.trim().as_bytes(), t.as_bytes())) {
+                                Ok(())
+                            } else {
+                                Err(warp::reject::custom(Unauthorized))
+                            }
+                        }
+                    }
+                }
+            })
+            .untuple_one();
+        warp::get()
+            .and(auth)
+            .and(routes)
+            .recover(recover)
+            .unify()
+            .boxed()
+    }
+
+    async fn analysis(&self, name: &str, q: HashMap<String, String>) -> Response {
+        if !NAMES.contains(&name) {
+            return error(StatusCode::NOT_FOUND, &format!("unknown analysis {name:?}"));
+        }
+        if let Some(bad) = q
+            .keys()
+            .find(|k| !["from", "to", "access_token"].contains(&k.as_str()))
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown parameter {bad:?}"),
+            );
+        }
+        let (from, to) = match (minute_param(&q, "from"), minute_param(&q, "to")) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if (from.is_some() || to.is_some()) && !is_minute_analysis(name) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "from/to apply only to minute_frequency and distance_band_outcome",
+            );
+        }
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                return error(StatusCode::BAD_REQUEST, "from is after to");
+            }
+        }
+        let ranged = from.is_some() || to.is_some();
+        let mut source = "live";
+        let mut rows = None;
+        if ranged && self.state.mode() == Mode::Standalone {
+            if let Some(pg) = &self.pg {
+                let (pg, n) = (pg.clone(), name.to_owned());
+                match tokio::task::spawn_blocking(move || pg.minute_rows(&n, from, to)).await {
+                    Ok(Ok(r)) => {
+                        rows = Some(r);
+                        source = "postgres";
+                    }
+                    Ok(Err(e)) => log::warn!("dashboard: PostgreSQL: {e:#}"),
+                    Err(e) => log::warn!("dashboard: PostgreSQL query task: {e}"),
+                }
+            }
+        }
+        let rows = rows.unwrap_or_else(|| self.state.analysis_rows(name, from, to));
+        let mut body = json!({"name": name, "source": source, "rows": rows});
+        if let Some(f) = from {
+            body["from"] = vtpga_dataflow::parse::format_minute(f).into();
+        }
+        if let Some(t) = to {
+            body["to"] = vtpga_dataflow::parse::format_minute(t).into();
+        }
+        json_reply(StatusCode::OK, &body)
+    }
+
+    fn recent(&self, q: &HashMap<String, String>) -> Response {
+        let limit = match q.get("limit") {
+            None => DEFAULT_RECENT,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=RECENT_LIMIT).contains(&n) => n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("limit must be an integer from 1 to {RECENT_LIMIT}, not {s:?}"),
+                    )
+                }
+            },
+        };
+        let rows = self.state.recent(limit);
+        let rows: Vec<&Value> = rows.iter().map(|r| &**r).collect();
+        json_reply(StatusCode::OK, &json!(rows))
+    }
+
+    async fn transaction(&self, id: &str) -> Response {
+        let live = self.state.by_id(id);
+        if !live.is_empty() {
+            let live: Vec<&Value> = live.iter().map(|r| &**r).collect();
+            return json_reply(
+                StatusCode::OK,
+                &json!({"id": id, "source": "live", "decisions": live}),
+            );
+        }
+        if let Some(pg) = &self.pg {
+            let (pg, key) = (pg.clone(), id.to_owned());
+            match tokio::task::spawn_blocking(move || pg.by_id(&key)).await {
+                Ok(Ok(rows)) if !rows.is_empty() => {
+                    return json_reply(
+                        StatusCode::OK,
+                        &json!({"id": id, "source": "postgres", "decisions": rows}),
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return pg_error(e),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("unknown transaction id {id:?}"),
+        )
+    }
+
+    async fn user(&self, id: &str) -> Response {
+        let Some(pg) = &self.pg else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "users are not available without PostgreSQL (embedded mode without --postgres)",
+            );
+        };
+        let (pg, key) = (pg.clone(), id.to_owned());
+        match tokio::task::spawn_blocking(move || pg.user(&key)).await {
+            Ok(Ok(Some(u))) => json_reply(StatusCode::OK, &u),
+            Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("unknown user {id:?}")),
+            Ok(Err(e)) => pg_error(e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    fn healthz(&self) -> Response {
+        let mut h = self.state.health();
+        h["sse_clients"] = self.clients.load(Ordering::Relaxed).into();
+        h["postgres"] = self.pg.is_some().into();
+        let down = h["redis"]["connected"] == false;
+        h["status"] = if down { "degraded" } else { "ok" }.into();
+        json_reply(
+            if down {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            },
+            &h,
+        )
+    }
+
+    fn metrics(&self) -> Response {
+        let clients = self.clients.load(Ordering::Relaxed) as f64;
+        let body = self.state.metrics(&[(
+            "vtpga_dashboard_stream_clients",
+            "Connected Server-Sent Events clients.",
+            clients,
+        )]);
+        let mut r = Response::new(body.into());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    fn stream(&self) -> Response {
+        let rx = self.events.subscribe();
+        let (seq, snapshot) = self.state.snapshot();
+        let guard = ClientGuard::new(self.clients.clone());
+        let stream = event_stream(self.state.clone(), rx, seq, snapshot, guard);
+        let mut r = warp::sse::reply(
+            warp::sse::keep_alive()
+                .interval(Duration::from_secs(15))
+                .stream(stream),
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::HeaderName::from_static("x-accel-buffering"),
+            header::HeaderValue::from_static("no"),
+        );
+        r
+    }
+}
+
+/// Counts connected stream clients while alive.
+struct ClientGuard(Arc<AtomicUsize>);
+
+impl ClientGuard {
+    fn new(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        ClientGuard(n)
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn event_stream(
+    state: Arc<LiveState>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    seq: u64,
+    snapshot: String,
+    guard: ClientGuard,
+) -> impl Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
+    let first = warp::sse::Event::default()
+        .event("snapshot")
+        .retry(Duration::from_secs(2))
+        .data(snapshot);
+    let rest = futures_util::stream::unfold(
+        (state, rx, seq, guard),
+        |(state, mut rx, mut seen, guard)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if ev.kind == "change" && ev.seq <= seen {
+                            continue;
+                        }
+                        seen = seen.max(ev.seq);
+                        let out = warp::sse::Event::default()
+                            .event(ev.kind)
+                            .data(ev.data.clone());
+                        return Some((Ok(out), (state, rx, seen, guard)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (s, snapshot) = state.snapshot();
+                        seen = s;
+                        let out = warp::sse::Event::default().event("snapshot").data(snapshot);
+                        return Some((Ok(out), (state, rx, seen, guard)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    futures_util::stream::once(async move { Ok(first) }).chain(rest)
+}
+
+/// Constant-time comparison (the token).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Percent-decodes a path segment (invalid escapes and non-UTF-8 are kept as they are).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+}
+
+/// A `from`/`to` parameter: an RFC 3339 time with an explicit offset, to its minute index.
+fn minute_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, String> {
+    let Some(s) = q.get(name) else {
+        return Ok(None);
+    };
+    let b = s.as_bytes();
+    let explicit_offset = matches!(b.last(), Some(b'Z' | b'z'))
+        || (b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':');
+    match parse_event_time(s) {
+        Ok(ms) if explicit_offset => Ok(Some(ms.div_euclid(60_000))),
+        _ => Err(format!(
+            "{name} must be an RFC 3339 time with an offset, like 2026-11-26T14:03:00Z, not {s:?}"
+        )),
+    }
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Response {
+    let mut r = Response::new(body.to_string().into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    json_reply(
+        status,
+        &json!({"error": message, "status": status.as_u16()}),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    error_response(status, message)
+}
+
+fn pg_error(e: anyhow::Error) -> Response {
+    log::warn!("dashboard: PostgreSQL: {e:#}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("PostgreSQL: {e:#}"),
+    )
+}
+
+#[derive(Debug)]
+struct Unauthorized;
+impl warp::reject::Reject for Unauthorized {}
+
+async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    if r.find::<Unauthorized>().is_some() {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(resp);
+    }
+    if r.is_not_found() {
+        return Ok(error(StatusCode::NOT_FOUND, "no such route"));
+    }
+    if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read-only API: GET only",
+        ));
+    }
+    if r.find::<warp::reject::InvalidQuery>().is_some() {
+        return Ok(error(StatusCode::BAD_REQUEST, "malformed query string"));
+    }
+    Ok(error(StatusCode::BAD_REQUEST, &format!("{r:?}")))
+}
+
+/// A running server: its address and its thread. [`Server::stop`] ends it.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub thread: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Server {
+    /// Stops accepting, closes the event streams and waits for the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
+    }
+}
+
+/// Binds `config.listen` (errors reported here) and serves `app`'s routes on a tokio
+/// runtime of two threads, on a thread of its own.
+pub fn spawn_app(
+    config: &WebConfig,
+    make_app: impl FnOnce() -> App + Send + 'static,
+) -> std::io::Result<Server> {
+    let listener = std::net::TcpListener::bind(config.listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vtpga-web")
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("vtpga-web".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("dashboard: {e}");
+                        return;
+                    }
+                };
+                let routes = make_app().routes();
+                let mut stopped = stop_rx.clone();
+                let server = warp::serve(routes)
+                    .incoming(listener)
+                    .graceful(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .run();
+                // Event streams never end by themselves: after a stop, give the other
+                // requests a second, then leave.
+                let mut stopped = stop_rx;
+                tokio::select! {
+                    _ = server => {}
+                    _ = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    } => {}
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })?;
+    Ok(Server {
+        addr,
+        thread,
+        stop: stop_tx,
+    })
+}
+
+/// Serves the dashboard and the API from `state` (embedded mode), on a thread and tokio
+/// runtime of its own, until the process ends. A binding error is returned.
+pub fn spawn_embedded(config: WebConfig, state: Arc<LiveState>) -> std::io::Result<JoinHandle<()>> {
+    spawn_embedded_with(config, state, None).map(|s| s.thread)
+}
+
+/// [`spawn_embedded`] with PostgreSQL for users and transactions older than the recent
+/// ones, returning the [`Server`] (its bound address, a way to stop it).
+pub fn spawn_embedded_with(
+    config: WebConfig,
+    state: Arc<LiveState>,
+    postgres_url: Option<String>,
+) -> std::io::Result<Server> {
+    let token = config.token.clone();
+    spawn_app(&config, move || App::new(state, token, postgres_url))
+}
+
+/// The standalone server's parts: its state mirrors Redis (key prefix `prefix`).
+pub fn standalone_app(
+    token: Option<String>,
+    redis_url: &str,
+    prefix: &str,
+    postgres_url: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<App> {
+    let client = redis::Client::open(redis_url).map_err(|e| anyhow::anyhow!("Redis URL: {e}"))?;
+    let state = LiveState::with_mode(0, Mode::Standalone);
+    follow::spawn(state.clone(), client, prefix.to_owned(), stop)?;
+    Ok(App::new(state, token, postgres_url))
+}
+
+/// Serves the dashboard and the API from Redis (live analyses and recent transactions,
+/// key prefix `vtpga`) and PostgreSQL (minute ranges, transactions by id, users), until
+/// the process ends. Blocks.
+pub fn run_standalone(
+    config: WebConfig,
+    redis_url: String,
+    postgres_url: Option<String>,
+) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let token = config.token.clone();
+    let app = standalone_app(token, &redis_url, "vtpga", postgres_url, stop.clone())?;
+    let server = spawn_app(&config, move || app)
+        .map_err(|e| anyhow::anyhow!("dashboard: binding {}: {e}", config.listen))?;
+    log::info!("dashboard on http://{}", server.addr);
+    let result = server.thread.join();
+    stop.store(true, Ordering::Relaxed);
+    result.map_err(|_| anyhow::anyhow!("the dashboard's thread panicked"))
+}

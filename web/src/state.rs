@@ -1,0 +1,810 @@
+//! The live state the dashboard and the API read: the accumulated analysis rows, the newest
+//! decision records (with an index by transaction id), counters by status, the decision
+//! latency and batch size histograms, and the figures of the pipeline's health.
+//!
+//! In embedded mode the pipeline's sink thread feeds it ([`LiveState::observe`] for every
+//! batch); in standalone mode a follower thread mirrors Redis into it (`crate::follow`).
+//! Readers take a short lock; the pusher task of the server turns what changed since its
+//! previous push into one Server-Sent Event ([`LiveState::take_change`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+
+use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
+use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::Status;
+use vtpga_sinks::files::DecisionRecord;
+use vtpga_sinks::Batch;
+
+/// How many of the newest decision records the state keeps (and indexes by id).
+pub const RECENT_LIMIT: usize = 500;
+
+/// Upper bounds (seconds) of the decision latency histogram of `/metrics`.
+pub const LATENCY_BUCKETS_S: [f64; 15] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Upper bounds (decisions) of the batch size histogram of `/metrics`.
+pub const BATCH_BUCKETS: [u64; 7] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000];
+
+/// Seconds of throughput the health figures average over.
+const RATE_WINDOW_S: u64 = 5;
+/// The latency quantiles of the health figures cover the last 5–10 seconds.
+const LATENCY_WINDOW: Duration = Duration::from_secs(5);
+
+/// Whether the state is fed by the pipeline in this process or mirrors Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    Standalone,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Standalone => "standalone",
+        }
+    }
+}
+
+/// One kept decision record: the decision as observed (rendered as JSON on first use,
+/// so that a fast pipeline pays for the few records anyone reads), or a record read
+/// from Redis.
+struct Entry {
+    seq: u64,
+    id: Option<String>,
+    /// Standalone: the recent-set member `{partition}:{offset}`.
+    member: Option<String>,
+    source: Source,
+    rendered: OnceLock<Arc<Value>>,
+}
+
+enum Source {
+    Decision(Box<Decision>, u64),
+    Json,
+}
+
+impl Entry {
+    fn record(&self) -> Arc<Value> {
+        self.rendered
+            .get_or_init(|| match &self.source {
+                Source::Decision(d, decided_at_ms) => {
+                    let mut v = serde_json::to_value(DecisionRecord::of(d)).unwrap_or(Value::Null);
+                    if let Value::Object(m) = &mut v {
+                        m.insert("decided_at_ms".into(), (*decided_at_ms).into());
+                    }
+                    Arc::new(v)
+                }
+                Source::Json => Arc::new(Value::Null),
+            })
+            .clone()
+    }
+}
+
+/// A cumulative-by-bucket histogram for Prometheus (counts per bucket, not cumulative).
+#[derive(Clone, Debug, Default)]
+struct Buckets {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Buckets {
+    fn new(n: usize) -> Self {
+        Buckets {
+            counts: vec![0; n + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn record(&mut self, index: usize, value: f64) {
+        self.counts[index] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, bounds: &[String]) {
+        let mut cumulative = 0;
+        for (i, b) in bounds.iter().enumerate() {
+            cumulative += self.counts[i];
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.counts[bounds.len()];
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+fn latency_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds")
+}
+
+struct Inner {
+    mode: Mode,
+    rows: BTreeMap<AnalysisKey, Tally>,
+    recent: VecDeque<Arc<Entry>>,
+    next_seq: u64,
+    by_id: HashMap<String, Vec<u64>>,
+    by_member: HashMap<String, u64>,
+    counts: [u64; 9],
+    latency: Buckets,
+    batches: Buckets,
+    /// Latency (µs) of the current and the previous window, for the health quantiles.
+    window_cur: Histogram<u64>,
+    window_prev: Histogram<u64>,
+    window_started: Instant,
+    /// Decisions per second since `started` (second index, count), the last few seconds.
+    per_second: VecDeque<(u64, u64)>,
+    consumer_lag: Option<i64>,
+    closed_time: Option<u64>,
+    last_batch_at: Option<Instant>,
+    /// Standalone: whether the follower reaches Redis, and its last error.
+    redis: Option<(bool, Option<String>)>,
+    // What changed since the last push.
+    changed: BTreeSet<AnalysisKey>,
+    changed_all: bool,
+    /// The last record sequence number a change event carried.
+    pushed_seq: u64,
+    /// The number of the last change event taken (snapshots carry it).
+    event_seq: u64,
+}
+
+/// Live state, fed by the pipeline's sink thread (embedded) or by the Redis follower
+/// (standalone). Share it as an `Arc`; every method takes `&self`.
+pub struct LiveState {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    started: Instant,
+    workers: usize,
+}
+
+/// The change event the pusher sends: what changed since the previous one.
+pub(crate) struct Change {
+    pub seq: u64,
+    pub json: String,
+}
+
+impl LiveState {
+    /// An empty state of a pipeline with `workers` workers (shown on the health panel).
+    pub fn new(workers: usize) -> Arc<Self> {
+        Self::with_mode(workers, Mode::Embedded)
+    }
+
+    pub(crate) fn with_mode(workers: usize, mode: Mode) -> Arc<Self> {
+        Arc::new(LiveState {
+            inner: Mutex::new(Inner {
+                mode,
+                rows: BTreeMap::new(),
+                recent: VecDeque::with_capacity(RECENT_LIMIT + 1),
+                next_seq: 0,
+                by_id: HashMap::new(),
+                by_member: HashMap::new(),
+                counts: [0; 9],
+                latency: Buckets::new(LATENCY_BUCKETS_S.len()),
+                batches: Buckets::new(BATCH_BUCKETS.len()),
+                window_cur: latency_hist(),
+                window_prev: latency_hist(),
+                window_started: Instant::now(),
+                per_second: VecDeque::new(),
+                consumer_lag: None,
+                closed_time: None,
+                last_batch_at: None,
+                redis: if mode == Mode::Standalone {
+                    Some((false, None))
+                } else {
+                    None
+                },
+                changed: BTreeSet::new(),
+                changed_all: false,
+                pushed_seq: 0,
+                event_seq: 0,
+            }),
+            notify: Notify::new(),
+            started: Instant::now(),
+            workers,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the analysis rows (after a restart: the rows the pipeline resumed from).
+    pub fn seed_analyses(&self, rows: BTreeMap<AnalysisKey, Tally>) {
+        let mut inner = self.lock();
+        inner.rows = rows;
+        inner.changed_all = true;
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Takes in one batch of the pipeline's sink, in order: its decisions (the newest
+    /// [`RECENT_LIMIT`] kept as SPEC §8 records), its analysis changes, counters by status,
+    /// and the latency of each decision from `ingest_us` to `now_us`.
+    pub fn observe(&self, batch: &Batch, now_us: u64) {
+        let n = batch.decisions.len();
+        // Only the newest RECENT_LIMIT decisions of a batch can stay: render only those.
+        let skip = n.saturating_sub(RECENT_LIMIT);
+        let decided_at_ms = now_us / 1000;
+        let fresh: Vec<(Option<String>, Source)> = batch.decisions[skip..]
+            .iter()
+            .map(|d| {
+                // Everything the record shows; not the raw payload nor the analysis inputs.
+                let kept = Decision {
+                    pos: d.pos,
+                    t: d.t,
+                    ingest_us: d.ingest_us,
+                    status: d.status,
+                    tx: d.tx.clone(),
+                    scores: d.scores,
+                    reason: d.reason.clone(),
+                    raw: None,
+                    assessed: None,
+                };
+                (
+                    d.tx.as_ref().map(|tx| tx.id.clone()),
+                    Source::Decision(Box::new(kept), decided_at_ms),
+                )
+            })
+            .collect();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for d in &batch.decisions {
+            inner.counts[d.status as usize] += 1;
+            if d.ingest_us > 0 {
+                let us = now_us.saturating_sub(d.ingest_us).max(1);
+                inner.record_latency(us, now);
+            }
+        }
+        inner.count_decisions(n as u64, self.started, now);
+        let size_bucket = BATCH_BUCKETS
+            .iter()
+            .position(|b| n as u64 <= *b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        inner.batches.record(size_bucket, n as f64);
+        for ((key, _), _) in &batch.analyses {
+            if !inner.changed.contains(key) {
+                inner.changed.insert(key.clone());
+            }
+        }
+        analyses::apply_changes(&mut inner.rows, batch.analyses.iter().cloned());
+        for (id, source) in fresh {
+            inner.push_record(id, None, source, OnceLock::new());
+        }
+        inner.closed_time = Some(inner.closed_time.map_or(batch.time, |t| t.max(batch.time)));
+        inner.last_batch_at = Some(now);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// The consumer lag (messages behind the end of the source), shown on the health panel
+    /// and in `/metrics`.
+    pub fn set_health(&self, consumer_lag: i64) {
+        self.lock().consumer_lag = Some(consumer_lag);
+    }
+
+    /// The analyses as SPEC §8 JSON.
+    pub fn analyses_json(&self) -> Value {
+        analyses::to_json(&self.lock().rows)
+    }
+
+    /// The current rows (a copy).
+    pub fn rows(&self) -> BTreeMap<AnalysisKey, Tally> {
+        self.lock().rows.clone()
+    }
+
+    /// One analysis's rows, optionally only the minutes in `from..=to` (minute indexes).
+    pub fn analysis_rows(&self, name: &str, from: Option<i64>, to: Option<i64>) -> Vec<Value> {
+        let inner = self.lock();
+        render_rows(name, inner.rows.iter(), from, to)
+    }
+
+    /// The newest `limit` records, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<Value>> {
+        let entries: Vec<Arc<Entry>> = self
+            .lock()
+            .recent
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect();
+        entries.iter().map(|e| e.record()).collect()
+    }
+
+    /// The kept records of transaction `id`, oldest first.
+    pub fn by_id(&self, id: &str) -> Vec<Arc<Value>> {
+        let inner = self.lock();
+        let Some(seqs) = inner.by_id.get(id) else {
+            return Vec::new();
+        };
+        let Some(front) = inner.recent.front().map(|e| e.seq) else {
+            return Vec::new();
+        };
+        let entries: Vec<Arc<Entry>> = seqs
+            .iter()
+            .filter_map(|s| inner.recent.get((s - front) as usize))
+            .cloned()
+            .collect();
+        drop(inner);
+        entries.iter().map(|e| e.record()).collect()
+    }
+
+    /// Counts of the decisions observed by this process, by status (SPEC order).
+    pub fn counts(&self) -> [u64; 9] {
+        self.lock().counts
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.lock().mode
+    }
+
+    /// The health figures (JSON).
+    pub fn health(&self) -> Value {
+        let inner = self.lock();
+        self.health_of(&inner)
+    }
+
+    fn health_of(&self, inner: &Inner) -> Value {
+        let now = Instant::now();
+        let uptime = now.duration_since(self.started);
+        let rate = inner.rate(self.started, now);
+        let mut window = inner.window_prev.clone();
+        let _ = window.add(&inner.window_cur);
+        let latency = if window.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "p50": window.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": window.value_at_quantile(0.99) as f64 / 1000.0,
+                "max": window.max() as f64 / 1000.0,
+            })
+        };
+        let redis = inner
+            .redis
+            .as_ref()
+            .map(|(connected, error)| json!({"connected": connected, "error": error}));
+        json!({
+            "mode": inner.mode.as_str(),
+            "uptime_s": (uptime.as_secs_f64() * 10.0).round() / 10.0,
+            "workers": if self.workers > 0 { json!(self.workers) } else { Value::Null },
+            "decisions": inner.counts.iter().sum::<u64>(),
+            "tx_per_s": (rate * 10.0).round() / 10.0,
+            "latency_ms": latency,
+            "consumer_lag": inner.consumer_lag,
+            "closed_time_ms": inner.closed_time,
+            "last_batch_age_ms": inner.last_batch_at.map(|t| now.duration_since(t).as_millis() as u64),
+            "redis": redis,
+            "now_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        })
+    }
+
+    /// Prometheus text exposition of the counters and histograms.
+    pub fn metrics(&self, extra_gauges: &[(&str, &str, f64)]) -> String {
+        let inner = self.lock();
+        let now = Instant::now();
+        let rate = inner.rate(self.started, now);
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP vtpga_decisions_total Decisions observed by the dashboard's process, by status.\n# TYPE vtpga_decisions_total counter\n");
+        for (s, n) in Status::ALL.iter().zip(inner.counts) {
+            let _ = writeln!(
+                out,
+                "vtpga_decisions_total{{status=\"{}\"}} {n}",
+                s.as_str()
+            );
+        }
+        out.push_str("# HELP vtpga_decision_latency_seconds Decision latency, from the source taking a message in to its batch reaching the sink.\n# TYPE vtpga_decision_latency_seconds histogram\n");
+        let bounds: Vec<String> = LATENCY_BUCKETS_S.iter().map(|b| b.to_string()).collect();
+        inner
+            .latency
+            .render(&mut out, "vtpga_decision_latency_seconds", &bounds);
+        out.push_str("# HELP vtpga_batch_decisions Decisions per batch leaving the graph.\n# TYPE vtpga_batch_decisions histogram\n");
+        let bounds: Vec<String> = BATCH_BUCKETS.iter().map(|b| b.to_string()).collect();
+        inner
+            .batches
+            .render(&mut out, "vtpga_batch_decisions", &bounds);
+        if let Some(lag) = inner.consumer_lag {
+            let _ = writeln!(out, "# HELP vtpga_consumer_lag Messages behind the end of the source topic.\n# TYPE vtpga_consumer_lag gauge\nvtpga_consumer_lag {lag}");
+        }
+        let mut gauges: Vec<(&str, &str, f64)> = vec![
+            (
+                "vtpga_decisions_per_second",
+                "Decisions per second over the last 5 s.",
+                rate,
+            ),
+            (
+                "vtpga_uptime_seconds",
+                "Seconds since the dashboard state was created.",
+                now.duration_since(self.started).as_secs_f64(),
+            ),
+            (
+                "vtpga_analysis_rows",
+                "Analysis rows held.",
+                inner.rows.len() as f64,
+            ),
+        ];
+        if self.workers > 0 {
+            gauges.push((
+                "vtpga_workers",
+                "Timely workers of the pipeline.",
+                self.workers as f64,
+            ));
+        }
+        if let Some(t) = inner.closed_time {
+            gauges.push((
+                "vtpga_closed_time_ms",
+                "Latest closed arrival time (ms since the epoch).",
+                t as f64,
+            ));
+        }
+        if let Some((connected, _)) = inner.redis {
+            gauges.push((
+                "vtpga_redis_connected",
+                "Whether the dashboard reaches Redis.",
+                if connected { 1.0 } else { 0.0 },
+            ));
+        }
+        gauges.extend_from_slice(extra_gauges);
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        out
+    }
+
+    /// The snapshot event: everything a new client needs, and the number of the last
+    /// change event it already includes.
+    pub(crate) fn snapshot(&self) -> (u64, String) {
+        let inner = self.lock();
+        let health = self.health_of(&inner);
+        let entries: Vec<Arc<Entry>> = inner.recent.iter().rev().cloned().collect();
+        let analyses = analyses::to_json(&inner.rows);
+        let seq = inner.event_seq;
+        drop(inner);
+        let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
+        let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
+        let json = json!({
+            "seq": seq,
+            "analyses": analyses,
+            "transactions": transactions,
+            "health": health,
+        })
+        .to_string();
+        (seq, json)
+    }
+
+    /// Takes what changed since the previous change event, as the next one: the analyses
+    /// that changed (whole, except the two per-minute ones, whose changed rows are sent,
+    /// a row of zeros meaning removed), the records added (newest first), and health.
+    /// Health alone when nothing else changed.
+    pub(crate) fn take_change(&self) -> Change {
+        let mut inner = self.lock();
+        inner.event_seq += 1;
+        let seq = inner.event_seq;
+        let health = self.health_of(&inner);
+        let mut analyses_out = Map::new();
+        let mut minute_rows = Map::new();
+        if inner.changed_all {
+            if let Value::Object(all) = analyses::to_json(&inner.rows) {
+                analyses_out = all;
+            }
+        } else if !inner.changed.is_empty() {
+            let changed = std::mem::take(&mut inner.changed);
+            let names: BTreeSet<&'static str> = changed.iter().map(analysis_name).collect();
+            for name in names {
+                if is_minute_analysis(name) {
+                    continue;
+                }
+                analyses_out.insert(
+                    name.to_owned(),
+                    Value::Array(render_rows(name, inner.rows.iter(), None, None)),
+                );
+            }
+            for key in changed
+                .iter()
+                .filter(|k| matches!(k, AnalysisKey::Minute(_) | AnalysisKey::DistanceMinute(..)))
+            {
+                let zero = Tally::default();
+                let t = inner.rows.get(key).unwrap_or(&zero);
+                let (name, row) = analyses::row_json(key, t);
+                minute_rows
+                    .entry(name)
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                    .as_array_mut()
+                    .expect("array")
+                    .push(row);
+            }
+        }
+        inner.changed.clear();
+        inner.changed_all = false;
+        let pushed = inner.pushed_seq;
+        let entries: Vec<Arc<Entry>> = inner
+            .recent
+            .iter()
+            .rev()
+            .take_while(|e| e.seq >= pushed)
+            .cloned()
+            .collect();
+        inner.pushed_seq = inner.next_seq;
+        drop(inner);
+        let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
+        let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
+        let json = json!({
+            "seq": seq,
+            "analyses": analyses_out,
+            "minute_rows": minute_rows,
+            "transactions": transactions,
+            "health": health,
+        })
+        .to_string();
+        Change { seq, json }
+    }
+
+    /// Forgets what changed (nobody listens; a new client starts from a snapshot).
+    pub(crate) fn discard_changes(&self) {
+        let mut inner = self.lock();
+        inner.changed.clear();
+        inner.changed_all = false;
+        inner.pushed_seq = inner.next_seq;
+    }
+
+    /// Whether anything but health changed since the previous change event.
+    pub(crate) fn has_changes(&self) -> bool {
+        let inner = self.lock();
+        inner.changed_all || !inner.changed.is_empty() || inner.pushed_seq < inner.next_seq
+    }
+
+    /// Resolves when `observe` (or the follower) has added something since the last wait.
+    pub(crate) async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    // ----- the standalone follower's side -----
+
+    /// Replaces every row of analysis `name` (standalone: as read from Redis).
+    pub(crate) fn replace_analysis(&self, name: &str, rows: Vec<(AnalysisKey, Tally)>) {
+        let mut inner = self.lock();
+        let old: Vec<AnalysisKey> = inner
+            .rows
+            .keys()
+            .filter(|k| analysis_name(k) == name)
+            .cloned()
+            .collect();
+        if name == NAMES[0] {
+            // Throughput in standalone mode: the growth of the status counts.
+            let before: i64 = old.iter().map(|k| inner.rows[k].count).sum();
+            let after: i64 = rows.iter().map(|(_, t)| t.count).sum();
+            let grown = after - before;
+            if grown > 0 && before > 0 {
+                let now = Instant::now();
+                inner.count_decisions(grown as u64, self.started, now);
+                inner.last_batch_at = Some(now);
+            }
+        }
+        for k in old {
+            let t = inner.rows.remove(&k);
+            if rows.iter().all(|(k2, t2)| *k2 != k || Some(*t2) != t) {
+                inner.changed.insert(k);
+            }
+        }
+        for (k, t) in rows {
+            if !inner.changed.contains(&k) && inner.rows.get(&k) != Some(&t) {
+                inner.changed.insert(k.clone());
+            }
+            inner.rows.insert(k, t);
+        }
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Adds records read from Redis (oldest first), skipping those already kept. Returns
+    /// how many were new.
+    pub(crate) fn add_records(&self, records: Vec<(String, Value)>) -> usize {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let mut added = 0;
+        for (member, record) in records {
+            if inner.by_member.contains_key(&member) {
+                continue;
+            }
+            if let (Some(t), Some(at)) = (
+                record.get("t").and_then(Value::as_u64),
+                record.get("decided_at_ms").and_then(Value::as_u64),
+            ) {
+                inner.record_latency(at.saturating_sub(t).max(1) * 1000, now);
+            }
+            if let Some(s) = record
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(Status::parse)
+            {
+                inner.counts[s as usize] += 1;
+            }
+            if let Some(t) = record.get("t").and_then(Value::as_u64) {
+                inner.closed_time = Some(inner.closed_time.map_or(t, |c| c.max(t)));
+            }
+            let id = record.get("id").and_then(Value::as_str).map(str::to_owned);
+            let rendered = OnceLock::from(Arc::new(record));
+            inner.push_record(id, Some(member), Source::Json, rendered);
+            added += 1;
+        }
+        drop(inner);
+        if added > 0 {
+            self.notify.notify_one();
+        }
+        added
+    }
+
+    pub(crate) fn set_redis(&self, connected: bool, error: Option<String>) {
+        self.lock().redis = Some((connected, error));
+    }
+
+    pub(crate) fn set_closed_time(&self, t: u64) {
+        let mut inner = self.lock();
+        inner.closed_time = Some(inner.closed_time.map_or(t, |c| c.max(t)));
+    }
+}
+
+impl Inner {
+    fn record_latency(&mut self, us: u64, now: Instant) {
+        let s = us as f64 / 1e6;
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.latency.record(i, s);
+        if now.duration_since(self.window_started) >= LATENCY_WINDOW {
+            std::mem::swap(&mut self.window_cur, &mut self.window_prev);
+            self.window_cur.reset();
+            if now.duration_since(self.window_started) >= 2 * LATENCY_WINDOW {
+                self.window_prev.reset();
+            }
+            self.window_started = now;
+        }
+        self.window_cur.saturating_record(us);
+    }
+
+    fn count_decisions(&mut self, n: u64, started: Instant, now: Instant) {
+        let sec = now.duration_since(started).as_secs();
+        match self.per_second.back_mut() {
+            Some((s, c)) if *s == sec => *c += n,
+            _ => self.per_second.push_back((sec, n)),
+        }
+        while self
+            .per_second
+            .front()
+            .is_some_and(|(s, _)| *s + RATE_WINDOW_S < sec)
+        {
+            self.per_second.pop_front();
+        }
+    }
+
+    /// Decisions per second over the last [`RATE_WINDOW_S`] seconds (the current one
+    /// partly).
+    fn rate(&self, started: Instant, now: Instant) -> f64 {
+        let elapsed = now.duration_since(started);
+        let sec = elapsed.as_secs();
+        let from = sec.saturating_sub(RATE_WINDOW_S - 1);
+        let n: u64 = self
+            .per_second
+            .iter()
+            .filter(|(s, _)| *s >= from)
+            .map(|(_, c)| c)
+            .sum();
+        let span = (elapsed.as_secs_f64() - from as f64).max(0.25);
+        n as f64 / span
+    }
+
+    fn push_record(
+        &mut self,
+        id: Option<String>,
+        member: Option<String>,
+        source: Source,
+        rendered: OnceLock<Arc<Value>>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(id) = &id {
+            self.by_id.entry(id.clone()).or_default().push(seq);
+        }
+        if let Some(m) = &member {
+            self.by_member.insert(m.clone(), seq);
+        }
+        self.recent.push_back(Arc::new(Entry {
+            seq,
+            id,
+            member,
+            source,
+            rendered,
+        }));
+        while self.recent.len() > RECENT_LIMIT {
+            let old = self.recent.pop_front().expect("non-empty");
+            if let Some(id) = &old.id {
+                if let Some(seqs) = self.by_id.get_mut(id) {
+                    seqs.retain(|s| *s != old.seq);
+                    if seqs.is_empty() {
+                        self.by_id.remove(id);
+                    }
+                }
+            }
+            if let Some(m) = &old.member {
+                if self.by_member.get(m) == Some(&old.seq) {
+                    self.by_member.remove(m);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the analysis is one of the two per-minute ones (`from`/`to` apply to them).
+pub fn is_minute_analysis(name: &str) -> bool {
+    name == "minute_frequency" || name == "distance_band_outcome"
+}
+
+/// Renders the rows of analysis `name` among `rows` (in key order) as SPEC JSON rows:
+/// all-zero rows left out except status counts (all nine always), minutes limited to
+/// `from..=to`.
+pub(crate) fn render_rows<'a>(
+    name: &str,
+    rows: impl Iterator<Item = (&'a AnalysisKey, &'a Tally)>,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Vec<Value> {
+    if name == NAMES[0] {
+        let counts: BTreeMap<Status, i64> = rows
+            .filter_map(|(k, t)| match k {
+                AnalysisKey::Status(s) => Some((*s, t.count)),
+                _ => None,
+            })
+            .collect();
+        return Status::ALL
+            .iter()
+            .map(|s| json!({"status": s.as_str(), "count": counts.get(s).copied().unwrap_or(0)}))
+            .collect();
+    }
+    let in_range = |m: i64| from.is_none_or(|f| m >= f) && to.is_none_or(|t| m <= t);
+    rows.filter(|(k, t)| {
+        !t.is_zero_tally()
+            && analysis_name(k) == name
+            && match k {
+                AnalysisKey::Minute(m) | AnalysisKey::DistanceMinute(m, _) => in_range(*m),
+                _ => true,
+            }
+    })
+    .map(|(k, t)| analyses::row_json(k, t).1)
+    .collect()
+}
+
+/// The name of the analysis a row key belongs to.
+pub fn analysis_name(key: &AnalysisKey) -> &'static str {
+    NAMES[match key {
+        AnalysisKey::Status(_) => 0,
+        AnalysisKey::ValueBand(_) => 1,
+        AnalysisKey::Hour(_) => 2,
+        AnalysisKey::ValueRiskBucket(_) => 3,
+        AnalysisKey::HourRisk(_) => 4,
+        AnalysisKey::State(_) => 5,
+        AnalysisKey::Funds(_) => 6,
+        AnalysisKey::Mode(_) => 7,
+        AnalysisKey::Minute(_) => 8,
+        AnalysisKey::DistanceMinute(..) => 9,
+    }]
+}
+
+trait ZeroTally {
+    fn is_zero_tally(&self) -> bool;
+}
+
+impl ZeroTally for Tally {
+    fn is_zero_tally(&self) -> bool {
+        *self == Tally::default()
+    }
+}
