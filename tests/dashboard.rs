@@ -120,6 +120,28 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
+/// Ends the WebDriver session (and so its browser) when the test ends, even by a panic:
+/// killing chromedriver alone would leave Chromium running.
+struct Session {
+    driver_port: u16,
+    id: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.driver_port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                stream,
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.id
+            );
+            let mut answer = [0u8; 1024];
+            let _ = stream.read(&mut answer);
+        }
+    }
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -221,6 +243,10 @@ fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
         .as_str()
         .expect("a session id")
         .to_owned();
+    let _session = Session {
+        driver_port,
+        id: id.clone(),
+    };
     let at = |p: &str| format!("/session/{id}{p}");
     json_of(
         driver_port,
@@ -337,5 +363,4 @@ fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
         base64_decode(shot["value"].as_str().expect("PNG base64")),
     )
     .expect("screenshot");
-    let _ = http(driver_port, "DELETE", &format!("/session/{id}"), None);
 }
