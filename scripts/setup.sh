@@ -36,7 +36,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! python3 -c "import confluent_kafka" >/dev/null 2>&1; then
-    python3 -m pip install -q "confluent-kafka>=2.6"
+    # A Debian-managed Python refuses plain pip installs (PEP 668); this is a test tool.
+    python3 -m pip install -q "confluent-kafka>=2.6" ||
+        python3 -m pip install -q --break-system-packages "confluent-kafka>=2.6"
 fi
 
 scripts/kafka.sh install
