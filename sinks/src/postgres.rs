@@ -267,6 +267,18 @@ pub fn load_resume(
     })
 }
 
+/// The five tally columns of an `analysis_rows` row (count, approved, rejected,
+/// approved and rejected amounts), starting at column `first`.
+pub fn tally_at(r: &postgres::Row, first: usize) -> Tally {
+    Tally {
+        count: r.get(first),
+        approved: r.get(first + 1),
+        rejected: r.get(first + 2),
+        approved_amount_cents: r.get(first + 3),
+        rejected_amount_cents: r.get(first + 4),
+    }
+}
+
 /// Every stored analysis row.
 pub fn analysis_rows(
     client: &mut impl postgres::GenericClient,
@@ -280,16 +292,7 @@ pub fn analysis_rows(
         let (name, k, minute): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
         let key = key_from_parts(&name, &k, minute)
             .ok_or_else(|| PgError::Data(format!("unknown analysis row {name}/{k}/{minute}")))?;
-        analyses.push((
-            key,
-            Tally {
-                count: r.get(3),
-                approved: r.get(4),
-                rejected: r.get(5),
-                approved_amount_cents: r.get(6),
-                rejected_amount_cents: r.get(7),
-            },
-        ));
+        analyses.push((key, tally_at(&r, 3)));
     }
     Ok(analyses)
 }
@@ -640,58 +643,65 @@ fn upsert_offsets(tx: &mut Transaction<'_>, source: &str, batch: &Batch) -> PgRe
     Ok(())
 }
 
-/// A decision row read back as its SPEC §8 JSON record (the same fields and formatting as
-/// the replay's decision lines), for tests and tools that compare the two.
+/// The columns of a stored decision, in the order [`decision_record`] reads them; the
+/// last (17) is `decided_at` in ms.
+pub const DECISION_COLUMNS: &str =
+    "partition, \"offset\", t, status, tx_id, payer_id, payee_id, region_id, mode,
+     amount_cents, (extract(epoch FROM event_time) * 1000)::bigint, value_risk, hour_risk,
+     distance_risk, risk, error, reason, (extract(epoch FROM decided_at) * 1000)::bigint";
+
+/// A row of [`DECISION_COLUMNS`] as its SPEC §8 JSON record: the same fields and
+/// formatting as the replay's decision lines.
+pub fn decision_record(r: &postgres::Row) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("partition".into(), r.get::<_, i32>(0).into());
+    m.insert("offset".into(), r.get::<_, i64>(1).into());
+    m.insert("t".into(), r.get::<_, i64>(2).into());
+    m.insert("status".into(), r.get::<_, String>(3).into());
+    let text = |i: usize| r.get::<_, Option<String>>(i);
+    for (name, i) in [
+        ("id", 4),
+        ("payer_id", 5),
+        ("payee_id", 6),
+        ("region_id", 7),
+        ("mode", 8),
+    ] {
+        if let Some(v) = text(i) {
+            m.insert(name.into(), v.into());
+        }
+    }
+    if let Some(v) = r.get::<_, Option<i64>>(9) {
+        m.insert("amount_cents".into(), v.into());
+    }
+    if let Some(ms) = r.get::<_, Option<i64>>(10) {
+        m.insert("event_time".into(), format_utc_ms(ms).into());
+    }
+    for (name, i) in [
+        ("value_risk", 11),
+        ("hour_risk", 12),
+        ("distance_risk", 13),
+        ("risk", 14),
+    ] {
+        if let Some(v) = r.get::<_, Option<f64>>(i) {
+            m.insert(name.into(), v.into());
+        }
+    }
+    for (name, i) in [("error", 15), ("reason", 16)] {
+        if let Some(v) = text(i) {
+            m.insert(name.into(), v.into());
+        }
+    }
+    m
+}
+
+/// Every stored decision as its SPEC §8 JSON record, in ledger-time order (tests and tools
+/// that compare the database with a replay).
 pub fn decision_records(client: &mut Client) -> PgResult<Vec<serde_json::Value>> {
-    let rows = client.query(
-        "SELECT partition, \"offset\", t, status, tx_id, payer_id, payee_id, region_id, mode,
-                amount_cents, (extract(epoch FROM event_time) * 1000)::bigint, value_risk,
-                hour_risk, distance_risk, risk, error, reason
-         FROM transactions ORDER BY t, partition, \"offset\"",
-        &[],
-    )?;
-    Ok(rows
+    let sql =
+        format!("SELECT {DECISION_COLUMNS} FROM transactions ORDER BY t, partition, \"offset\"");
+    Ok(client
+        .query(sql.as_str(), &[])?
         .iter()
-        .map(|r| {
-            let mut m = serde_json::Map::new();
-            m.insert("partition".into(), r.get::<_, i32>(0).into());
-            m.insert("offset".into(), r.get::<_, i64>(1).into());
-            m.insert("t".into(), r.get::<_, i64>(2).into());
-            m.insert("status".into(), r.get::<_, String>(3).into());
-            let text = |i: usize| r.get::<_, Option<String>>(i);
-            for (name, i) in [
-                ("id", 4),
-                ("payer_id", 5),
-                ("payee_id", 6),
-                ("region_id", 7),
-                ("mode", 8),
-            ] {
-                if let Some(v) = text(i) {
-                    m.insert(name.into(), v.into());
-                }
-            }
-            if let Some(v) = r.get::<_, Option<i64>>(9) {
-                m.insert("amount_cents".into(), v.into());
-            }
-            if let Some(ms) = r.get::<_, Option<i64>>(10) {
-                m.insert("event_time".into(), format_utc_ms(ms).into());
-            }
-            for (name, i) in [
-                ("value_risk", 11),
-                ("hour_risk", 12),
-                ("distance_risk", 13),
-                ("risk", 14),
-            ] {
-                if let Some(v) = r.get::<_, Option<f64>>(i) {
-                    m.insert(name.into(), v.into());
-                }
-            }
-            for (name, i) in [("error", 15), ("reason", 16)] {
-                if let Some(v) = text(i) {
-                    m.insert(name.into(), v.into());
-                }
-            }
-            serde_json::Value::Object(m)
-        })
+        .map(|r| serde_json::Value::Object(decision_record(r)))
         .collect())
 }

@@ -10,10 +10,11 @@ use std::sync::Mutex;
 
 use postgres::types::ToSql;
 use postgres::{Client, Row};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use vtpga_dataflow::analyses::{key_from_parts, AnalysisKey, Tally};
 use vtpga_dataflow::parse::format_utc_ms;
+use vtpga_sinks::postgres::{decision_record, tally_at, DECISION_COLUMNS};
 
 use crate::state::render_rows;
 
@@ -21,11 +22,6 @@ use crate::state::render_rows;
 pub const LAST_APPROVALS: i64 = 20;
 /// At most this many decisions of one transaction id are returned.
 const MAX_BY_ID: i64 = 100;
-
-const RECORD_COLUMNS: &str =
-    "partition, \"offset\", t, status, tx_id, payer_id, payee_id, region_id, mode,
-    amount_cents, (extract(epoch FROM event_time) * 1000)::bigint, value_risk, hour_risk,
-    distance_risk, risk, error, reason, (extract(epoch FROM decided_at) * 1000)::bigint";
 
 pub struct Pg {
     url: String,
@@ -82,16 +78,7 @@ impl Pg {
         for r in rows {
             let k: String = r.get(0);
             if let Some(key) = key_from_parts(name, &k, r.get(1)) {
-                out.insert(
-                    key,
-                    Tally {
-                        count: r.get(2),
-                        approved: r.get(3),
-                        rejected: r.get(4),
-                        approved_amount_cents: r.get(5),
-                        rejected_amount_cents: r.get(6),
-                    },
-                );
+                out.insert(key, tally_at(&r, 2));
             }
         }
         Ok(render_rows(name, out.iter(), from, to))
@@ -100,7 +87,7 @@ impl Pg {
     /// The decisions of the messages that carried transaction id `id`, in ledger order.
     pub fn by_id(&self, id: &str) -> anyhow::Result<Vec<Value>> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM transactions WHERE tx_id = $1
+            "SELECT {DECISION_COLUMNS} FROM transactions WHERE tx_id = $1
              ORDER BY t, partition, \"offset\" LIMIT {MAX_BY_ID}"
         );
         let rows = self.with(|c| c.query(sql.as_str(), &[&id as &(dyn ToSql + Sync)]))?;
@@ -110,7 +97,7 @@ impl Pg {
     /// A user's reference data, current account and last approvals as payer, or `None`.
     pub fn user(&self, id: &str) -> anyhow::Result<Option<Value>> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM transactions WHERE payer_id = $1 AND status = 'approved'
+            "SELECT {DECISION_COLUMNS} FROM transactions WHERE payer_id = $1 AND status = 'approved'
              ORDER BY t DESC LIMIT {LAST_APPROVALS}"
         );
         let (user, approvals) = self.with(|c| {
@@ -167,44 +154,9 @@ impl Drop for Pg {
 
 /// A `transactions` row (selected as [`RECORD_COLUMNS`]) as its SPEC §8 decision record,
 /// plus `decided_at_ms`.
+/// A stored decision (SPEC §8 record) with when it was decided.
 fn record(r: &Row) -> Value {
-    let mut m = Map::new();
-    m.insert("partition".into(), r.get::<_, i32>(0).into());
-    m.insert("offset".into(), r.get::<_, i64>(1).into());
-    m.insert("t".into(), r.get::<_, i64>(2).into());
-    m.insert("status".into(), r.get::<_, String>(3).into());
-    for (name, i) in [
-        ("id", 4),
-        ("payer_id", 5),
-        ("payee_id", 6),
-        ("region_id", 7),
-        ("mode", 8),
-    ] {
-        if let Some(v) = r.get::<_, Option<String>>(i) {
-            m.insert(name.into(), v.into());
-        }
-    }
-    if let Some(v) = r.get::<_, Option<i64>>(9) {
-        m.insert("amount_cents".into(), v.into());
-    }
-    if let Some(ms) = r.get::<_, Option<i64>>(10) {
-        m.insert("event_time".into(), format_utc_ms(ms).into());
-    }
-    for (name, i) in [
-        ("value_risk", 11),
-        ("hour_risk", 12),
-        ("distance_risk", 13),
-        ("risk", 14),
-    ] {
-        if let Some(v) = r.get::<_, Option<f64>>(i) {
-            m.insert(name.into(), v.into());
-        }
-    }
-    for (name, i) in [("error", 15), ("reason", 16)] {
-        if let Some(v) = r.get::<_, Option<String>>(i) {
-            m.insert(name.into(), v.into());
-        }
-    }
+    let mut m = decision_record(r);
     m.insert("decided_at_ms".into(), r.get::<_, i64>(17).into());
     Value::Object(m)
 }
