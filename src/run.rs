@@ -243,7 +243,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let rows_for_web = rows.clone();
     let pg_sink = match &args.postgres {
         Some(url) => Some(
-            PgSink::new(url, &source_name, rows.clone())
+            PgSink::new(url, &source_name)
                 .with_context(|| format!("connecting the PostgreSQL sink to {}", redact(url)))?,
         ),
         None => None,

@@ -114,7 +114,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         let mut client = pg::connect(&url)?;
         pg::seed_reference(&mut client, &reference.regions, &reference.users)?;
     }
-    let mut sink = PgSink::new(&url, "sinkbench", Default::default())?;
+    let mut sink = PgSink::new(&url, "sinkbench")?;
     let started = Instant::now();
     for b in &batches {
         sink.write(b, &|| true)?;

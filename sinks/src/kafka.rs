@@ -2,7 +2,7 @@
 //! topic, keyed by transaction id) and invalid messages to the dead-letter topic (the raw
 //! payload as value; the error, source partition and offset as headers).
 //!
-//! Each record carries a `decided_us` header: the wall-clock µs when it was handed to the
+//! Each record carries a `decided_us` header: the wall-clock µs when its batch reached the
 //! producer, so a reader can measure decision latency from the source record's timestamp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,22 +89,24 @@ impl DecisionProducer {
     /// Produces every decision of the batch (and every invalid message to the DLQ).
     /// Waits while librdkafka's queue is full (backpressure), never drops.
     pub fn send_batch(&mut self, batch: &Batch) -> Result<(), KafkaError> {
+        // The whole batch was decided when it reached this thread: one clock read.
+        let now = now_us();
+        let decided = now.to_string();
+        let ts = (now / 1000) as i64;
         for d in &batch.decisions {
-            self.send_decision(d)?;
+            self.send_decision(d, &decided, ts)?;
         }
         Ok(())
     }
 
-    fn send_decision(&mut self, d: &Decision) -> Result<(), KafkaError> {
+    fn send_decision(&mut self, d: &Decision, decided: &str, ts: i64) -> Result<(), KafkaError> {
         self.json.clear();
         serde_json::to_writer(&mut self.json, &DecisionRecord::of(d))
             .expect("a decision record always serializes");
-        let decided = now_us().to_string();
         let headers = OwnedHeaders::new().insert(Header {
             key: "decided_us",
             value: Some(decided.as_bytes()),
         });
-        let ts = (now_us() / 1000) as i64;
         let key = d.tx.as_ref().map(|tx| tx.id.as_str());
         let mut record = BaseRecord::to(&self.topics.decisions)
             .payload(&self.json[..])

@@ -302,8 +302,6 @@ pub struct PgSink {
     url: String,
     client: Option<Client>,
     source: String,
-    /// Accumulated analysis rows (to turn count_total's changes into row values).
-    rows: BTreeMap<AnalysisKey, Tally>,
     pub batches: u64,
     pub decisions: u64,
     pub retries: u64,
@@ -332,15 +330,13 @@ fn is_connection_error(e: &PgError) -> bool {
 }
 
 impl PgSink {
-    /// A sink for `source` (e.g. `kafka:transacoes`), starting from the analysis rows at
-    /// the resume point.
-    pub fn new(url: &str, source: &str, rows: BTreeMap<AnalysisKey, Tally>) -> PgResult<Self> {
+    /// A sink for `source` (e.g. `kafka:transacoes`).
+    pub fn new(url: &str, source: &str) -> PgResult<Self> {
         let client = connect(url)?;
         Ok(PgSink {
             url: url.to_owned(),
             client: Some(client),
             source: source.to_owned(),
-            rows,
             batches: 0,
             decisions: 0,
             retries: 0,
@@ -350,9 +346,9 @@ impl PgSink {
     /// Writes `batch` in one transaction, retrying connection failures with bounded
     /// backoff until it is committed (or `give_up` says to stop).
     pub fn write(&mut self, batch: &Batch, give_up: &dyn Fn() -> bool) -> PgResult<()> {
-        // The analysis rows after this batch (applied to a copy: a failed attempt must not
-        // have changed them).
-        let mut rows = self.rows.clone();
+        // count_total retracts a touched row's old value and inserts its new one, so the
+        // batch's own changes give every touched row's value after it (absent: deleted).
+        let mut rows = BTreeMap::new();
         let touched = apply_touched(&mut rows, &batch.analyses);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -369,7 +365,6 @@ impl PgSink {
             };
             match attempt {
                 Ok(()) => {
-                    self.rows = rows;
                     self.batches += 1;
                     self.decisions += batch.decisions.len() as u64;
                     return Ok(());

@@ -350,7 +350,7 @@ fn standalone_reads_redis_and_postgres() {
             .collect();
         pg::seed_reference(&mut client, &regions, &users).expect("seed");
     }
-    let mut pg_sink = PgSink::new(&postgres.url, "test", BTreeMap::new()).expect("pg sink");
+    let mut pg_sink = PgSink::new(&postgres.url, "test").expect("pg sink");
     let mut redis_sink = RedisSink::new(&redis.url, RedisOptions::default()).expect("redis sink");
     let mut feeder = Feeder::default();
     let mut deltas = all_kinds(MINUTE0, 300, 120);
