@@ -4,3 +4,4 @@
 pub mod cluster;
 pub mod kafka;
 pub mod pipeline;
+pub mod profile;

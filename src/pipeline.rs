@@ -52,6 +52,7 @@ where
         let peers = worker.peers();
         let probe = ProbeHandle::<Time>::new();
         let feed = make_feed(index, peers);
+        let profile = crate::profile::install(worker);
         let sender = sender.clone();
         let (mut regions_in, mut users_in) = worker.dataflow::<Time, _, _>(|scope| {
             let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
@@ -74,6 +75,9 @@ where
         drop(regions_in);
         drop(users_in);
         while worker.step_or_park(Some(Duration::from_millis(1))) {}
+        if let Some(profile) = &profile {
+            crate::profile::report(index, profile);
+        }
     })
     .map_err(|e| anyhow!("starting timely: {e}"))?;
     for result in guards.join() {

@@ -16,13 +16,13 @@
 //! owner at `t + 1`: visible exactly to messages with a strictly greater `t`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
 
 use compact_str::CompactString;
 
 // Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
 use foldhash::{HashMap, HashMapExt};
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
@@ -315,7 +315,7 @@ pub fn build_resumed<'s>(
     let (pending, dup) = dedup(pending, seen, params);
     let (decided, accounts) = decide(scope, pending, seeded, regions.clone(), users, params);
     let decisions = decided.concat(invalid_or_late).concat(dup);
-    let analyses = analyses(decisions.clone(), regions, prior);
+    let (decisions, analyses) = analyses(decisions, regions, prior);
     Outputs {
         decisions,
         accounts,
@@ -420,25 +420,10 @@ fn dedup<'s>(
         );
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
-        let mut last_seen: HashMap<Rc<str>, Time> = HashMap::new();
-        // (time seen, id) in time order, to forget ids that left the window.
-        let mut expiry: VecDeque<(Time, Rc<str>)> = VecDeque::new();
+        let mut seen_ids = SeenIds::default();
         move |frontiers| {
             // Resume state (time 0): ids seen before the restart, with when they were seen.
-            let mut seeded = false;
-            seen_in.for_each(|_, data| {
-                for (id, t) in data.drain(..) {
-                    let id: Rc<str> = Rc::from(id.as_str());
-                    if last_seen.get(&id).is_none_or(|&prev| prev < t) {
-                        last_seen.insert(id.clone(), t);
-                        expiry.push_back((t, id));
-                        seeded = true;
-                    }
-                }
-            });
-            if seeded {
-                expiry.make_contiguous().sort();
-            }
+            seen_in.for_each(|_, data| seen_ids.seed(data.drain(..)));
             input.for_each(|cap, data| stash_at(&mut stash, &cap, data));
             let mut pass_h = pass_out.activate();
             let mut dup_h = dup_out.activate();
@@ -448,35 +433,14 @@ fn dedup<'s>(
                     break;
                 }
                 let Stash { caps, mut items } = entry.remove();
-                while let Some((seen, _)) = expiry.front() {
-                    if t.saturating_sub(*seen) <= params.dedup_window_ms {
-                        break;
-                    }
-                    let (seen, id) = expiry.pop_front().expect("front");
-                    if last_seen.get(&id) == Some(&seen) {
-                        last_seen.remove(&id);
-                    }
-                }
-                items.sort_unstable_by(|a, b| (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos)));
+                seen_ids.forget_before(t, params.dedup_window_ms);
+                // Only messages with the same id affect each other here, so source
+                // position order is ledger order for every pair that matters.
+                items.sort_unstable_by_key(|p| p.pos);
                 let mut pass_s = pass_h.session(&caps[0]);
                 let mut dup_s = dup_h.session(&caps[1]);
                 for p in items {
-                    // The map and the expiry queue share one allocation of the id.
-                    let prev = match last_seen.get_key_value(p.tx.id.as_str()) {
-                        Some((id, &seen)) => {
-                            if seen != t {
-                                expiry.push_back((t, id.clone()));
-                                last_seen.insert(id.clone(), t);
-                            }
-                            Some(seen)
-                        }
-                        None => {
-                            let id: Rc<str> = Rc::from(p.tx.id.as_str());
-                            expiry.push_back((t, id.clone()));
-                            last_seen.insert(id, t);
-                            None
-                        }
-                    };
+                    let prev = seen_ids.see(&p.tx.id, t);
                     if rules::is_duplicate(t, prev, &params) {
                         dup_s.give(Decision::of(p, Status::Duplicate, None));
                     } else if p.tx.payer == p.tx.payee {
@@ -493,6 +457,80 @@ fn dedup<'s>(
         }
     });
     (pass, dups)
+}
+
+/// The transaction ids seen within the duplicate window, with the arrival time each was
+/// last seen. The expiry queue holds (time, hash) in time order: an id leaves the table
+/// when the entry it was last seen with leaves the window.
+struct SeenIds {
+    hasher: foldhash::fast::RandomState,
+    table: hashbrown::HashTable<(Box<str>, Time)>,
+    expiry: VecDeque<(Time, u64)>,
+}
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        SeenIds {
+            hasher: Default::default(),
+            table: hashbrown::HashTable::new(),
+            expiry: VecDeque::new(),
+        }
+    }
+}
+
+impl SeenIds {
+    /// Records `id` as seen at `t` (non-decreasing across calls); returns when it was
+    /// last seen before.
+    fn see(&mut self, id: &str, t: Time) -> Option<Time> {
+        use std::hash::BuildHasher;
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(id);
+        match self
+            .table
+            .entry(hash, |(k, _)| &**k == id, |(k, _)| hasher.hash_one(&**k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                let prev = e.get().1;
+                if prev < t {
+                    e.get_mut().1 = t;
+                    self.expiry.push_back((t, hash));
+                }
+                Some(prev)
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((id.into(), t));
+                self.expiry.push_back((t, hash));
+                None
+            }
+        }
+    }
+
+    /// Resume state: ids last seen, at the given times, before the restart (any order).
+    fn seed(&mut self, seen: impl IntoIterator<Item = (String, Time)>) {
+        for (id, t) in seen {
+            self.see(&id, t);
+        }
+        self.expiry.make_contiguous().sort_unstable();
+    }
+
+    /// Forgets the ids last seen more than `window` before `t`.
+    fn forget_before(&mut self, t: Time, window: u64) {
+        while let Some(&(seen, hash)) = self.expiry.front() {
+            if t.saturating_sub(seen) <= window {
+                break;
+            }
+            self.expiry.pop_front();
+            // An id seen again later has a later time in its entry and stays.
+            if let Ok(e) = self.table.find_entry(hash, |(_, last)| *last == seen) {
+                e.remove();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.len()
+    }
 }
 
 /// A cursor over all of a reference trace's batches, with the batches it reads.
@@ -833,37 +871,44 @@ fn decide<'s>(
     (decisions, accounts)
 }
 
-/// Pre-aggregates decisions per timestamp into analysis rows, joins the per-region rows
-/// with the regions arrangement for their UF, and accumulates everything with
-/// `count_total`, which emits only the rows each timestamp touched.
+/// Pre-aggregates decisions per timestamp into analysis rows (`Tally`), and accumulates
+/// them with `count_total`, which emits only the rows each timestamp touched. Per-region
+/// rows take their UF from the shared regions arrangement, as of their timestamp. The
+/// decisions themselves pass through unchanged (no copy) to whoever records them.
+#[allow(clippy::type_complexity)]
 fn analyses<'s>(
     decisions: StreamVec<'s, Time, Decision>,
     regions: RefArranged<'s, RegionVal>,
     prior: VecCollection<'s, Time, AnalysisKey, Tally>,
-) -> VecCollection<'s, Time, (AnalysisKey, Tally), isize> {
+) -> (
+    StreamVec<'s, Time, Decision>,
+    VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
+) {
     let mut builder = OperatorBuilder::new("Tally".to_owned(), decisions.scope());
     let mut input = builder.new_input(decisions, Pipeline);
+    let mut region_batches = builder.new_input(regions.stream, Pipeline);
+    let mut region_index = RefIndex::new(regions.trace);
+    let (pass_out, passed) = builder.new_output();
     let (keyed_out, keyed) = builder.new_output();
-    let (region_out, by_region) = builder.new_output();
+    let mut pass_out =
+        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Decision>>>::from(
+            pass_out,
+        );
     let mut keyed_out = OutputBuilder::<
         _,
         timely::container::CapacityContainerBuilder<Vec<(AnalysisKey, Time, Tally)>>,
     >::from(keyed_out);
-    let mut region_out = OutputBuilder::<
-        _,
-        timely::container::CapacityContainerBuilder<Vec<((String, ()), Time, Tally)>>,
-    >::from(region_out);
     builder.build(move |_caps| {
-        let mut batches: BTreeMap<Time, ([Capability<Time>; 2], TallyBatch)> = BTreeMap::new();
-        move |_frontiers| {
+        let mut batches: BTreeMap<Time, (Capability<Time>, TallyBatch)> = BTreeMap::new();
+        let mut states: Vec<(AnalysisKey, Tally)> = Vec::new();
+        move |frontiers| {
+            region_batches.for_each(|_, spans| region_index.observe(spans));
+            let mut pass_h = pass_out.activate();
             input.for_each(|cap, data| {
                 if let Some(&t) = cap.least() {
-                    let (_, batch) = batches.entry(t).or_insert_with(|| {
-                        (
-                            [cap.delayed(&t, 0), cap.delayed(&t, 1)],
-                            TallyBatch::default(),
-                        )
-                    });
+                    let (_, batch) = batches
+                        .entry(t)
+                        .or_insert_with(|| (cap.delayed(&t, 1), TallyBatch::default()));
                     for d in data.iter() {
                         batch.add_status(d.status);
                         if let (Some(a), Some(tx)) = (&d.assessed, &d.tx) {
@@ -871,30 +916,50 @@ fn analyses<'s>(
                         }
                     }
                 }
+                pass_h.session(&cap).give_container(data);
             });
+            // A batch can go once the regions are known through its time; more decisions
+            // at that time may follow, and make another batch (tallies add up).
             let mut keyed_h = keyed_out.activate();
-            let mut region_h = region_out.activate();
-            for (t, (caps, mut batch)) in std::mem::take(&mut batches) {
-                let mut keyed_s = keyed_h.session(&caps[0]);
-                let mut region_s = region_h.session(&caps[1]);
+            while let Some(entry) = batches.first_entry() {
+                let t = *entry.key();
+                if !ready(&frontiers[1..], &t) {
+                    break;
+                }
+                let (cap, mut batch) = entry.remove();
+                let mut keyed_s = keyed_h.session(&cap);
                 batch.drain(
                     |k, tally| keyed_s.give((k, t, tally)),
-                    |r, tally| region_s.give(((r, ()), t, tally)),
+                    |region, tally| {
+                        // Decide assessed the transaction only after finding its region
+                        // in this same arrangement at this same time.
+                        let uf = region_index
+                            .get(&region, t, |r| r.uf.clone())
+                            .expect("an assessed transaction's region is known at its time");
+                        match states
+                            .iter_mut()
+                            .find(|(k, _)| matches!(k, AnalysisKey::State(u) if *u == uf))
+                        {
+                            Some((_, sum)) => sum.plus_equals(&tally),
+                            None => states.push((AnalysisKey::State(uf), tally)),
+                        }
+                    },
                 );
+                for (k, tally) in states.drain(..) {
+                    keyed_s.give((k, t, tally));
+                }
             }
+            region_index.compact(
+                batches
+                    .keys()
+                    .next()
+                    .copied()
+                    .or_else(|| frontiers[0].frontier().iter().min().copied()),
+            );
         }
     });
-    let states = by_region
-        .as_collection()
-        .arrange_by_key_named("ArrangeRegionTallies")
-        .join_core(regions, |_region, (), val| {
-            Some(AnalysisKey::State(val.uf.clone()))
-        });
-    keyed
-        .as_collection()
-        .concat(states)
-        .concat(prior)
-        .count_total()
+    let analyses = keyed.as_collection().concat(prior).count_total();
+    (passed, analyses)
 }
 
 #[cfg(test)]
@@ -909,6 +974,24 @@ mod tests {
             a.km_to(&b),
             rules::haversine_km(-23.5505, -46.6333, -22.9068, -43.1729)
         );
+    }
+
+    #[test]
+    fn seen_ids_forget_only_what_left_the_window() {
+        let mut seen = SeenIds::default();
+        assert_eq!(seen.see("a", 10), None);
+        assert_eq!(seen.see("b", 10), None);
+        assert_eq!(seen.see("a", 10), Some(10));
+        assert_eq!(seen.see("a", 20), Some(10));
+        seen.forget_before(30, 15);
+        // "b" was last seen at 10 (20 before 30): gone; "a" at 20: kept.
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.see("b", 30), None);
+        assert_eq!(seen.see("a", 30), Some(20));
+        seen.seed([("c".to_owned(), 5), ("a".to_owned(), 25)]);
+        assert_eq!(seen.see("c", 31), Some(5));
+        seen.forget_before(1_000, 10);
+        assert_eq!(seen.len(), 0);
     }
 
     #[test]

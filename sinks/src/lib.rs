@@ -75,9 +75,6 @@ pub fn batch_sink(
     let scope = decisions.scope();
     let analyses: StreamVec<'_, Time, ((AnalysisKey, Tally), Time, isize)> =
         analyses_stream(analyses);
-    let decisions = timely::dataflow::operators::Probe::probe_with(decisions, probe);
-    let accounts = timely::dataflow::operators::Probe::probe_with(accounts, probe);
-    let analyses = timely::dataflow::operators::Probe::probe_with(analyses, probe);
     let mut builder = OperatorBuilder::new("BatchSink".to_owned(), scope);
     let target = match gather {
         Gather::PerWorker => scope.index() as u64,
@@ -89,9 +86,13 @@ pub fn batch_sink(
         analyses,
         Exchange::new(move |_: &((AnalysisKey, Tally), Time, isize)| target),
     );
+    // An output that carries no data: its frontier is that of the three inputs, so one
+    // probe on it observes everything the sink observed.
+    let (_done_out, done) = builder.new_output::<Vec<()>>();
+    timely::dataflow::operators::Probe::probe_with(done, probe);
     builder.build(move |_caps| {
-        // The sink has no outputs, so it holds no capabilities: the frontier of its inputs
-        // alone says when a timestamp is closed.
+        // The sink holds no capabilities: the frontier of its inputs alone says when a
+        // timestamp is closed.
         let mut pending: BTreeMap<Time, Batch> = BTreeMap::new();
         move |frontiers| {
             let mut slot =
