@@ -541,19 +541,27 @@ type RefCursor<V> = (
     Vec<<RefTrace<V> as TraceReader>::Batch>,
 );
 
+/// A key's entry in a [`RefIndex`]: its current reference value, if it has one, and the
+/// runtime state the reading operator keeps for it (users: balance and credit).
+struct Slot<V, S> {
+    val: Option<V>,
+    state: S,
+}
+
 /// A worker's view of a replicated reference arrangement: a hash index of its contents
-/// (rebuilt whenever the arrangement publishes updates) for queries at or after its
+/// (refreshed whenever the arrangement publishes updates) for queries at or after its
 /// latest update, and the trace itself for older queries (only possible while reference
-/// data is changing).
-struct RefIndex<V: differential_dataflow::ExchangeData> {
+/// data is changing). Each key's slot also holds the operator's state for that key, so
+/// one probe finds both; refreshing the values keeps the states.
+struct RefIndex<V: differential_dataflow::ExchangeData, S = ()> {
     trace: RefTrace<V>,
     /// Ids up to 24 bytes are stored inline, so a probe compares keys without a pointer chase.
-    index: HashMap<CompactString, V>,
+    index: HashMap<CompactString, Slot<V, S>>,
     latest: Option<Time>,
     stale: bool,
 }
 
-impl<V: differential_dataflow::ExchangeData> RefIndex<V> {
+impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
     fn new(trace: RefTrace<V>) -> Self {
         RefIndex {
             trace,
@@ -578,34 +586,48 @@ impl<V: differential_dataflow::ExchangeData> RefIndex<V> {
         differential_dataflow::trace::cursor::cursor_list(batches)
     }
 
-    /// `read` of the value of `key` as of time `t`; the caller has seen the arrangement's
-    /// frontier pass `t`.
-    fn get<R>(&mut self, key: &str, t: Time, read: impl FnOnce(&V) -> R) -> Option<R> {
-        if self.stale {
-            self.index.clear();
-            self.latest = None;
-            let (mut cursor, storage) = self.cursor();
-            while let Some(k) = cursor.get_key(&storage) {
-                while let Some(v) = cursor.get_val(&storage) {
-                    let mut count = 0i64;
-                    let latest = &mut self.latest;
-                    cursor.map_times(&storage, |time, diff| {
-                        count += *diff;
-                        *latest = (*latest).max(Some(*time));
-                    });
-                    if count > 0 {
-                        self.index
-                            .insert(CompactString::from(k.as_str()), v.clone());
+    /// Reloads the current values if the arrangement changed since the last load.
+    fn refresh(&mut self) {
+        if !self.stale {
+            return;
+        }
+        for slot in self.index.values_mut() {
+            slot.val = None;
+        }
+        self.latest = None;
+        let (mut cursor, storage) = self.cursor();
+        while let Some(k) = cursor.get_key(&storage) {
+            while let Some(v) = cursor.get_val(&storage) {
+                let mut count = 0i64;
+                let latest = &mut self.latest;
+                cursor.map_times(&storage, |time, diff| {
+                    count += *diff;
+                    *latest = (*latest).max(Some(*time));
+                });
+                if count > 0 {
+                    match self.index.get_mut(k.as_str()) {
+                        Some(slot) => slot.val = Some(v.clone()),
+                        None => {
+                            self.index.insert(
+                                CompactString::from(k.as_str()),
+                                Slot {
+                                    val: Some(v.clone()),
+                                    state: S::default(),
+                                },
+                            );
+                        }
                     }
-                    cursor.step_val(&storage);
                 }
-                cursor.step_key(&storage);
+                cursor.step_val(&storage);
             }
-            self.stale = false;
+            cursor.step_key(&storage);
         }
-        if self.latest.is_none_or(|latest| latest <= t) {
-            return self.index.get(key).map(read);
-        }
+        self.stale = false;
+    }
+
+    /// The value of `key` as of time `t`, read from the trace (for `t` before the latest
+    /// update, when the index's current values do not apply).
+    fn value_at(&mut self, key: &str, t: Time) -> Option<V> {
         let (mut cursor, storage) = self.cursor();
         let key = key.to_owned();
         cursor.seek_key(&storage, &key);
@@ -620,11 +642,50 @@ impl<V: differential_dataflow::ExchangeData> RefIndex<V> {
                 }
             });
             if count > 0 {
-                return Some(read(v));
+                return Some(v.clone());
             }
             cursor.step_val(&storage);
         }
         None
+    }
+
+    /// `read` of the value of `key` as of time `t`; the caller has seen the arrangement's
+    /// frontier pass `t`.
+    fn get<R>(&mut self, key: &str, t: Time, read: impl FnOnce(&V) -> R) -> Option<R> {
+        self.refresh();
+        if self.latest.is_none_or(|latest| latest <= t) {
+            return self.index.get(key)?.val.as_ref().map(read);
+        }
+        self.value_at(key, t).as_ref().map(read)
+    }
+
+    /// The value of `key` as of time `t` with the state kept for it: one probe when the
+    /// current values apply. `None` (and no slot made) for a key without a value at `t`.
+    fn get_with_state(&mut self, key: &str, t: Time) -> Option<(V, &mut S)>
+    where
+        V: Copy,
+    {
+        self.refresh();
+        if self.latest.is_none_or(|latest| latest <= t) {
+            let slot = self.index.get_mut(key)?;
+            return Some((slot.val?, &mut slot.state));
+        }
+        let val = self.value_at(key, t)?;
+        Some((val, self.state_of(key)))
+    }
+
+    /// The state kept for `key`, whether or not it has a value now.
+    fn state_of(&mut self, key: &str) -> &mut S {
+        if !self.index.contains_key(key) {
+            self.index.insert(
+                CompactString::from(key),
+                Slot {
+                    val: None,
+                    state: S::default(),
+                },
+            );
+        }
+        &mut self.index.get_mut(key).expect("slot just ensured").state
     }
 
     /// No query will ask about a time before `least`.
@@ -666,6 +727,47 @@ impl State {
     }
 }
 
+/// Memo of great-circle distances between coordinate pairs: homes and transaction
+/// regions are regions, so few distinct pairs recur. Direct-mapped; the same value as
+/// computing it (a pure function of the pair).
+struct DistanceMemo {
+    slots: Vec<Option<(Geo, Geo, f64)>>,
+}
+
+impl Default for DistanceMemo {
+    fn default() -> Self {
+        DistanceMemo {
+            slots: vec![None; 1 << 12],
+        }
+    }
+}
+
+impl DistanceMemo {
+    fn km(&mut self, a: &Geo, b: &Geo) -> f64 {
+        let mix = (a.lat_bits ^ a.lon_bits.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (b.lat_bits.rotate_left(31) ^ b.lon_bits.rotate_left(47))
+                .wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let slot = &mut self.slots[(mix >> 52) as usize];
+        match slot {
+            Some((x, y, km)) if x == a && y == b => *km,
+            _ => {
+                let km = a.km_to(b);
+                *slot = Some((*a, *b, km));
+                km
+            }
+        }
+    }
+}
+
+/// The first eight bytes of an id, big-endian, zero-padded: ordering by it agrees with
+/// ordering ids by their bytes, except that equal prefixes need the whole ids compared.
+fn id_prefix(id: &str) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = id.len().min(8);
+    bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
+}
+
 enum DecideIn {
     Msg(Pending),
     Credit(Credit),
@@ -689,8 +791,8 @@ fn decide<'s>(
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
     let mut user_batches = builder.new_input(users.stream, Pipeline);
     let mut seeded_in = builder.new_input(seeded, Exchange::new(|a: &Account| a.user.hashed()));
-    let mut region_index = RefIndex::new(regions.trace);
-    let mut user_index = RefIndex::new(users.trace);
+    let mut region_index: RefIndex<RegionVal> = RefIndex::new(regions.trace);
+    let mut user_index: RefIndex<UserVal, Option<State>> = RefIndex::new(users.trace);
     let (decision_out, decisions) = builder.new_output();
     let (credit_out, credit_stream) = builder.new_output();
     let (account_out, accounts) = builder.new_output();
@@ -708,10 +810,10 @@ fn decide<'s>(
     >::from(account_out);
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<DecideIn, 3>> = BTreeMap::new();
-        // Ids up to 24 bytes are stored inline, so a probe compares keys without a pointer chase.
-        let mut users: HashMap<CompactString, State> = HashMap::new();
-        let mut changed: Vec<String> = Vec::new();
+        let mut changed: Vec<CompactString> = Vec::new();
         let mut msgs_at: Vec<Pending> = Vec::new();
+        let mut order: Vec<(u64, u32)> = Vec::new();
+        let mut km = DistanceMemo::default();
         // Resume state of users this worker owns, applied when each is first touched.
         let mut resumed: HashMap<CompactString, Account> = HashMap::new();
         move |frontiers| {
@@ -752,30 +854,53 @@ fn decide<'s>(
                 for item in items {
                     match item {
                         DecideIn::Credit(c) => {
-                            let s = users
-                                .entry(CompactString::from(c.payee.as_str()))
-                                .or_insert_with_key(|k| {
-                                    State::resumed(&c.payee_ref, resumed.remove(k))
-                                });
+                            let slot = user_index.state_of(&c.payee);
+                            let s = slot.get_or_insert_with(|| {
+                                State::resumed(&c.payee_ref, resumed.remove(c.payee.as_str()))
+                            });
                             s.balance += c.amount_cents;
                             if s.touched != Some(t) {
                                 s.touched = Some(t);
-                                changed.push(c.payee);
+                                changed.push(CompactString::from(c.payee.as_str()));
                             }
                         }
                         DecideIn::Msg(p) => msgs_at.push(p),
                     }
                 }
-                msgs_at.sort_unstable_by(|a, b| (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos)));
+                // Ledger order (id, then source position) through an index sorted by a
+                // prefix of the id: whole ids are compared only on equal prefixes.
+                order.clear();
+                order.extend(
+                    msgs_at
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (id_prefix(&p.tx.id), i as u32)),
+                );
+                order.sort_unstable_by(|(ka, ia), (kb, ib)| {
+                    ka.cmp(kb).then_with(|| {
+                        let (a, b) = (&msgs_at[*ia as usize], &msgs_at[*ib as usize]);
+                        (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos))
+                    })
+                });
+                let mut in_order: Vec<Option<Pending>> =
+                    std::mem::take(&mut msgs_at).into_iter().map(Some).collect();
                 let mut decision_s = decision_h.session(&caps[0]);
                 let mut credit_s = credit_h.session(&caps[1]);
-                for p in msgs_at.drain(..) {
+                for p in order
+                    .iter()
+                    .filter_map(|(_, i)| in_order[*i as usize].take())
+                {
                     // Rule 4: every reference must be known.
                     let region = region_index.get(&p.tx.region, t, |r| r.geo);
                     let payee = user_index.get(&p.tx.payee, t, |u| *u);
-                    let payer = user_index.get(&p.tx.payer, t, |u| *u);
-                    let (Some(region), Some(payee), Some(payer)) = (region, payee, payer) else {
-                        let what = match (region, &payee) {
+                    let known = match (region, payee) {
+                        (Some(region), Some(payee)) => user_index
+                            .get_with_state(&p.tx.payer, t)
+                            .map(|(payer, slot)| (region, payee, payer, slot)),
+                        _ => None,
+                    };
+                    let Some((region, payee, payer, slot)) = known else {
+                        let what = match (region, payee) {
                             (None, _) => format!("unknown region {}", p.tx.region),
                             (Some(_), None) => format!("unknown payee {}", p.tx.payee),
                             (Some(_), Some(_)) => format!("unknown payer {}", p.tx.payer),
@@ -783,16 +908,16 @@ fn decide<'s>(
                         decision_s.give(Decision::of(p, Status::UnknownReference, Some(what)));
                         continue;
                     };
-                    let s = users
-                        .entry(CompactString::from(p.tx.payer.as_str()))
-                        .or_insert_with_key(|k| State::resumed(&payer, resumed.remove(k)));
+                    let s = slot.get_or_insert_with(|| {
+                        State::resumed(&payer, resumed.remove(p.tx.payer.as_str()))
+                    });
                     let tx = &p.tx;
                     if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
                         decision_s.give(Decision::of(p, Status::Stale, None));
                         continue;
                     }
                     let hour = rules::local_hour(tx.event_ms);
-                    let scores = rules::scores(tx.amount_cents, hour, payer.home.km_to(&region));
+                    let scores = rules::scores(tx.amount_cents, hour, km.km(&payer.home, &region));
                     let status = if tx.mode.uses_credit() {
                         if tx.amount_cents > s.limit - s.credit_used {
                             Status::InsufficientLimit
@@ -817,7 +942,7 @@ fn decide<'s>(
                         s.last_approved = Some(tx.event_ms);
                         if s.touched != Some(t) {
                             s.touched = Some(t);
-                            changed.push(tx.payer.clone());
+                            changed.push(CompactString::from(tx.payer.as_str()));
                         }
                         credit_s.give(Credit {
                             payee: tx.payee.clone(),
@@ -834,7 +959,7 @@ fn decide<'s>(
                         minute: rules::minute_of(tx.event_ms),
                         value_risk: scores.value_risk,
                         hour_risk: scores.hour_risk,
-                        home_band: rules::distance_band(payer.home.km_to(&payee.home)),
+                        home_band: rules::distance_band(km.km(&payer.home, &payee.home)),
                     };
                     decision_s.give(Decision {
                         scores: Some(scores),
@@ -845,12 +970,15 @@ fn decide<'s>(
                 if !changed.is_empty() {
                     let mut account_s = account_h.session(&caps[2]);
                     for user in changed.drain(..) {
-                        let s = &users[user.as_str()];
+                        let s = user_index
+                            .state_of(&user)
+                            .as_ref()
+                            .expect("a changed user has state");
                         account_s.give(Account {
                             balance_cents: s.balance,
                             credit_used_cents: s.credit_used,
                             last_approved_ms: s.last_approved,
-                            user,
+                            user: user.into(),
                         });
                     }
                 }
@@ -887,7 +1015,7 @@ fn analyses<'s>(
     let mut builder = OperatorBuilder::new("Tally".to_owned(), decisions.scope());
     let mut input = builder.new_input(decisions, Pipeline);
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
-    let mut region_index = RefIndex::new(regions.trace);
+    let mut region_index: RefIndex<RegionVal> = RefIndex::new(regions.trace);
     let (pass_out, passed) = builder.new_output();
     let (keyed_out, keyed) = builder.new_output();
     let mut pass_out =
@@ -974,6 +1102,15 @@ mod tests {
             a.km_to(&b),
             rules::haversine_km(-23.5505, -46.6333, -22.9068, -43.1729)
         );
+    }
+
+    proptest::proptest! {
+        /// Ordering by the prefix, then by the whole id, is ordering by the whole id.
+        #[test]
+        fn id_prefix_order_agrees_with_byte_order(a in "[a\\x00-\\x02é]{0,10}", b in "[a\\x00-\\x02é]{0,10}") {
+            let by_prefix = id_prefix(&a).cmp(&id_prefix(&b)).then_with(|| a.cmp(&b));
+            proptest::prop_assert_eq!(by_prefix, a.as_bytes().cmp(b.as_bytes()));
+        }
     }
 
     #[test]
