@@ -58,7 +58,13 @@ where
             let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
             let (users_in, users) = scope.new_collection::<UserRow, i64>();
             let (regions, users) = arrange_reference(regions, users);
-            let messages = feed_source(scope, feed, probe.clone(), max_in_flight);
+            let reference_ready = ProbeHandle::<Time>::new();
+            timely::dataflow::operators::Probe::probe_with(
+                regions.stream.clone(),
+                &reference_ready,
+            );
+            timely::dataflow::operators::Probe::probe_with(users.stream.clone(), &reference_ready);
+            let messages = feed_source(scope, feed, probe.clone(), max_in_flight, reference_ready);
             let outputs = graph::build_resumed(messages, regions, users, params, &resume);
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)

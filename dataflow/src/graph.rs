@@ -460,18 +460,24 @@ fn dedup<'s>(
 }
 
 /// The transaction ids seen within the duplicate window, with the arrival time each was
-/// last seen. The expiry queue holds (time, hash) in time order: an id leaves the table
-/// when the entry it was last seen with leaves the window.
+/// last seen. An id is kept as its 128-bit SipHash-1-3 fingerprint under a key drawn at
+/// random for each operator: 24 bytes per id whatever its length, no allocation, and two
+/// different ids are taken for one with probability about 2^-128 per pair, which no
+/// choice of ids can raise without the key. The expiry queue holds (time, fingerprint
+/// half) in time order: an id leaves the table when the entry it was last seen with
+/// leaves the window.
 struct SeenIds {
-    hasher: foldhash::fast::RandomState,
-    table: hashbrown::HashTable<(Box<str>, Time)>,
+    keys: (u64, u64),
+    table: hashbrown::HashTable<([u64; 2], Time)>,
     expiry: VecDeque<(Time, u64)>,
 }
 
 impl Default for SeenIds {
     fn default() -> Self {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
         SeenIds {
-            hasher: Default::default(),
+            keys: (random.hash_one(0u8), random.hash_one(1u8)),
             table: hashbrown::HashTable::new(),
             expiry: VecDeque::new(),
         }
@@ -479,27 +485,32 @@ impl Default for SeenIds {
 }
 
 impl SeenIds {
+    fn fingerprint(&self, id: &str) -> [u64; 2] {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut hasher = siphasher::sip128::SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        hasher.write(id.as_bytes());
+        let h = hasher.finish128();
+        [h.h1, h.h2]
+    }
+
     /// Records `id` as seen at `t` (non-decreasing across calls); returns when it was
     /// last seen before.
     fn see(&mut self, id: &str, t: Time) -> Option<Time> {
-        use std::hash::BuildHasher;
-        let hasher = &self.hasher;
-        let hash = hasher.hash_one(id);
-        match self
-            .table
-            .entry(hash, |(k, _)| &**k == id, |(k, _)| hasher.hash_one(&**k))
-        {
+        let fp = self.fingerprint(id);
+        // The fingerprint is already uniformly distributed: its first half is the hash.
+        match self.table.entry(fp[0], |(k, _)| *k == fp, |(k, _)| k[0]) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let prev = e.get().1;
                 if prev < t {
                     e.get_mut().1 = t;
-                    self.expiry.push_back((t, hash));
+                    self.expiry.push_back((t, fp[0]));
                 }
                 Some(prev)
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((id.into(), t));
-                self.expiry.push_back((t, hash));
+                e.insert((fp, t));
+                self.expiry.push_back((t, fp[0]));
                 None
             }
         }
@@ -521,7 +532,10 @@ impl SeenIds {
             }
             self.expiry.pop_front();
             // An id seen again later has a later time in its entry and stays.
-            if let Ok(e) = self.table.find_entry(hash, |(_, last)| *last == seen) {
+            if let Ok(e) = self
+                .table
+                .find_entry(hash, |(k, last)| k[0] == hash && *last == seen)
+            {
                 e.remove();
             }
         }

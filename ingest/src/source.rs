@@ -38,11 +38,14 @@ const MAX_TIMES_IN_FLIGHT: usize = 64;
 
 /// Builds the source operator for `feed`. `probe` tells how far the whole graph has got;
 /// the source pauses while more than `max_in_flight` of its messages are not yet through.
+/// It takes nothing from its feed until `start_after` is complete (the reference data is
+/// arranged): messages could not be decided before, only pile up.
 pub fn feed_source<'s, F: Feed + 'static>(
     scope: Scope<'s, Time>,
     mut feed: F,
     probe: ProbeHandle<Time>,
     max_in_flight: usize,
+    start_after: ProbeHandle<Time>,
 ) -> StreamVec<'s, Time, Incoming> {
     source(scope, "FeedSource", move |capability, info| {
         let activator = scope.activator_for(info.address);
@@ -60,6 +63,10 @@ pub fn feed_source<'s, F: Feed + 'static>(
             let Some(cap) = capability.as_mut() else {
                 return;
             };
+            if !start_after.done() {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
             while let Some(&(t, n)) = in_flight.front() {
                 if probe.less_equal(&t) {
                     break;

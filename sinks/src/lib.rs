@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use crossbeam_channel::Sender;
 use differential_dataflow::VecCollection;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
@@ -67,25 +67,47 @@ pub fn batch_sink(
     sender: Sender<Batch>,
     probe: &ProbeHandle<Time>,
 ) {
+    match gather {
+        // A worker's own outputs stay where they are: no per-record copy into an exchange.
+        Gather::PerWorker => sink_with(outputs, (Pipeline, Pipeline, Pipeline), sender, probe),
+        Gather::ToWorkerZero => sink_with(
+            outputs,
+            (
+                Exchange::new(|_: &Decision| 0),
+                Exchange::new(|_: &Account| 0),
+                Exchange::new(|_: &AnalysisRecord| 0),
+            ),
+            sender,
+            probe,
+        ),
+    }
+}
+
+/// An analysis change as it leaves `count_total`: row, time, +1 or −1.
+type AnalysisRecord = ((AnalysisKey, Tally), Time, isize);
+
+/// The sink, with how each of its three inputs reaches it.
+fn sink_with<D, A, X>(
+    outputs: Outputs<'_>,
+    (d_pact, a_pact, x_pact): (D, A, X),
+    sender: Sender<Batch>,
+    probe: &ProbeHandle<Time>,
+) where
+    D: ParallelizationContract<Time, Vec<Decision>>,
+    A: ParallelizationContract<Time, Vec<Account>>,
+    X: ParallelizationContract<Time, Vec<AnalysisRecord>>,
+{
     let Outputs {
         decisions,
         accounts,
         analyses,
     } = outputs;
     let scope = decisions.scope();
-    let analyses: StreamVec<'_, Time, ((AnalysisKey, Tally), Time, isize)> =
-        analyses_stream(analyses);
+    let analyses: StreamVec<'_, Time, AnalysisRecord> = analyses_stream(analyses);
     let mut builder = OperatorBuilder::new("BatchSink".to_owned(), scope);
-    let target = match gather {
-        Gather::PerWorker => scope.index() as u64,
-        Gather::ToWorkerZero => 0,
-    };
-    let mut d_in = builder.new_input(decisions, Exchange::new(move |_: &Decision| target));
-    let mut a_in = builder.new_input(accounts, Exchange::new(move |_: &Account| target));
-    let mut x_in = builder.new_input(
-        analyses,
-        Exchange::new(move |_: &((AnalysisKey, Tally), Time, isize)| target),
-    );
+    let mut d_in = builder.new_input(decisions, d_pact);
+    let mut a_in = builder.new_input(accounts, a_pact);
+    let mut x_in = builder.new_input(analyses, x_pact);
     // An output that carries no data: its frontier is that of the three inputs, so one
     // probe on it observes everything the sink observed.
     let (_done_out, done) = builder.new_output::<Vec<()>>();
