@@ -160,7 +160,12 @@ fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &[Incoming]) 
     let spec = PipelineSpec {
         config: ClusterArgs::single(workers).config()?,
         reference: reference.clone(),
-        params: Params::default(),
+        // The duplicate table is sized for the ids the run will see, as an operator
+        // sizes it for rate x window (`--dedup-capacity`).
+        params: Params {
+            dedup_capacity: messages.len(),
+            ..Params::default()
+        },
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
         resume: Default::default(),

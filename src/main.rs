@@ -107,6 +107,11 @@ pub struct ParamArgs {
     /// Transactions whose combined risk exceeds this are rejected (rule 7).
     #[arg(long, env = "VTPGA_RISK_THRESHOLD", default_value_t = 0.5)]
     pub risk_threshold: f64,
+    /// Transaction ids the duplicate table is sized for at start (about the ids expected
+    /// within the window, e.g. rate x window); it grows beyond as needed. Sizing it spares
+    /// the pauses of growing a large table while deciding.
+    #[arg(long, env = "VTPGA_DEDUP_CAPACITY", default_value_t = 0)]
+    pub dedup_capacity: usize,
 }
 
 impl ParamArgs {
@@ -118,6 +123,7 @@ impl ParamArgs {
             max_delay_ms: self.max_delay_ms,
             dedup_window_ms: self.dedup_window_ms,
             risk_threshold: self.risk_threshold,
+            dedup_capacity: self.dedup_capacity,
         })
     }
 }

@@ -292,6 +292,7 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
         max_delay_ms: MAX_DELAY,
         dedup_window_ms: WINDOW,
         risk_threshold: 0.5,
+        dedup_capacity: 0,
     };
     let (records, msgs) = capture(steps);
     let ref_regions: Vec<RefRegion> = regions()
@@ -412,6 +413,7 @@ fn credit_chain_across_workers() {
             max_delay_ms: MAX_DELAY,
             dedup_window_ms: WINDOW,
             risk_threshold: 0.5,
+            dedup_capacity: 0,
         },
     );
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
@@ -447,6 +449,7 @@ fn same_t_debits_follow_ledger_order() {
         max_delay_ms: MAX_DELAY,
         dedup_window_ms: WINDOW,
         risk_threshold: 0.5,
+        dedup_capacity: 0,
     };
     let got = run_dataflow(records, 2, params);
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();

@@ -405,6 +405,7 @@ fn dedup<'s>(
     seen: StreamVec<'s, Time, (String, Time)>,
     params: Params,
 ) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
+    let peers = pending.scope().peers().max(1);
     let mut builder = OperatorBuilder::new("Dedup".to_owned(), pending.scope());
     let mut input = builder.new_input(pending, Exchange::new(|p: &Pending| p.tx.id.hashed()));
     let mut seen_in = builder.new_input(seen, Exchange::new(|s: &(String, Time)| s.0.hashed()));
@@ -420,7 +421,7 @@ fn dedup<'s>(
         );
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
-        let mut seen_ids = SeenIds::default();
+        let mut seen_ids = SeenIds::with_capacity(params.dedup_capacity / peers);
         move |frontiers| {
             // Resume state (time 0): ids seen before the restart, with when they were seen.
             seen_in.for_each(|_, data| seen_ids.seed(data.drain(..)));
@@ -474,17 +475,21 @@ struct SeenIds {
 
 impl Default for SeenIds {
     fn default() -> Self {
-        use std::hash::BuildHasher;
-        let random = std::collections::hash_map::RandomState::new();
-        SeenIds {
-            keys: (random.hash_one(0u8), random.hash_one(1u8)),
-            table: hashbrown::HashTable::new(),
-            expiry: VecDeque::new(),
-        }
+        SeenIds::with_capacity(0)
     }
 }
 
 impl SeenIds {
+    fn with_capacity(ids: usize) -> Self {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
+        SeenIds {
+            keys: (random.hash_one(0u8), random.hash_one(1u8)),
+            table: hashbrown::HashTable::with_capacity(ids),
+            expiry: VecDeque::with_capacity(ids),
+        }
+    }
+
     fn fingerprint(&self, id: &str) -> [u64; 2] {
         use siphasher::sip128::Hasher128;
         use std::hash::Hasher;

@@ -144,6 +144,10 @@ pub struct Params {
     pub max_delay_ms: u64,
     pub dedup_window_ms: u64,
     pub risk_threshold: f64,
+    /// Not a rule: the number of transaction ids (across all workers) the duplicate table
+    /// is sized for up front, so that it does not stop to grow while deciding. It grows
+    /// beyond this as needed.
+    pub dedup_capacity: usize,
 }
 
 impl Default for Params {
@@ -152,6 +156,7 @@ impl Default for Params {
             max_delay_ms: 1000,
             dedup_window_ms: 300_000,
             risk_threshold: 0.5,
+            dedup_capacity: 0,
         }
     }
 }
