@@ -787,9 +787,23 @@ fn id_prefix(id: &str) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-enum DecideIn {
-    Msg(Pending),
-    Credit(Credit),
+/// What `Decide` holds for a timestamp: a capability for each output, its messages and
+/// its credits.
+type DecideStash = BTreeMap<Time, ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>)>;
+
+/// The stash entry of the timestamp of `cap`, made on first use.
+fn decide_slot<'a>(
+    stash: &'a mut DecideStash,
+    cap: &timely::dataflow::operators::InputCapability<Time>,
+) -> Option<&'a mut ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>)> {
+    let t = *cap.least()?;
+    Some(stash.entry(t).or_insert_with(|| {
+        (
+            [cap.delayed(&t, 0), cap.delayed(&t, 1), cap.delayed(&t, 2)],
+            Vec::new(),
+            Vec::new(),
+        )
+    }))
 }
 
 /// Rules 5–8 at the payer's owner, with credits arriving around a +1 ms feedback edge.
@@ -828,9 +842,8 @@ fn decide<'s>(
         timely::container::CapacityContainerBuilder<Vec<Account>>,
     >::from(account_out);
     builder.build(move |_caps| {
-        let mut stash: BTreeMap<Time, Stash<DecideIn, 3>> = BTreeMap::new();
+        let mut stash = DecideStash::new();
         let mut changed: Vec<CompactString> = Vec::new();
-        let mut msgs_at: Vec<Pending> = Vec::new();
         let mut order: Vec<(u64, u32)> = Vec::new();
         let mut km = DistanceMemo::default();
         // Resume state of users this worker owns, applied when each is first touched.
@@ -841,25 +854,22 @@ fn decide<'s>(
                     resumed.insert(CompactString::from(a.user.as_str()), a);
                 }
             });
-            let mut stash_in =
-                |cap: timely::dataflow::operators::InputCapability<Time>,
-                 items: &mut dyn Iterator<Item = DecideIn>| {
-                    if let Some(&t) = cap.least() {
-                        stash
-                            .entry(t)
-                            .or_insert_with(|| Stash {
-                                caps: [cap.delayed(&t, 0), cap.delayed(&t, 1), cap.delayed(&t, 2)],
-                                items: Vec::new(),
-                            })
-                            .items
-                            .extend(items);
-                    }
-                };
+            // Reference data is reloaded as soon as it changes, not when a message first
+            // needs it.
             region_batches.for_each(|_, spans| region_index.observe(spans));
             user_batches.for_each(|_, spans| user_index.observe(spans));
-            msgs.for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Msg)));
-            credit_in
-                .for_each(|cap, data| stash_in(cap, &mut data.drain(..).map(DecideIn::Credit)));
+            region_index.refresh();
+            user_index.refresh();
+            msgs.for_each(|cap, data| {
+                if let Some((_, msgs_at, _)) = decide_slot(&mut stash, &cap) {
+                    msgs_at.append(data);
+                }
+            });
+            credit_in.for_each(|cap, data| {
+                if let Some((_, _, credits_at)) = decide_slot(&mut stash, &cap) {
+                    credits_at.append(data);
+                }
+            });
             let mut decision_h = decision_out.activate();
             let mut credit_h = credit_out.activate();
             let mut account_h = account_out.activate();
@@ -868,22 +878,17 @@ fn decide<'s>(
                 if !ready(frontiers, &t) {
                     break;
                 }
-                let Stash { caps, items } = entry.remove();
+                let (caps, msgs_at, credits_at) = entry.remove();
                 // Credits first: they come from approvals at earlier timestamps.
-                for item in items {
-                    match item {
-                        DecideIn::Credit(c) => {
-                            let slot = user_index.state_of(&c.payee);
-                            let s = slot.get_or_insert_with(|| {
-                                State::resumed(&c.payee_ref, resumed.remove(c.payee.as_str()))
-                            });
-                            s.balance += c.amount_cents;
-                            if s.touched != Some(t) {
-                                s.touched = Some(t);
-                                changed.push(CompactString::from(c.payee.as_str()));
-                            }
-                        }
-                        DecideIn::Msg(p) => msgs_at.push(p),
+                for c in credits_at {
+                    let slot = user_index.state_of(&c.payee);
+                    let s = slot.get_or_insert_with(|| {
+                        State::resumed(&c.payee_ref, resumed.remove(c.payee.as_str()))
+                    });
+                    s.balance += c.amount_cents;
+                    if s.touched != Some(t) {
+                        s.touched = Some(t);
+                        changed.push(CompactString::from(c.payee.as_str()));
                     }
                 }
                 // Ledger order (id, then source position) through an index sorted by a
@@ -901,8 +906,7 @@ fn decide<'s>(
                         (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos))
                     })
                 });
-                let mut in_order: Vec<Option<Pending>> =
-                    std::mem::take(&mut msgs_at).into_iter().map(Some).collect();
+                let mut in_order: Vec<Option<Pending>> = msgs_at.into_iter().map(Some).collect();
                 let mut decision_s = decision_h.session(&caps[0]);
                 let mut credit_s = credit_h.session(&caps[1]);
                 for p in order
@@ -1050,6 +1054,7 @@ fn analyses<'s>(
         let mut states: Vec<(AnalysisKey, Tally)> = Vec::new();
         move |frontiers| {
             region_batches.for_each(|_, spans| region_index.observe(spans));
+            region_index.refresh();
             let mut pass_h = pass_out.activate();
             input.for_each(|cap, data| {
                 if let Some(&t) = cap.least() {
