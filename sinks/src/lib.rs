@@ -33,7 +33,8 @@ pub type AnalysisChange = ((AnalysisKey, Tally), isize);
 pub struct Batch {
     /// The latest timestamp in the batch: everything up to it is closed.
     pub time: Time,
-    /// Sorted by arrival time, then source position.
+    /// Sorted by arrival time, then source position, when gathered to worker 0; in the
+    /// order the worker decided them otherwise (batches of different workers interleave).
     pub decisions: Vec<Decision>,
     /// In timestamp order: a later state of a user replaces an earlier one.
     pub accounts: Vec<Account>,
@@ -69,7 +70,13 @@ pub fn batch_sink(
 ) {
     match gather {
         // A worker's own outputs stay where they are: no per-record copy into an exchange.
-        Gather::PerWorker => sink_with(outputs, (Pipeline, Pipeline, Pipeline), sender, probe),
+        Gather::PerWorker => sink_with(
+            outputs,
+            (Pipeline, Pipeline, Pipeline),
+            false,
+            sender,
+            probe,
+        ),
         Gather::ToWorkerZero => sink_with(
             outputs,
             (
@@ -77,6 +84,7 @@ pub fn batch_sink(
                 Exchange::new(|_: &Account| 0),
                 Exchange::new(|_: &AnalysisRecord| 0),
             ),
+            true,
             sender,
             probe,
         ),
@@ -86,10 +94,12 @@ pub fn batch_sink(
 /// An analysis change as it leaves `count_total`: row, time, +1 or −1.
 type AnalysisRecord = ((AnalysisKey, Tally), Time, isize);
 
-/// The sink, with how each of its three inputs reaches it.
+/// The sink, with how each of its three inputs reaches it, and whether it sorts each
+/// batch's decisions.
 fn sink_with<D, A, X>(
     outputs: Outputs<'_>,
     (d_pact, a_pact, x_pact): (D, A, X),
+    sort: bool,
     sender: Sender<Batch>,
     probe: &ProbeHandle<Time>,
 ) where
@@ -171,7 +181,9 @@ fn sink_with<D, A, X>(
                     break;
                 }
                 let mut batch = entry.remove();
-                batch.decisions.sort_unstable_by_key(|d| d.pos);
+                if sort {
+                    batch.decisions.sort_unstable_by_key(|d| d.pos);
+                }
                 match out.as_mut() {
                     None => out = Some(batch),
                     Some(o) => {
