@@ -124,7 +124,9 @@ pub struct Decision {
     pub reason: Option<String>,
     /// The raw payload of an `invalid` message (for the dead-letter record).
     pub raw: Option<Vec<u8>>,
-    pub assessed: Option<Assessed>,
+    /// For an assessed message: the band of the distance between the payer's and the
+    /// payee's home regions (analysis 10; the other analyses need only what is above).
+    pub home_band: Option<u8>,
 }
 
 impl Decision {
@@ -138,8 +140,25 @@ impl Decision {
             scores: None,
             reason: None,
             raw: None,
-            assessed: None,
+            home_band: None,
         }
+    }
+
+    /// What the analyses need of an assessed decision (SPEC §5 "Outcome"); `None` for
+    /// the others.
+    pub fn assessed(&self) -> Option<Assessed> {
+        let (tx, scores, home_band) = (self.tx.as_ref()?, self.scores?, self.home_band?);
+        Some(Assessed {
+            approved: self.status == Status::Approved,
+            status: self.status,
+            amount_cents: tx.amount_cents,
+            mode: tx.mode,
+            local_hour: rules::local_hour(tx.event_ms),
+            minute: rules::minute_of(tx.event_ms),
+            value_risk: scores.value_risk,
+            hour_risk: scores.hour_risk,
+            home_band,
+        })
     }
 
     fn of(p: Pending, status: Status, reason: Option<String>) -> Self {
@@ -789,13 +808,14 @@ fn id_prefix(id: &str) -> u64 {
 
 /// What `Decide` holds for a timestamp: a capability for each output, its messages and
 /// its credits.
-type DecideStash = BTreeMap<Time, ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>)>;
+type DecideAt = ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>);
+type DecideStash = BTreeMap<Time, DecideAt>;
 
 /// The stash entry of the timestamp of `cap`, made on first use.
 fn decide_slot<'a>(
     stash: &'a mut DecideStash,
     cap: &timely::dataflow::operators::InputCapability<Time>,
-) -> Option<&'a mut ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>)> {
+) -> Option<&'a mut DecideAt> {
     let t = *cap.least()?;
     Some(stash.entry(t).or_insert_with(|| {
         (
@@ -973,20 +993,10 @@ fn decide<'s>(
                             payee_ref: payee,
                         });
                     }
-                    let assessed = Assessed {
-                        approved: status == Status::Approved,
-                        status,
-                        amount_cents: tx.amount_cents,
-                        mode: tx.mode,
-                        local_hour: hour,
-                        minute: rules::minute_of(tx.event_ms),
-                        value_risk: scores.value_risk,
-                        hour_risk: scores.hour_risk,
-                        home_band: rules::distance_band(km.km(&payer.home, &payee.home)),
-                    };
+                    let home_band = rules::distance_band(km.km(&payer.home, &payee.home));
                     decision_s.give(Decision {
                         scores: Some(scores),
-                        assessed: Some(assessed),
+                        home_band: Some(home_band),
                         ..Decision::of(p, status, None)
                     });
                 }
@@ -1063,8 +1073,8 @@ fn analyses<'s>(
                         .or_insert_with(|| (cap.delayed(&t, 1), TallyBatch::default()));
                     for d in data.iter() {
                         batch.add_status(d.status);
-                        if let (Some(a), Some(tx)) = (&d.assessed, &d.tx) {
-                            batch.add_assessed(a, &tx.region);
+                        if let (Some(a), Some(tx)) = (d.assessed(), &d.tx) {
+                            batch.add_assessed(&a, &tx.region);
                         }
                     }
                 }

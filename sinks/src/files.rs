@@ -183,7 +183,7 @@ mod tests {
             scores: None,
             reason: None,
             raw: None,
-            assessed: None,
+            home_band: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&DecisionRecord::of(&d)).unwrap()).unwrap();

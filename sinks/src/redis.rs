@@ -719,7 +719,7 @@ mod tests {
                 scores,
                 reason,
                 raw: None,
-                assessed: None,
+                home_band: None,
             }
         }
 

@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
                 scores: status.is_assessed().then_some(scores),
                 reason: None,
                 raw: None,
-                assessed: None,
+                home_band: None,
             });
         }
         let mut deltas: Vec<(AnalysisKey, Tally)> = Vec::new();

@@ -248,7 +248,7 @@ impl LiveState {
                     scores: d.scores,
                     reason: d.reason.clone(),
                     raw: None,
-                    assessed: None,
+                    home_band: None,
                 };
                 (
                     d.tx.as_ref().map(|tx| tx.id.clone()),

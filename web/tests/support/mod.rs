@@ -53,7 +53,7 @@ pub fn decision(
         }),
         reason: (status == Status::Invalid).then(|| "not JSON".to_owned()),
         raw: None,
-        assessed: None,
+        home_band: None,
     }
 }
 
