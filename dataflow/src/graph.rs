@@ -36,7 +36,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, Concat, ConnectLoop, Feedback, OkErr, ToStream};
+use timely::dataflow::operators::{Capability, ConnectLoop, Feedback, OkErr, ToStream};
 use timely::dataflow::{Scope, StreamVec};
 use timely::progress::frontier::{Antichain, MutableAntichain};
 
@@ -328,13 +328,11 @@ pub fn build_resumed<'s>(
     }
     .into_iter()
     .map(|(key, tally)| (key, 0, tally))
-    .to_stream(scope)
-    .as_collection();
+    .to_stream(scope);
     let (pending, invalid_or_late) = validate(messages, params);
     let (pending, dup) = dedup(pending, seen, params);
     let (decided, accounts) = decide(scope, pending, seeded, regions.clone(), users, params);
-    let decisions = decided.concat(invalid_or_late).concat(dup);
-    let (decisions, analyses) = analyses(decisions, regions, prior);
+    let (decisions, analyses) = analyses([decided, invalid_or_late, dup], regions, prior);
     Outputs {
         decisions,
         accounts,
@@ -1035,19 +1033,21 @@ fn decide<'s>(
 /// Pre-aggregates decisions per timestamp into analysis rows (`Tally`), and accumulates
 /// them with `count_total`, which emits only the rows each timestamp touched. Per-region
 /// rows take their UF from the shared regions arrangement, as of their timestamp. The
-/// decisions themselves pass through unchanged (no copy) to whoever records them.
+/// decisions of every stage meet here and pass through unchanged (no copy) to whoever
+/// records them; the analyses restored at a resume point join the rows at time 0.
 #[allow(clippy::type_complexity)]
 fn analyses<'s>(
-    decisions: StreamVec<'s, Time, Decision>,
+    decisions: [StreamVec<'s, Time, Decision>; 3],
     regions: RefArranged<'s, RegionVal>,
-    prior: VecCollection<'s, Time, AnalysisKey, Tally>,
+    prior: StreamVec<'s, Time, (AnalysisKey, Time, Tally)>,
 ) -> (
     StreamVec<'s, Time, Decision>,
     VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
 ) {
-    let mut builder = OperatorBuilder::new("Tally".to_owned(), decisions.scope());
-    let mut input = builder.new_input(decisions, Pipeline);
+    let mut builder = OperatorBuilder::new("Tally".to_owned(), regions.stream.scope());
+    let mut inputs = decisions.map(|stream| builder.new_input(stream, Pipeline));
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
+    let mut prior_in = builder.new_input(prior, Pipeline);
     let mut region_index: RefIndex<RegionVal> = RefIndex::new(regions.trace);
     let (pass_out, passed) = builder.new_output();
     let (keyed_out, keyed) = builder.new_output();
@@ -1059,33 +1059,38 @@ fn analyses<'s>(
         _,
         timely::container::CapacityContainerBuilder<Vec<(AnalysisKey, Time, Tally)>>,
     >::from(keyed_out);
+    // Frontier indexes: the decision inputs, then the regions, then the prior rows.
+    const REGIONS: usize = 3;
     builder.build(move |_caps| {
         let mut batches: BTreeMap<Time, (Capability<Time>, TallyBatch)> = BTreeMap::new();
         let mut states: Vec<(AnalysisKey, Tally)> = Vec::new();
         move |frontiers| {
             region_batches.for_each(|_, spans| region_index.observe(spans));
             region_index.refresh();
+            let mut keyed_h = keyed_out.activate();
+            prior_in.for_each(|cap, data| keyed_h.session(&cap).give_container(data));
             let mut pass_h = pass_out.activate();
-            input.for_each(|cap, data| {
-                if let Some(&t) = cap.least() {
-                    let (_, batch) = batches
-                        .entry(t)
-                        .or_insert_with(|| (cap.delayed(&t, 1), TallyBatch::default()));
-                    for d in data.iter() {
-                        batch.add_status(d.status);
-                        if let (Some(a), Some(tx)) = (d.assessed(), &d.tx) {
-                            batch.add_assessed(&a, &tx.region);
+            for input in inputs.iter_mut() {
+                input.for_each(|cap, data| {
+                    if let Some(&t) = cap.least() {
+                        let (_, batch) = batches
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 1), TallyBatch::default()));
+                        for d in data.iter() {
+                            batch.add_status(d.status);
+                            if let (Some(a), Some(tx)) = (d.assessed(), &d.tx) {
+                                batch.add_assessed(&a, &tx.region);
+                            }
                         }
                     }
-                }
-                pass_h.session(&cap).give_container(data);
-            });
+                    pass_h.session(&cap).give_container(data);
+                });
+            }
             // A batch can go once the regions are known through its time; more decisions
             // at that time may follow, and make another batch (tallies add up).
-            let mut keyed_h = keyed_out.activate();
             while let Some(entry) = batches.first_entry() {
                 let t = *entry.key();
-                if !ready(&frontiers[1..], &t) {
+                if !ready(&frontiers[REGIONS..REGIONS + 1], &t) {
                     break;
                 }
                 let (cap, mut batch) = entry.remove();
@@ -1111,17 +1116,14 @@ fn analyses<'s>(
                     keyed_s.give((k, t, tally));
                 }
             }
-            region_index.compact(
-                batches
-                    .keys()
-                    .next()
-                    .copied()
-                    .or_else(|| frontiers[0].frontier().iter().min().copied()),
-            );
+            let least_decision = frontiers[..REGIONS]
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min();
+            region_index.compact(batches.keys().next().copied().or(least_decision));
         }
     });
-    let analyses = keyed.as_collection().concat(prior).count_total();
-    (passed, analyses)
+    (passed, keyed.as_collection().count_total())
 }
 
 #[cfg(test)]
