@@ -27,7 +27,7 @@ use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBatcher, ValSpine};
 use differential_dataflow::trace::SpanOf;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -327,7 +327,7 @@ pub fn build_resumed<'s>(
         Vec::new()
     }
     .into_iter()
-    .map(|(key, tally)| (key, 0, tally))
+    .map(|(key, tally)| ((key, ()), 0, tally))
     .to_stream(scope);
     let (pending, invalid_or_late) = validate(messages, params);
     let (pending, dup) = dedup(pending, seen, params);
@@ -1039,7 +1039,7 @@ fn decide<'s>(
 fn analyses<'s>(
     decisions: [StreamVec<'s, Time, Decision>; 3],
     regions: RefArranged<'s, RegionVal>,
-    prior: StreamVec<'s, Time, (AnalysisKey, Time, Tally)>,
+    prior: StreamVec<'s, Time, ((AnalysisKey, ()), Time, Tally)>,
 ) -> (
     StreamVec<'s, Time, Decision>,
     VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
@@ -1057,7 +1057,7 @@ fn analyses<'s>(
         );
     let mut keyed_out = OutputBuilder::<
         _,
-        timely::container::CapacityContainerBuilder<Vec<(AnalysisKey, Time, Tally)>>,
+        timely::container::CapacityContainerBuilder<Vec<((AnalysisKey, ()), Time, Tally)>>,
     >::from(keyed_out);
     // Frontier indexes: the decision inputs, then the regions, then the prior rows.
     const REGIONS: usize = 3;
@@ -1096,7 +1096,7 @@ fn analyses<'s>(
                 let (cap, mut batch) = entry.remove();
                 let mut keyed_s = keyed_h.session(&cap);
                 batch.drain(
-                    |k, tally| keyed_s.give((k, t, tally)),
+                    |k, tally| keyed_s.give(((k, ()), t, tally)),
                     |region, tally| {
                         // Decide assessed the transaction only after finding its region
                         // in this same arrangement at this same time.
@@ -1113,7 +1113,7 @@ fn analyses<'s>(
                     },
                 );
                 for (k, tally) in states.drain(..) {
-                    keyed_s.give((k, t, tally));
+                    keyed_s.give(((k, ()), t, tally));
                 }
             }
             let least_decision = frontiers[..REGIONS]
@@ -1123,7 +1123,14 @@ fn analyses<'s>(
             region_index.compact(batches.keys().next().copied().or(least_decision));
         }
     });
-    (passed, keyed.as_collection().count_total())
+    // Rows are already (key, ()) pairs: arranged by key as they come, then accumulated.
+    let arranged = keyed
+        .as_collection()
+        .arrange_named::<KeyBatcher<AnalysisKey, Time, Tally>, KeySpine<AnalysisKey, Time, Tally>>(
+            "Arrange: CountTotal",
+            KeyBatcher::new,
+        );
+    (passed, arranged.count_total())
 }
 
 #[cfg(test)]
