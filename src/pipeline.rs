@@ -64,8 +64,15 @@ where
                 &reference_ready,
             );
             timely::dataflow::operators::Probe::probe_with(users.stream.clone(), &reference_ready);
-            let messages = feed_source(scope, feed, probe.clone(), max_in_flight, reference_ready);
-            let outputs = graph::build_resumed(messages, regions, users, params, &resume);
+            let admitted = feed_source(
+                scope,
+                feed,
+                probe.clone(),
+                max_in_flight,
+                reference_ready,
+                move |m| graph::admit(m, &params),
+            );
+            let outputs = graph::build_admitted(admitted, regions, users, params, &resume);
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)
         });

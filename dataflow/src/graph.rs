@@ -306,7 +306,20 @@ pub fn build_resumed<'s>(
     params: Params,
     resume: &Resume,
 ) -> Outputs<'s> {
-    let scope = messages.scope();
+    let admitted = validate(messages, params);
+    build_admitted(admitted, regions, users, params, resume)
+}
+
+/// [`build_resumed`] on messages already through [`admit`] (rules 1–2) where they entered:
+/// those on their way to the duplicate check, and the decided ones.
+pub fn build_admitted<'s>(
+    (pending, invalid_or_late): (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>),
+    regions: RefArranged<'s, RegionVal>,
+    users: RefArranged<'s, UserVal>,
+    params: Params,
+    resume: &Resume,
+) -> Outputs<'s> {
+    let scope = pending.scope();
     // Only worker 0 injects the resume state; the exchanges take each part to its owner.
     let mine = scope.index() == 0;
     let seen = if mine {
@@ -329,7 +342,6 @@ pub fn build_resumed<'s>(
     .into_iter()
     .map(|(key, tally)| ((key, ()), 0, tally))
     .to_stream(scope);
-    let (pending, invalid_or_late) = validate(messages, params);
     let (pending, dup) = dedup(pending, seen, params);
     let (decided, accounts) = decide(scope, pending, seeded, regions.clone(), users, params);
     let (decisions, analyses) = analyses([decided, invalid_or_late, dup], regions, prior);
@@ -340,50 +352,56 @@ pub fn build_resumed<'s>(
     }
 }
 
-/// Rules 1–2: parse (§3), then the future/late time rules.
+/// Rules 1–2 for one message: parse (§3), then the future/late time rules. `Ok` is on
+/// its way to the duplicate check; `Err` is its decision.
 // The `Err` side is the decision itself, moved straight into its stream: boxing it would
 // only add an allocation per decided message.
+#[allow(clippy::result_large_err)]
+pub fn admit(m: Incoming, params: &Params) -> Result<Pending, Decision> {
+    let (tx, raw) = match m.body {
+        Body::Parsed(tx) => (tx, None),
+        Body::Raw(bytes) => match parse_transaction(&bytes) {
+            Ok(tx) => (tx, Some(bytes)),
+            Err(e) => {
+                return Err(Decision {
+                    reason: Some(e.to_string()),
+                    raw: Some(bytes),
+                    ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
+                })
+            }
+        },
+    };
+    match rules::time_rule(m.t, tx.event_ms, params) {
+        None => Ok(Pending {
+            pos: m.pos,
+            t: m.t,
+            ingest_us: m.ingest_us,
+            tx,
+        }),
+        Some(TimeVerdict::Future) => Err(Decision {
+            reason: Some(format!(
+                "event time is more than {} ms after arrival time",
+                params.max_delay_ms
+            )),
+            raw,
+            tx: Some(tx),
+            ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
+        }),
+        Some(TimeVerdict::Late) => Err(Decision {
+            tx: Some(tx),
+            ..Decision::new(m.pos, m.t, m.ingest_us, Status::Late)
+        }),
+    }
+}
+
+/// Rules 1–2 as an operator of their own (for a stream of messages not admitted at its
+/// source).
 #[allow(clippy::result_large_err)]
 fn validate<'s>(
     messages: StreamVec<'s, Time, Incoming>,
     params: Params,
 ) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
-    messages.ok_err(move |m: Incoming| {
-        let (tx, raw) = match m.body {
-            Body::Parsed(tx) => (tx, None),
-            Body::Raw(bytes) => match parse_transaction(&bytes) {
-                Ok(tx) => (tx, Some(bytes)),
-                Err(e) => {
-                    return Err(Decision {
-                        reason: Some(e.to_string()),
-                        raw: Some(bytes),
-                        ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
-                    })
-                }
-            },
-        };
-        match rules::time_rule(m.t, tx.event_ms, &params) {
-            None => Ok(Pending {
-                pos: m.pos,
-                t: m.t,
-                ingest_us: m.ingest_us,
-                tx,
-            }),
-            Some(TimeVerdict::Future) => Err(Decision {
-                reason: Some(format!(
-                    "event time is more than {} ms after arrival time",
-                    params.max_delay_ms
-                )),
-                raw,
-                tx: Some(tx),
-                ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
-            }),
-            Some(TimeVerdict::Late) => Err(Decision {
-                tx: Some(tx),
-                ..Decision::new(m.pos, m.t, m.ingest_us, Status::Late)
-            }),
-        }
-    })
+    messages.ok_err(move |m: Incoming| admit(m, &params))
 }
 
 /// Messages stashed at one timestamp, with a capability for each output.

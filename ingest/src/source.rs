@@ -6,7 +6,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use timely::dataflow::operators::generic::source;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use vtpga_dataflow::graph::Incoming;
@@ -39,17 +42,33 @@ const MAX_TIMES_IN_FLIGHT: usize = 64;
 /// Builds the source operator for `feed`. `probe` tells how far the whole graph has got;
 /// the source pauses while more than `max_in_flight` of its messages are not yet through.
 /// It takes nothing from its feed until `start_after` is complete (the reference data is
-/// arranged): messages could not be decided before, only pile up.
-pub fn feed_source<'s, F: Feed + 'static>(
+/// arranged): messages could not be decided before, only pile up. Each message goes
+/// through `admit` on its way out: its `Ok` on the first stream, its `Err` on the second
+/// (the graph's rules 1–2, applied where the message enters rather than in an operator
+/// of their own).
+#[allow(clippy::type_complexity)]
+pub fn feed_source<'s, F, A, B, Admit>(
     scope: Scope<'s, Time>,
     mut feed: F,
     probe: ProbeHandle<Time>,
     max_in_flight: usize,
     start_after: ProbeHandle<Time>,
-) -> StreamVec<'s, Time, Incoming> {
-    source(scope, "FeedSource", move |capability, info| {
-        let activator = scope.activator_for(info.address);
-        let mut capability = Some(capability);
+    mut admit: Admit,
+) -> (StreamVec<'s, Time, A>, StreamVec<'s, Time, B>)
+where
+    F: Feed + 'static,
+    A: Clone + 'static,
+    B: Clone + 'static,
+    Admit: FnMut(Incoming) -> Result<A, B> + 'static,
+{
+    let mut builder = OperatorBuilder::new("FeedSource".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let (ok_out, ok_stream) = builder.new_output();
+    let (err_out, err_stream) = builder.new_output();
+    let mut ok_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<A>>>::from(ok_out);
+    let mut err_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<B>>>::from(err_out);
+    builder.build(move |capabilities| {
+        let mut capabilities: Option<Vec<Capability<Time>>> = Some(capabilities);
         let mut polled = Vec::with_capacity(POLL_BATCH);
         // Messages taken from the feed and not yet given (beyond the timestamp budget).
         let mut buffer: VecDeque<Incoming> = VecDeque::new();
@@ -59,8 +78,8 @@ pub fn feed_source<'s, F: Feed + 'static>(
         // (time, count) of messages given and not yet known to be through the graph.
         let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
         let mut in_flight_count = 0usize;
-        move |output| {
-            let Some(cap) = capability.as_mut() else {
+        move |_frontiers| {
+            let Some(caps) = capabilities.as_mut() else {
                 return;
             };
             if !start_after.done() {
@@ -87,7 +106,9 @@ pub fn feed_source<'s, F: Feed + 'static>(
                 }
                 buffer.extend(polled.drain(..));
             }
-            let floor = *cap.time();
+            let floor = *caps[0].time();
+            let mut ok_h = ok_out.activate();
+            let mut err_h = err_out.activate();
             while let Some(first) = buffer.front() {
                 if full(&in_flight, in_flight_count) {
                     break;
@@ -95,12 +116,16 @@ pub fn feed_source<'s, F: Feed + 'static>(
                 // Feeds promise non-decreasing t; anything earlier than the capability would
                 // be a feed bug, so it is raised to the capability's time rather than lost.
                 let t = first.t.max(floor);
-                let time_cap = cap.delayed(&t);
-                let mut session = output.session(&time_cap);
+                let (ok_cap, err_cap) = (caps[0].delayed(&t), caps[1].delayed(&t));
+                let mut ok_s = ok_h.session(&ok_cap);
+                let mut err_s = err_h.session(&err_cap);
                 let mut n = 0;
                 while let Some(mut m) = buffer.pop_front_if(|m| m.t.max(floor) == t) {
                     m.t = t;
-                    session.give(m);
+                    match admit(m) {
+                        Ok(a) => ok_s.give(a),
+                        Err(b) => err_s.give(b),
+                    }
                     n += 1;
                 }
                 match in_flight.back_mut() {
@@ -112,13 +137,15 @@ pub fn feed_source<'s, F: Feed + 'static>(
             let next = match buffer.front() {
                 Some(m) => m.t.max(floor),
                 None if feed_done => {
-                    capability = None;
+                    capabilities = None;
                     return;
                 }
                 None => feed_frontier,
             };
             if next > floor {
-                cap.downgrade(&next);
+                for cap in caps.iter_mut() {
+                    cap.downgrade(&next);
+                }
             }
             if buffer.is_empty() && feed_idle {
                 activator.activate_after(Duration::from_millis(1));
@@ -130,7 +157,8 @@ pub fn feed_source<'s, F: Feed + 'static>(
                 activator.activate();
             }
         }
-    })
+    });
+    (ok_stream, err_stream)
 }
 
 /// A feed over messages already in memory, sorted by `t` (bench and replay).
