@@ -64,13 +64,17 @@ where
                 &reference_ready,
             );
             timely::dataflow::operators::Probe::probe_with(users.stream.clone(), &reference_ready);
+            // The decision moves straight into its stream: boxing it would only add an
+            // allocation per decided message.
+            #[allow(clippy::result_large_err)]
+            let admit = move |m| graph::admit(m, &params);
             let admitted = feed_source(
                 scope,
                 feed,
                 probe.clone(),
                 max_in_flight,
                 reference_ready,
-                move |m| graph::admit(m, &params),
+                admit,
             );
             let outputs = graph::build_admitted(admitted, regions, users, params, &resume);
             batch_sink(outputs, gather, sender, &probe);
