@@ -63,18 +63,12 @@ where
             let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
             let (users_in, users) = scope.new_collection::<UserRow, i64>();
             let (regions, users) = arrange_reference(regions, users);
-            // A handle no probe feeds is complete from the start.
             let reference_ready = ProbeHandle::<Time>::new();
-            if hold_feeds_for_reference {
-                timely::dataflow::operators::Probe::probe_with(
-                    regions.stream.clone(),
-                    &reference_ready,
-                );
-                timely::dataflow::operators::Probe::probe_with(
-                    users.stream.clone(),
-                    &reference_ready,
-                );
-            }
+            timely::dataflow::operators::Probe::probe_with(
+                regions.stream.clone(),
+                &reference_ready,
+            );
+            timely::dataflow::operators::Probe::probe_with(users.stream.clone(), &reference_ready);
             // The decision moves straight into its stream: boxing it would only add an
             // allocation per decided message.
             #[allow(clippy::result_large_err)]
