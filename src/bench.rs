@@ -169,7 +169,6 @@ fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &[Incoming]) 
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
         resume: Default::default(),
-        hold_feeds_for_reference: true,
     };
     let first_poll = Arc::new(std::sync::Mutex::new(None));
     let feeds_first_poll = first_poll.clone();

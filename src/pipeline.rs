@@ -31,10 +31,6 @@ pub struct PipelineSpec {
     pub max_in_flight: usize,
     /// State to start from (after a restart); empty for a fresh start.
     pub resume: Arc<Resume>,
-    /// Sources take nothing from their feeds until the reference data is arranged (the
-    /// bench, to time the message phase alone). Off for live feeds: a Kafka consumer is
-    /// served from the start.
-    pub hold_feeds_for_reference: bool,
 }
 
 /// Runs until every feed is exhausted and every output has left the graph.
@@ -50,7 +46,6 @@ where
         gather,
         max_in_flight,
         resume,
-        hold_feeds_for_reference,
     } = spec;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();

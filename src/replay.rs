@@ -93,7 +93,6 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
         resume: Default::default(),
-        hold_feeds_for_reference: false,
     };
     pipeline::execute(
         spec,

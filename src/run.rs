@@ -353,7 +353,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         gather,
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),
-        hold_feeds_for_reference: false,
     };
     let feed_stats = kafka_stats.clone();
     let held = stop.clone();

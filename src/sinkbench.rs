@@ -80,7 +80,6 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         gather: Gather::ToWorkerZero,
         max_in_flight: 2_000_000,
         resume: Default::default(),
-        hold_feeds_for_reference: false,
     };
     let messages = std::sync::Mutex::new(Some(messages));
     pipeline::execute(

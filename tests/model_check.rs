@@ -223,7 +223,6 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
         resume: Default::default(),
-        hold_feeds_for_reference: false,
     };
     pipeline::execute(
         spec,
