@@ -10,7 +10,7 @@ use std::time::Duration;
 use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 
 #[derive(Default)]
-struct Profile {
+pub struct Profile {
     names: HashMap<usize, String>,
     /// Exclusive time and schedule count per operator id.
     spent: HashMap<usize, (Duration, u64)>,
@@ -21,7 +21,7 @@ struct Profile {
 
 /// Installs the profile on `worker` if `VTPGA_PROFILE` is set; call before building
 /// dataflows. Returns a handle to print with [`report`].
-pub fn install(worker: &mut timely::worker::Worker) -> Option<Rc<RefCell<ProfileHandle>>> {
+pub fn install(worker: &mut timely::worker::Worker) -> Option<Rc<RefCell<Profile>>> {
     std::env::var_os("VTPGA_PROFILE")?;
     let profile = Rc::new(RefCell::new(Profile::default()));
     let sink = profile.clone();
@@ -53,17 +53,12 @@ pub fn install(worker: &mut timely::worker::Worker) -> Option<Rc<RefCell<Profile
                 }
             }
         });
-    Some(Rc::new(RefCell::new(ProfileHandle { profile })))
-}
-
-pub struct ProfileHandle {
-    profile: Rc<RefCell<Profile>>,
+    Some(profile)
 }
 
 /// Prints the operators of worker `index` by exclusive time, largest first.
-pub fn report(index: usize, handle: &Rc<RefCell<ProfileHandle>>) {
-    let handle = handle.borrow();
-    let p = handle.profile.borrow();
+pub fn report(index: usize, profile: &Rc<RefCell<Profile>>) {
+    let p = profile.borrow();
     let mut rows: Vec<_> = p.spent.iter().collect();
     rows.sort_by_key(|(_, (spent, _))| std::cmp::Reverse(*spent));
     let total: Duration = rows.iter().map(|(_, (d, _))| *d).sum();
