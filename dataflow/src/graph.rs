@@ -41,7 +41,7 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::progress::frontier::{Antichain, MutableAntichain};
 
 use crate::analyses::{AnalysisKey, Assessed, Tally, TallyBatch};
-use crate::model::{Cents, Params, Region, SourcePos, Status, Time, Tx, User};
+use crate::model::{Cents, Id, Params, Region, SourcePos, Status, Time, Tx, User};
 use crate::parse::parse_transaction;
 use crate::rules::{self, Scores, TimeVerdict};
 
@@ -102,8 +102,9 @@ pub struct UserVal {
     pub credit_limit_cents: Cents,
 }
 
-/// A message that passed rules 1–3 and is on its way to its payer's owner.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A message that passed rules 1–3 and is on its way to its payer's owner. (`Default`
+/// is what stays behind when a message is taken out of a batch in order.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Pending {
     pub pos: SourcePos,
     pub t: Time,
@@ -182,7 +183,7 @@ pub struct Account {
 /// An approval's credit to its payee, applied at the payee's owner one ms later.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Credit {
-    pub payee: String,
+    pub payee: Id,
     pub amount_cents: Cents,
     /// The payee's reference data, in case its owner has not yet touched its state.
     pub payee_ref: UserVal,
@@ -429,6 +430,18 @@ fn stash_at<D, const N: usize>(
     }
 }
 
+/// Moves the items at the places of `order` (a permutation of `items`' indexes) out of
+/// `items`, in that order, without moving the others around (messages are large: sorting
+/// them would move each several times).
+fn take_in_order<'a, T: Default, K>(
+    items: &'a mut [T],
+    order: &'a [(K, u32)],
+) -> impl Iterator<Item = T> + 'a {
+    order
+        .iter()
+        .map(|(_, i)| std::mem::take(&mut items[*i as usize]))
+}
+
 fn ready(frontiers: &[MutableAntichain<Time>], t: &Time) -> bool {
     frontiers.iter().all(|f| !f.less_equal(t))
 }
@@ -457,6 +470,7 @@ fn dedup<'s>(
     builder.build(move |_caps| {
         let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
         let mut seen_ids = SeenIds::with_capacity(params.dedup_capacity / peers);
+        let mut order: Vec<(SourcePos, u32)> = Vec::new();
         move |frontiers| {
             // Resume state (time 0): ids seen before the restart, with when they were seen.
             seen_in.for_each(|_, data| seen_ids.seed(data.drain(..)));
@@ -472,10 +486,12 @@ fn dedup<'s>(
                 seen_ids.forget_before(t, params.dedup_window_ms);
                 // Only messages with the same id affect each other here, so source
                 // position order is ledger order for every pair that matters.
-                items.sort_unstable_by_key(|p| p.pos);
+                order.clear();
+                order.extend(items.iter().enumerate().map(|(i, p)| (p.pos, i as u32)));
+                order.sort_unstable();
                 let mut pass_s = pass_h.session(&caps[0]);
                 let mut dup_s = dup_h.session(&caps[1]);
-                for p in items {
+                for p in take_in_order(&mut items, &order) {
                     let prev = seen_ids.see(&p.tx.id, t);
                     if rules::is_duplicate(t, prev, &params) {
                         dup_s.give(Decision::of(p, Status::Duplicate, None));
@@ -914,7 +930,7 @@ fn decide<'s>(
                 if !ready(frontiers, &t) {
                     break;
                 }
-                let (caps, msgs_at, credits_at) = entry.remove();
+                let (caps, mut msgs_at, credits_at) = entry.remove();
                 // Credits first: they come from approvals at earlier timestamps.
                 for c in credits_at {
                     let slot = user_index.state_of(&c.payee);
@@ -942,13 +958,9 @@ fn decide<'s>(
                         (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos))
                     })
                 });
-                let mut in_order: Vec<Option<Pending>> = msgs_at.into_iter().map(Some).collect();
                 let mut decision_s = decision_h.session(&caps[0]);
                 let mut credit_s = credit_h.session(&caps[1]);
-                for p in order
-                    .iter()
-                    .filter_map(|(_, i)| in_order[*i as usize].take())
-                {
+                for p in take_in_order(&mut msgs_at, &order) {
                     // Rule 4: every reference must be known.
                     let region = region_index.get(&p.tx.region, t, |r| r.geo);
                     let payee = user_index.get(&p.tx.payee, t, |u| *u);
@@ -1258,7 +1270,7 @@ mod tests {
                 t,
                 ingest_us: 0,
                 body: Body::Parsed(Tx {
-                    id: format!("x{offset}"),
+                    id: format!("x{offset}").into(),
                     payer: "b".into(),
                     payee: "a".into(),
                     region: "r".into(),

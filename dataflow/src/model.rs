@@ -7,13 +7,22 @@ use serde::{Deserialize, Serialize};
 /// Arrival time `t` (SPEC §4), ms since the Unix epoch. It is also the timely timestamp.
 pub type Time = u64;
 
+/// An identifier carried by a message (transaction, user, region). Up to 24 bytes are
+/// stored inline (user and region ids always are), so a message's ids cost no
+/// allocation and comparing or hashing them reads no other memory.
+pub type Id = compact_str::CompactString;
+
 /// Integer cents.
 pub type Cents = i64;
 
 /// A payment mode, in its canonical (SPEC §3) spelling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// (The default only fills a message taken out of a batch; it is never decided on.)
+    #[default]
     Pix,
     Debito,
     Credito,
@@ -97,12 +106,12 @@ impl Status {
 }
 
 /// A transaction message that passed SPEC §3.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tx {
-    pub id: String,
-    pub payer: String,
-    pub payee: String,
-    pub region: String,
+    pub id: Id,
+    pub payer: Id,
+    pub payee: Id,
+    pub region: Id,
     pub mode: Mode,
     pub amount_cents: Cents,
     /// Event time E, ms since the Unix epoch (negative before 1970).

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
-use crate::model::{Cents, Mode, Tx};
+use crate::model::{Cents, Id, Mode, Tx};
 
 /// Largest accepted payload, in bytes (SPEC §3).
 pub const MAX_PAYLOAD_BYTES: usize = 65_536;
@@ -186,10 +186,10 @@ pub fn parse_transaction(payload: &[u8]) -> Result<Tx, ParseError> {
     };
 
     Ok(Tx {
-        id: id.into_owned(),
-        payer: payer.into_owned(),
-        payee: payee.into_owned(),
-        region: region.into_owned(),
+        id: Id::from(id),
+        payer: Id::from(payer),
+        payee: Id::from(payee),
+        region: Id::from(region),
         mode,
         amount_cents,
         event_ms,

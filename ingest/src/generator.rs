@@ -1158,8 +1158,8 @@ mod tests {
     ) -> HashMap<&'static str, usize> {
         let user_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
         let region_ids: HashSet<&str> = regions.iter().map(|r| r.id.as_str()).collect();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut last_e: HashMap<String, i64> = HashMap::new();
+        let mut seen: HashSet<vtpga_dataflow::Id> = HashSet::new();
+        let mut last_e: HashMap<vtpga_dataflow::Id, i64> = HashMap::new();
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
         for (m, kind) in msgs {
             let t = m.record_ts as i64;

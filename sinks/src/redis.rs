@@ -684,9 +684,9 @@ mod tests {
             self.t += 10;
             let n = self.offset;
             let tx = Tx {
-                id: format!("tx{n}"),
-                payer: format!("u{}", n % 3),
-                payee: format!("u{}", n % 3 + 1),
+                id: format!("tx{n}").into(),
+                payer: format!("u{}", n % 3).into(),
+                payee: format!("u{}", n % 3 + 1).into(),
                 region: "r1".into(),
                 mode: Mode::ALL[n as usize % 4],
                 amount_cents: 100 * n,

@@ -251,7 +251,7 @@ impl LiveState {
                     home_band: None,
                 };
                 (
-                    d.tx.as_ref().map(|tx| tx.id.clone()),
+                    d.tx.as_ref().map(|tx| tx.id.to_string()),
                     Source::Decision(Box::new(kept), decided_at_ms),
                 )
             })

@@ -37,9 +37,9 @@ pub fn decision(
         ingest_us,
         status,
         tx: parsed.then(|| Tx {
-            id: id.to_owned(),
-            payer: format!("u{:03}", offset % 7),
-            payee: format!("u{:03}", (offset + 1) % 7),
+            id: id.into(),
+            payer: format!("u{:03}", offset % 7).into(),
+            payee: format!("u{:03}", (offset + 1) % 7).into(),
             region: "r001".into(),
             mode: [Mode::Pix, Mode::Debito, Mode::Credito, Mode::Boleto][(offset % 4) as usize],
             amount_cents,
