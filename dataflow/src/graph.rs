@@ -629,6 +629,8 @@ struct RefIndex<V: differential_dataflow::ExchangeData, S = ()> {
     index: HashMap<CompactString, Slot<V, S>>,
     latest: Option<Time>,
     stale: bool,
+    /// The reader will ask nothing more: the trace is released, and no longer read.
+    released: bool,
 }
 
 impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
@@ -638,6 +640,7 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
             index: HashMap::new(),
             latest: None,
             stale: true,
+            released: false,
         }
     }
 
@@ -658,7 +661,10 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
 
     /// Reloads the current values if the arrangement changed since the last load.
     fn refresh(&mut self) {
-        if !self.stale {
+        // A released trace may not be read (differential asserts it), and nothing would
+        // read the values: the reference data can still be arriving when the reader is
+        // done (its message input closed first).
+        if !self.stale || self.released {
             return;
         }
         for slot in self.index.values_mut() {
@@ -758,8 +764,12 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         &mut self.index.get_mut(key).expect("slot just ensured").state
     }
 
-    /// No query will ask about a time before `least`.
+    /// No query will ask about a time before `least`; none at all if `None`.
     fn compact(&mut self, least: Option<Time>) {
+        if self.released {
+            return;
+        }
+        self.released = least.is_none();
         self.trace
             .set_logical_compaction(Antichain::from_iter(least).borrow());
     }
@@ -1298,5 +1308,55 @@ mod tests {
             seen,
             vec![(0, Status::UnknownReference), (1, Status::Approved)]
         );
+    }
+
+    /// A worker's message input can close before the reference data is arranged (a
+    /// worker none of whose payers has messages; an empty feed): the operators then stop
+    /// following the reference traces instead of reading traces they have released.
+    #[test]
+    fn reference_data_may_arrive_after_the_last_message() {
+        use differential_dataflow::input::Input;
+        use timely::dataflow::operators::{Input as _, Probe};
+        use timely::dataflow::ProbeHandle;
+
+        timely::execute(timely::Config::thread(), |worker| {
+            let probe = ProbeHandle::<Time>::new();
+            let (mut regions_in, mut users_in, msgs) = worker.dataflow::<Time, _, _>(|scope| {
+                let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
+                let (users_in, users) = scope.new_collection::<UserRow, i64>();
+                let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
+                let (regions, users) = arrange_reference(regions, users);
+                let out = build(messages, regions, users, Params::default());
+                out.decisions.probe_with(&probe);
+                out.analyses.inner.probe_with(&probe);
+                (regions_in, users_in, msgs)
+            });
+            drop(msgs);
+            for _ in 0..10 {
+                worker.step();
+            }
+            let region = Region {
+                id: "r".into(),
+                uf: "SP".into(),
+                name: "r".into(),
+                lat: 0.0,
+                lon: 0.0,
+            };
+            regions_in.update(region_row(&region), 1);
+            let user = User {
+                id: "a".into(),
+                name: "a".into(),
+                region_id: "r".into(),
+                balance_cents: 1_000,
+                credit_limit_cents: 0,
+            };
+            users_in.update(user_row(&user), 1);
+            regions_in.close();
+            users_in.close();
+            while !probe.done() {
+                worker.step();
+            }
+        })
+        .expect("timely runs");
     }
 }
