@@ -176,7 +176,7 @@ fn broker_with_copy(records: &[Consumed]) -> Broker {
 
 /// The decision records of the decisions topic, as sorted JSON lines, after checking that
 /// there is exactly one per message position.
-fn decisions(broker: &Broker, messages: &Topic, what: &str) -> Vec<String> {
+fn decisions(broker: &Broker, messages: &Topic, what: &str, logs: &str) -> Vec<String> {
     let positions: BTreeSet<(i64, i64)> = messages.iter().map(|m| (m.0, m.1)).collect();
     let mut lines: Vec<String> = read_topic(broker, DECISIONS)
         .iter()
@@ -200,7 +200,7 @@ fn decisions(broker: &Broker, messages: &Topic, what: &str) -> Vec<String> {
     );
     assert!(
         unique == positions,
-        "{what}: {} decision(s) for {} message(s); undecided: {:?}",
+        "{what}: {} decision(s) for {} message(s); undecided: {:?}\n{logs}",
         unique.len(),
         positions.len(),
         positions.difference(&unique).take(5).collect::<Vec<_>>()
@@ -247,8 +247,13 @@ fn two_processes_of_two_workers_decide_like_one_worker() {
     let messages = messages_of(&records);
     let mut args = vec!["run"];
     args.extend_from_slice(&run_args);
-    vtpga(&args, &[("VTPGA_KAFKA_BROKERS", &single_broker.addr)]);
-    let expected = decisions(&single_broker, &messages, "1 process x 1 worker");
+    let single = vtpga(&args, &[("VTPGA_KAFKA_BROKERS", &single_broker.addr)]);
+    let expected = decisions(
+        &single_broker,
+        &messages,
+        "1 process x 1 worker",
+        &String::from_utf8_lossy(&single.stderr),
+    );
     drop(single_broker);
 
     // 2 processes × 2 workers through the script, on a fresh broker with the same messages.
@@ -304,7 +309,7 @@ fn two_processes_of_two_workers_decide_like_one_worker() {
             "process {i} read the topic:\n{log}"
         );
     }
-    let got = decisions(&broker, &messages, "2 processes x 2 workers");
+    let got = decisions(&broker, &messages, "2 processes x 2 workers", &logs);
     assert_eq!(got.len(), expected.len());
     assert!(
         got == expected,
