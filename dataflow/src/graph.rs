@@ -1228,6 +1228,28 @@ mod tests {
     /// Reference data that changes while messages flow: a user added at t = 10 is unknown
     /// to a message at t = 5 and known to one at t = 15, whichever order the work arrives
     /// in (the lookup of the older message must read the trace as of its own time).
+    /// The one region of the small graphs below.
+    fn region_r() -> Region {
+        Region {
+            id: "r".into(),
+            uf: "SP".into(),
+            name: "r".into(),
+            lat: 0.0,
+            lon: 0.0,
+        }
+    }
+
+    /// A user living in [`region_r`] with 10.00 of balance and no credit.
+    fn user_in_r(id: &str) -> User {
+        User {
+            id: id.into(),
+            name: id.into(),
+            region_id: "r".into(),
+            balance_cents: 1_000,
+            credit_limit_cents: 0,
+        }
+    }
+
     #[test]
     fn reference_updates_apply_from_their_time_on() {
         use differential_dataflow::input::Input;
@@ -1253,22 +1275,8 @@ mod tests {
                     .probe_with(&probe);
                 (regions_in, users_in, msgs)
             });
-            let region = Region {
-                id: "r".into(),
-                uf: "SP".into(),
-                name: "r".into(),
-                lat: 0.0,
-                lon: 0.0,
-            };
-            regions_in.update(region_row(&region), 1);
-            let user = |id: &str| User {
-                id: id.into(),
-                name: id.into(),
-                region_id: "r".into(),
-                balance_cents: 1_000,
-                credit_limit_cents: 0,
-            };
-            users_in.update(user_row(&user("a")), 1);
+            regions_in.update(region_row(&region_r()), 1);
+            users_in.update(user_row(&user_in_r("a")), 1);
             regions_in.close();
             // Both messages are sent before the late user is, so both lookups happen
             // after the trace holds the update at t = 10.
@@ -1295,7 +1303,7 @@ mod tests {
             msgs.send(msg(1, 15));
             msgs.close();
             users_in.advance_to(10);
-            users_in.update(user_row(&user("b")), 1);
+            users_in.update(user_row(&user_in_r("b")), 1);
             users_in.close();
             while probe.less_than(&16) {
                 worker.step();
@@ -1335,22 +1343,8 @@ mod tests {
             for _ in 0..10 {
                 worker.step();
             }
-            let region = Region {
-                id: "r".into(),
-                uf: "SP".into(),
-                name: "r".into(),
-                lat: 0.0,
-                lon: 0.0,
-            };
-            regions_in.update(region_row(&region), 1);
-            let user = User {
-                id: "a".into(),
-                name: "a".into(),
-                region_id: "r".into(),
-                balance_cents: 1_000,
-                credit_limit_cents: 0,
-            };
-            users_in.update(user_row(&user), 1);
+            regions_in.update(region_row(&region_r()), 1);
+            users_in.update(user_row(&user_in_r("a")), 1);
             regions_in.close();
             users_in.close();
             while !probe.done() {
