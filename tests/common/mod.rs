@@ -4,10 +4,14 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+// Each test crate includes this module and uses a part of it.
+#[allow(unused_imports)]
+pub use vtpga_testkit::{free_port, path_str, Postgres, Redis};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -40,13 +44,6 @@ fn tansu_path() -> PathBuf {
         "tansu is not installed: run scripts/setup.sh (or scripts/kafka.sh install)"
     );
     candidate
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A broker of this test's own. Dropping it kills the process it started.
@@ -262,193 +259,4 @@ pub fn write_capture(records: &[Consumed], path: &Path) {
         text.push('\n');
     }
     std::fs::write(path, text).expect("writing the capture");
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// Runs a command as the `postgres` user when we are root (PostgreSQL refuses root).
-fn pg_command(program: &str) -> Command {
-    let bin = format!("/usr/lib/postgresql/15/bin/{program}");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &bin]);
-        c
-    } else {
-        Command::new(bin)
-    }
-}
-
-/// A private PostgreSQL of this test: its own data directory in a temp dir, loopback, a
-/// free port; stopped (by the PID file of its data directory) when dropped.
-pub struct Postgres {
-    dir: tempfile::TempDir,
-    pub port: u16,
-    pub url: String,
-}
-
-impl Postgres {
-    pub fn start() -> Postgres {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let _ = Command::new("chown")
-            .args(["postgres:", path_str(dir.path())])
-            .status();
-        let data = dir.path().join("data");
-        let out = pg_command("initdb")
-            .args([
-                "-D",
-                path_str(&data),
-                "-U",
-                "vtpga",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ])
-            .args(["--locale=C.UTF-8"])
-            .output()
-            .expect("initdb runs");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let pg = Postgres {
-            url: format!("postgres://vtpga@127.0.0.1:{port}/postgres"),
-            port,
-            dir,
-        };
-        pg.start_server();
-        pg
-    }
-
-    fn start_server(&self) {
-        let data = self.dir.path().join("data");
-        let log = self.dir.path().join("server.log");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-            self.port,
-            path_str(self.dir.path())
-        );
-        let out = pg_command("pg_ctl")
-            .args([
-                "-D",
-                path_str(&data),
-                "-l",
-                path_str(&log),
-                "-w",
-                "-o",
-                &opts,
-                "start",
-            ])
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    /// Stops the server (fast shutdown: open connections are cut).
-    pub fn stop_server(&self) {
-        let data = self.dir.path().join("data");
-        let _ = pg_command("pg_ctl")
-            .args(["-D", path_str(&data), "-m", "fast", "-w", "stop"])
-            .output();
-    }
-
-    pub fn restart(&self, down_for: Duration) {
-        self.stop_server();
-        std::thread::sleep(down_for);
-        self.start_server();
-    }
-
-    pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls)
-            .expect("connect to the test PostgreSQL")
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop_server();
-    }
-}
-
-/// A private redis-server of this test on a free loopback port; killed when dropped.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    pub url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            url: String::new(),
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        r.url = format!("redis://127.0.0.1:{}/", r.port);
-        r.start_server();
-        r
-    }
-
-    pub fn start_server(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (scripts/setup.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not open its port"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server (SIGKILL, by its PID).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url.as_str())
-            .and_then(|c| c.get_connection())
-            .expect("connect to the test Redis")
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

@@ -8,8 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,147 +23,8 @@ use vtpga_dataflow::{Region, Status, User};
 use vtpga_sinks::files::DecisionRecord;
 use vtpga_sinks::postgres::{self as pg, PgSink};
 use vtpga_sinks::redis::{RedisOptions, RedisSink};
+use vtpga_testkit::{Postgres, Redis};
 use vtpga_web::{App, WebConfig};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn path_str(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// Runs a PostgreSQL program as `postgres` when we are root (PostgreSQL refuses root).
-fn pg_command(program: &str) -> Command {
-    let bin = format!("/usr/lib/postgresql/15/bin/{program}");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &bin]);
-        c
-    } else {
-        Command::new(bin)
-    }
-}
-
-/// A private PostgreSQL in a temp dir, stopped (by its data directory) when dropped.
-struct Postgres {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let _ = Command::new("chown")
-            .args(["postgres:", path_str(dir.path())])
-            .status();
-        let data = dir.path().join("data");
-        let out = pg_command("initdb")
-            .args(["-D", path_str(&data), "-U", "vtpga", "--auth=trust"])
-            .args(["-E", "UTF8", "--locale=C.UTF-8"])
-            .output()
-            .expect("initdb runs (scripts/setup.sh installs PostgreSQL 15)");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let log = dir.path().join("server.log");
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            path_str(dir.path())
-        );
-        let out = pg_command("pg_ctl")
-            .args([
-                "-D",
-                path_str(&data),
-                "-l",
-                path_str(&log),
-                "-w",
-                "-o",
-                &opts,
-                "start",
-            ])
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Postgres {
-            url: format!("postgres://vtpga@127.0.0.1:{port}/postgres"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = pg_command("pg_ctl")
-            .args(["-D", path_str(&data), "-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-/// A private redis-server, killed (by its handle) when dropped.
-struct Redis {
-    child: Option<Child>,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not open its port"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child: Some(child),
-            url: format!("redis://127.0.0.1:{port}/"),
-            _dir: dir,
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
 
