@@ -1225,9 +1225,6 @@ mod tests {
         assert!(!ready(&[a, b], &4));
     }
 
-    /// Reference data that changes while messages flow: a user added at t = 10 is unknown
-    /// to a message at t = 5 and known to one at t = 15, whichever order the work arrives
-    /// in (the lookup of the older message must read the trace as of its own time).
     /// The one region of the small graphs below.
     fn region_r() -> Region {
         Region {
@@ -1250,6 +1247,9 @@ mod tests {
         }
     }
 
+    /// Reference data that changes while messages flow: a user added at t = 10 is unknown
+    /// to a message at t = 5 and known to one at t = 15, whichever order the work arrives
+    /// in (the lookup of the older message must read the trace as of its own time).
     #[test]
     fn reference_updates_apply_from_their_time_on() {
         use differential_dataflow::input::Input;
