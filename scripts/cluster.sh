@@ -24,8 +24,11 @@
 # where the logs are too. Every VTPGA_* and RUST_LOG variable of this shell is passed on.
 # SSH options: $VTPGA_SSH_OPTS (default `-o BatchMode=yes -o ConnectTimeout=10`).
 #
-# State: ${VTPGA_CLUSTER_DIR:-.local/cluster}: `processes` (index, host, pid per line),
-# the hostfile, and locally process-I.log (stdout and stderr), pid-I, exit-I.
+# State: ${VTPGA_CLUSTER_DIR:-.local/cluster}: `processes` (index, host, pid, start time
+# per line), the hostfile, and locally process-I.log (stdout and stderr), pid-I, exit-I.
+# A remembered PID counts as ours (status, wait, stop signal it) only while it runs
+# `vtpga run --process` and has the start time remembered (field 22 of /proc/PID/stat):
+# a PID reused by another process after ours exited is reported and never signalled.
 # The local binary is $VTPGA_BIN (default target/release/vtpga).
 set -euo pipefail
 
@@ -47,9 +50,9 @@ die() {
 }
 
 # Starts one process detached from this shell (it outlives the script) in directory $1 as
-# index $2, running the command that follows; prints its PID. Writes pid-I, exit-I (its
-# exit status, once it ends) and process-I.log there. Run locally by bash, remotely by
-# `ssh HOST bash -s`.
+# index $2, running the command that follows; prints its PID and start time (`-` if it is
+# already gone). Writes pid-I, exit-I (its exit status, once it ends) and process-I.log
+# there. Run locally by bash, remotely by `ssh HOST bash -s`.
 # shellcheck disable=SC2016 # expanded by the shell that runs it
 launcher='
 set -eu
@@ -70,7 +73,10 @@ for _ in $(seq 1 100); do
     [ -s "pid-$i" ] && break
     sleep 0.05
 done
-cat "pid-$i"
+pid=$(cat "pid-$i")
+stat=$(cat "/proc/$pid/stat" 2>/dev/null) || stat=
+start=$(printf "%s" "${stat##*) }" | cut -d" " -f20)
+echo "$pid ${start:--}"
 '
 
 is_local() {
@@ -87,18 +93,33 @@ on_host() {
     ssh "${ssh_opts[@]}" "$host" "$cmd"
 }
 
-# Does PID $2 on host $1 still run our vtpga process? (Guards against reused PIDs.)
+# Does PID $2 on host $1 still run our vtpga process? (Guards against reused PIDs: the
+# same command and, when remembered as $3, the same start time.)
 alive() {
-    local host=$1 pid=$2 args
+    local host=$1 pid=$2 start=${3:-} args stat
+    [[ "$pid" =~ ^[1-9][0-9]*$ ]] || return 1
     if is_local "$host"; then
         args="$(ps -o args= -p "$pid" 2>/dev/null)" || return 1
+        stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
     else
-        args="$(on_host "$host" ps -o args= -p "$pid" 2>/dev/null)" || return 1
+        # One round trip: the start-time line, then the command line.
+        local out
+        # shellcheck disable=SC2016 # expanded by the remote sh
+        out="$(on_host "$host" sh -c 'cat "/proc/$1/stat" && ps -o args= -p "$1"' sh "$pid" 2>/dev/null)" ||
+            return 1
+        stat="${out%%$'\n'*}"
+        args="${out#*$'\n'}"
     fi
     case "$args" in
-    *vtpga*run*--process*) return 0 ;;
+    *vtpga*run*--process*) ;;
     *) return 1 ;;
     esac
+    # `-`: the process was gone when it was remembered, so no process at this PID is ours.
+    if [ -n "$start" ]; then
+        local -a f
+        read -r -a f <<<"${stat##*) }"
+        [ "${f[19]:-}" = "$start" ] || return 1
+    fi
 }
 
 # The exit status recorded for process $2 on host $1, or nothing while it runs.
@@ -138,13 +159,13 @@ need_state() {
     [ -s "$dir/processes" ] || die "no cluster started from $dir"
 }
 
-# The exit status of process $2 on host $1 (PID $3): its recorded status, nothing while
+# The exit status of process $2 on host $1 (PID $3, start time $4): its recorded status, nothing while
 # it runs, or `unknown` if it is gone without one (killed with its launcher). Its launcher
 # records the status just after it exits: give it a moment.
 settled_status() {
-    local host=$1 i=$2 pid=$3 code
+    local host=$1 i=$2 pid=$3 start=${4:-} code
     code="$(exit_status "$host" "$i")"
-    if [ -n "$code" ] || alive "$host" "$pid"; then
+    if [ -n "$code" ] || alive "$host" "$pid" "$start"; then
         echo "$code"
         return
     fi
@@ -160,10 +181,10 @@ settled_status() {
 }
 
 any_running() {
-    local i host pid
+    local i host pid start
     [ -s "$dir/processes" ] || return 1
-    while read -r i host pid; do
-        if alive "$host" "$pid"; then
+    while read -r i host pid start; do
+        if alive "$host" "$pid" "$start"; then
             return 0
         fi
     done < <(grep -v '^#' "$dir/processes")
@@ -222,8 +243,8 @@ start() {
         esac
     done < <(compgen -e | grep -E '^(VTPGA_|RUST_LOG$)' || true)
 
-    echo "# index host pid (scripts/cluster.sh start $n $w)" >"$dir/processes"
-    local i host pid
+    echo "# index host pid start (scripts/cluster.sh start $n $w)" >"$dir/processes"
+    local i host pid start started
     for ((i = 0; i < n; i++)); do
         local cluster_args=(--workers "$w" --processes "$n" --process "$i")
         if [ -n "$hosts_file" ]; then
@@ -234,22 +255,23 @@ start() {
             printf -v cmd '%q ' bash -s -- "$remote_dir" "$i" "${env_args[@]}" \
                 "$remote_bin" run "${cluster_args[@]}" --hostfile "$remote_dir/hostfile" "${run_args[@]}"
             # shellcheck disable=SC2029 # quoted here on purpose, run there
-            pid="$(ssh "${ssh_opts[@]}" "$host" "$cmd" <<<"$launcher")"
+            started="$(ssh "${ssh_opts[@]}" "$host" "$cmd" <<<"$launcher")"
         else
             host=local
-            pid="$(bash -c "$launcher" launcher "$dir" "$i" \
+            started="$(bash -c "$launcher" launcher "$dir" "$i" \
                 "$bin" run "${cluster_args[@]}" "${run_args[@]}")"
         fi
-        [[ "$pid" =~ ^[0-9]+$ ]] || die "process $i on $host did not start (got '$pid')"
-        echo "$i $host $pid" >>"$dir/processes"
+        read -r pid start <<<"$started"
+        [[ "$pid" =~ ^[0-9]+$ ]] || die "process $i on $host did not start (got '$started')"
+        echo "$i $host $pid ${start:--}" >>"$dir/processes"
         echo "process $i: $host pid $pid, log $(log_path "$host" "$i")"
     done
 
     # A process that fails at once (bad flag, unreachable service) fails the start.
     sleep "${VTPGA_CLUSTER_START_CHECK:-1}"
     local failed=0 code
-    while read -r i host pid; do
-        code="$(settled_status "$host" "$i" "$pid")"
+    while read -r i host pid start; do
+        code="$(settled_status "$host" "$i" "$pid" "$start")"
         if [ -n "$code" ] && [ "$code" != 0 ]; then
             echo "process $i on $host exited with status $code:" >&2
             log_tail "$host" "$i" >&2
@@ -274,11 +296,11 @@ wait_all() {
         esac
     done
     need_state
-    local started=$SECONDS i host pid code running
+    local started=$SECONDS i host pid start code running
     while true; do
         running=0
-        while read -r i host pid; do
-            code="$(settled_status "$host" "$i" "$pid")"
+        while read -r i host pid start; do
+            code="$(settled_status "$host" "$i" "$pid" "$start")"
             if [ -z "$code" ]; then
                 running=$((running + 1))
                 continue
@@ -315,12 +337,18 @@ stop() {
         echo "no cluster started from $dir"
         return 0
     fi
-    local i host pid sig left
+    local i host pid start sig left
+    # Remembered PIDs that are no longer our processes (exited; maybe reused): never signalled.
+    while read -r i host pid start; do
+        if ! alive "$host" "$pid" "$start" && [ -z "$(exit_status "$host" "$i")" ]; then
+            echo "process $i: $host pid $pid is not the vtpga this script started (it has exited; the PID may belong to another process now): not signalled" >&2
+        fi
+    done < <(remembered)
     # SIGINT first: vtpga stops its source, finishes what is in flight and flushes.
     for sig in INT TERM KILL; do
         left=0
-        while read -r i host pid; do
-            if alive "$host" "$pid"; then
+        while read -r i host pid start; do
+            if alive "$host" "$pid" "$start"; then
                 signal "$host" "$sig" "$pid"
                 left=1
             fi
@@ -339,9 +367,9 @@ stop() {
 
 status() {
     need_state
-    local i host pid code state all_done=1
-    while read -r i host pid; do
-        code="$(settled_status "$host" "$i" "$pid")"
+    local i host pid start code state all_done=1
+    while read -r i host pid start; do
+        code="$(settled_status "$host" "$i" "$pid" "$start")"
         case "$code" in
         "") state="running"; all_done=0 ;;
         unknown) state="gone (no exit status recorded)" ;;

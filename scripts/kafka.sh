@@ -4,10 +4,12 @@
 #
 #   scripts/kafka.sh install                      # cargo install tansu (skipped if present)
 #   scripts/kafka.sh start [PORT] [PARTITIONS]    # default 19092, 4; creates the topics
-#   scripts/kafka.sh stop                         # stops the broker this script started (by PID)
+#   scripts/kafka.sh stop                         # stops the broker this script started (by PID, checked)
 #   scripts/kafka.sh status
 #
 # State (PID file, log) lives in $VTPGA_KAFKA_DIR (default: .local/kafka in the checkout).
+# `stop` signals the PID only while it is still the tansu this script started (same
+# program, same start time: scripts/pidfile.sh); a stale PID file is removed, nothing killed.
 # Memory storage: everything is gone when the broker stops.
 set -euo pipefail
 
@@ -15,6 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${VTPGA_KAFKA_DIR:-$here/.local/kafka}"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$cargo_bin:$PATH"
+# shellcheck source-path=SCRIPTDIR source=pidfile.sh
+. "$here/scripts/pidfile.sh"
 
 tansu_bin() {
     command -v tansu 2>/dev/null || true
@@ -45,7 +49,7 @@ start() {
     local port="${1:-19092}" partitions="${2:-4}"
     install
     mkdir -p "$dir"
-    if [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null; then
+    if pid_ours "$dir/tansu.pid" tansu; then
         echo "broker already running (pid $(cat "$dir/tansu.pid"), port $(cat "$dir/port"))"
         return 0
     fi
@@ -55,7 +59,7 @@ start() {
         --advertised-listener-url "$url" \
         --storage-engine memory://tansu/ \
         >"$dir/tansu.log" 2>&1) &
-    echo $! >"$dir/tansu.pid"
+    pid_remember "$dir/tansu.pid" $! tansu
     echo "$port" >"$dir/port"
     wait_port "$port"
     for topic in "${VTPGA_KAFKA_TOPIC:-transacoes}" \
@@ -69,25 +73,16 @@ start() {
 
 stop() {
     if [ -f "$dir/tansu.pid" ]; then
-        local pid
-        pid="$(cat "$dir/tansu.pid")"
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid"
-            for _ in $(seq 1 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -9 "$pid" 2>/dev/null || true
+        if pid_stop "$dir/tansu.pid" tansu broker; then
+            echo "broker stopped"
         fi
-        rm -f "$dir/tansu.pid"
-        echo "broker stopped"
     else
         echo "no broker started from $dir"
     fi
 }
 
 status() {
-    if [ -f "$dir/tansu.pid" ] && kill -0 "$(cat "$dir/tansu.pid")" 2>/dev/null; then
+    if pid_ours "$dir/tansu.pid" tansu; then
         echo "running: pid $(cat "$dir/tansu.pid"), 127.0.0.1:$(cat "$dir/port")"
     else
         echo "not running"

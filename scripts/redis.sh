@@ -3,17 +3,21 @@
 # on loopback, no persistence, no Docker.
 #
 #   scripts/redis.sh start [PORT]   # default 16379; prints the VTPGA_REDIS_URL to export
-#   scripts/redis.sh stop           # stops the server this script started (by PID)
+#   scripts/redis.sh stop           # stops the server this script started (by PID, checked)
 #   scripts/redis.sh status
 #
 # Ready means `redis-cli ping` answers, from the process this script started.
 # State (PID file, log) lives in $VTPGA_REDIS_DIR (default: .local/redis in the checkout).
+# `stop` signals the PID only while it is still the redis-server this script started (same
+# program, same start time: scripts/pidfile.sh); a stale PID file is removed, nothing killed.
 # No RDB, no AOF: everything is gone when the server stops (the pipeline rebuilds the
 # cache when it reconnects).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${VTPGA_REDIS_DIR:-$here/.local/redis}"
+# shellcheck source-path=SCRIPTDIR source=pidfile.sh
+. "$here/scripts/pidfile.sh"
 
 need() {
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
@@ -23,7 +27,7 @@ need() {
 }
 
 running() {
-    [ -f "$dir/redis.pid" ] && kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null
+    pid_ours "$dir/redis.pid" redis-server
 }
 
 start() {
@@ -38,7 +42,7 @@ start() {
     (cd "$dir" && exec redis-server --port "$port" --bind 127.0.0.1 \
         --save '' --appendonly no --daemonize no --dir "$dir" \
         >"$dir/redis.log" 2>&1) &
-    echo $! >"$dir/redis.pid"
+    pid_remember "$dir/redis.pid" $! redis-server
     echo "$port" >"$dir/port"
     for _ in $(seq 1 100); do
         # Answered by the server this script started, not another one on the same port.
@@ -48,7 +52,8 @@ start() {
             echo "export VTPGA_REDIS_URL=redis://127.0.0.1:$port/"
             return 0
         fi
-        if ! running; then
+        # (Alive at all: until its exec, the PID still runs the starting subshell.)
+        if ! kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; then
             break
         fi
         sleep 0.1
@@ -61,18 +66,9 @@ start() {
 
 stop() {
     if [ -f "$dir/redis.pid" ]; then
-        local pid
-        pid="$(cat "$dir/redis.pid")"
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid"
-            for _ in $(seq 1 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -9 "$pid" 2>/dev/null || true
+        if pid_stop "$dir/redis.pid" redis-server redis-server; then
+            echo "redis stopped"
         fi
-        rm -f "$dir/redis.pid"
-        echo "redis stopped"
     else
         echo "no redis started from $dir"
     fi
