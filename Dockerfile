@@ -5,12 +5,13 @@
 #   docker run --rm vtpga --help
 #
 # Stage 1 builds with the official Rust image (Debian bookworm). rdkafka builds librdkafka
-# from source with CMake (its `cmake-build` feature): cmake, g++ and libcurl's headers.
+# from source with its own configure/make (no cmake, no libcurl): a C compiler, make, perl
+# and zlib's headers.
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        cmake g++ libcurl4-openssl-dev zlib1g-dev \
+        g++ make perl zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

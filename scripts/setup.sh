@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping what is already there (idempotent):
-# - Debian packages: cmake and libcurl (librdkafka's build, via rdkafka's cmake-build),
+# - Debian packages (none is needed to build or run the embedded pipeline: librdkafka is
+#   built by its own configure/make, which needs only a C compiler, make, perl and zlib):
 #   PostgreSQL 15 and Redis (private test instances), python3-pip, chromium (the
 #   dashboard's browser test, with chromium-driver), shellcheck and docker-compose (CI lints
 #   the scripts and checks docker-compose.yml; no Docker engine is needed);
@@ -20,8 +21,6 @@ for component in rustfmt clippy; do
 done
 
 missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v pip3 >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

@@ -288,8 +288,8 @@ impl LiveState {
 
     /// The consumer lag (messages behind the end of the source), shown on the health panel
     /// and in `/metrics`.
-    pub fn set_health(&self, consumer_lag: i64) {
-        self.lock().consumer_lag = Some(consumer_lag);
+    pub fn set_health(&self, consumer_lag: Option<i64>) {
+        self.lock().consumer_lag = consumer_lag;
     }
 
     /// The analyses as SPEC §8 JSON.

@@ -265,7 +265,7 @@ async fn users_need_postgres_in_embedded_mode() {
 #[tokio::test]
 async fn healthz_and_metrics() {
     let (state, _) = fed_state();
-    state.set_health(42);
+    state.set_health(Some(42));
     let routes = routes(state, None);
     let (status, h) = get_json(&routes, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
