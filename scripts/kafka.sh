@@ -4,6 +4,7 @@
 #
 #   scripts/kafka.sh install                      # cargo install tansu (skipped if present)
 #   scripts/kafka.sh start [PORT] [PARTITIONS]    # default 19092, 4; creates the topics
+#                                                 # (transactions, control, decisions, dead letters)
 #   scripts/kafka.sh stop                         # stops the broker this script started (by PID, checked)
 #   scripts/kafka.sh status
 #
@@ -62,8 +63,20 @@ start() {
     pid_remember "$dir/tansu.pid" $! tansu
     echo "$port" >"$dir/port"
     wait_port "$port"
-    for topic in "${VTPGA_KAFKA_TOPIC:-transacoes}" \
-        "${VTPGA_KAFKA_DECISIONS_TOPIC:-transacoes-decisoes}" \
+    # Input topics (transactions, control) carry the SPEC §4 clock guard setting
+    # message.timestamp.after.max.ms = VTPGA_MAX_CLOCK_SKEW_MS (default 60000). tansu 0.6.0
+    # accepts topic configs (`--config KEY=VALUE`) and stores them, but its broker does not
+    # enforce this one (no timestamp check in its source): with tansu only the pipeline's
+    # own guard (`vtpga run --max-clock-skew-ms`) applies. Should a tansu refuse the
+    # setting, the topic is created without it.
+    local skew="${VTPGA_MAX_CLOCK_SKEW_MS:-60000}" topic
+    for topic in "${VTPGA_KAFKA_TOPIC:-transacoes}" "${VTPGA_KAFKA_CONTROL_TOPIC:-transacoes-controle}"; do
+        tansu topic create "$topic" --partitions "$partitions" --broker "$url" \
+            --config "message.timestamp.after.max.ms=$skew" >/dev/null 2>&1 ||
+            tansu topic create "$topic" --partitions "$partitions" --broker "$url" >/dev/null 2>&1 ||
+            echo "topic $topic: not created (it may exist already)" >&2
+    done
+    for topic in "${VTPGA_KAFKA_DECISIONS_TOPIC:-transacoes-decisoes}" \
         "${VTPGA_KAFKA_DLQ_TOPIC:-transacoes-dlq}"; do
         tansu topic create "$topic" --partitions "$partitions" --broker "$url" >/dev/null 2>&1 ||
             echo "topic $topic: not created (it may exist already)" >&2
