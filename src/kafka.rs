@@ -67,8 +67,39 @@ impl KafkaArgs {
     }
 }
 
-/// Creates each topic that does not exist yet with `partitions` partitions (replication 1).
-pub fn create_topics(args: &KafkaArgs, topics: &[&str], partitions: i32) -> Result<()> {
+/// A topic to create and its topic-level settings.
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub config: Vec<(&'static str, String)>,
+}
+
+impl<'a> TopicSpec<'a> {
+    /// A topic with the broker's default settings.
+    pub fn plain(name: &'a str) -> Self {
+        TopicSpec {
+            name,
+            config: Vec::new(),
+        }
+    }
+
+    /// An input topic (transactions, control): the broker itself refuses records stamped
+    /// more than `max_clock_skew_ms` ahead of its clock (SPEC §4 clock guard; Kafka 3.6+).
+    pub fn input(name: &'a str, max_clock_skew_ms: u64) -> Self {
+        TopicSpec {
+            name,
+            config: vec![(
+                "message.timestamp.after.max.ms",
+                max_clock_skew_ms.to_string(),
+            )],
+        }
+    }
+}
+
+/// Creates each topic that does not exist yet with `partitions` partitions (replication
+/// 1) and its settings. A broker that refuses a setting (tansu, or Kafka before 3.6 for
+/// `message.timestamp.after.max.ms`) gets the topic without it, with a warning: the
+/// pipeline's own clock guard still applies.
+pub fn create_topics(args: &KafkaArgs, topics: &[TopicSpec<'_>], partitions: i32) -> Result<()> {
     if partitions < 1 {
         bail!("--partitions must be at least 1");
     }
@@ -76,23 +107,51 @@ pub fn create_topics(args: &KafkaArgs, topics: &[&str], partitions: i32) -> Resu
         .client_config()?
         .create()
         .context("creating the Kafka admin client")?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = futures_executor::block_on(admin.create_topics(&new, &options))
-        .with_context(|| format!("creating topics on {}", args.brokers))?;
-    for result in results {
+    for spec in topics {
+        let mut topic = NewTopic::new(spec.name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in &spec.config {
+            topic = topic.set(k, v);
+        }
+        let mut result = create_one(&admin, &options, topic, &args.brokers)?;
+        if !spec.config.is_empty()
+            && matches!(result, Err(code) if code != RDKafkaErrorCode::TopicAlreadyExists)
+        {
+            log::warn!(
+                "the broker refused topic {} with {:?} ({}); creating it without",
+                spec.name,
+                spec.config,
+                result.err().map(|c| c.to_string()).unwrap_or_default()
+            );
+            let plain = NewTopic::new(spec.name, partitions, TopicReplication::Fixed(1));
+            result = create_one(&admin, &options, plain, &args.brokers)?;
+        }
         match result {
-            Ok(name) => log::info!("created topic {name} with {partitions} partition(s)"),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                log::info!("topic {name} already exists")
+            Ok(()) => log::info!(
+                "created topic {} with {partitions} partition(s)",
+                spec.name
+            ),
+            Err(RDKafkaErrorCode::TopicAlreadyExists) => {
+                log::info!("topic {} already exists", spec.name)
             }
-            Err((name, code)) => bail!("creating topic {name}: {code}"),
+            Err(code) => bail!("creating topic {}: {code}", spec.name),
         }
     }
     Ok(())
+}
+
+fn create_one(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: NewTopic<'_>,
+    brokers: &str,
+) -> Result<std::result::Result<(), RDKafkaErrorCode>> {
+    let results = futures_executor::block_on(admin.create_topics([&topic], options))
+        .with_context(|| format!("creating topics on {brokers}"))?;
+    Ok(results
+        .into_iter()
+        .next()
+        .map_or(Ok(()), |r| r.map(|_| ()).map_err(|(_, code)| code)))
 }
 
 /// The partitions of `topic`, waiting up to `timeout` for the broker to answer.

@@ -38,11 +38,19 @@ fn tune_allocator() {
 #[command(
     name = "vtpga",
     version,
-    about = "VT.PGA real-time transaction approval on timely dataflow"
+    about = "VT.PGA real-time transaction approval on timely dataflow",
+    long_about = "VT.PGA real-time transaction approval on timely dataflow.\n\n\
+        With no subcommand, `vtpga` is `vtpga run`: it takes run's options below \
+        (`vtpga --count 1000`, `vtpga --workers 2`).",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// `run`'s options, for `vtpga` without a subcommand.
+    #[command(flatten)]
+    run: run::RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +100,11 @@ struct TopicsArgs {
     /// Partitions of each new topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// The transactions topic refuses records stamped more than this ahead of the broker's
+    /// clock (`message.timestamp.after.max.ms`, SPEC §4; the pipeline's own guard uses
+    /// `run --max-clock-skew-ms`).
+    #[arg(long, env = "VTPGA_MAX_CLOCK_SKEW_MS", default_value_t = 60_000)]
+    max_clock_skew_ms: u64,
 }
 
 /// The rule parameters of SPEC §5.
@@ -128,16 +141,21 @@ impl ParamArgs {
     }
 }
 
+/// A count that must be at least 1 (clap value parser).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() -> Result<()> {
     tune_allocator();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    // With no subcommand, `vtpga` is `vtpga run` with its defaults (and environment).
-    let command = match Cli::parse().command {
-        Some(command) => command,
-        None => Cli::parse_from(["vtpga", "run"])
-            .command
-            .expect("run is a subcommand"),
-    };
+    // With no subcommand, `vtpga` is `vtpga run` with the options given (and environment).
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
     match command {
         Command::Run(args) => run::run(args),
         Command::Replay(args) => replay::replay(args),
@@ -158,9 +176,9 @@ fn main() -> Result<()> {
         Command::Topics(args) => vtpga::kafka::create_topics(
             &args.kafka,
             &[
-                &args.kafka.topic,
-                &args.kafka.decisions_topic,
-                &args.kafka.dlq_topic,
+                vtpga::kafka::TopicSpec::input(&args.kafka.topic, args.max_clock_skew_ms),
+                vtpga::kafka::TopicSpec::plain(&args.kafka.decisions_topic),
+                vtpga::kafka::TopicSpec::plain(&args.kafka.dlq_topic),
             ],
             args.partitions,
         ),

@@ -40,8 +40,9 @@ pub struct ReplayArgs {
     /// Where to write every user's balance and credit used (CSV).
     #[arg(long)]
     pub balances: Option<PathBuf>,
-    /// Messages a worker lets into the graph before waiting for them to be decided.
-    #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 1_000_000)]
+    /// Messages a worker lets into the graph before waiting for them to be decided (at
+    /// least 1: with none the source could never take a message).
+    #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 1_000_000, value_parser = crate::at_least_one)]
     pub max_in_flight: usize,
     #[command(flatten)]
     pub params: ParamArgs,

@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// batch with the next batch; see the README).
     #[arg(long, env = "VTPGA_KAFKA_RESUME_REWIND", default_value_t = 20_000)]
     pub resume_rewind: i64,
+    /// Kafka source: the clock guard (SPEC §4). A record stamped more than this ahead of
+    /// the wall clock when read is decided `invalid` and does not move its partition's time.
+    #[arg(long, env = "VTPGA_MAX_CLOCK_SKEW_MS", default_value_t = 60_000)]
+    pub max_clock_skew_ms: u64,
     /// Kafka source: messages buffered per partition before it is paused.
     #[arg(long, env = "VTPGA_KAFKA_MAX_BUFFERED", default_value_t = 50_000)]
     pub max_buffered: usize,
@@ -107,8 +111,9 @@ pub struct RunArgs {
     /// Seed of the generated data and messages.
     #[arg(long, env = "VTPGA_SEED", default_value_t = 42)]
     pub seed: u64,
-    /// Messages a worker lets into the graph before waiting for them to be decided.
-    #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 200_000)]
+    /// Messages a worker lets into the graph before waiting for them to be decided (at
+    /// least 1: with none the source could never take a message).
+    #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 200_000, value_parser = crate::at_least_one)]
     pub max_in_flight: usize,
     #[command(flatten)]
     pub params: ParamArgs,
@@ -201,7 +206,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             let source = KafkaSourceConfig {
                 client: args.kafka.consumer_settings()?,
                 topic: args.kafka.topic.clone(),
-                start: args.start,
+                // Once the database holds this source's record, a partition without a
+                // stored offset has had nothing decided yet: what arrived there while the
+                // pipeline was down must be read, whatever `--start` says.
+                start: if resume_point.cut_time.is_some() {
+                    StartFrom::Earliest
+                } else {
+                    args.start
+                },
                 offsets: resume_point
                     .partitions
                     .iter()
@@ -217,6 +229,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 idle_slack_ms: args.idle_slack_ms,
                 exit_at_eof: args.exit_at_eof,
                 max_buffered: args.max_buffered,
+                max_clock_skew_ms: args.max_clock_skew_ms,
             };
             eprintln!(
                 "kafka: {} partition(s) of {} on {}, {}, decisions to {}, dead letters to {}",
@@ -329,10 +342,13 @@ pub fn run(args: RunArgs) -> Result<()> {
                 let mut line = monitor.window_line(window.elapsed().as_secs_f64());
                 if sinks.kafka.is_some() {
                     line.push_str(&format!(
-                        " | lag {} raised {} held {}",
-                        status_stats.total_lag(),
+                        " | lag {} raised {} held {} guarded {}",
+                        status_stats
+                            .total_lag()
+                            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string()),
                         status_stats.raised.load(Ordering::Relaxed),
-                        status_stats.paused.load(Ordering::Relaxed)
+                        status_stats.paused.load(Ordering::Relaxed),
+                        status_stats.guarded.load(Ordering::Relaxed)
                     ));
                 }
                 line.push_str(&sinks.status());
@@ -440,13 +456,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         p.flush(Duration::from_secs(30))
             .context("flushing the decisions to Kafka")?;
         println!(
-            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions; partitions held back {} time(s); {} re-delivered record(s) dropped; {} offset(s) skipped by the broker",
+            "kafka: {} record(s) delivered, {} failed; {} message time(s) raised by idle partitions; partitions held back {} time(s); {} re-delivered record(s) dropped; {} offset(s) skipped by the broker; {} record(s) stamped ahead of the clock decided invalid",
             p.stats.delivered.load(Ordering::Relaxed),
             p.stats.failed.load(Ordering::Relaxed),
             kafka_stats.raised.load(Ordering::Relaxed),
             kafka_stats.paused.load(Ordering::Relaxed),
             kafka_stats.redelivered.load(Ordering::Relaxed),
             kafka_stats.skipped.load(Ordering::Relaxed),
+            kafka_stats.guarded.load(Ordering::Relaxed),
         );
         if p.stats.failed.load(Ordering::Relaxed) > 0 {
             bail!("some decisions could not be produced to Kafka");
@@ -469,6 +486,11 @@ impl Sinks {
     fn write(&mut self, batch: &Batch) -> Result<()> {
         if let Some(p) = self.kafka.as_mut() {
             p.send_batch(batch).context("producing decisions")?;
+            if self.pg.is_some() {
+                // At least once on the topics: nothing of a cut may be undelivered once
+                // the cut is committed (a restart resumes after it).
+                p.flush_all();
+            }
         }
         if let Some(pg) = self.pg.as_mut() {
             pg.write(batch, &|| false)

@@ -189,6 +189,7 @@ fn capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>) {
             partition: s.partition,
             offset,
             payload,
+            refused: None,
         });
         msgs.push(RefMsg {
             record_ts,

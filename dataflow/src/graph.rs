@@ -45,12 +45,17 @@ use crate::model::{Cents, Id, Params, Region, SourcePos, Status, Time, Tx, User}
 use crate::parse::parse_transaction;
 use crate::rules::{self, Scores, TimeVerdict};
 
-/// The body of an incoming message: raw bytes from a source, or an already-parsed
-/// transaction (the bench's parsed-input mode, and tests).
+/// The body of an incoming message: raw bytes from a source, an already-parsed
+/// transaction (the bench's parsed-input mode, and tests), or a record its source already
+/// refused (decided `invalid` with that error, whatever its bytes hold).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Body {
     Raw(Vec<u8>),
     Parsed(Tx),
+    /// A record the source does not trust or could not read: the SPEC §4 clock guard
+    /// ("record timestamp ahead of the clock"), a capture line whose payload is `null` or
+    /// not UTF-8 (SPEC §9). Never parsed, never in rule 3's memory.
+    Refused { raw: Vec<u8>, error: String },
 }
 
 /// A message as it enters the graph, at timely time `t`.
@@ -361,6 +366,13 @@ pub fn build_admitted<'s>(
 pub fn admit(m: Incoming, params: &Params) -> Result<Pending, Decision> {
     let (tx, raw) = match m.body {
         Body::Parsed(tx) => (tx, None),
+        Body::Refused { raw, error } => {
+            return Err(Decision {
+                reason: Some(error),
+                raw: Some(raw),
+                ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
+            })
+        }
         Body::Raw(bytes) => match parse_transaction(&bytes) {
             Ok(tx) => (tx, Some(bytes)),
             Err(e) => {

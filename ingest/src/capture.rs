@@ -22,14 +22,62 @@ use crate::generator::{GenMessage, Generator, GeneratorConfig};
 use crate::refdata::{self, RefDataError};
 
 /// One line of a capture file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Line")]
 pub struct CaptureRecord {
-    /// The record timestamp as consumed, before the SPEC §4 clamping.
+    /// The record timestamp as consumed, before the SPEC §4 clamping. Kafka's "no
+    /// timestamp" (−1) and any other negative value read as 0, as the Kafka source takes
+    /// them: the clamp then gives the partition's previous `t`.
     pub t: u64,
     pub partition: i32,
     pub offset: i64,
-    /// The raw message text.
+    /// The raw message text (for a refused record: what could be read of it).
     pub payload: String,
+    /// Why the record is decided `invalid` without being parsed: a `null` payload (a
+    /// record without a value) or one that was not UTF-8 (SPEC §9).
+    pub refused: Option<String>,
+}
+
+/// A capture line as written; [`CaptureRecord`] is what it means.
+#[derive(Deserialize)]
+struct Line {
+    t: i64,
+    partition: i32,
+    offset: i64,
+    payload: Box<serde_json::value::RawValue>,
+}
+
+/// The error of a capture line whose payload is `null` (SPEC §9).
+pub const NO_VALUE: &str = "record has no value";
+/// The error of a capture line whose payload holds a lone surrogate: the record's value
+/// was not UTF-8 (SPEC §9).
+pub const NOT_UTF8: &str = "payload is not valid UTF-8";
+
+impl TryFrom<Line> for CaptureRecord {
+    type Error = String;
+
+    fn try_from(line: Line) -> Result<Self, String> {
+        let raw = line.payload.get();
+        let (payload, refused) = if raw == "null" {
+            (String::new(), Some(NO_VALUE.to_owned()))
+        } else if !raw.starts_with('"') {
+            return Err("payload: expected a string or null".to_owned());
+        } else {
+            match serde_json::from_str::<String>(raw) {
+                Ok(text) => (text, None),
+                // serde_json refuses only lone surrogates in a well-formed string: the
+                // value was not UTF-8; its escaped text is what can be kept of it.
+                Err(_) => (raw[1..raw.len() - 1].to_owned(), Some(NOT_UTF8.to_owned())),
+            }
+        };
+        Ok(CaptureRecord {
+            t: line.t.max(0) as u64,
+            partition: line.partition,
+            offset: line.offset,
+            payload,
+            refused,
+        })
+    }
 }
 
 impl CaptureRecord {
@@ -462,6 +510,7 @@ mod tests {
             partition: 1,
             offset: 41,
             payload: "x".into(),
+            refused: None,
         })
         .unwrap();
         assert_eq!(w.write(&msg(1, 6, "y")).unwrap().offset, 42);
@@ -514,7 +563,7 @@ mod tests {
             ),
             ("not json", "not a capture record"),
             (
-                "{\"t\":-1,\"partition\":0,\"offset\":1,\"payload\":\"\"}",
+                "{\"t\":1.5,\"partition\":0,\"offset\":1,\"payload\":\"\"}",
                 "not a capture record",
             ),
             (
@@ -575,6 +624,38 @@ mod tests {
                 payload: "p".into()
             }]
         );
+    }
+
+    /// SPEC §9 (revision 3): `"payload": null`, a payload holding a lone surrogate and
+    /// `"t": -1` are records to decide, not errors of the file.
+    #[test]
+    fn null_and_non_utf8_payloads_and_no_timestamp_are_records() {
+        let text = concat!(
+            r#"{"t":-1,"partition":0,"offset":0,"payload":"{}"}"#,
+            "\n",
+            r#"{"t":7,"partition":0,"offset":1,"payload":null}"#,
+            "\n",
+            r#"{"t":8,"partition":0,"offset":2,"payload":"a\ud800b"}"#,
+            "\n",
+            r#"{"t":9,"partition":0,"offset":3,"payload":"\ud83d\ude00"}"#,
+            "\n",
+        );
+        let got: Vec<CaptureRecord> = CaptureLines::from_reader(text.as_bytes(), "mem")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got[0].t, 0);
+        assert_eq!(got[0].refused, None);
+        assert_eq!(got[1].refused.as_deref(), Some(NO_VALUE));
+        assert_eq!(got[2].refused.as_deref(), Some(NOT_UTF8));
+        assert_eq!(got[2].payload, "a\\ud800b");
+        assert_eq!(got[3].refused, None);
+        assert_eq!(got[3].payload, "\u{1F600}");
+        let bad = r#"{"t":1,"partition":0,"offset":0,"payload":5}"#;
+        let e = CaptureLines::from_reader(bad.as_bytes(), "mem")
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("expected a string or null"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //!   upstream stops polling altogether while the graph is behind. (librdkafka's
 //!   pause/resume is not used: against tansu it lost and repeated messages.)
 //! * A source position seen again (offset below the next expected one) is dropped.
+//! * Clock guard (SPEC §4): a record stamped more than `max_clock_skew_ms` ahead of the
+//!   wall clock when it is read is not trusted. It is decided `invalid` ("record timestamp
+//!   ahead of the clock") at its partition's previous `t` (the wall clock if there is
+//!   none), does not move the partition's `t`, and is counted in [`KafkaStats::guarded`]:
+//!   one producer with a wrong clock cannot hold a partition's time a year ahead.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -24,7 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -77,6 +81,9 @@ pub struct KafkaSourceConfig {
     pub resume_rewind: i64,
     /// Messages buffered per partition before it is no longer polled.
     pub max_buffered: usize,
+    /// The clock guard (SPEC §4): a record timestamp more than this ahead of the wall
+    /// clock is not trusted.
+    pub max_clock_skew_ms: u64,
 }
 
 /// Counters shared by all workers of a process, read by the status line.
@@ -94,6 +101,8 @@ pub struct KafkaStats {
     pub redelivered: AtomicU64,
     /// Offsets the broker skipped: a record arrived beyond the next expected offset.
     pub skipped: AtomicU64,
+    /// Records decided `invalid` by the clock guard (timestamp too far ahead, SPEC §4).
+    pub guarded: AtomicU64,
 }
 
 impl KafkaStats {
@@ -104,8 +113,9 @@ impl KafkaStats {
         })
     }
 
-    /// Total consumer lag over this process's workers (−1 until a fetch has reported a high watermark).
-    pub fn total_lag(&self) -> i64 {
+    /// Total consumer lag over this process's workers: `None` until a fetch has reported a
+    /// high watermark, and for sources that have no lag (the generator).
+    pub fn total_lag(&self) -> Option<i64> {
         let mut known = false;
         let mut sum = 0;
         for l in &self.lag {
@@ -115,11 +125,7 @@ impl KafkaStats {
                 sum += v;
             }
         }
-        if known {
-            sum
-        } else {
-            -1
-        }
+        known.then_some(sum)
     }
 }
 
@@ -217,6 +223,7 @@ pub struct KafkaFeed {
     idle_slack_ms: u64,
     exit_at_eof: bool,
     max_buffered: usize,
+    max_clock_skew_ms: u64,
     stats: Arc<KafkaStats>,
     /// This worker's slot in `stats.lag`.
     slot: usize,
@@ -294,6 +301,7 @@ impl KafkaFeed {
             idle_slack_ms: config.idle_slack_ms,
             exit_at_eof: config.exit_at_eof,
             max_buffered: config.max_buffered.max(1),
+            max_clock_skew_ms: config.max_clock_skew_ms,
             stats,
             slot,
         })
@@ -329,7 +337,19 @@ impl KafkaFeed {
             for _ in 0..room {
                 match queue.poll(Duration::ZERO) {
                     None => break,
-                    Some(Ok(msg)) => take(part, &msg, &self.stats),
+                    Some(Ok(msg)) => take(
+                        part,
+                        Record {
+                            offset: msg.offset(),
+                            timestamp: msg.timestamp().to_millis(),
+                            payload: msg.payload().unwrap_or_default(),
+                        },
+                        Guard {
+                            now_ms: now_ms(),
+                            max_skew_ms: self.max_clock_skew_ms,
+                        },
+                        &self.stats,
+                    ),
                     Some(Err(KafkaError::PartitionEOF(_))) => part.eof = true,
                     Some(Err(e)) => {
                         log::warn!("kafka partition {}: {e}", part.partition);
@@ -356,45 +376,83 @@ impl KafkaFeed {
     }
 }
 
+/// What [`take`] needs of a consumed record (a librdkafka message, or a test's).
+struct Record<'a> {
+    offset: i64,
+    /// The record timestamp in ms, if it has one.
+    timestamp: Option<i64>,
+    payload: &'a [u8],
+}
+
+/// The clock guard's view of the wall clock when a record is read (SPEC §4).
+#[derive(Clone, Copy)]
+struct Guard {
+    now_ms: Time,
+    max_skew_ms: u64,
+}
+
+/// The error of a record the clock guard refuses (SPEC §4).
+pub const CLOCK_GUARD_ERROR: &str = "record timestamp ahead of the clock";
+
 /// Buffers one record of `part` at its arrival time.
-fn take(part: &mut PartitionState, msg: &BorrowedMessage<'_>, stats: &KafkaStats) {
-    if msg.offset() < part.next_offset {
+fn take(part: &mut PartitionState, msg: Record<'_>, guard: Guard, stats: &KafkaStats) {
+    if msg.offset < part.next_offset {
         stats.redelivered.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    if part.next_offset >= 0 && msg.offset() > part.next_offset {
+    if part.next_offset >= 0 && msg.offset > part.next_offset {
         // Legitimate after compaction or transaction markers; data loss otherwise.
-        let gap = (msg.offset() - part.next_offset) as u64;
+        let gap = (msg.offset - part.next_offset) as u64;
         if stats.skipped.fetch_add(gap, Ordering::Relaxed) == 0 {
             log::warn!(
                 "partition {}: the broker skipped offsets {}..{}",
                 part.partition,
                 part.next_offset,
-                msg.offset()
+                msg.offset
             );
         }
     }
-    let record_ts = msg
-        .timestamp()
-        .to_millis()
-        .map(|ms| ms.max(0) as Time)
-        .unwrap_or(0);
+    let record_ts = msg.timestamp.map(|ms| ms.max(0) as Time).unwrap_or(0);
+    let pos = SourcePos {
+        partition: part.partition,
+        offset: msg.offset,
+    };
+    part.eof = false;
+    part.next_offset = msg.offset + 1;
+    if record_ts > guard.now_ms.saturating_add(guard.max_skew_ms) {
+        // Decided at the partition's previous t (the wall clock if there is none); the
+        // partition's own t stays where it was. The floor keeps this partition's times
+        // non-decreasing for the merge.
+        stats.guarded.fetch_add(1, Ordering::Relaxed);
+        let previous = if part.last_t > 0 {
+            part.last_t
+        } else {
+            guard.now_ms
+        };
+        let t = previous.max(part.floor);
+        part.floor = t;
+        part.buffer.push_back(Incoming {
+            pos,
+            t,
+            ingest_us: now_us(),
+            body: Body::Refused {
+                raw: msg.payload.to_vec(),
+                error: CLOCK_GUARD_ERROR.to_owned(),
+            },
+        });
+        return;
+    }
     let clamped = record_ts.max(part.last_t);
     let t = clamped.max(part.floor);
     if t > clamped {
         stats.raised.fetch_add(1, Ordering::Relaxed);
     }
     part.last_t = t;
-    part.eof = false;
-    part.next_offset = msg.offset() + 1;
     part.buffer.push_back(Incoming {
-        pos: SourcePos {
-            partition: part.partition,
-            offset: msg.offset(),
-        },
+        pos,
         t,
         ingest_us: now_us(),
-        body: Body::Raw(msg.payload().unwrap_or_default().to_vec()),
+        body: Body::Raw(msg.payload.to_vec()),
     });
 }
 
@@ -501,6 +559,83 @@ mod tests {
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
         assert_eq!(partitions_for(8, 1, 3), vec![1, 4, 7]);
         assert!(partitions_for(2, 3, 4).is_empty());
+    }
+
+    fn partition(last_t: Time) -> PartitionState {
+        PartitionState {
+            partition: 3,
+            last_t,
+            floor: 0,
+            buffer: VecDeque::new(),
+            eof: true,
+            held: false,
+            next_offset: -1,
+            queue: None,
+        }
+    }
+
+    fn record(offset: i64, ts: i64) -> Record<'static> {
+        Record {
+            offset,
+            timestamp: Some(ts),
+            payload: b"{}",
+        }
+    }
+
+    const GUARD: Guard = Guard {
+        now_ms: 1_000_000,
+        max_skew_ms: 60_000,
+    };
+
+    /// SPEC §4 clock guard: a record a year ahead is refused at the partition's previous
+    /// t and does not move it; the next ordinary record is clamped as if it had not come.
+    #[test]
+    fn clock_guard_refuses_a_record_far_ahead_without_moving_the_partition() {
+        let stats = KafkaStats::default();
+        let mut part = partition(0);
+        take(&mut part, record(0, 999_000), GUARD, &stats);
+        let year = 365 * 24 * 3_600_000;
+        take(&mut part, record(1, 1_000_000 + year), GUARD, &stats);
+        take(&mut part, record(2, 999_500), GUARD, &stats);
+        // Exactly at the allowed skew is still trusted.
+        take(&mut part, record(3, 1_060_000), GUARD, &stats);
+        let got: Vec<(i64, Time, bool)> = part
+            .buffer
+            .iter()
+            .map(|m| (m.pos.offset, m.t, matches!(m.body, Body::Refused { .. })))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 999_000, false),
+                (1, 999_000, true),
+                (2, 999_500, false),
+                (3, 1_060_000, false)
+            ]
+        );
+        assert_eq!(stats.guarded.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.raised.load(Ordering::Relaxed), 0);
+        match &part.buffer[1].body {
+            Body::Refused { error, raw } => {
+                assert_eq!(error, CLOCK_GUARD_ERROR);
+                assert_eq!(raw, b"{}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A guarded record with no earlier record in its partition is decided at the wall
+    /// clock (SPEC §4), and later records are not given an earlier t.
+    #[test]
+    fn clock_guard_without_a_previous_t_uses_the_wall_clock() {
+        let stats = KafkaStats::default();
+        let mut part = partition(0);
+        take(&mut part, record(0, i64::MAX), GUARD, &stats);
+        take(&mut part, record(1, 999_990), GUARD, &stats);
+        let times: Vec<Time> = part.buffer.iter().map(|m| m.t).collect();
+        assert_eq!(times, vec![1_000_000, 1_000_000]);
+        assert_eq!(part.last_t, 1_000_000);
+        assert_eq!(stats.raised.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! Turns a capture (SPEC §9) into the graph's messages: drops re-deliveries of a source
-//! position (decided once, from the first occurrence), clamps each partition's record
-//! timestamps to be non-decreasing in file order (SPEC §4), and splits the result among
-//! workers by partition.
+//! position (decided once, from its first line), clamps each partition's record
+//! timestamps to be non-decreasing in offset order whatever the order of the lines
+//! (SPEC §4), and splits the result among workers by partition.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use vtpga_dataflow::graph::{Body, Incoming};
 use vtpga_dataflow::{SourcePos, Time};
 
 use crate::capture::CaptureRecord;
 
-/// The ledger inputs of a capture, in file order, with arrival times clamped.
+/// The ledger inputs of a capture, each partition in offset order, with arrival times
+/// clamped.
 #[derive(Default)]
 pub struct Prepared {
     pub messages: Vec<Incoming>,
@@ -19,23 +20,36 @@ pub struct Prepared {
 }
 
 pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
-    let mut seen: HashSet<SourcePos> = HashSet::new();
-    let mut clock: HashMap<i32, Time> = HashMap::new();
+    // Per partition, by offset: the first line of each position.
+    let mut partitions: BTreeMap<i32, BTreeMap<i64, CaptureRecord>> = BTreeMap::new();
     let mut out = Prepared::default();
     for r in records {
-        let pos = r.source_pos();
-        if !seen.insert(pos) {
+        let offsets = partitions.entry(r.partition).or_default();
+        if offsets.contains_key(&r.offset) {
             out.redelivered += 1;
             continue;
         }
-        let t = clock.entry(pos.partition).or_insert(0);
-        *t = (*t).max(r.t);
-        out.messages.push(Incoming {
-            pos,
-            t: *t,
-            ingest_us: 0,
-            body: Body::Raw(r.payload.into_bytes()),
-        });
+        offsets.insert(r.offset, r);
+    }
+    let mut clock: HashMap<i32, Time> = HashMap::new();
+    for (partition, offsets) in partitions {
+        let t = clock.entry(partition).or_insert(0);
+        for (offset, r) in offsets {
+            *t = (*t).max(r.t);
+            let body = match r.refused {
+                Some(error) => Body::Refused {
+                    raw: r.payload.into_bytes(),
+                    error,
+                },
+                None => Body::Raw(r.payload.into_bytes()),
+            };
+            out.messages.push(Incoming {
+                pos: SourcePos { partition, offset },
+                t: *t,
+                ingest_us: 0,
+                body,
+            });
+        }
     }
     out
 }
@@ -67,6 +81,7 @@ mod tests {
             partition,
             offset,
             payload: format!("{t}"),
+            refused: None,
         }
     }
 
@@ -84,8 +99,32 @@ mod tests {
             .iter()
             .map(|m| (m.pos.partition, m.pos.offset, m.t))
             .collect();
-        assert_eq!(got, vec![(0, 0, 100), (0, 1, 100), (1, 0, 50), (0, 2, 100)]);
+        assert_eq!(got, vec![(0, 0, 100), (0, 1, 100), (0, 2, 100), (1, 0, 50)]);
         assert_eq!(p.redelivered, 1);
+    }
+
+    /// SPEC §4/§9: the clamp follows offset order, not the order of the file's lines.
+    #[test]
+    fn clamps_in_offset_order_whatever_the_line_order() {
+        let p = prepare([rec(90, 0, 1), rec(100, 0, 0), rec(95, 0, 2), rec(80, 0, 1)]);
+        let got: Vec<(i64, u64)> = p.messages.iter().map(|m| (m.pos.offset, m.t)).collect();
+        assert_eq!(got, vec![(0, 100), (1, 100), (2, 100)]);
+        assert_eq!(p.redelivered, 1);
+        let p = prepare([rec(95, 0, 2), rec(90, 0, 1), rec(10, 0, 0)]);
+        let got: Vec<(i64, u64)> = p.messages.iter().map(|m| (m.pos.offset, m.t)).collect();
+        assert_eq!(got, vec![(0, 10), (1, 90), (2, 95)]);
+    }
+
+    /// SPEC §9: a null or non-UTF-8 payload is a record decided `invalid`, not an error.
+    #[test]
+    fn refused_records_keep_their_reason() {
+        let mut r = rec(5, 0, 0);
+        r.refused = Some(crate::capture::NO_VALUE.to_owned());
+        let p = prepare([r]);
+        assert!(matches!(
+            &p.messages[0].body,
+            Body::Refused { error, .. } if error == crate::capture::NO_VALUE
+        ));
     }
 
     #[test]
