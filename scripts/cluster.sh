@@ -21,7 +21,11 @@
 # SSH target without `user@`); process i listens on ADDRESS:P+i (P default 24100). Each
 # host needs `vtpga` ($VTPGA_REMOTE_BIN, default `vtpga` on PATH), bash and passwordless
 # SSH; the timely hostfile is copied to $VTPGA_REMOTE_DIR (default /tmp/vtpga-cluster),
-# where the logs are too. Every VTPGA_* and RUST_LOG variable of this shell is passed on.
+# where the logs are too. Every VTPGA_* and RUST_LOG variable of this shell is passed on,
+# through ssh's standard input (not on a command line: `ps` shows no password). Give
+# secrets that way (VTPGA_POSTGRES, VTPGA_REDIS_URL), not as run arguments.
+# The cluster ports have no authentication: only the cluster's hosts may reach them
+# (docs/running.md, "Network boundary").
 # SSH options: $VTPGA_SSH_OPTS (default `-o BatchMode=yes -o ConnectTimeout=10`).
 #
 # State: ${VTPGA_CLUSTER_DIR:-.local/cluster}: `processes` (index, host, pid, start time
@@ -233,13 +237,14 @@ start() {
         fi
     fi
 
-    # Variables passed on to remote processes (local ones inherit the environment).
-    local -a env_args=(env)
-    local name
+    # Variables passed on to remote processes (local ones inherit the environment), as
+    # `export` lines ahead of the launcher on ssh's standard input: never as arguments,
+    # where `ps` on either host would show a password in VTPGA_POSTGRES or VTPGA_REDIS_URL.
+    local env_script="" name
     while read -r name; do
         case "$name" in
         VTPGA_CLUSTER_DIR | VTPGA_BIN | VTPGA_REMOTE_* | VTPGA_SSH_OPTS | VTPGA_PROCESS | VTPGA_PROCESSES | VTPGA_HOSTFILE) ;;
-        *) env_args+=("$name=${!name}") ;;
+        *) env_script+="$(printf 'export %s=%q' "$name" "${!name}")"$'\n' ;;
         esac
     done < <(compgen -e | grep -E '^(VTPGA_|RUST_LOG$)' || true)
 
@@ -252,10 +257,10 @@ start() {
             on_host "$host" mkdir -p "$remote_dir"
             on_host "$host" sh -c "cat > $(printf '%q' "$remote_dir/hostfile")" <"$dir/hostfile"
             local cmd
-            printf -v cmd '%q ' bash -s -- "$remote_dir" "$i" "${env_args[@]}" \
+            printf -v cmd '%q ' bash -s -- "$remote_dir" "$i" \
                 "$remote_bin" run "${cluster_args[@]}" --hostfile "$remote_dir/hostfile" "${run_args[@]}"
             # shellcheck disable=SC2029 # quoted here on purpose, run there
-            started="$(ssh "${ssh_opts[@]}" "$host" "$cmd" <<<"$launcher")"
+            started="$(ssh "${ssh_opts[@]}" "$host" "$cmd" <<<"$env_script$launcher")"
         else
             host=local
             started="$(bash -c "$launcher" launcher "$dir" "$i" \
