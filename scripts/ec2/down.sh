@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Tears down what scripts/ec2/up.sh created, found by its tag vtpga:deployment=NAME:
-# the instances, the RDS instance (no final snapshot), the security group and the
+# the instances, the RDS instance and its parameter group, the security groups and the
 # binary's S3 bucket. Safe to run again; --dry-run prints every AWS call, calls none.
+# The database's automated backups are deleted with it, and no final snapshot is taken,
+# unless --keep-backups: then a final snapshot NAME-pg-final-DATE is taken and the
+# automated backups are kept until their retention ends (delete them in the RDS console).
 #
-#   scripts/ec2/down.sh [--dry-run] [--name vtpga] [--region us-east-1]
+#   scripts/ec2/down.sh [--dry-run] [--name vtpga] [--region us-east-1] [--keep-backups]
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+keep_backups=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
     --name) NAME=${2:?}; shift 2 ;;
     --region) REGION=${2:?}; shift 2 ;;
-    -h | --help) sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --keep-backups) keep_backups=1; shift ;;
+    -h | --help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option: $1" ;;
     esac
 done
@@ -44,8 +50,14 @@ mapfile -t dbs < <(words "$(DRY="$NAME-pg" aws rds describe-db-instances \
     --query "DBInstances[?TagList[?Key=='$TAG_KEY' && Value=='$NAME']].DBInstanceIdentifier" \
     --output text)")
 for db in "${dbs[@]}"; do
-    aws rds delete-db-instance --db-instance-identifier "$db" \
-        --skip-final-snapshot --delete-automated-backups >/dev/null || true
+    if [ "$keep_backups" = 1 ]; then
+        aws rds delete-db-instance --db-instance-identifier "$db" \
+            --final-db-snapshot-identifier "$db-final-$(date -u +%Y%m%d-%H%M%S)" \
+            --no-delete-automated-backups >/dev/null || true
+    else
+        aws rds delete-db-instance --db-instance-identifier "$db" \
+            --skip-final-snapshot --delete-automated-backups >/dev/null || true
+    fi
 done
 
 if [ ${#instances[@]} -gt 0 ]; then
@@ -57,18 +69,36 @@ for db in "${dbs[@]}"; do
     aws rds wait db-instance-deleted --db-instance-identifier "$db"
 done
 
+# The database's parameter group, once no database uses it (checked by its tag).
+params="$NAME-pg-params"
+params_arn="$(DRY="arn:aws:rds:$REGION:123456789012:pg:$params" aws rds describe-db-parameter-groups \
+    --db-parameter-group-name "$params" --query 'DBParameterGroups[0].DBParameterGroupArn' \
+    --output text 2>/dev/null || true)"
+if [ -n "$params_arn" ] && [ "$params_arn" != None ]; then
+    tag="$(DRY="$NAME" aws rds list-tags-for-resource --resource-name "$params_arn" \
+        --query "TagList[?Key=='$TAG_KEY'].Value | [0]" --output text 2>/dev/null || true)"
+    if [ "$tag" = "$NAME" ]; then
+        log "RDS parameter group $params"
+        aws rds delete-db-parameter-group --db-parameter-group-name "$params" || true
+    fi
+fi
+
 log "security groups tagged $TAG_KEY=$NAME"
-mapfile -t groups < <(words "$(DRY=sg-0dryrun0000000000 aws ec2 describe-security-groups \
+mapfile -t groups < <(words "$(DRY="sg-0dryrunbroker sg-0dryrunpipeline sg-0dryrungenerator sg-0dryrundashboard sg-0dryrundb" \
+    aws ec2 describe-security-groups \
     --filters "Name=tag:$TAG_KEY,Values=$NAME" --query 'SecurityGroups[].GroupId' --output text)")
-for sg in "${groups[@]}"; do
-    # Network interfaces of deleted instances and databases are released a little later.
-    for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        if aws ec2 delete-security-group --group-id "$sg"; then
-            break
-        fi
-        [ "$attempt" = 10 ] && die "could not delete security group $sg"
-        sleep 15
+# The groups refer to each other (a port admitted from another group), and a group that
+# another's rule names cannot be deleted; network interfaces of deleted instances and
+# databases are also released a little later. So: rounds, each deleting what it can.
+for attempt in 1 2 3 4 5 6 7 8 9 10 11 12; do
+    left=()
+    for sg in "${groups[@]}"; do
+        aws ec2 delete-security-group --group-id "$sg" 2>/dev/null || left+=("$sg")
     done
+    groups=("${left[@]}")
+    [ ${#groups[@]} = 0 ] && break
+    [ "$attempt" = 12 ] && die "could not delete security group(s) ${groups[*]}"
+    sleep 15
 done
 
 log "S3 buckets of $NAME tagged $TAG_KEY=$NAME"

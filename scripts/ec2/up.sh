@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Brings VT.PGA up on AWS with the AWS CLI: a security group, an RDS PostgreSQL, and four
-# EC2 instances by role, each configured by environment variables in its cloud-init user
-# data (scripts/ec2/user-data/):
+# Brings VT.PGA up on AWS with the AWS CLI: a security group per role, an RDS PostgreSQL
+# (encrypted, backed up, TLS required), and four EC2 instances by role, each configured by
+# environment variables in its cloud-init user data (scripts/ec2/user-data/):
 #
-#   broker     Apache Kafka, KRaft single node; creates the topics (CreateTime)
-#   pipeline   Redis + `vtpga seed` + `vtpga run --source kafka` (PostgreSQL, Redis)
-#   generator  `vtpga produce` at --rate messages per second
-#   dashboard  `vtpga web` on --web-port (the only service meant for a browser)
+#   broker     Apache Kafka, KRaft single node; creates the topics (CreateTime, clock guard)
+#   pipeline   Redis (password) + `vtpga seed` + `vtpga run --source kafka` (PostgreSQL, Redis)
+#   generator  `vtpga produce` at --rate messages per second (a new seed at each start)
+#   dashboard  `vtpga web` on --web-port with a bearer token (the only service for a browser)
 #
-# The security group admits traffic between its own members (self-referencing) and, on
-# SSH and the dashboard port only, from the operator's IP (--my-ip, else detected with
-# checkip.amazonaws.com); never from 0.0.0.0/0. Everything is tagged
-# vtpga:deployment=NAME; scripts/ec2/down.sh --name NAME removes it all.
+# Security groups (none admits 0.0.0.0/0): each service port admits only the groups of the
+# roles that use it — Kafka 9092 from pipeline and generator, Redis 6379 from dashboard,
+# PostgreSQL 5432 from pipeline and dashboard, the timely cluster ports (no authentication:
+# docs/running.md) from the pipeline group itself — and SSH and the dashboard port admit
+# the operator's IP (--my-ip, else detected with checkip.amazonaws.com). Everything is
+# tagged vtpga:deployment=NAME; scripts/ec2/down.sh --name NAME removes it all.
 #
 #   scripts/ec2/up.sh --dry-run                      # prints every AWS call, calls none
 #   scripts/ec2/up.sh [--name vtpga] [--region us-east-1] [--my-ip 198.51.100.7]
 #                     [--key-name KEYPAIR] [--rate 1000] [--workers 2] [--partitions 4]
+#                     [--allow-db-plaintext]
+#
+# RDS has storage encryption, automated backups (VTPGA_EC2_DB_BACKUP_DAYS, default 7) and
+# a parameter group with rds.force_ssl=1; the URL the instances get asks for TLS
+# (sslmode=require). Today's vtpga connects without TLS (known gap, docs/running.md):
+# until it has a TLS connector, --allow-db-plaintext (rds.force_ssl=0, no sslmode) is the
+# only way its connections are accepted. Passwords and the token never appear on a
+# command line (RDS's through --cli-input-json from a mode-600 file; on the instances they
+# are in environment files, root:vtpga 0640, that systemd loads, and in the user data).
 #
 # The `vtpga` binary is this checkout's target/release/vtpga (cargo build --release on
 # Debian 12, like the AMI), uploaded to a private S3 bucket of the deployment and fetched
@@ -23,13 +34,14 @@
 # [--binary-sha256 HEX]. Instances run Debian 12 (the AMI of SSM parameter
 # /aws/service/debian/release/12/latest/amd64, or --ami). Needs the AWS CLI and
 # credentials (not with --dry-run), and a default VPC in the region.
-# Local state (IDs, the generated database password): .local/ec2/NAME.env (mode 600).
+# Local state (IDs, the generated database and Redis passwords, the dashboard token):
+# .local/ec2/NAME.env (mode 600).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
-    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -51,6 +63,11 @@ type_broker="${VTPGA_EC2_TYPE_BROKER:-t3.medium}"
 type_pipeline="${VTPGA_EC2_TYPE_PIPELINE:-c6i.xlarge}"
 type_generator="${VTPGA_EC2_TYPE_GENERATOR:-t3.small}"
 type_dashboard="${VTPGA_EC2_TYPE_DASHBOARD:-t3.small}"
+db_backup_days="${VTPGA_EC2_DB_BACKUP_DAYS:-7}"
+# The timely cluster's ports (vtpga's --base-port 24100 and up, one per process).
+cluster_ports="${VTPGA_EC2_CLUSTER_PORTS:-24100-24163}"
+max_clock_skew_ms="${VTPGA_EC2_MAX_CLOCK_SKEW_MS:-60000}"
+db_plaintext=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -68,12 +85,17 @@ while [ $# -gt 0 ]; do
     --partitions) partitions=${2:?}; shift 2 ;;
     --users) users=${2:?}; shift 2 ;;
     --web-port) web_port=${2:?}; shift 2 ;;
+    --allow-db-plaintext) db_plaintext=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "unknown option: $1" >&2; usage ;;
     esac
 done
 valid_name
 need_aws
+if ! [[ "$db_backup_days" =~ ^[0-9]+$ ]] || [ "$db_backup_days" -lt 1 ] || [ "$db_backup_days" -gt 35 ]; then
+    die "VTPGA_EC2_DB_BACKUP_DAYS must be 1..35 (RDS automated backups), not '$db_backup_days'"
+fi
+[[ "$cluster_ports" =~ ^([0-9]+)-([0-9]+)$ ]] || die "VTPGA_EC2_CLUSTER_PORTS must be FROM-TO"
 
 # The operator's address: the only one outside the group let in.
 if [ -z "$my_ip" ]; then
@@ -114,19 +136,46 @@ if [ -z "$vpc_id" ] || [ "$vpc_id" = None ]; then
     die "no default VPC in $REGION"
 fi
 
-log "security group $NAME (members + $my_ip)"
-sg_id="$(DRY=sg-0dryrun0000000000 aws ec2 create-security-group --group-name "$NAME" \
-    --description "VT.PGA $NAME: between its instances, and from the operator" \
-    --vpc-id "$vpc_id" --tag-specifications "$(tags_spec security-group network)" \
-    --query GroupId --output text)"
-remember SECURITY_GROUP "$sg_id"
-# Every protocol and port, but only from instances of this same group.
-aws ec2 authorize-security-group-ingress --group-id "$sg_id" \
-    --ip-permissions "IpProtocol=-1,UserIdGroupPairs=[{GroupId=$sg_id,Description=members}]" >/dev/null
-for port in 22 "$web_port"; do
-    aws ec2 authorize-security-group-ingress --group-id "$sg_id" \
-        --ip-permissions "IpProtocol=tcp,FromPort=$port,ToPort=$port,IpRanges=[{CidrIp=$my_ip,Description=operator}]" >/dev/null
+# One group per role; a rule admits a port from the groups of the roles that use it.
+new_group() { # ROLE DESCRIPTION
+    DRY="sg-0dryrun$1" aws ec2 create-security-group --group-name "$NAME-$1" \
+        --description "VT.PGA $NAME $1: $2" --vpc-id "$vpc_id" \
+        --tag-specifications "$(tags_spec security-group "$1")" --query GroupId --output text
+}
+allow_group() { # GROUP FROM-TO SOURCE_GROUP DESCRIPTION
+    aws ec2 authorize-security-group-ingress --group-id "$1" \
+        --ip-permissions "IpProtocol=tcp,FromPort=${2%-*},ToPort=${2#*-},UserIdGroupPairs=[{GroupId=$3,Description=$4}]" >/dev/null
+}
+allow_operator() { # GROUP PORT
+    aws ec2 authorize-security-group-ingress --group-id "$1" \
+        --ip-permissions "IpProtocol=tcp,FromPort=$2,ToPort=$2,IpRanges=[{CidrIp=$my_ip,Description=operator}]" >/dev/null
+}
+
+log "security groups $NAME-{broker,pipeline,generator,dashboard,db} (by role; operator $my_ip)"
+sg_broker="$(new_group broker "Kafka from pipeline and generator")"
+remember SG_BROKER "$sg_broker"
+sg_pipeline="$(new_group pipeline "Redis from dashboard, timely cluster ports between pipelines")"
+remember SG_PIPELINE "$sg_pipeline"
+sg_generator="$(new_group generator "SSH from the operator only")"
+remember SG_GENERATOR "$sg_generator"
+sg_dashboard="$(new_group dashboard "the dashboard from the operator")"
+remember SG_DASHBOARD "$sg_dashboard"
+sg_db="$(new_group db "PostgreSQL from pipeline and dashboard")"
+remember SG_DB "$sg_db"
+# Kafka (PLAINTEXT, no authentication): its clients only. The KRaft controller port 9093
+# is used by the broker itself and admitted from nowhere.
+allow_group "$sg_broker" 9092-9092 "$sg_pipeline" pipeline
+allow_group "$sg_broker" 9092-9092 "$sg_generator" generator
+# Redis (requirepass): the dashboard reads the pipeline's cache.
+allow_group "$sg_pipeline" 6379-6379 "$sg_dashboard" dashboard
+# Timely's cluster connections have no authentication: only other pipeline instances.
+allow_group "$sg_pipeline" "$cluster_ports" "$sg_pipeline" timely-cluster
+allow_group "$sg_db" 5432-5432 "$sg_pipeline" pipeline
+allow_group "$sg_db" 5432-5432 "$sg_dashboard" dashboard
+for sg in "$sg_broker" "$sg_pipeline" "$sg_generator" "$sg_dashboard"; do
+    allow_operator "$sg" 22
 done
+allow_operator "$sg_dashboard" "$web_port"
 
 # --- the vtpga binary -----------------------------------------------------------------
 if [ -z "$binary_url" ]; then
@@ -162,24 +211,53 @@ if [ -z "$ami" ]; then
         --name /aws/service/debian/release/12/latest/amd64 --query Parameter.Value --output text)"
 fi
 
-# --- PostgreSQL (RDS) -----------------------------------------------------------------
-if [ "$DRY_RUN" = 1 ]; then
-    db_password="GENERATED-PASSWORD"
-else
-    db_password="$(od -An -tx1 -N20 /dev/urandom | tr -d ' \n')"
-fi
+# --- secrets --------------------------------------------------------------------------
+# Hex: safe in URLs and configuration files without quoting.
+secret() { # PLACEHOLDER
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "$1"
+    else
+        od -An -tx1 -N24 /dev/urandom | tr -d ' \n'
+    fi
+}
+db_password="$(secret GENERATED-DB-PASSWORD)"
 remember DB_PASSWORD "$db_password"
+redis_password="$(secret GENERATED-REDIS-PASSWORD)"
+remember REDIS_PASSWORD "$redis_password"
+web_token="$(secret GENERATED-WEB-TOKEN)"
+remember WEB_TOKEN "$web_token"
+
+# --- PostgreSQL (RDS) -----------------------------------------------------------------
 db_id="$NAME-pg"
-log "RDS PostgreSQL $pg_version $db_id ($db_class), reachable from the group only"
-# PostgreSQL 15 on RDS accepts connections without TLS by default (rds.force_ssl=0), as
-# the pipeline's client makes them; from 16 on RDS forces TLS.
+db_params="$NAME-pg-params"
+if [ "$db_plaintext" = 1 ]; then
+    force_ssl=0 sslmode=""
+    log "WARNING: --allow-db-plaintext: RDS accepts connections without TLS (rds.force_ssl=0)"
+else
+    force_ssl=1 sslmode="?sslmode=require"
+    log "note: RDS will refuse connections without TLS; today's vtpga has no TLS connector (docs/running.md): its PostgreSQL connections fail until it has one, or use --allow-db-plaintext"
+fi
+log "RDS parameter group $db_params (postgres$pg_version, rds.force_ssl=$force_ssl)"
+aws rds create-db-parameter-group --db-parameter-group-name "$db_params" \
+    --db-parameter-group-family "postgres$pg_version" \
+    --description "VT.PGA $NAME: rds.force_ssl=$force_ssl" \
+    --tags "Key=$TAG_KEY,Value=$NAME" "Key=vtpga:role,Value=postgres" >/dev/null
+remember DB_PARAMETER_GROUP "$db_params"
+aws rds modify-db-parameter-group --db-parameter-group-name "$db_params" \
+    --parameters "ParameterName=rds.force_ssl,ParameterValue=$force_ssl,ApplyMethod=immediate" >/dev/null
+log "RDS PostgreSQL $pg_version $db_id ($db_class): encrypted, $db_backup_days days of backups, from $NAME-db only"
+# The master password goes in a mode-600 JSON file, not on the aws command line (ps).
+db_input="$work/rds-create.json"
+(umask 077 && printf '{"MasterUserPassword": "%s"}\n' "$db_password" >"$db_input")
 aws rds create-db-instance --db-instance-identifier "$db_id" \
     --engine postgres --engine-version "$pg_version" --db-instance-class "$db_class" \
-    --allocated-storage 20 --storage-type gp3 --db-name vtpga \
-    --master-username vtpga --master-user-password "$db_password" \
-    --vpc-security-group-ids "$sg_id" --no-publicly-accessible \
-    --backup-retention-period 0 --no-multi-az \
+    --allocated-storage 20 --storage-type gp3 --storage-encrypted --db-name vtpga \
+    --master-username vtpga --cli-input-json "file://$db_input" \
+    --db-parameter-group-name "$db_params" \
+    --vpc-security-group-ids "$sg_db" --no-publicly-accessible \
+    --backup-retention-period "$db_backup_days" --copy-tags-to-snapshot --no-multi-az \
     --tags "Key=$TAG_KEY,Value=$NAME" "Key=vtpga:role,Value=postgres" >/dev/null
+rm -f "$db_input"
 remember DB_INSTANCE "$db_id"
 
 # --- instances ------------------------------------------------------------------------
@@ -207,15 +285,16 @@ render() { # ROLE VAR=value...
     echo "$work/user-data-$role.sh"
 }
 
-# Launches one instance of ROLE with user data FILE; prints `INSTANCE_ID PRIVATE_IP`.
+# Launches one instance of ROLE (in security group $NAME-ROLE) with user data FILE; prints
+# `INSTANCE_ID PRIVATE_IP`.
 launch() { # ROLE TYPE USER_DATA_FILE DISK_GB DRY_IP
-    local role=$1 type=$2 user_data=$3 disk=$4
+    local role=$1 type=$2 user_data=$3 disk=$4 sg_var="sg_$1"
     local -a key=()
     if [ -n "$key_name" ]; then
         key=(--key-name "$key_name")
     fi
     DRY="i-0dryrun$role $5" aws ec2 run-instances --image-id "$ami" --instance-type "$type" \
-        --count 1 --security-group-ids "$sg_id" "${key[@]}" \
+        --count 1 --security-group-ids "${!sg_var}" "${key[@]}" \
         --user-data "file://$user_data" \
         --metadata-options HttpTokens=required,HttpEndpoint=enabled \
         --block-device-mappings "DeviceName=/dev/xvda,Ebs={VolumeSize=$disk,VolumeType=gp3,DeleteOnTermination=true}" \
@@ -226,6 +305,7 @@ launch() { # ROLE TYPE USER_DATA_FILE DISK_GB DRY_IP
 common_env=(
     "RUST_LOG=info"
     "VTPGA_KAFKA_TOPIC=transacoes"
+    "VTPGA_KAFKA_CONTROL_TOPIC=transacoes-controle"
     "VTPGA_KAFKA_DECISIONS_TOPIC=transacoes-decisoes"
     "VTPGA_KAFKA_DLQ_TOPIC=transacoes-dlq"
     "VTPGA_USERS=$users"
@@ -233,6 +313,7 @@ common_env=(
     "VTPGA_SEED=42"
     "VTPGA_BINARY_URL=$binary_url"
     "VTPGA_BINARY_SHA256=$binary_sha256"
+    "VTPGA_MAX_CLOCK_SKEW_MS=$max_clock_skew_ms"
 )
 
 log "broker instance ($type_broker)"
@@ -246,23 +327,25 @@ log "waiting for RDS $db_id to be available (about 5-10 minutes)"
 aws rds wait db-instance-available --db-instance-identifier "$db_id"
 db_host="$(DRY="$db_id.dryrun.$REGION.rds.amazonaws.com" aws rds describe-db-instances \
     --db-instance-identifier "$db_id" --query 'DBInstances[0].Endpoint.Address' --output text)"
-postgres_url="postgres://vtpga:$db_password@$db_host:5432/vtpga"
+postgres_url="postgres://vtpga:$db_password@$db_host:5432/vtpga$sslmode"
 
 log "pipeline instance ($type_pipeline, $workers workers, Redis)"
 file="$(render pipeline "${common_env[@]}" "VTPGA_KAFKA_BROKERS=$brokers" \
-    "VTPGA_POSTGRES=$postgres_url" "VTPGA_WORKERS=$workers" "VTPGA_KAFKA_START=earliest")"
+    "VTPGA_POSTGRES=$postgres_url" "VTPGA_WORKERS=$workers" "VTPGA_KAFKA_START=earliest" \
+    "REDIS_PASSWORD=$redis_password")"
 read -r pipeline_id pipeline_ip < <(launch pipeline "$type_pipeline" "$file" 20 10.0.0.11)
 remember PIPELINE "$pipeline_id"
 
 log "generator instance ($type_generator, $rate tx/s)"
+# No VTPGA_PRODUCER_SEED: a new seed at each start, so a restart sends new ids.
 file="$(render generator "${common_env[@]}" "VTPGA_KAFKA_BROKERS=$brokers" \
-    "VTPGA_PRODUCER_RATE=$rate" "VTPGA_PRODUCER_SEED=1")"
+    "VTPGA_PRODUCER_RATE=$rate")"
 read -r generator_id _ < <(launch generator "$type_generator" "$file" 10 10.0.0.12)
 remember GENERATOR "$generator_id"
 
 log "dashboard instance ($type_dashboard)"
-file="$(render dashboard "${common_env[@]}" "VTPGA_REDIS_URL=redis://$pipeline_ip:6379/" \
-    "VTPGA_POSTGRES=$postgres_url" "VTPGA_WEB_PORT=$web_port")"
+file="$(render dashboard "${common_env[@]}" "VTPGA_REDIS_URL=redis://:$redis_password@$pipeline_ip:6379/" \
+    "VTPGA_POSTGRES=$postgres_url" "VTPGA_WEB_PORT=$web_port" "VTPGA_WEB_TOKEN=$web_token")"
 read -r dashboard_id _ < <(launch dashboard "$type_dashboard" "$file" 10 10.0.0.13)
 remember DASHBOARD "$dashboard_id"
 
@@ -277,7 +360,7 @@ remember DASHBOARD_URL "http://$dashboard_ip:$web_port/"
 
 echo
 echo "VT.PGA $NAME is starting (cloud-init installs and starts each service in a few minutes)."
-echo "Dashboard: http://$dashboard_ip:$web_port/   (open to $my_ip only)"
+echo "Dashboard: http://$dashboard_ip:$web_port/   (open to $my_ip only; token: WEB_TOKEN in $state)"
 if [ -n "$key_name" ]; then
     echo "Logs: ssh admin@$dashboard_ip sudo journalctl -u vtpga-web -f   (other hosts: same group; see $state)"
 fi

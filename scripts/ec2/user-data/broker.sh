@@ -1,12 +1,17 @@
 #!/bin/bash
 # Role `broker`: Apache Kafka in KRaft mode (a single node that is both broker and
-# controller, no ZooKeeper), then the three topics with KAFKA_PARTITIONS partitions and
-# message.timestamp.type=CreateTime (the pipeline's arrival time is the record timestamp
-# the producer set; see docs/running.md).
+# controller, no ZooKeeper), then the four topics (transactions, control, decisions, dead
+# letters) with KAFKA_PARTITIONS partitions and message.timestamp.type=CreateTime (the
+# pipeline's arrival time is the record timestamp the producer set; see docs/running.md).
+# The input topics (transactions, control) also get message.timestamp.after.max.ms =
+# VTPGA_MAX_CLOCK_SKEW_MS (default 60000; SPEC §4 clock guard, Kafka >= 3.6): the broker
+# refuses a record stamped further ahead of its clock. Kafka has no authentication here:
+# its security group admits only the pipeline and generator instances.
 #
 # Reads: KAFKA_VERSION, KAFKA_SCALA_VERSION, KAFKA_PARTITIONS, KAFKA_HEAP_OPTS,
-# KAFKA_RETENTION_MS, VTPGA_KAFKA_TOPIC, VTPGA_KAFKA_DECISIONS_TOPIC,
-# VTPGA_KAFKA_DLQ_TOPIC. (Appended to common.sh by scripts/ec2/up.sh.)
+# KAFKA_RETENTION_MS, VTPGA_KAFKA_TOPIC, VTPGA_KAFKA_CONTROL_TOPIC,
+# VTPGA_KAFKA_DECISIONS_TOPIC, VTPGA_KAFKA_DLQ_TOPIC, VTPGA_MAX_CLOCK_SKEW_MS.
+# (Appended to common.sh by scripts/ec2/up.sh.)
 
 install_packages ca-certificates curl openjdk-17-jre-headless
 
@@ -66,12 +71,25 @@ service kafka kafka "Apache Kafka (KRaft, single node)" \
     /opt/kafka/bin/kafka-server-start.sh /opt/kafka/config/vtpga-kraft.properties
 wait_tcp 127.0.0.1 9092
 
-for topic in "${VTPGA_KAFKA_TOPIC:-transacoes}" "${VTPGA_KAFKA_DECISIONS_TOPIC:-transacoes-decisoes}" \
-    "${VTPGA_KAFKA_DLQ_TOPIC:-transacoes-dlq}"; do
+skew="${VTPGA_MAX_CLOCK_SKEW_MS:-60000}"
+inputs=("${VTPGA_KAFKA_TOPIC:-transacoes}" "${VTPGA_KAFKA_CONTROL_TOPIC:-transacoes-controle}")
+outputs=("${VTPGA_KAFKA_DECISIONS_TOPIC:-transacoes-decisoes}" "${VTPGA_KAFKA_DLQ_TOPIC:-transacoes-dlq}")
+create_topic() { # TOPIC [--config K=V]...
+    local topic=$1
+    shift
     /opt/kafka/bin/kafka-topics.sh --bootstrap-server 127.0.0.1:9092 --create --if-not-exists \
         --topic "$topic" --partitions "${KAFKA_PARTITIONS:-4}" --replication-factor 1 \
         --config message.timestamp.type=CreateTime \
-        --config retention.ms="${KAFKA_RETENTION_MS:-604800000}"
+        --config retention.ms="${KAFKA_RETENTION_MS:-604800000}" "$@"
+}
+for topic in "${inputs[@]}"; do
+    create_topic "$topic" --config "message.timestamp.after.max.ms=$skew"
+    # Also on a topic that existed already (created before this setting).
+    /opt/kafka/bin/kafka-configs.sh --bootstrap-server 127.0.0.1:9092 --entity-type topics \
+        --entity-name "$topic" --alter --add-config "message.timestamp.after.max.ms=$skew"
+done
+for topic in "${outputs[@]}"; do
+    create_topic "$topic"
 done
 /opt/kafka/bin/kafka-topics.sh --bootstrap-server 127.0.0.1:9092 --describe
 log "broker ready on $ip:9092"
