@@ -70,6 +70,12 @@ impl DecisionProducer {
         if config.get("linger.ms").is_none() {
             config.set("linger.ms", "1");
         }
+        // No decision is dropped because a timeout expired (SPEC §10): librdkafka retries
+        // delivery until the broker is back, its queue fills and `send_batch` waits
+        // (backpressure up to the graph). 0 = no timeout.
+        if config.get("message.timeout.ms").is_none() {
+            config.set("message.timeout.ms", "0");
+        }
         // A DLQ record carries the raw payload, which may be as large as the broker let in.
         if config.get("message.max.bytes").is_none() {
             config.set("message.max.bytes", "10000000");
@@ -151,6 +157,23 @@ impl DecisionProducer {
     /// Waits until everything produced so far is delivered (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+
+    /// Waits, however long the broker is away, until everything produced so far is
+    /// delivered. Called before the PostgreSQL commit of the same batch: once a cut is
+    /// committed (and so never decided again after a restart), its decisions and dead
+    /// letters are on their topics.
+    pub fn flush_all(&self) {
+        let mut waited = 0u32;
+        while let Err(e) = self.producer.flush(Duration::from_secs(1)) {
+            waited += 1;
+            if waited % 10 == 1 {
+                log::warn!(
+                    "waiting for the broker to take {} decision record(s): {e}",
+                    self.in_flight()
+                );
+            }
+        }
     }
 
     /// Messages handed to librdkafka and not yet delivered.

@@ -10,7 +10,14 @@
 //!   is lost and nothing counted twice.
 //! * Connection failures are retried with bounded backoff (100 ms doubling to 5 s), the
 //!   same batch again, so deciding waits (backpressure through the bounded batch channel)
-//!   rather than losing anything. Any other error is returned.
+//!   rather than losing anything. A connection lost during COMMIT leaves the outcome
+//!   unknown: before writing a batch again the sink asks whether its cut is already there.
+//! * No record stops the sink (SPEC §10). Ids are stored as their UTF-8 bytes (`bytea`:
+//!   U+0000 and any length survive), error texts escape U+0000, and a decision a table
+//!   still refuses is written to `quarantine` with its record, payload and the store's
+//!   error: when a batch fails for a reason other than the connection, it is written
+//!   again with each chunk of decisions under a savepoint, halving the chunks that fail
+//!   down to the single refused rows. The batch commits; [`PgSink::quarantined`] counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,14 +27,17 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Transaction};
 
 use vtpga_dataflow::analyses::{key_from_parts, key_parts, AnalysisKey, Tally};
-use vtpga_dataflow::graph::{Account, Resume};
+use vtpga_dataflow::graph::{Account, Decision, Resume};
 use vtpga_dataflow::parse::format_utc_ms;
 use vtpga_dataflow::{Region, SourcePos, Status, Time, User};
 
 use crate::Batch;
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_schema.sql")),
+    (2, include_str!("../migrations/0002_exact_ids_quarantine.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -178,8 +188,10 @@ pub fn load_resume(
     dedup_window_ms: u64,
 ) -> PgResult<ResumePoint> {
     let mut tx = client.transaction()?;
+    // Every process of a cluster resumes at once: the row lock makes the cut-time credits
+    // below apply once (the others wait, then see `credits_through` already set).
     let row = tx.query_opt(
-        "SELECT cut_time, credits_through, source FROM pipeline_state WHERE id = 1",
+        "SELECT cut_time, credits_through, source FROM pipeline_state WHERE id = 1 FOR UPDATE",
         &[],
     )?;
     let Some(row) = row else {
@@ -199,12 +211,12 @@ pub fn load_resume(
         // Approvals at the cut time credit their payees at cut + 1: apply them now, once.
         tx.execute(
             "INSERT INTO accounts (user_id, balance_cents, credit_used_cents, last_approved_ms)
-             SELECT c.payee_id, coalesce(a.balance_cents, u.balance_cents) + c.amount,
+             SELECT u.id, coalesce(a.balance_cents, u.balance_cents) + c.amount,
                     coalesce(a.credit_used_cents, 0), a.last_approved_ms
              FROM (SELECT payee_id, sum(amount_cents)::bigint AS amount FROM transactions
                    WHERE t = $1 AND status = 'approved' GROUP BY payee_id) c
-             JOIN users u ON u.id = c.payee_id
-             LEFT JOIN accounts a ON a.user_id = c.payee_id
+             JOIN users u ON convert_to(u.id, 'UTF8') = c.payee_id
+             LEFT JOIN accounts a ON a.user_id = u.id
              ON CONFLICT (user_id) DO UPDATE SET balance_cents = excluded.balance_cents",
             &[&cut],
         )?;
@@ -236,7 +248,7 @@ pub fn load_resume(
             &[&since],
         )?
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as Time))
+        .map(|r| (id_text(r.get(0)), r.get::<_, i64>(1) as Time))
         .collect();
     let analyses = analysis_rows(&mut tx)?;
     let partitions = tx
@@ -305,6 +317,11 @@ pub struct PgSink {
     pub batches: u64,
     pub decisions: u64,
     pub retries: u64,
+    /// Decisions written to `quarantine` because `transactions` refused them.
+    pub quarantined: u64,
+    /// The previous attempt at the current batch lost its connection: it may have
+    /// committed.
+    uncertain: bool,
 }
 
 fn ms_time(ms: i64) -> SystemTime {
@@ -340,6 +357,8 @@ impl PgSink {
             batches: 0,
             decisions: 0,
             retries: 0,
+            quarantined: 0,
+            uncertain: false,
         })
     }
 
@@ -351,34 +370,101 @@ impl PgSink {
         let mut rows = BTreeMap::new();
         let touched = apply_touched(&mut rows, &batch.analyses);
         let mut backoff = Duration::from_millis(100);
+        let mut careful = false;
         loop {
-            let attempt = match self.client.as_mut() {
-                Some(client) => write_batch(client, &self.source, batch, &rows, &touched),
-                None => connect(&self.url)
-                    .map(|c| {
-                        self.client = Some(c);
-                    })
-                    .and_then(|()| {
-                        let client = self.client.as_mut().expect("just connected");
-                        write_batch(client, &self.source, batch, &rows, &touched)
-                    }),
-            };
+            let uncertain = std::mem::take(&mut self.uncertain);
+            let source = self.source.clone();
+            let attempt = self.client().and_then(|client| {
+                if uncertain && already_committed(client, batch)? {
+                    log::warn!(
+                        "the batch up to t = {} was committed before the connection was lost",
+                        batch.time
+                    );
+                    return Ok(0);
+                }
+                let mode = if careful {
+                    Mode::Careful
+                } else {
+                    Mode::Fast
+                };
+                write_batch(client, &source, batch, &rows, &touched, mode)
+            });
             match attempt {
-                Ok(()) => {
+                Ok(quarantined) => {
                     self.batches += 1;
                     self.decisions += batch.decisions.len() as u64;
+                    self.quarantined += quarantined;
                     return Ok(());
                 }
                 Err(e) if is_connection_error(&e) && !give_up() => {
                     self.retries += 1;
                     log::warn!("PostgreSQL unavailable ({e}); retrying in {backoff:?}");
                     self.client = None;
+                    self.uncertain = true;
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) if !careful && !is_connection_error(&e) => {
+                    // A row the tables refuse: write the batch again, row by row where
+                    // needed, quarantining what is still refused.
+                    log::warn!(
+                        "PostgreSQL refused the batch up to t = {} ({e}); writing it again with refused rows quarantined",
+                        batch.time
+                    );
+                    careful = true;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The connection, opened again if it was lost.
+    fn client(&mut self) -> PgResult<&mut Client> {
+        if self.client.is_none() {
+            self.client = Some(connect(&self.url)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+/// Is `batch` already in the database? (A connection lost during COMMIT leaves that
+/// unknown.) Its decisions are all written in one transaction, so one of them tells; a
+/// batch without decisions only moves analysis rows and the cut, which writing again
+/// leaves as they are.
+fn already_committed(client: &mut Client, batch: &Batch) -> PgResult<bool> {
+    let Some(d) = batch.decisions.first() else {
+        return Ok(false);
+    };
+    let found = client.query_opt(
+        "SELECT 1 FROM transactions WHERE partition = $1 AND \"offset\" = $2
+         UNION ALL
+         SELECT 1 FROM quarantine WHERE partition = $1 AND \"offset\" = $2",
+        &[&d.pos.partition, &d.pos.offset],
+    )?;
+    Ok(found.is_some())
+}
+
+/// How a batch's decisions are copied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One COPY of all of them.
+    Fast,
+    /// Chunks under savepoints, refused rows to `quarantine`.
+    Careful,
+}
+
+/// An id as stored (`bytea`, its UTF-8 bytes) back as text. Ids are written from parsed
+/// JSON strings, so they are UTF-8; anything else stored by hand is shown lossily.
+pub fn id_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A text for a `text` column: PostgreSQL's text cannot hold U+0000, written `\u0000`.
+fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\\u0000"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -400,7 +486,8 @@ fn write_batch(
     batch: &Batch,
     rows: &BTreeMap<AnalysisKey, Tally>,
     touched: &[AnalysisKey],
-) -> PgResult<()> {
+    mode: Mode,
+) -> PgResult<u64> {
     log::debug!(
         "batch up to t = {}: {} decision(s), {} account(s), {} analysis change(s)",
         batch.time,
@@ -410,7 +497,14 @@ fn write_batch(
     );
     let started = std::time::Instant::now();
     let mut tx = client.transaction()?;
-    copy_decisions(&mut tx, batch)?;
+    let decisions: Vec<&Decision> = batch.decisions.iter().collect();
+    let quarantined = match mode {
+        Mode::Fast => {
+            copy_decisions(&mut tx, &decisions)?;
+            0
+        }
+        Mode::Careful => copy_carefully(&mut tx, &decisions)?,
+    };
     let copied = started.elapsed();
     upsert_accounts(&mut tx, &batch.accounts)?;
     let accounts = started.elapsed();
@@ -436,11 +530,64 @@ fn write_batch(
         rest - accounts,
         started.elapsed() - rest
     );
+    Ok(quarantined)
+}
+
+/// Copies `decisions` in chunks, each under a savepoint; a chunk the tables refuse is
+/// halved until the refused rows stand alone, and those go to `quarantine`. Returns how
+/// many were quarantined. Only used after a fast copy failed, so its cost is paid rarely.
+fn copy_carefully(tx: &mut Transaction<'_>, decisions: &[&Decision]) -> PgResult<u64> {
+    let mut quarantined = 0;
+    let mut todo: Vec<&[&Decision]> = decisions.chunks(1024).rev().collect();
+    while let Some(chunk) = todo.pop() {
+        let mut sp = tx.transaction()?;
+        match copy_decisions(&mut sp, chunk) {
+            Ok(()) => sp.commit()?,
+            Err(e) if is_connection_error(&e) => return Err(e),
+            Err(e) => {
+                drop(sp); // rolls the savepoint back
+                if chunk.len() > 1 {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                } else {
+                    quarantine(tx, chunk[0], &e)?;
+                    quarantined += 1;
+                }
+            }
+        }
+    }
+    Ok(quarantined)
+}
+
+/// Writes a refused decision to `quarantine`: its SPEC §8 record and raw payload as bytes
+/// (nothing in them can be refused) and the store's error.
+fn quarantine(tx: &mut Transaction<'_>, d: &Decision, e: &PgError) -> PgResult<()> {
+    let record = serde_json::to_vec(&crate::files::DecisionRecord::of(d))
+        .map_err(|e| PgError::Data(format!("serialising a decision record: {e}")))?;
+    let error = e.to_string();
+    log::error!(
+        "decision at partition {} offset {} quarantined: {error}",
+        d.pos.partition,
+        d.pos.offset
+    );
+    tx.execute(
+        "INSERT INTO quarantine (partition, \"offset\", t, record, payload, error)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        &[
+            &d.pos.partition,
+            &d.pos.offset,
+            &(d.t as i64),
+            &record,
+            &d.raw.as_deref(),
+            &pg_text(&error).as_ref(),
+        ],
+    )?;
     Ok(())
 }
 
-fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
-    if batch.decisions.is_empty() {
+fn copy_decisions(tx: &mut Transaction<'_>, decisions: &[&Decision]) -> PgResult<()> {
+    if decisions.is_empty() {
         return Ok(());
     }
     let now = SystemTime::now();
@@ -455,10 +602,10 @@ fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
             Type::INT8,
             Type::INT8,
             Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::BYTEA,
             Type::TEXT,
             Type::INT8,
             Type::TIMESTAMPTZ,
@@ -471,11 +618,11 @@ fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
             Type::TIMESTAMPTZ,
         ];
         let mut writer = BinaryCopyInWriter::new(sink, &types);
-        for d in &batch.decisions {
+        for d in decisions {
             let tx_ = d.tx.as_ref();
             let (error, reason) = match d.status {
-                Status::Invalid => (d.reason.as_deref(), None),
-                _ => (None, d.reason.as_deref()),
+                Status::Invalid => (d.reason.as_deref().map(pg_text), None),
+                _ => (None, d.reason.as_deref().map(pg_text)),
             };
             let t = d.t as i64;
             let event = tx_.map(|x| ms_time(x.event_ms));
@@ -485,10 +632,10 @@ fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
                 &d.pos.offset,
                 &t,
                 &d.status.as_str(),
-                &tx_.map(|x| x.id.as_str()),
-                &tx_.map(|x| x.payer.as_str()),
-                &tx_.map(|x| x.payee.as_str()),
-                &tx_.map(|x| x.region.as_str()),
+                &tx_.map(|x| x.id.as_bytes()),
+                &tx_.map(|x| x.payer.as_bytes()),
+                &tx_.map(|x| x.payee.as_bytes()),
+                &tx_.map(|x| x.region.as_bytes()),
                 &tx_.map(|x| x.mode.as_str()),
                 &tx_.map(|x| x.amount_cents),
                 &event,
@@ -496,16 +643,15 @@ fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
                 &s.map(|s| s.hour_risk),
                 &s.map(|s| s.distance_risk),
                 &s.map(|s| s.risk),
-                &error,
-                &reason,
+                &error.as_deref(),
+                &reason.as_deref(),
                 &now,
             ];
             writer.write(&values)?;
         }
         writer.finish()?;
     }
-    let invalid: Vec<_> = batch
-        .decisions
+    let invalid: Vec<_> = decisions
         .iter()
         .filter(|d| d.status == Status::Invalid)
         .collect();
@@ -520,8 +666,8 @@ fn copy_decisions(tx: &mut Transaction<'_>, batch: &Batch) -> PgResult<()> {
         for d in invalid {
             let t = d.t as i64;
             let payload: &[u8] = d.raw.as_deref().unwrap_or_default();
-            let error = d.reason.as_deref().unwrap_or("invalid");
-            writer.write(&[&d.pos.partition, &d.pos.offset, &t, &payload, &error])?;
+            let error = pg_text(d.reason.as_deref().unwrap_or("invalid"));
+            writer.write(&[&d.pos.partition, &d.pos.offset, &t, &payload, &error.as_ref()])?;
         }
         writer.finish()?;
     }
@@ -654,16 +800,13 @@ pub fn decision_record(r: &postgres::Row) -> serde_json::Map<String, serde_json:
     m.insert("t".into(), r.get::<_, i64>(2).into());
     m.insert("status".into(), r.get::<_, String>(3).into());
     let text = |i: usize| r.get::<_, Option<String>>(i);
-    for (name, i) in [
-        ("id", 4),
-        ("payer_id", 5),
-        ("payee_id", 6),
-        ("region_id", 7),
-        ("mode", 8),
-    ] {
-        if let Some(v) = text(i) {
-            m.insert(name.into(), v.into());
+    for (name, i) in [("id", 4), ("payer_id", 5), ("payee_id", 6), ("region_id", 7)] {
+        if let Some(v) = r.get::<_, Option<Vec<u8>>>(i) {
+            m.insert(name.into(), id_text(v).into());
         }
+    }
+    if let Some(v) = text(8) {
+        m.insert("mode".into(), v.into());
     }
     if let Some(v) = r.get::<_, Option<i64>>(9) {
         m.insert("amount_cents".into(), v.into());

@@ -90,6 +90,8 @@ impl Pg {
             "SELECT {DECISION_COLUMNS} FROM transactions WHERE tx_id = $1
              ORDER BY t, partition, \"offset\" LIMIT {MAX_BY_ID}"
         );
+        // Ids are stored as their UTF-8 bytes (SPEC §8: U+0000 and any length kept).
+        let id = id.as_bytes();
         let rows = self.with(|c| c.query(sql.as_str(), &[&id as &(dyn ToSql + Sync)]))?;
         Ok(rows.iter().map(record).collect())
     }
@@ -97,9 +99,16 @@ impl Pg {
     /// A user's reference data, current account and last approvals as payer, or `None`.
     pub fn user(&self, id: &str) -> anyhow::Result<Option<Value>> {
         let sql = format!(
-            "SELECT {DECISION_COLUMNS} FROM transactions WHERE payer_id = $1 AND status = 'approved'
+            "SELECT {DECISION_COLUMNS} FROM transactions
+             WHERE substring(payer_id FROM 1 FOR 256) = substring($1 FROM 1 FOR 256)
+               AND payer_id = $1 AND status = 'approved'
              ORDER BY t DESC LIMIT {LAST_APPROVALS}"
         );
+        if id.contains('\0') {
+            // PostgreSQL's text cannot hold U+0000, so no user (a text id) has one.
+            return Ok(None);
+        }
+        let payer = id.as_bytes();
         let (user, approvals) = self.with(|c| {
             let user = c.query_opt(
                 "SELECT u.id, u.name, u.region_id, r.uf, b.balance_cents, b.credit_used_cents,
@@ -110,7 +119,7 @@ impl Pg {
                 &[&id],
             )?;
             let approvals = match &user {
-                Some(_) => c.query(sql.as_str(), &[&id as &(dyn ToSql + Sync)])?,
+                Some(_) => c.query(sql.as_str(), &[&payer as &(dyn ToSql + Sync)])?,
                 None => Vec::new(),
             };
             Ok((user, approvals))
