@@ -30,7 +30,6 @@ install() {
         return 0
     fi
     echo "installing tansu (Kafka-protocol broker; about 15 minutes on 2 cores)..." >&2
-    # librdkafka's build (rdkafka's cmake-build) needs cmake and libcurl; tansu needs neither.
     cargo install tansu --version 0.6.0 --features dynostore --locked
 }
 
