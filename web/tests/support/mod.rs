@@ -63,24 +63,25 @@ pub struct Feeder {
     pub rows: BTreeMap<AnalysisKey, Tally>,
 }
 
+/// A tally; the amounts convert into whatever width `Tally` sums in (SPEC §7: exact sums).
 pub fn tally(count: i64, approved: i64, rejected: i64, a_amt: i64, r_amt: i64) -> Tally {
     Tally {
         count,
         approved,
         rejected,
-        approved_amount_cents: a_amt,
-        rejected_amount_cents: r_amt,
+        approved_amount_cents: a_amt.into(),
+        rejected_amount_cents: r_amt.into(),
     }
 }
 
 fn plus(a: Tally, b: Tally) -> Tally {
-    tally(
-        a.count + b.count,
-        a.approved + b.approved,
-        a.rejected + b.rejected,
-        a.approved_amount_cents + b.approved_amount_cents,
-        a.rejected_amount_cents + b.rejected_amount_cents,
-    )
+    Tally {
+        count: a.count + b.count,
+        approved: a.approved + b.approved,
+        rejected: a.rejected + b.rejected,
+        approved_amount_cents: a.approved_amount_cents + b.approved_amount_cents,
+        rejected_amount_cents: a.rejected_amount_cents + b.rejected_amount_cents,
+    }
 }
 
 impl Feeder {
