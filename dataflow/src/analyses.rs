@@ -25,8 +25,10 @@ pub struct Tally {
     pub count: i64,
     pub approved: i64,
     pub rejected: i64,
-    pub approved_amount_cents: i64,
-    pub rejected_amount_cents: i64,
+    /// Sums of amounts are 128-bit (SPEC §7: exact, never wrapping): 64 bits hold only
+    /// about 9·10^7 maximum amounts (10^11 cents each).
+    pub approved_amount_cents: i128,
+    pub rejected_amount_cents: i128,
 }
 
 impl IsZero for Tally {
@@ -71,8 +73,8 @@ impl Multiply<i64> for Tally {
             count: self.count * rhs,
             approved: self.approved * rhs,
             rejected: self.rejected * rhs,
-            approved_amount_cents: self.approved_amount_cents * rhs,
-            rejected_amount_cents: self.rejected_amount_cents * rhs,
+            approved_amount_cents: self.approved_amount_cents * i128::from(*rhs),
+            rejected_amount_cents: self.rejected_amount_cents * i128::from(*rhs),
         }
     }
 }
@@ -152,10 +154,10 @@ fn add(t: &mut Tally, approved: bool, amount: i64) {
     t.count += 1;
     if approved {
         t.approved += 1;
-        t.approved_amount_cents += amount;
+        t.approved_amount_cents += i128::from(amount);
     } else {
         t.rejected += 1;
-        t.rejected_amount_cents += amount;
+        t.rejected_amount_cents += i128::from(amount);
     }
 }
 
@@ -445,5 +447,36 @@ mod parts_tests {
         assert_eq!(key_from_parts("insufficient_funds", "approved", -1), None);
         assert_eq!(key_from_parts("hour_histogram", "24", -1), None);
         assert_eq!(key_from_parts("nope", "x", -1), None);
+    }
+
+    /// SPEC §7 (revision 3): sums of amounts are exact past 64 bits — 10^8 maximum
+    /// amounts (10^11 cents each) sum to 10^19, beyond i64 — and are written as JSON
+    /// numbers with every digit.
+    #[test]
+    fn amount_sums_never_wrap() {
+        let mut t = Tally::default();
+        for _ in 0..3 {
+            let mut batch = Tally::default();
+            add(&mut batch, false, 100_000_000_000);
+            for _ in 0..33 {
+                let b = batch;
+                batch.plus_equals(&b);
+            }
+            t.plus_equals(&batch);
+        }
+        // 3 · 2^33 · 10^11 = 2,576,980,377,600,000,000,000 > i64::MAX.
+        let want: i128 = 3 * (1i128 << 33) * 100_000_000_000;
+        assert!(want > i128::from(i64::MAX));
+        assert_eq!(t.rejected_amount_cents, want);
+        let mut rows = BTreeMap::new();
+        rows.insert(AnalysisKey::Funds(Status::InsufficientBalance), t);
+        let text = to_json(&rows).to_string();
+        assert!(
+            text.contains(&format!("\"amount_cents\":{want}")),
+            "{text}"
+        );
+        let back: Value = serde_json::from_str(&text).unwrap();
+        let amount = &back["insufficient_funds"][0]["amount_cents"];
+        assert_eq!(amount.to_string().parse::<i128>().unwrap(), want);
     }
 }

@@ -1718,6 +1718,11 @@ mod tests {
         }
 
         proptest! {
+            // Issue 12 asks for a fuzzing of the parser alone: many cases here, cheap ones.
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4_000)
+            ))]
+
             #[test]
             fn amount_matches_integer_arithmetic(
                 n in 0u64..10_000_000_000_000_000,
@@ -1760,6 +1765,38 @@ mod tests {
             #[test]
             fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
                 let _ = parse_transaction(&b);
+            }
+
+            /// Fuzz (issue 12, SPEC §3/§8): a valid message with one id replaced by any
+            /// string (U+0000, any plane, any length up to a few KB) and a few raw bytes
+            /// spliced in somewhere: parsing never panics, and a message that still parses
+            /// keeps the id exactly.
+            #[test]
+            fn mutated_messages_never_panic_and_keep_ids_exactly(
+                field in 0usize..4,
+                id in "(?s).{1,64}|\\x00{1,4}|[a-z]{2000,3000}",
+                splice_at in any::<prop::sample::Index>(),
+                splice in proptest::collection::vec(any::<u8>(), 0..4),
+            ) {
+                let names = ["id_transacao", "id_usuario_pagador", "id_usuario_recebedor", "id_regiao"];
+                let mut msg = serde_json::json!({
+                    "id_transacao": "t1", "id_usuario_pagador": "u1",
+                    "id_usuario_recebedor": "u2", "id_regiao": "r1",
+                    "modalidade_pagamento": "pix",
+                    "data_horario": "2026-11-26T14:03:12.345-03:00",
+                    "valor_transacao": 152.37,
+                });
+                msg[names[field]] = serde_json::Value::String(id.clone());
+                let text = msg.to_string().into_bytes();
+                let tx = parse_transaction(&text).expect("a valid message with an odd id");
+                let got = [tx.id.as_str(), tx.payer.as_str(), tx.payee.as_str(), tx.region.as_str()];
+                prop_assert_eq!(got[field], id.as_str());
+                let mut damaged = text.clone();
+                let at = splice_at.index(damaged.len() + 1);
+                for (k, b) in splice.iter().enumerate() {
+                    damaged.insert(at + k, *b);
+                }
+                let _ = parse_transaction(&damaged);
             }
 
             #[test]

@@ -402,12 +402,13 @@ struct Analyses {
     value_histogram: BTreeMap<usize, Outcome>,
     hour_histogram: BTreeMap<u32, Outcome>,
     /// bucket → (outcome, approved_amount_cents, rejected_amount_cents)
-    value_risk_distribution: BTreeMap<i64, (Outcome, i64, i64)>,
+    /// Sums of amounts are exact (SPEC §7): 128-bit.
+    value_risk_distribution: BTreeMap<i64, (Outcome, i128, i128)>,
     /// key = 2·hour_risk (0, 1, 2) so it sorts as a number.
     hour_risk_outcome: BTreeMap<u8, Outcome>,
     state_approval: BTreeMap<String, Outcome>,
     /// reason → (count, amount_cents)
-    insufficient_funds: BTreeMap<&'static str, (i64, i64)>,
+    insufficient_funds: BTreeMap<&'static str, (i64, i128)>,
     mode_rejections: BTreeMap<String, Outcome>,
     minute_frequency: BTreeMap<i64, i64>,
     distance_band_outcome: BTreeMap<(i64, usize), Outcome>,
@@ -445,9 +446,9 @@ impl Analyses {
             .or_insert((Outcome::default(), 0, 0));
         vr.0.add(approved);
         if approved {
-            vr.1 += a.amount_cents;
+            vr.1 += i128::from(a.amount_cents);
         } else {
-            vr.2 += a.amount_cents;
+            vr.2 += i128::from(a.amount_cents);
         }
         self.hour_risk_outcome
             .entry((a.scores.hour_risk * 2.0) as u8)
@@ -460,7 +461,7 @@ impl Analyses {
         if a.status == INSUFFICIENT_BALANCE || a.status == INSUFFICIENT_LIMIT {
             let f = self.insufficient_funds.entry(a.status).or_insert((0, 0));
             f.0 += 1;
-            f.1 += a.amount_cents;
+            f.1 += i128::from(a.amount_cents);
         }
         self.mode_rejections
             .entry(a.mode.to_string())

@@ -37,6 +37,7 @@ use crate::Batch;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_schema.sql")),
     (2, include_str!("../migrations/0002_exact_ids_quarantine.sql")),
+    (3, include_str!("../migrations/0003_exact_sums.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -280,16 +281,26 @@ pub fn load_resume(
 }
 
 /// The five tally columns of an `analysis_rows` row (count, approved, rejected,
-/// approved and rejected amounts), starting at column `first`.
+/// approved and rejected amounts), starting at column `first`, as [`TALLY_COLUMNS`]
+/// selects them (the two numeric sums as text: the client has no 128-bit integers).
 pub fn tally_at(r: &postgres::Row, first: usize) -> Tally {
+    let sum = |i: usize| -> i128 {
+        let text: String = r.get(i);
+        // A numeric(40, 0) column holds integers that fit in 128 bits (written from them).
+        text.parse().unwrap_or_else(|_| panic!("amount sum {text:?} is not an integer"))
+    };
     Tally {
         count: r.get(first),
         approved: r.get(first + 1),
         rejected: r.get(first + 2),
-        approved_amount_cents: r.get(first + 3),
-        rejected_amount_cents: r.get(first + 4),
+        approved_amount_cents: sum(first + 3),
+        rejected_amount_cents: sum(first + 4),
     }
 }
+
+/// The tally columns of `analysis_rows`, in the order [`tally_at`] reads them.
+pub const TALLY_COLUMNS: &str =
+    "count, approved, rejected, approved_amount_cents::text, rejected_amount_cents::text";
 
 /// Every stored analysis row.
 pub fn analysis_rows(
@@ -297,8 +308,7 @@ pub fn analysis_rows(
 ) -> PgResult<Vec<(AnalysisKey, Tally)>> {
     let mut analyses = Vec::new();
     for r in client.query(
-        "SELECT analysis, k, minute, count, approved, rejected,
-                approved_amount_cents, rejected_amount_cents FROM analysis_rows",
+        format!("SELECT analysis, k, minute, {TALLY_COLUMNS} FROM analysis_rows").as_str(),
         &[],
     )? {
         let (name, k, minute): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
@@ -710,7 +720,8 @@ fn upsert_analyses(
         Vec::new(),
         Vec::new(),
         Vec::new(),
-        [(); 5].map(|_| Vec::<i64>::new()),
+        [(); 3].map(|_| Vec::<i64>::new()),
+        [(); 2].map(|_| Vec::<String>::new()),
     );
     let mut del = (Vec::new(), Vec::new(), Vec::new());
     for key in touched {
@@ -723,8 +734,8 @@ fn upsert_analyses(
                 up.3[0].push(t.count);
                 up.3[1].push(t.approved);
                 up.3[2].push(t.rejected);
-                up.3[3].push(t.approved_amount_cents);
-                up.3[4].push(t.rejected_amount_cents);
+                up.4[0].push(t.approved_amount_cents.to_string());
+                up.4[1].push(t.rejected_amount_cents.to_string());
             }
             None => {
                 del.0.push(name);
@@ -737,14 +748,15 @@ fn upsert_analyses(
         tx.execute(
             "INSERT INTO analysis_rows (analysis, k, minute, count, approved, rejected,
                  approved_amount_cents, rejected_amount_cents)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
-                                  $6::int8[], $7::int8[], $8::int8[])
+             SELECT a, k, m, c, ap, re, apa::numeric, rea::numeric
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::text[], $8::text[]) AS u(a, k, m, c, ap, re, apa, rea)
              ON CONFLICT (analysis, k, minute) DO UPDATE SET count = excluded.count,
                  approved = excluded.approved, rejected = excluded.rejected,
                  approved_amount_cents = excluded.approved_amount_cents,
                  rejected_amount_cents = excluded.rejected_amount_cents",
             &[
-                &up.0, &up.1, &up.2, &up.3[0], &up.3[1], &up.3[2], &up.3[3], &up.3[4],
+                &up.0, &up.1, &up.2, &up.3[0], &up.3[1], &up.3[2], &up.4[0], &up.4[1],
             ],
         )?;
     }

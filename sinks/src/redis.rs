@@ -666,8 +666,8 @@ mod tests {
             count: approved + rejected,
             approved,
             rejected,
-            approved_amount_cents: approved * 1000,
-            rejected_amount_cents: rejected * 700,
+            approved_amount_cents: i128::from(approved * 1000),
+            rejected_amount_cents: i128::from(rejected * 700),
         }
     }
 

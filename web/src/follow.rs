@@ -185,6 +185,13 @@ fn changed_names(payload: &str) -> Vec<&'static str> {
 /// The tally behind a SPEC row as cached (enough to render the same row again).
 pub fn tally_of(name: &str, row: &Value) -> Tally {
     let g = |f: &str| row.get(f).and_then(Value::as_i64).unwrap_or(0);
+    // Amount sums are 128-bit (SPEC §7): read from the number's text.
+    let sum = |f: &str| -> i128 {
+        row.get(f)
+            .and_then(|v| v.as_number())
+            .and_then(|n| n.to_string().parse().ok())
+            .unwrap_or(0)
+    };
     match name {
         "status_counts" | "minute_frequency" => Tally {
             count: g("count"),
@@ -193,15 +200,15 @@ pub fn tally_of(name: &str, row: &Value) -> Tally {
         "insufficient_funds" => Tally {
             count: g("count"),
             rejected: g("count"),
-            rejected_amount_cents: g("amount_cents"),
+            rejected_amount_cents: sum("amount_cents"),
             ..Tally::default()
         },
         _ => Tally {
             count: g("approved") + g("rejected"),
             approved: g("approved"),
             rejected: g("rejected"),
-            approved_amount_cents: g("approved_amount_cents"),
-            rejected_amount_cents: g("rejected_amount_cents"),
+            approved_amount_cents: sum("approved_amount_cents"),
+            rejected_amount_cents: sum("rejected_amount_cents"),
         },
     }
 }

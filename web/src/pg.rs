@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use vtpga_dataflow::analyses::{key_from_parts, AnalysisKey, Tally};
 use vtpga_dataflow::parse::format_utc_ms;
-use vtpga_sinks::postgres::{decision_record, tally_at, DECISION_COLUMNS};
+use vtpga_sinks::postgres::{decision_record, tally_at, DECISION_COLUMNS, TALLY_COLUMNS};
 
 use crate::state::render_rows;
 
@@ -68,9 +68,11 @@ impl Pg {
         let (from_m, to_m) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
         let rows = self.with(|c| {
             c.query(
-                "SELECT k, minute, count, approved, rejected, approved_amount_cents,
-                        rejected_amount_cents
-                 FROM analysis_rows WHERE analysis = $1 AND minute BETWEEN $2 AND $3",
+                format!(
+                    "SELECT k, minute, {TALLY_COLUMNS}
+                     FROM analysis_rows WHERE analysis = $1 AND minute BETWEEN $2 AND $3"
+                )
+                .as_str(),
                 &[&name, &from_m, &to_m],
             )
         })?;
