@@ -141,6 +141,20 @@ impl ParamArgs {
     }
 }
 
+/// A seed of its own for this start: clock and process id mixed (generated messages must
+/// not repeat an earlier run's ids).
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mixed = nanos ^ (u64::from(std::process::id()) << 32);
+    // splitmix64's finaliser: nearby clocks give unrelated seeds.
+    let z = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A count that must be at least 1 (clap value parser).
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {

@@ -48,9 +48,10 @@ pub struct ProduceArgs {
     /// Stop after this long (e.g. `30s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Seed of the generated messages (give each concurrent producer its own).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of the generated messages. Default: a new one at every start, so a restarted
+    /// producer (or a second one) never sends ids already sent; give one to repeat a run.
+    #[arg(long, env = "VTPGA_PRODUCE_SEED")]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub faults: FaultArgs,
     /// Producer acknowledgements: 0, 1 or all.
@@ -241,7 +242,9 @@ pub fn produce(args: ProduceArgs) -> Result<()> {
             if users.len() < 2 {
                 bail!("at least 2 users are needed to generate transactions");
             }
-            let cfg = args.faults.config(args.seed, 1)?;
+            let cfg = args
+                .faults
+                .config(args.seed.unwrap_or_else(crate::fresh_seed), 1)?;
             let mut generator = Generator::new(cfg, regions, users);
             produce_generated(
                 &producer,

@@ -108,9 +108,14 @@ pub struct RunArgs {
     /// Generated regions beyond the 27 state capitals.
     #[arg(long, env = "VTPGA_EXTRA_REGIONS", default_value_t = 100)]
     pub extra_regions: usize,
-    /// Seed of the generated data and messages.
+    /// Seed of the generated reference data (users and regions).
     #[arg(long, env = "VTPGA_SEED", default_value_t = 42)]
     pub seed: u64,
+    /// Seed of the generated messages. Default: a new one at every start, so a restarted
+    /// run never sends the transaction ids of an earlier one again (they would be
+    /// `duplicate`); give one to repeat a run.
+    #[arg(long, env = "VTPGA_MESSAGE_SEED")]
+    pub message_seed: Option<u64>,
     /// Messages a worker lets into the graph before waiting for them to be decided (at
     /// least 1: with none the source could never take a message).
     #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 200_000, value_parser = crate::at_least_one)]
@@ -176,7 +181,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let local_workers = args.cluster.workers;
     let total_workers = local_workers * args.cluster.processes;
     let limit = args.count.unwrap_or(u64::MAX);
-    let seed = args.seed;
+    let seed = args.message_seed.unwrap_or_else(crate::fresh_seed);
     eprintln!(
         "vtpga run: {} worker(s) x {} process(es), source {}, {} users, {} regions{}",
         local_workers,
@@ -261,7 +266,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
         None => None,
     };
+    // In a cluster the Redis cache is written by process 0 alone, from batches gathered to
+    // worker 0 (as with PostgreSQL): a sink per process would rebuild the cache from its
+    // own share at start and delete what the others wrote.
+    let clustered = args.cluster.processes > 1;
     let redis_sink = match &args.redis {
+        Some(_) if clustered && args.cluster.process != 0 => None,
         Some(url) => {
             let mut sink = RedisSink::new(url, RedisOptions::default())
                 .with_context(|| format!("Redis URL {}", redact(url)))?;
@@ -303,8 +313,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         redis: redis_sink,
         pg_max_batch: args.pg_max_batch,
     };
-    let gather = if sinks.pg.is_some() {
-        // One consistent cut of the whole cluster per batch: what the database needs.
+    let gather = if sinks.pg.is_some() || (args.redis.is_some() && clustered) {
+        // One consistent cut of the whole cluster per batch: what the database needs, and
+        // what one Redis writer for the cluster needs.
         Gather::ToWorkerZero
     } else {
         Gather::PerWorker
