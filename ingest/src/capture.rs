@@ -621,7 +621,8 @@ mod tests {
                 t: 7,
                 partition: 3,
                 offset: 9,
-                payload: "p".into()
+                payload: "p".into(),
+                refused: None,
             }]
         );
     }

@@ -342,7 +342,7 @@ impl KafkaFeed {
                         Record {
                             offset: msg.offset(),
                             timestamp: msg.timestamp().to_millis(),
-                            payload: msg.payload().unwrap_or_default(),
+                            payload: msg.payload(),
                         },
                         Guard {
                             now_ms: now_ms(),
@@ -381,7 +381,8 @@ struct Record<'a> {
     offset: i64,
     /// The record timestamp in ms, if it has one.
     timestamp: Option<i64>,
-    payload: &'a [u8],
+    /// The value; `None` for a record without one (decided `invalid`, SPEC §9).
+    payload: Option<&'a [u8]>,
 }
 
 /// The clock guard's view of the wall clock when a record is read (SPEC §4).
@@ -436,7 +437,7 @@ fn take(part: &mut PartitionState, msg: Record<'_>, guard: Guard, stats: &KafkaS
             t,
             ingest_us: now_us(),
             body: Body::Refused {
-                raw: msg.payload.to_vec(),
+                raw: msg.payload.unwrap_or_default().to_vec(),
                 error: CLOCK_GUARD_ERROR.to_owned(),
             },
         });
@@ -452,7 +453,14 @@ fn take(part: &mut PartitionState, msg: Record<'_>, guard: Guard, stats: &KafkaS
         pos,
         t,
         ingest_us: now_us(),
-        body: Body::Raw(msg.payload.to_vec()),
+        body: match msg.payload {
+            Some(payload) => Body::Raw(payload.to_vec()),
+            // As replay decides a capture line whose payload is null.
+            None => Body::Refused {
+                raw: Vec::new(),
+                error: crate::capture::NO_VALUE.to_owned(),
+            },
+        },
     });
 }
 
@@ -578,7 +586,7 @@ mod tests {
         Record {
             offset,
             timestamp: Some(ts),
-            payload: b"{}",
+            payload: Some(b"{}"),
         }
     }
 
