@@ -216,28 +216,26 @@ impl App {
             .or(stream)
             .unify();
         let token = app.token.clone();
-        let auth = warp::header::optional::<String>("authorization")
+        let auth = warp::header::headers_cloned()
             .and(query)
-            .and_then(move |h: Option<String>, q: HashMap<String, String>| {
-                let token = token.clone();
-                async move {
-                    match &token {
-                        None => Ok(()),
-                        Some(t) => {
-                            let bearer = h.as_deref().and_then(|h| {
-                                h.strip_prefix("Bearer ")
-                                    .or_else(|| h.strip_prefix("bearer "))
-                            });
-                            let given = bearer.or(q.get("access_token").map(String::as_str));
-                            if given.is_some_and(|g| same(g.trim().as_bytes(), t.as_bytes())) {
+            .and_then(
+                move |headers: warp::http::HeaderMap, q: HashMap<String, String>| {
+                    let token = token.clone();
+                    async move {
+                        match &token {
+                            None => Ok(()),
+                            Some(t)
+                                if bearer_is(headers.get(header::AUTHORIZATION), t)
+                                    || q.get("access_token")
+                                        .is_some_and(|g| same(g.as_bytes(), t.as_bytes())) =>
+                            {
                                 Ok(())
-                            } else {
-                                Err(warp::reject::custom(Unauthorized))
                             }
+                            Some(_) => Err(warp::reject::custom(Unauthorized)),
                         }
                     }
-                }
-            })
+                },
+            )
             .untuple_one();
         warp::get()
             .and(auth)
@@ -471,7 +469,23 @@ fn event_stream(
     futures_util::stream::once(async move { Ok(first) }).chain(rest)
 }
 
-/// Constant-time comparison (the token).
+/// Whether an `Authorization` header carries exactly `token` (issue 12): the scheme is
+/// case-insensitive (RFC 7235 §2.1), then one space, then the token byte for byte. Nothing
+/// is trimmed: ` tok`, `tok ` and `tok\t` are other tokens, so that a token the operator
+/// did not write is never accepted. The header is taken as bytes, so that one that is not
+/// text is a wrong token, not an error.
+fn bearer_is(value: Option<&header::HeaderValue>, token: &str) -> bool {
+    const SCHEME: &[u8] = b"bearer ";
+    let Some(v) = value.map(header::HeaderValue::as_bytes) else {
+        return false;
+    };
+    v.len() >= SCHEME.len()
+        && v[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
+        && same(&v[SCHEME.len()..], token.as_bytes())
+}
+
+/// Constant-time comparison (the token): the time taken says nothing of how much of it
+/// matched; only its length shows.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

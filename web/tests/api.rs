@@ -599,3 +599,54 @@ fn seeded_analyses_are_served() {
     state.observe(&b, 3);
     assert_eq!(state.analyses_json(), to_json(&feeder.rows));
 }
+
+/// Issue 12 item 12 (web token): the token is compared exactly; whitespace around it, a
+/// second space or a tab is another token, not a careless spelling of the right one.
+#[tokio::test]
+async fn token_with_surrounding_whitespace_is_refused() {
+    let (state, _) = fed_state();
+    let routes = routes(state, Some("s3cret"));
+    for auth in [
+        "Bearer s3cret ",
+        "Bearer  s3cret",
+        "Bearer s3cret\t",
+        "Bearer \ts3cret",
+        " Bearer s3cret",
+        "Bearer s3cret\u{a0}",
+        "Bearer s3cre",
+        "Bearer s3crett",
+        "Bearers3cret",
+    ] {
+        let (status, _, _) = get_with(&routes, "/api/analyses", Some(auth)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    // The scheme is case-insensitive (RFC 7235 §2.1); the token is not.
+    for auth in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+        let (status, _, _) = get_with(&routes, "/api/analyses", Some(auth)).await;
+        assert_eq!(status, StatusCode::OK, "{auth:?}");
+    }
+    let (status, _, _) = get_with(&routes, "/api/analyses", Some("Bearer S3CRET")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Issue 12 item 12 (internal error text): an Authorization header that is not text is a
+/// wrong token (401), not a 400 carrying warp's debug text of the rejection.
+#[tokio::test]
+async fn a_header_that_is_not_text_is_a_wrong_token() {
+    let (state, _) = fed_state();
+    let routes = routes(state, Some("s3cret"));
+    let resp = warp::test::request()
+        .path("/api/analyses")
+        .header(
+            "authorization",
+            warp::http::HeaderValue::from_bytes(b"Bearer s3cret\xff").unwrap(),
+        )
+        .reply(&routes)
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body = String::from_utf8_lossy(resp.body());
+    assert!(
+        !body.contains("Rejection") && !body.contains("Invalid"),
+        "{body}"
+    );
+}
