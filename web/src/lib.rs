@@ -47,8 +47,8 @@ mod state;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -338,7 +338,7 @@ impl App {
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return pg_error(e),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => return task_error(e),
             }
         }
         error(
@@ -359,7 +359,7 @@ impl App {
             Ok(Ok(Some(u))) => json_reply(StatusCode::OK, &u),
             Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("unknown user {id:?}")),
             Ok(Err(e)) => pg_error(e),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Err(e) => task_error(e),
         }
     }
 
@@ -553,11 +553,48 @@ fn error(status: StatusCode, message: &str) -> Response {
     error_response(status, message)
 }
 
+/// A failure of ours, not the client's (issue 12): the client gets `public` (a fixed text),
+/// the status and a short request id; the log gets the id and the whole `detail`, which
+/// can name hosts, databases and the driver's wording, and stays there.
+fn internal_error(status: StatusCode, public: &str, detail: &dyn std::fmt::Display) -> Response {
+    let id = request_id();
+    log::warn!("dashboard: request {id}: {public}: {detail}");
+    json_reply(
+        status,
+        &json!({"error": public, "status": status.as_u16(), "request_id": id}),
+    )
+}
+
+/// A short id for one failed request, to find its log line: a counter, mixed so that the
+/// ids of two runs seldom meet (the counter starts from the clock).
+fn request_id() -> String {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        AtomicU64::new(now)
+    });
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    // A multiplication by an odd constant is a bijection: distinct counters, distinct ids.
+    format!("{:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
 fn pg_error(e: anyhow::Error) -> Response {
-    log::warn!("dashboard: PostgreSQL: {e:#}");
-    error(
+    internal_error(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("PostgreSQL: {e:#}"),
+        "the history store is not available; try again later",
+        &format_args!("PostgreSQL: {e:#}"),
+    )
+}
+
+/// The blocking task of a query panicked or was cancelled.
+fn task_error(e: tokio::task::JoinError) -> Response {
+    internal_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+        &format_args!("query task: {e}"),
     )
 }
 
@@ -589,7 +626,13 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     if r.find::<warp::reject::InvalidQuery>().is_some() {
         return Ok(error(StatusCode::BAD_REQUEST, "malformed query string"));
     }
-    Ok(error(StatusCode::BAD_REQUEST, &format!("{r:?}")))
+    // Any other rejection of a GET is the request's fault; warp's debug text of it names
+    // internals and is for the log only.
+    Ok(internal_error(
+        StatusCode::BAD_REQUEST,
+        "bad request",
+        &format_args!("{r:?}"),
+    ))
 }
 
 /// A running server: its address and its thread. [`Server::stop`] ends it.

@@ -147,8 +147,9 @@ struct Inner {
     consumer_lag: Option<i64>,
     closed_time: Option<u64>,
     last_batch_at: Option<Instant>,
-    /// Standalone: whether the follower reaches Redis, and its last error.
-    redis: Option<(bool, Option<String>)>,
+    /// Standalone: whether the follower reaches Redis. Its errors go to the log only
+    /// (issue 12: no internal error text reaches clients).
+    redis: Option<bool>,
     // What changed since the last push.
     changed: BTreeSet<AnalysisKey>,
     changed_all: bool,
@@ -199,7 +200,7 @@ impl LiveState {
                 closed_time: None,
                 last_batch_at: None,
                 redis: if mode == Mode::Standalone {
-                    Some((false, None))
+                    Some(false)
                 } else {
                     None
                 },
@@ -369,10 +370,7 @@ impl LiveState {
                 "max": window.max() as f64 / 1000.0,
             })
         };
-        let redis = inner
-            .redis
-            .as_ref()
-            .map(|(connected, error)| json!({"connected": connected, "error": error}));
+        let redis = inner.redis.map(|connected| json!({"connected": connected}));
         json!({
             "mode": inner.mode.as_str(),
             "uptime_s": (uptime.as_secs_f64() * 10.0).round() / 10.0,
@@ -446,7 +444,7 @@ impl LiveState {
                 t as f64,
             ));
         }
-        if let Some((connected, _)) = inner.redis {
+        if let Some(connected) = inner.redis {
             gauges.push((
                 "vtpga_redis_connected",
                 "Whether the dashboard reaches Redis.",
@@ -643,8 +641,10 @@ impl LiveState {
         added
     }
 
-    pub(crate) fn set_redis(&self, connected: bool, error: Option<String>) {
-        self.lock().redis = Some((connected, error));
+    /// Whether the follower reaches Redis; `_error` is for the caller's log, and is not
+    /// kept: health is shown to clients.
+    pub(crate) fn set_redis(&self, connected: bool, _error: Option<String>) {
+        self.lock().redis = Some(connected);
     }
 
     pub(crate) fn set_closed_time(&self, t: u64) {
@@ -806,5 +806,26 @@ trait ZeroTally {
 impl ZeroTally for Tally {
     fn is_zero_tally(&self) -> bool {
         *self == Tally::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 12 (internal error text): the health figures say whether Redis is
+    /// reached, never the error's text (addresses, the driver's wording); the follower
+    /// logs that.
+    #[test]
+    fn health_names_no_redis_error_text() {
+        let state = LiveState::with_mode(0, Mode::Standalone);
+        state.set_redis(false, Some("Connection refused at 10.1.2.3:6379".into()));
+        let h = state.health();
+        assert_eq!(h["redis"]["connected"], false);
+        let text = h.to_string();
+        assert!(
+            !text.contains("10.1.2.3") && !text.contains("refused"),
+            "{text}"
+        );
     }
 }

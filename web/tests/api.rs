@@ -650,3 +650,41 @@ async fn a_header_that_is_not_text_is_a_wrong_token() {
         "{body}"
     );
 }
+
+/// A PostgreSQL that cannot be reached (a closed port): the API's history queries fail.
+fn unreachable_postgres(state: Arc<LiveState>) -> Routes {
+    App::new(
+        state,
+        None,
+        Some("postgres://vtpga:pw-not-for-clients@127.0.0.1:1/secretdb".into()),
+    )
+    .routes()
+}
+
+/// Issue 12 item 12 (internal error text): PostgreSQL's error text (host, port, database,
+/// the driver's wording) stays in the log; the client gets a generic JSON error with the
+/// status and a request id to quote.
+#[tokio::test]
+async fn postgres_errors_do_not_reach_clients() {
+    let routes = unreachable_postgres(LiveState::new(1));
+    for path in ["/api/transactions/not-in-memory", "/api/users/u001"] {
+        let (status, ct, body) = get(&routes, path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(ct, "application/json");
+        for leak in [
+            "127.0.0.1",
+            "secretdb",
+            "pw-not",
+            "refused",
+            "PostgreSQL:",
+            "Error {",
+        ] {
+            assert!(!body.contains(leak), "{path}: {leak:?} in {body}");
+        }
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["status"], 503);
+        assert!(body["error"].is_string());
+        let id = body["request_id"].as_str().expect("a request id");
+        assert!(!id.is_empty() && id.len() <= 16, "{id}");
+    }
+}
