@@ -22,11 +22,17 @@
 //! | `/api/analyses` | SPEC §8 analyses JSON |
 //! | `/api/analyses/{name}` | `{"name", "source", "from"?, "to"?, "rows"}`; `from`/`to` (RFC 3339 times with an offset, e.g. `2026-11-26T14:03:00Z`, inclusive minutes) only on `minute_frequency` and `distance_band_outcome` |
 //! | `/api/transactions/recent?limit=N` | the newest N (1–500, default 50) decision records, newest first |
-//! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates) |
+//! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates); `id` exactly as parsed (SPEC §8) |
 //! | `/api/users/{id}` | PostgreSQL: balance, credit, last approvals |
 //! | `/healthz` | health figures (503 when standalone and Redis is unreachable) |
 //! | `/metrics` | Prometheus text |
 //! | `/api/stream` | Server-Sent Events: `snapshot` on connect, then `change` events |
+//!
+//! An `{id}` is percent-encoded UTF-8 and decoded exactly: any character, U+0000 included
+//! (`%00`); a malformed escape or bytes that are not UTF-8 get 400, never a guess. The id
+//! `recent` is written `%72ecent` (the literal segment is the route of the recent
+//! decisions). A URI holds at most 65,534 bytes (the `http` crate), so the longest ids
+//! (SPEC §8: up to 60 KB) are reachable only when their encoding fits.
 //!
 //! # The event stream
 //!
@@ -182,10 +188,20 @@ impl App {
             .map(|app: App, q: HashMap<String, String>| app.recent(&q));
         let by_id = warp::path!("api" / "transactions" / String)
             .and(with_app.clone())
-            .then(|id: String, app: App| async move { app.transaction(&decode(&id)).await });
+            .then(|id: String, app: App| async move {
+                match decode(&id) {
+                    Some(id) => app.transaction(&id).await,
+                    None => bad_id(),
+                }
+            });
         let user = warp::path!("api" / "users" / String)
             .and(with_app.clone())
-            .then(|id: String, app: App| async move { app.user(&decode(&id)).await });
+            .then(|id: String, app: App| async move {
+                match decode(&id) {
+                    Some(id) => app.user(&id).await,
+                    None => bad_id(),
+                }
+            });
         let healthz = warp::path!("healthz")
             .and(with_app.clone())
             .map(|app: App| app.healthz());
@@ -490,26 +506,32 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Percent-decodes a path segment (invalid escapes and non-UTF-8 are kept as they are).
-fn decode(s: &str) -> String {
+/// Percent-decodes a path segment exactly (RFC 3986 §2.1), or `None`: every `%` must start
+/// two hex digits, and the bytes must be UTF-8. Nothing is guessed (SPEC §8: an id is
+/// looked up exactly as parsed): `%+1` is not U+0001, and `%FF` is not the text `%FF`.
+fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
+    let hex = |i: usize| b.get(i).and_then(|c| char::from(*c).to_digit(16));
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%' {
+            out.push((hex(i + 1)? * 16 + hex(i + 2)?) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
-        out.push(b[i]);
-        i += 1;
     }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_owned())
+    String::from_utf8(out).ok()
+}
+
+/// The answer to an id that [`decode`] refuses.
+fn bad_id() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "the id must be percent-encoded UTF-8 (each % followed by two hex digits; write % itself as %25)",
+    )
 }
 
 /// A `from`/`to` parameter: an RFC 3339 time with an explicit offset, to its minute index.

@@ -688,3 +688,112 @@ async fn postgres_errors_do_not_reach_clients() {
         assert!(!id.is_empty() && id.len() <= 16, "{id}");
     }
 }
+
+/// A state holding one decision for each id.
+fn state_with_ids(ids: &[&str]) -> Arc<LiveState> {
+    let state = LiveState::new(1);
+    let mut feeder = Feeder::default();
+    let decisions = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| decision(i as i64, 1, Status::Approved, id, 5, 0))
+        .collect();
+    state.observe(&feeder.batch(1, decisions, vec![]), 1);
+    state
+}
+
+/// Every byte of `s` percent-encoded (what a careful client may send).
+fn encode_all(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// SPEC §8 (ids exact, any character, U+0000 included, up to 60 KB): the id of
+/// `/api/transactions/{id}` is percent-decoded whole, and the answer carries it exactly as
+/// parsed, from memory.
+#[tokio::test]
+async fn transaction_ids_are_exact() {
+    let long = "x".repeat(60_000);
+    let ids = [
+        "nul\0inside",
+        "\0",
+        "ç✓😀 mixed/slash",
+        "100%",
+        "a+b",
+        "recent",
+        "\u{1}",
+        "%+1",
+        long.as_str(),
+    ];
+    let routes = routes(state_with_ids(&ids), None);
+    for id in ids {
+        // Only what must be escaped escaped, in lower case.
+        let light: String = id
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' | '_' | '~' | '+' => c.to_string(),
+                _ => c.to_string().bytes().map(|b| format!("%{b:02x}")).collect(),
+            })
+            .collect();
+        let mut paths = Vec::new();
+        if light != "recent" {
+            // The literal segment `recent` is the route of the recent decisions; that id
+            // is asked for with an escape.
+            paths.push(format!("/api/transactions/{light}"));
+        }
+        if id.len() < 100 {
+            // A URI holds at most 65,534 bytes (the `http` crate): the long id fits only
+            // as it is.
+            paths.push(format!("/api/transactions/{}", encode_all(id)));
+        }
+        for path in paths {
+            let (status, ct, body) = get(&routes, &path).await;
+            assert_eq!(status, StatusCode::OK, "{id:?} via {:.80}", path);
+            assert_eq!(ct, "application/json");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["id"].as_str(), Some(id), "{id:.80?}");
+            assert_eq!(body["source"], "live");
+            assert_eq!(body["decisions"][0]["id"].as_str(), Some(id), "{id:.80?}");
+            assert_eq!(body["decisions"].as_array().unwrap().len(), 1, "{id:.80?}");
+        }
+    }
+    // serde_json writes U+0000 as an escape: the JSON text itself holds no NUL byte.
+    let (_, _, raw) = get(&routes, "/api/transactions/nul%00inside").await;
+    assert!(
+        raw.contains("nul\\u0000inside") && !raw.contains('\0'),
+        "{raw}"
+    );
+    // The route of the recent decisions keeps its literal name.
+    let (_, body) = get_json(&routes, "/api/transactions/recent").await;
+    assert!(body.is_array());
+}
+
+/// SPEC §8: a malformed escape is an error, never a guess: `%+1` is not U+0001 (a sign
+/// that `u8::from_str_radix` accepts), and bytes that are not UTF-8 are not looked up
+/// under the raw text instead.
+#[tokio::test]
+async fn malformed_escapes_in_ids_are_refused() {
+    let routes = routes(state_with_ids(&["\u{1}", "%FF", "%4", "%zz"]), None);
+    for path in [
+        "/api/transactions/%+1",
+        "/api/transactions/%FF",
+        "/api/transactions/%4",
+        "/api/transactions/%zz",
+        "/api/transactions/%C3",
+        "/api/users/%FF",
+    ] {
+        let (status, body) = get_json(&routes, path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["status"], 400);
+    }
+    // Written with their escapes escaped, those ids are found.
+    for (path, id) in [
+        ("/api/transactions/%25FF", "%FF"),
+        ("/api/transactions/%254", "%4"),
+        ("/api/transactions/%25zz", "%zz"),
+        ("/api/transactions/%01", "\u{1}"),
+    ] {
+        let (status, body) = get_json(&routes, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(body["id"], id);
+    }
+}
