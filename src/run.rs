@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// batch with the next batch; see the README).
     #[arg(long, env = "VTPGA_KAFKA_RESUME_REWIND", default_value_t = 20_000)]
     pub resume_rewind: i64,
+    /// Kafka source: after a broker outage, idle partitions' times are held for as long as
+    /// the outage lasted, at most this, so records producers buffered meanwhile are not
+    /// raised past their timestamps (and decided late).
+    #[arg(long, env = "VTPGA_KAFKA_OUTAGE_GRACE_MS", default_value_t = 10_000)]
+    pub outage_grace_ms: u64,
     /// Kafka source: the clock guard (SPEC §4). A record stamped more than this ahead of
     /// the wall clock when read is decided `invalid` and does not move its partition's time.
     #[arg(long, env = "VTPGA_MAX_CLOCK_SKEW_MS", default_value_t = 60_000)]
@@ -235,6 +240,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 exit_at_eof: args.exit_at_eof,
                 max_buffered: args.max_buffered,
                 max_clock_skew_ms: args.max_clock_skew_ms,
+                outage_grace_ms: args.outage_grace_ms,
             };
             eprintln!(
                 "kafka: {} partition(s) of {} on {}, {}, decisions to {}, dead letters to {}",

@@ -15,6 +15,13 @@
 //!   upstream stops polling altogether while the graph is behind. (librdkafka's
 //!   pause/resume is not used: against tansu it lost and repeated messages.)
 //! * A source position seen again (offset below the next expected one) is dropped.
+//! * Broker outages (SPEC §10 "no clock stops a partition", and none runs ahead of what
+//!   the broker holds): an idle partition's time follows the wall clock only while the
+//!   broker answers. When librdkafka reports the broker gone, idle floors stop where they
+//!   were; a probe thread asks the broker for its watermarks until it answers; after it
+//!   is back, floors stay put for as long as the outage lasted (at most
+//!   `outage_grace_ms`), so producers that buffered records meanwhile deliver them before
+//!   any idle partition's time passes their timestamps (else they would come back late).
 //! * Clock guard (SPEC §4): a record stamped more than `max_clock_skew_ms` ahead of the
 //!   wall clock when it is read is not trusted. It is decided `invalid` ("record timestamp
 //!   ahead of the clock") at its partition's previous `t` (the wall clock if there is
@@ -81,6 +88,9 @@ pub struct KafkaSourceConfig {
     pub resume_rewind: i64,
     /// Messages buffered per partition before it is no longer polled.
     pub max_buffered: usize,
+    /// After a broker outage, idle partitions' times stay where they were for as long
+    /// as the outage lasted, at most this (producers' buffered records land first).
+    pub outage_grace_ms: u64,
     /// The clock guard (SPEC §4): a record timestamp more than this ahead of the wall
     /// clock is not trusted.
     pub max_clock_skew_ms: u64,
@@ -130,10 +140,71 @@ impl KafkaStats {
 }
 
 /// The consumer's context: partition EOF is expected, not an error worth logging.
-pub struct LagContext;
+pub struct LagContext {
+    health: Arc<BrokerHealth>,
+}
+
+/// Whether the broker answers, as librdkafka's errors and the outage probe tell.
+#[derive(Debug, Default)]
+pub struct BrokerHealth {
+    /// Wall-clock ms since which the broker has not answered; 0 while it does.
+    down_since_ms: AtomicU64,
+    /// Idle floors may not pass this (ms) before `hold_until_ms`: set when an outage ends.
+    hold_at_ms: AtomicU64,
+    hold_until_ms: AtomicU64,
+    /// Outages seen (status line).
+    pub outages: AtomicU64,
+}
+
+impl BrokerHealth {
+    fn went_down(&self, now: Time) {
+        if self
+            .down_since_ms
+            .compare_exchange(0, now.max(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            log::warn!("kafka: the broker is unreachable; idle partitions' times are held");
+        }
+    }
+
+    fn came_back(&self, now: Time, grace_ms: u64) {
+        let since = self.down_since_ms.swap(0, Ordering::SeqCst);
+        if since > 0 {
+            let lasted = now.saturating_sub(since);
+            self.hold_at_ms.store(since, Ordering::SeqCst);
+            self.hold_until_ms
+                .store(now + lasted.min(grace_ms), Ordering::SeqCst);
+            log::warn!("kafka: the broker answers again after {lasted} ms");
+        }
+    }
+
+    /// The latest time an idle partition's floor may take now, given `wanted`.
+    fn floor_limit(&self, now: Time, wanted: Time) -> Time {
+        let since = self.down_since_ms.load(Ordering::SeqCst);
+        if since > 0 {
+            return wanted.min(since.saturating_sub(1));
+        }
+        if now < self.hold_until_ms.load(Ordering::SeqCst) {
+            return wanted.min(self.hold_at_ms.load(Ordering::SeqCst).saturating_sub(1));
+        }
+        wanted
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_since_ms.load(Ordering::SeqCst) > 0
+    }
+}
 
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(AllBrokersDown | BrokerTransportFailure)
+        ) {
+            self.health.went_down(now_ms());
+        }
         // End of partition is expected (it is how an idle partition is recognised).
         let eof = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
@@ -224,6 +295,9 @@ pub struct KafkaFeed {
     exit_at_eof: bool,
     max_buffered: usize,
     max_clock_skew_ms: u64,
+    health: Arc<BrokerHealth>,
+    /// Ends the outage probe thread when the feed goes.
+    probe_stop: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<KafkaStats>,
     /// This worker's slot in `stats.lag`.
     slot: usize,
@@ -250,6 +324,8 @@ impl KafkaFeed {
                 queue: None,
             })
             .collect();
+        let health = Arc::new(BrokerHealth::default());
+        let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let consumer = if parts.is_empty() {
             None
         } else {
@@ -269,7 +345,9 @@ impl KafkaFeed {
             if cc.get("group.id").is_none() {
                 cc.set("group.id", "vtpga");
             }
-            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext)?;
+            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext {
+                health: health.clone(),
+            })?;
             let mut tpl = TopicPartitionList::new();
             for p in &parts {
                 let offset = match config.offsets.get(&p.partition) {
@@ -292,6 +370,14 @@ impl KafkaFeed {
                     )));
                 }
             }
+            spawn_outage_probe(
+                consumer.clone(),
+                config.topic.clone(),
+                parts[0].partition,
+                health.clone(),
+                config.outage_grace_ms,
+                probe_stop.clone(),
+            );
             Some(consumer)
         };
         Ok(KafkaFeed {
@@ -302,6 +388,8 @@ impl KafkaFeed {
             exit_at_eof: config.exit_at_eof,
             max_buffered: config.max_buffered.max(1),
             max_clock_skew_ms: config.max_clock_skew_ms,
+            health,
+            probe_stop,
             stats,
             slot,
         })
@@ -373,6 +461,43 @@ impl KafkaFeed {
         if let Some(slot) = self.stats.lag.get(self.slot) {
             slot.store(lag, Ordering::Relaxed);
         }
+    }
+}
+
+/// While the broker is reported down, asks it for a partition's watermarks every 200 ms
+/// (a broker round trip, on a thread of its own so the worker never blocks); the first
+/// answer ends the outage.
+fn spawn_outage_probe(
+    consumer: Arc<BaseConsumer<LagContext>>,
+    topic: String,
+    partition: i32,
+    health: Arc<BrokerHealth>,
+    grace_ms: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-outage-probe".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if health.is_down()
+                    && consumer
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                        .is_ok()
+                {
+                    health.came_back(now_ms(), grace_ms);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the probe an outage is never seen to end: floors would stay held.
+        log::error!("kafka: cannot start the outage probe: {e}");
+    }
+}
+
+impl Drop for KafkaFeed {
+    fn drop(&mut self) {
+        self.probe_stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -502,8 +627,12 @@ impl Feed for KafkaFeed {
             return Polled::Done;
         }
         self.fill(max.max(1));
-        // Idle partitions that have caught up follow the wall clock, minus the slack.
-        let idle_floor = now_ms().saturating_sub(self.idle_slack_ms);
+        // Idle partitions that have caught up follow the wall clock, minus the slack, while
+        // the broker answers (and not past an outage until its producers caught up).
+        let now = now_ms();
+        let idle_floor = self
+            .health
+            .floor_limit(now, now.saturating_sub(self.idle_slack_ms));
         for part in &mut self.parts {
             if part.eof && part.buffer.is_empty() && idle_floor > part.floor {
                 part.floor = idle_floor;
@@ -644,6 +773,30 @@ mod tests {
         assert_eq!(times, vec![1_000_000, 1_000_000]);
         assert_eq!(part.last_t, 1_000_000);
         assert_eq!(stats.raised.load(Ordering::Relaxed), 1);
+    }
+
+    /// SPEC §10 / issue 12 item 7: while the broker is down, idle floors stay where they
+    /// were; after it is back they stay there for as long as the outage lasted (at most the
+    /// grace), then follow the wall clock again.
+    #[test]
+    fn idle_floors_hold_while_the_broker_is_away_and_for_its_grace() {
+        let h = BrokerHealth::default();
+        assert_eq!(h.floor_limit(1_000, 995), 995);
+        h.went_down(1_000);
+        h.went_down(1_500);
+        assert!(h.is_down());
+        assert_eq!(h.floor_limit(5_000, 4_995), 999);
+        assert_eq!(h.outages.load(Ordering::Relaxed), 1);
+        h.came_back(5_000, 10_000);
+        assert!(!h.is_down());
+        // The outage lasted 4 s: floors are held until 9 s.
+        assert_eq!(h.floor_limit(8_999, 8_994), 999);
+        assert_eq!(h.floor_limit(9_000, 8_995), 8_995);
+        // A long outage is held for the grace only.
+        h.went_down(10_000);
+        h.came_back(100_000, 2_000);
+        assert_eq!(h.floor_limit(101_999, 101_994), 9_999);
+        assert_eq!(h.floor_limit(102_000, 101_995), 101_995);
     }
 
     #[test]
