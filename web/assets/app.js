@@ -1,5 +1,9 @@
 // VT.PGA dashboard: keeps the ten analyses, the recent transactions and the health figures
 // from the Server-Sent Events of /api/stream, and draws every chart in plain SVG.
+// With a token on the server, a sign-in form asks for it once per tab: it is kept in
+// sessionStorage and sent as "Authorization: Bearer", never in a URL (URLs end up in
+// histories, logs and Referer headers). EventSource cannot send headers, so the stream is
+// read with fetch() and its frames parsed here.
 (function () {
   "use strict";
 
@@ -29,8 +33,14 @@
   var MINUTES_BARS = 20;    // minutes shown by chart 10
   var TABLE_ROWS = 30;
 
-  var token = new URLSearchParams(location.search).get("access_token");
-  var tokenQuery = token ? "access_token=" + encodeURIComponent(token) : "";
+  var TOKEN_KEY = "vtpga.token";
+  var RECONNECT_MS = 2000;
+  var token = null;
+  try { token = sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
+
+  function authHeaders() {
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
 
   // ---- state ----
   var rows = {};            // name -> Map(key -> row)
@@ -126,20 +136,130 @@
     if (d.health) { health = d.health; dirty.__health = true; schedule(); }
   }
 
+  // ---- sign-in ----
+  var signinWrap = document.getElementById("signin-wrap"), signinForm = document.getElementById("signin");
+  var signinInput = document.getElementById("signin-token"), signinError = document.getElementById("signin-error");
+  var signoutBtn = document.getElementById("signout");
+
+  function showSignIn(message) {
+    setConn("down", "sign in");
+    signinError.textContent = message || "";
+    signinWrap.hidden = false;
+    signinInput.focus();
+  }
+
+  signinForm.addEventListener("submit", function (ev) {
+    ev.preventDefault();   // the field has no name either: nothing of it can reach a URL
+    token = signinInput.value;
+    signinInput.value = "";
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* kept in memory only */ }
+    signinWrap.hidden = true;
+    connect();
+  });
+
+  signoutBtn.addEventListener("click", function () {
+    token = null;
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* nothing kept */ }
+    clearTimeout(retryTimer);
+    var open = stream;
+    stream = null;          // so that the aborted read does not reconnect
+    if (open) open.abort();
+    signoutBtn.hidden = true;
+    showSignIn("");
+  });
+
   // ---- connection ----
   var connEl = document.getElementById("conn"), connText = document.getElementById("conn-text");
   function setConn(cls, text) { connEl.className = "conn " + cls; connText.textContent = text; }
 
-  function connect() {
-    var es = new EventSource("/api/stream" + (tokenQuery ? "?" + tokenQuery : ""));
-    es.addEventListener("snapshot", function (e) { setConn("live", "live"); onSnapshot(JSON.parse(e.data)); });
-    es.addEventListener("change", function (e) { setConn("live", "live"); onChange(JSON.parse(e.data)); });
-    es.addEventListener("health", function (e) { onHealth(JSON.parse(e.data)); });
-    es.onerror = function () {
-      setConn("down", "reconnecting…");
-      if (es.readyState === 2) { setTimeout(connect, 2000); }
-    };
+  var stream = null;        // the AbortController of the open stream
+  var retryTimer = null;
+
+  function dispatch(kind, data) {
+    if (!data) return;
+    var d;
+    try { d = JSON.parse(data); } catch (e) { return; }
+    if (kind === "snapshot") { setConn("live", "live"); onSnapshot(d); }
+    else if (kind === "change") { setConn("live", "live"); onChange(d); }
+    else if (kind === "health") { onHealth(d); }
   }
+
+  // Server-Sent Events framing (the WHATWG "event stream" rules): lines end in CRLF, LF or
+  // CR; "event:" names the event, "data:" lines join with LF, a blank line dispatches,
+  // lines starting with ":" are comments (keep-alives).
+  function readEvents(reader) {
+    var decoder = new TextDecoder("utf-8");
+    var buf = "", kind = "", data = [];
+    function line(l) {
+      if (l === "") {
+        if (data.length) dispatch(kind || "message", data.join("\n"));
+        kind = ""; data = [];
+        return;
+      }
+      if (l.charAt(0) === ":") return;
+      var i = l.indexOf(":"), field = i < 0 ? l : l.slice(0, i), value = i < 0 ? "" : l.slice(i + 1);
+      if (value.charAt(0) === " ") value = value.slice(1);
+      if (field === "event") kind = value;
+      else if (field === "data") data.push(value);
+    }
+    function pump() {
+      return reader.read().then(function (r) {
+        if (r.done) return;
+        buf += decoder.decode(r.value, { stream: true });
+        var m, re = /\r\n|\n|\r(?!$)/g, start = 0;
+        while ((m = re.exec(buf)) !== null) { line(buf.slice(start, m.index)); start = re.lastIndex; }
+        buf = buf.slice(start);
+        return pump();
+      });
+    }
+    return pump();
+  }
+
+  function reconnectSoon() {
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(connect, RECONNECT_MS);
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    if (stream) stream.abort();
+    var ctl = new AbortController();
+    stream = ctl;
+    fetch("/api/stream", { headers: authHeaders(), cache: "no-store", signal: ctl.signal })
+      .then(function (resp) {
+        if (resp.status === 401) {
+          stream = null;
+          signoutBtn.hidden = true;
+          showSignIn(token ? "That token was not accepted." : "");
+          return;
+        }
+        if (!resp.ok || !resp.body) throw new Error("stream: HTTP " + resp.status);
+        signoutBtn.hidden = !token;
+        return readEvents(resp.body.getReader()).then(function () {
+          // The server closed the stream (a restart): come back.
+          if (stream === ctl) { setConn("down", "reconnecting…"); reconnectSoon(); }
+        });
+      })
+      .catch(function () {
+        if (stream !== ctl) return;   // replaced or signed out
+        setConn("down", "reconnecting…");
+        reconnectSoon();
+      });
+  }
+
+  // The footer's JSON links: with a token, a plain link would be refused, so they are
+  // fetched with the header and shown from a blob: URL.
+  document.querySelectorAll("footer a[data-api]").forEach(function (a) {
+    a.addEventListener("click", function (ev) {
+      if (!token) return;
+      ev.preventDefault();
+      var w = window.open("", "_blank");
+      fetch(a.getAttribute("href"), { headers: authHeaders(), cache: "no-store" })
+        .then(function (r) { return r.blob(); })
+        .then(function (b) { if (w) w.location.href = URL.createObjectURL(b); })
+        .catch(function () { if (w) w.close(); });
+    });
+  });
 
   // ---- formatting ----
   var nf = new Intl.NumberFormat("en-US");
@@ -566,9 +686,6 @@
     resizeTimer = setTimeout(function () { NAMES.forEach(function (n) { dirty[n] = true; }); schedule(); }, 150);
   });
 
-  if (tokenQuery) {
-    document.querySelectorAll("footer a").forEach(function (a) { a.href = a.getAttribute("href") + "?" + tokenQuery; });
-  }
   NAMES.forEach(function (n) { dirty[n] = true; });
   dirty.__recent = true;
   schedule();

@@ -1,6 +1,6 @@
 //! The dashboard's static files, embedded in the binary. The page itself carries its CSS
-//! and JS inline (one request, and a token given as `?access_token=` covers everything);
-//! the same files are also served under `/assets/`.
+//! and JS inline (one request); the same files are also served under `/assets/`. They hold
+//! no data, so they are served without the token: the page's sign-in form must load.
 
 use std::sync::OnceLock;
 

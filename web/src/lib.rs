@@ -11,9 +11,14 @@
 //!
 //! # Routes
 //!
-//! All read-only (`GET`). When a token is set, every route needs `Authorization: Bearer
-//! <token>` (or `?access_token=<token>`, RFC 6750 §2.3, because a browser's page
-//! navigation and `EventSource` cannot send headers); otherwise 401 with a JSON error.
+//! All read-only (`GET`). When a token is set, every route that answers with data needs
+//! `Authorization: Bearer <token>`, the token exactly (issue 12); otherwise 401 with a JSON
+//! error. Never in a query string: URLs end up in histories, logs and `Referer` headers.
+//! Three routes need no token: the page and its assets, which hold no data (the page's
+//! sign-in form keeps the token for the tab in `sessionStorage` and sends it as a header,
+//! the event stream included: it reads it with `fetch`, since `EventSource` cannot send
+//! headers), and `/healthz`, for load balancers, which cannot send one and learn nothing
+//! from it but that the server answers.
 //!
 //! | route | answer |
 //! |---|---|
@@ -24,7 +29,8 @@
 //! | `/api/transactions/recent?limit=N` | the newest N (1–500, default 50) decision records, newest first |
 //! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates); `id` exactly as parsed (SPEC §8) |
 //! | `/api/users/{id}` | PostgreSQL: balance, credit, last approvals |
-//! | `/healthz` | health figures (503 when standalone and Redis is unreachable) |
+//! | `/healthz` | `{"status": "ok"}`, without the token: liveness, nothing else |
+//! | `/api/health` | health figures (503 when standalone and Redis is unreachable) |
 //! | `/metrics` | Prometheus text |
 //! | `/api/stream` | Server-Sent Events: `snapshot` on connect, then `change` events |
 //!
@@ -202,9 +208,11 @@ impl App {
                     None => bad_id(),
                 }
             });
-        let healthz = warp::path!("healthz")
+        let healthz =
+            warp::path!("healthz").map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
+        let health = warp::path!("api" / "health")
             .and(with_app.clone())
-            .map(|app: App| app.healthz());
+            .map(|app: App| app.health());
         let metrics = warp::path!("metrics")
             .and(with_app.clone())
             .map(|app: App| app.metrics());
@@ -212,11 +220,9 @@ impl App {
             .and(with_app.clone())
             .map(|app: App| app.stream());
 
-        let routes = index
-            .or(asset)
-            .unify()
-            .or(analyses)
-            .unify()
+        // What needs no token: nothing here holds data.
+        let public = index.or(asset).unify().or(healthz).unify();
+        let data = analyses
             .or(analysis)
             .unify()
             .or(recent)
@@ -225,7 +231,7 @@ impl App {
             .unify()
             .or(user)
             .unify()
-            .or(healthz)
+            .or(health)
             .unify()
             .or(metrics)
             .unify()
@@ -233,29 +239,21 @@ impl App {
             .unify();
         let token = app.token.clone();
         let auth = warp::header::headers_cloned()
-            .and(query)
-            .and_then(
-                move |headers: warp::http::HeaderMap, q: HashMap<String, String>| {
-                    let token = token.clone();
-                    async move {
-                        match &token {
-                            None => Ok(()),
-                            Some(t)
-                                if bearer_is(headers.get(header::AUTHORIZATION), t)
-                                    || q.get("access_token")
-                                        .is_some_and(|g| same(g.as_bytes(), t.as_bytes())) =>
-                            {
-                                Ok(())
-                            }
-                            Some(_) => Err(warp::reject::custom(Unauthorized)),
-                        }
+            .and_then(move |headers: warp::http::HeaderMap| {
+                let token = token.clone();
+                async move {
+                    match &token {
+                        None => Ok(()),
+                        Some(t) if bearer_is(headers.get(header::AUTHORIZATION), t) => Ok(()),
+                        Some(_) => Err(warp::reject::custom(Unauthorized)),
                     }
-                },
-            )
+                }
+            })
             .untuple_one();
+        // An unknown route without the token is 401 like a known one (the rejection of
+        // `auth` outranks "not found"): nothing tells which routes exist.
         warp::get()
-            .and(auth)
-            .and(routes)
+            .and(public.or(auth.and(data)).unify())
             .recover(recover)
             .unify()
             .boxed()
@@ -265,10 +263,7 @@ impl App {
         if !NAMES.contains(&name) {
             return error(StatusCode::NOT_FOUND, &format!("unknown analysis {name:?}"));
         }
-        if let Some(bad) = q
-            .keys()
-            .find(|k| !["from", "to", "access_token"].contains(&k.as_str()))
-        {
+        if let Some(bad) = q.keys().find(|k| !["from", "to"].contains(&k.as_str())) {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("unknown parameter {bad:?}"),
@@ -379,7 +374,8 @@ impl App {
         }
     }
 
-    fn healthz(&self) -> Response {
+    /// The health figures (behind the token: they describe the pipeline).
+    fn health(&self) -> Response {
         let mut h = self.state.health();
         h["sse_clients"] = self.clients.load(Ordering::Relaxed).into();
         h["postgres"] = self.pg.is_some().into();

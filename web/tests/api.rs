@@ -267,7 +267,7 @@ async fn healthz_and_metrics() {
     let (state, _) = fed_state();
     state.set_health(Some(42));
     let routes = routes(state, None);
-    let (status, h) = get_json(&routes, "/healthz").await;
+    let (status, h) = get_json(&routes, "/api/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["status"], "ok");
     assert_eq!(h["mode"], "embedded");
@@ -324,7 +324,7 @@ async fn page_and_assets() {
     }
     assert!(page.contains("id=\"approved-count\""));
     // Self-contained: the script and style are inline, nothing comes from elsewhere.
-    assert!(page.contains("new EventSource(\"/api/stream\""));
+    assert!(page.contains("fetch(\"/api/stream\""));
     assert!(page.contains("--approved:"));
     assert!(!page.contains("/*SCRIPT*/") && !page.contains("/*STYLE*/"));
     assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
@@ -359,15 +359,13 @@ async fn token_is_required_on_every_route() {
     let (state, feeder) = fed_state();
     let routes = routes(state, Some("s3cret"));
     for path in [
-        "/",
-        "/assets/app.js",
         "/api/analyses",
         "/api/analyses/status_counts",
         "/api/analyses/nope",
         "/api/transactions/recent?limit=1",
         "/api/transactions/tx-a",
         "/api/users/u001",
-        "/healthz",
+        "/api/health",
         "/metrics",
         "/api/stream",
         "/no/such/route",
@@ -396,13 +394,6 @@ async fn token_is_required_on_every_route() {
         serde_json::from_str::<Value>(&body).unwrap(),
         to_json(&feeder.rows)
     );
-    // The query form, for the page and EventSource (which cannot send headers).
-    let (status, _, _) = get(&routes, "/?access_token=s3cret").await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = get(&routes, "/api/analyses/status_counts?access_token=s3cret").await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = get(&routes, "/api/analyses?access_token=wrong").await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = get_with(&routes, "/no/such/route", Some("Bearer s3cret")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -538,33 +529,6 @@ fn stream_pushes_snapshot_then_changes() {
     // With nothing new, health events keep coming.
     let health = sse.next_of("health", deadline()).expect("a health event");
     assert_eq!(health.data["health"]["decisions"], 47);
-    server.stop();
-}
-
-#[test]
-fn stream_accepts_the_token_in_the_query() {
-    let state = LiveState::new(1);
-    let config = WebConfig {
-        token: Some("tok".into()),
-        ..local()
-    };
-    let server = vtpga_web::spawn_embedded_with(config, state, None).expect("bind");
-    let mut denied = SseClient::connect(server.addr, "/api/stream");
-    assert!(denied.head.starts_with("HTTP/1.0 401"), "{}", denied.head);
-    assert!(denied
-        .next(Instant::now() + Duration::from_millis(200))
-        .is_none_or(|e| e.kind.is_empty()));
-    let mut sse = SseClient::connect(server.addr, "/api/stream?access_token=tok");
-    assert!(sse.head.starts_with("HTTP/1.0 200"), "{}", sse.head);
-    let snap = sse
-        .next(Instant::now() + Duration::from_secs(5))
-        .expect("snapshot");
-    assert_eq!(snap.kind, "snapshot");
-    assert_eq!(
-        snap.data["analyses"],
-        to_json(&Default::default()),
-        "empty analyses still list the nine statuses"
-    );
     server.stop();
 }
 
@@ -796,4 +760,123 @@ async fn malformed_escapes_in_ids_are_refused() {
         assert_eq!(status, StatusCode::OK, "{path}");
         assert_eq!(body["id"], id);
     }
+}
+
+/// Issue 12 item 12 (`/healthz`): load balancers cannot send a token, so `/healthz`
+/// answers without one, and with nothing but liveness; the figures moved behind the token
+/// to `/api/health`.
+#[tokio::test]
+async fn healthz_is_a_token_free_liveness_answer() {
+    let (state, _) = fed_state();
+    let routes = routes(state, Some("s3cret"));
+    let (status, ct, body) = get(&routes, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ct, "application/json");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"status": "ok"})
+    );
+    let (status, _, _) = get(&routes, "/api/health").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = get_with(&routes, "/api/health", Some("Bearer s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (h["mode"].as_str(), h["decisions"].as_u64()),
+        (Some("embedded"), Some(6))
+    );
+}
+
+/// Issue 12 item 12 (sign-in): the page and its assets hold no data and load without the
+/// token, so that the sign-in form can; every data route still needs it.
+#[tokio::test]
+async fn the_page_loads_without_the_token_and_the_data_does_not() {
+    let (state, _) = fed_state();
+    let routes = routes(state, Some("s3cret"));
+    for path in [
+        "/",
+        "/assets/app.js",
+        "/assets/style.css",
+        "/assets/favicon.svg",
+    ] {
+        let (status, _, _) = get(&routes, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    for path in [
+        "/api/analyses",
+        "/api/analyses/status_counts",
+        "/api/transactions/recent",
+        "/api/transactions/tx-a",
+        "/api/users/u001",
+        "/api/health",
+        "/api/stream",
+        "/metrics",
+    ] {
+        let (status, _, _) = get(&routes, path).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+/// Issue 12 item 12 (sign-in): a token in a URL ends up in history, proxy and server
+/// logs and Referer headers: the query form is not accepted any more.
+#[tokio::test]
+async fn the_token_is_not_taken_from_the_query() {
+    let (state, _) = fed_state();
+    let routes = routes(state, Some("s3cret"));
+    for path in [
+        "/api/analyses?access_token=s3cret",
+        "/api/analyses/status_counts?access_token=s3cret",
+        "/api/stream?access_token=s3cret",
+        "/metrics?access_token=s3cret",
+    ] {
+        let (status, _, _) = get(&routes, path).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+/// Issue 12 item 12 (sign-in): the page signs in with a form that keeps the token for the
+/// tab (sessionStorage) and sends it as a header, the event stream included (read with
+/// fetch, since EventSource cannot send headers); nothing puts it in a URL.
+#[tokio::test]
+async fn the_page_signs_in_without_putting_the_token_in_urls() {
+    let routes = routes(LiveState::new(1), Some("s3cret"));
+    let (_, _, page) = get(&routes, "/").await;
+    assert!(page.contains("id=\"signin\""), "a sign-in form");
+    // Without a name, the field is never part of a form submission (a URL or a body).
+    assert!(page.contains("id=\"signin-token\"") && !page.contains("name=\"token\""));
+    assert!(page.contains("sessionStorage"));
+    assert!(page.contains("\"Bearer \" + token") || page.contains("'Bearer ' + token"));
+    assert!(page.contains("getReader()"), "the stream read with fetch");
+    assert!(!page.contains("EventSource(") && !page.contains("access_token"));
+}
+
+/// The real server: the event stream takes the token as a header, like every route.
+#[test]
+fn stream_takes_the_token_in_the_header() {
+    let state = LiveState::new(1);
+    let config = WebConfig {
+        token: Some("tok".into()),
+        ..local()
+    };
+    let server = vtpga_web::spawn_embedded_with(config, state, None).expect("bind");
+    for (path, headers) in [
+        ("/api/stream", ""),
+        ("/api/stream?access_token=tok", ""),
+        ("/api/stream", "Authorization: Bearer wrong\r\n"),
+    ] {
+        let denied = SseClient::connect_with(server.addr, path, headers);
+        assert!(
+            denied.head.starts_with("HTTP/1.0 401"),
+            "{path} {headers:?}: {}",
+            denied.head
+        );
+    }
+    let mut sse =
+        SseClient::connect_with(server.addr, "/api/stream", "Authorization: Bearer tok\r\n");
+    assert!(sse.head.starts_with("HTTP/1.0 200"), "{}", sse.head);
+    let snap = sse
+        .next(Instant::now() + Duration::from_secs(5))
+        .expect("snapshot");
+    assert_eq!(snap.kind, "snapshot");
+    server.stop();
 }

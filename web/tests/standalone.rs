@@ -314,7 +314,7 @@ fn standalone_reads_redis_and_postgres() {
     assert_eq!(body["source"], "live");
     assert_eq!(body["rows"], expected["distance_band_outcome"]);
 
-    let (status, health) = get_json(&rt, &routes, "/healthz");
+    let (status, health) = get_json(&rt, &routes, "/api/health");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["mode"], "standalone");
     assert_eq!(health["redis"]["connected"], true);
@@ -363,9 +363,9 @@ fn standalone_reads_redis_and_postgres() {
 
     // Redis gone: health says so.
     redis.kill();
-    let health = wait_for(&rt, &routes, "/healthz", |h| h["status"] == "degraded");
+    let health = wait_for(&rt, &routes, "/api/health", |h| h["status"] == "degraded");
     assert_eq!(health["redis"]["connected"], false);
-    let resp = rt.block_on(warp::test::request().path("/healthz").reply(&routes));
+    let resp = rt.block_on(warp::test::request().path("/api/health").reply(&routes));
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

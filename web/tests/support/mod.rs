@@ -165,13 +165,18 @@ pub struct SseEvent {
 
 impl SseClient {
     pub fn connect(addr: SocketAddr, path: &str) -> SseClient {
+        Self::connect_with(addr, path, "")
+    }
+
+    /// [`SseClient::connect`] with more request header lines (each ending in `\r\n`).
+    pub fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> SseClient {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         write!(
             stream,
-            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: text/event-stream\r\n{headers}\r\n"
         )
         .expect("request");
         let mut reader = BufReader::new(stream);
