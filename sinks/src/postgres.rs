@@ -42,13 +42,27 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe(.0))]
     Db(#[from] postgres::Error),
     #[error("{0}")]
     Data(String),
 }
 
 pub type PgResult<T> = Result<T, PgError>;
+
+/// The server's own words for an error (code, message, detail), or the client's.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
 
 /// Connects, with a connect timeout, and applies any missing migration.
 pub fn connect(url: &str) -> PgResult<Client> {
@@ -854,4 +868,170 @@ pub fn decision_records(client: &mut Client) -> PgResult<Vec<serde_json::Value>>
         .iter()
         .map(|r| serde_json::Value::Object(decision_record(r)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fault tests against a private PostgreSQL (SPEC §8, §10; issue 12 items 1, 3, 5).
+
+    use super::*;
+    use vtpga_dataflow::{Mode, Tx};
+    use vtpga_testkit::Postgres;
+
+    const SOURCE: &str = "kafka:transacoes";
+
+    fn decision(offset: i64, t: Time, id: &str, payer: &str) -> Decision {
+        Decision {
+            pos: SourcePos {
+                partition: 0,
+                offset,
+            },
+            t,
+            ingest_us: 0,
+            status: Status::UnknownReference,
+            tx: Some(Tx {
+                id: id.into(),
+                payer: payer.into(),
+                payee: "u2".into(),
+                region: "r1".into(),
+                mode: Mode::Pix,
+                amount_cents: 100,
+                event_ms: t as i64,
+            }),
+            scores: None,
+            reason: Some("payer".into()),
+            raw: None,
+            home_band: None,
+        }
+    }
+
+    fn count(client: &mut Client, sql: &str) -> i64 {
+        client.query_one(sql, &[]).expect(sql).get(0)
+    }
+
+    /// Item 5: a connection lost during a COMMIT that did succeed leaves the outcome
+    /// unknown; writing the batch again must neither fail on the primary key nor record
+    /// anything twice.
+    #[test]
+    fn a_batch_whose_commit_outcome_is_unknown_is_not_written_twice() {
+        let pg = Postgres::start();
+        let mut sink = PgSink::new(&pg.url, SOURCE).expect("sink");
+        let batch = Batch {
+            time: 10,
+            decisions: vec![decision(0, 10, "a", "p"), decision(1, 10, "b", "p")],
+            ..Batch::default()
+        };
+        sink.write(&batch, &|| false).expect("first write");
+        // As after a connection error during COMMIT.
+        sink.uncertain = true;
+        sink.write(&batch, &|| false).expect("the same batch again");
+        let mut client = pg.client();
+        assert_eq!(count(&mut client, "SELECT count(*) FROM transactions"), 2);
+        assert_eq!(count(&mut client, "SELECT count(*) FROM quarantine"), 0);
+        assert_eq!(sink.quarantined, 0);
+    }
+
+    /// Item 1 (SPEC §8, §10): ids with U+0000 and of 60,000 characters are stored exactly;
+    /// a row the table still refuses goes to `quarantine` and its batch commits.
+    #[test]
+    fn odd_ids_are_stored_exactly_and_a_refused_row_is_quarantined() {
+        let pg = Postgres::start();
+        let mut sink = PgSink::new(&pg.url, SOURCE).expect("sink");
+        let long = "x".repeat(60_000);
+        let nul = "a\u{0}b";
+        let batch = Batch {
+            time: 10,
+            decisions: vec![
+                decision(0, 10, nul, "p"),
+                decision(1, 10, &long, &"p".repeat(5_000)),
+            ],
+            ..Batch::default()
+        };
+        sink.write(&batch, &|| false).expect("written");
+        let mut client = pg.client();
+        let ids: Vec<Vec<u8>> = client
+            .query("SELECT tx_id FROM transactions ORDER BY \"offset\"", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ids, vec![nul.as_bytes().to_vec(), long.as_bytes().to_vec()]);
+        // A constraint the rows cannot meet stands for any refusal the store may make.
+        client
+            .batch_execute(
+                "ALTER TABLE transactions ADD CONSTRAINT no_bad CHECK (tx_id <> 'bad'::bytea)",
+            )
+            .unwrap();
+        let batch = Batch {
+            time: 20,
+            decisions: (2..40)
+                .map(|o| decision(o, 20, if o == 17 { "bad" } else { "ok" }, "p"))
+                .collect(),
+            ..Batch::default()
+        };
+        sink.write(&batch, &|| false).expect("the batch commits");
+        assert_eq!(sink.quarantined, 1);
+        assert_eq!(count(&mut client, "SELECT count(*) FROM transactions"), 39);
+        let q = client
+            .query_one("SELECT \"offset\", record, error FROM quarantine", &[])
+            .unwrap();
+        assert_eq!(q.get::<_, i64>(0), 17);
+        let record: serde_json::Value = serde_json::from_slice(&q.get::<_, Vec<u8>>(1)).unwrap();
+        assert_eq!(record["id"], "bad");
+        assert!(q.get::<_, String>(2).contains("no_bad"), "{}", q.get::<_, String>(2));
+        let next: i64 = client
+            .query_one("SELECT next_offset FROM source_offsets", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(next, 40, "the offsets of the batch are committed with it");
+    }
+
+    /// Item 3 (SPEC §10: "a restart of any number of processes ... counts no credit
+    /// twice"). Another process's resume holds the state row and applies the cut-time
+    /// credit; this one's resume starts meanwhile. Its statements that write accounts
+    /// are held (a table lock) until the other commits, the interleaving in which an
+    /// unlocked read of `credits_through` would apply the credit a second time.
+    #[test]
+    fn processes_resuming_together_apply_the_cut_time_credit_once() {
+        let pg = Postgres::start();
+        let mut client = connect(&pg.url).expect("schema");
+        client
+            .batch_execute(
+                "INSERT INTO regions VALUES ('r1', 'SP', 'Sao Paulo', -23.5, -46.6);
+                 INSERT INTO users VALUES ('u1', 'A', 'r1', 100, 0), ('u2', 'B', 'r1', 50, 0);
+                 INSERT INTO transactions (partition, \"offset\", t, status, tx_id, payer_id,
+                     payee_id, region_id, mode, amount_cents, decided_at)
+                 VALUES (0, 0, 1000, 'approved', 't1', 'u1', 'u2', 'r1', 'pix', 30, now());
+                 INSERT INTO accounts VALUES ('u1', 70, 0, 1000);
+                 INSERT INTO pipeline_state VALUES (1, 'kafka:transacoes', 1000, NULL, now());",
+            )
+            .unwrap();
+        let mut other = pg.client();
+        let mut tx = other.transaction().unwrap();
+        tx.query_one(
+            "SELECT credits_through FROM pipeline_state WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        tx.batch_execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")
+            .unwrap();
+        let url = pg.url.clone();
+        let this = std::thread::spawn(move || {
+            let mut client = connect_plain(&url).unwrap();
+            load_resume(&mut client, SOURCE, 300_000).map(|r| r.state.accounts.len())
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        tx.batch_execute(
+            "INSERT INTO accounts VALUES ('u2', 80, 0, NULL);
+             UPDATE pipeline_state SET credits_through = cut_time WHERE id = 1;",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        this.join().unwrap().expect("resumed");
+        let balance: i64 = client
+            .query_one("SELECT balance_cents FROM accounts WHERE user_id = 'u2'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(balance, 80, "50 + one credit of 30");
+    }
 }
