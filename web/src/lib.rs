@@ -32,7 +32,7 @@
 //! | `/healthz` | `{"status": "ok"}`, without the token: liveness, nothing else |
 //! | `/api/health` | health figures (503 when standalone and Redis is unreachable) |
 //! | `/metrics` | Prometheus text |
-//! | `/api/stream` | Server-Sent Events: `snapshot` on connect, then `change` events |
+//! | `/api/stream` | Server-Sent Events: `snapshot` on connect, then `change` events; 503 beyond [`WebLimits::stream_clients`] clients |
 //!
 //! An `{id}` is percent-encoded UTF-8 and decoded exactly: any character, U+0000 included
 //! (`%00`); a malformed escape or bytes that are not UTF-8 get 400, never a guess. The id
@@ -50,6 +50,14 @@
 //! every 100 ms (bursts coalesce); with nothing new, one with health alone every second.
 //! Change events whose `seq` is not above the snapshot's are already in it. A client that
 //! falls behind (64 events) gets a fresh snapshot.
+//!
+//! # Bounds (SPEC §10)
+//!
+//! The live state keeps the per-minute rows of the newest [`WebLimits::live_minutes`]
+//! event-time minutes (default a day) and the newest [`RECENT_LIMIT`] decisions; at most
+//! [`WebLimits::stream_clients`] event streams are served at once. PostgreSQL keeps
+//! everything. Answers and events are rendered from copies taken under the state's lock,
+//! after it is released: the sink thread never waits for a client.
 
 mod assets;
 mod follow;
@@ -75,7 +83,8 @@ use vtpga_dataflow::analyses::NAMES;
 use vtpga_dataflow::parse::parse_event_time;
 
 pub use state::{
-    analysis_name, is_minute_analysis, LiveState, BATCH_BUCKETS, LATENCY_BUCKETS_S, RECENT_LIMIT,
+    analysis_name, is_minute_analysis, LiveState, BATCH_BUCKETS, DEFAULT_LIVE_MINUTES,
+    LATENCY_BUCKETS_S, RECENT_LIMIT,
 };
 
 use state::Mode;
@@ -107,6 +116,34 @@ impl Default for WebConfig {
     }
 }
 
+/// What the server holds and answers for the live views is bounded (SPEC §10 "Bounded
+/// memory and bounded answers"); the durable record in PostgreSQL keeps everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebLimits {
+    /// The per-minute rows (analyses 9 `minute_frequency` and 10
+    /// `distance_band_outcome`) of this many event-time minutes are kept live: the newest
+    /// distinct minutes seen, per analysis (at least 1). Default [`DEFAULT_LIVE_MINUTES`]
+    /// (1,440: a day, about 7,200 rows). Older minutes leave `/api/analyses` and the event
+    /// stream; with PostgreSQL, `/api/analyses/{name}?from=` reaching before the kept
+    /// minutes reads them from there.
+    pub live_minutes: usize,
+    /// Event-stream clients (`/api/stream`) served at once; one more gets 503 with a JSON
+    /// error. Default [`DEFAULT_STREAM_CLIENTS`] (64).
+    pub stream_clients: usize,
+}
+
+/// Default of [`WebLimits::stream_clients`].
+pub const DEFAULT_STREAM_CLIENTS: usize = 64;
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        WebLimits {
+            live_minutes: DEFAULT_LIVE_MINUTES,
+            stream_clients: DEFAULT_STREAM_CLIENTS,
+        }
+    }
+}
+
 /// Everything the routes read. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
@@ -115,6 +152,7 @@ pub struct App {
     token: Option<Arc<str>>,
     events: broadcast::Sender<Arc<Event>>,
     clients: Arc<AtomicUsize>,
+    max_clients: usize,
 }
 
 /// One pushed event, shared by every client.
@@ -134,7 +172,15 @@ impl App {
             token: token.map(Arc::from),
             events,
             clients: Arc::new(AtomicUsize::new(0)),
+            max_clients: DEFAULT_STREAM_CLIENTS,
         }
+    }
+
+    /// The app with `limits` instead of the defaults (they bound its state too).
+    pub fn with_limits(mut self, limits: WebLimits) -> Self {
+        self.state.set_live_minutes(limits.live_minutes);
+        self.max_clients = limits.stream_clients;
+        self
     }
 
     /// The state the app reads.
@@ -287,7 +333,11 @@ impl App {
         let ranged = from.is_some() || to.is_some();
         let mut source = "live";
         let mut rows = None;
-        if ranged && self.state.mode() == Mode::Standalone {
+        // Standalone mode keeps no history; embedded mode drops the oldest minutes (SPEC
+        // §10): PostgreSQL, when given, answers a range that reaches beyond memory.
+        let beyond_memory =
+            self.state.mode() == Mode::Standalone || self.state.dropped_from(name, from);
+        if ranged && beyond_memory {
             if let Some(pg) = &self.pg {
                 let (pg, n) = (pg.clone(), name.to_owned());
                 match tokio::task::spawn_blocking(move || pg.minute_rows(&n, from, to)).await {
@@ -407,9 +457,18 @@ impl App {
     }
 
     fn stream(&self) -> Response {
+        // Each client costs a snapshot and a task: their number is bounded (SPEC §10).
+        let Some(guard) = ClientGuard::try_new(self.clients.clone(), self.max_clients) else {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many event-stream clients; try again later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return r;
+        };
         let rx = self.events.subscribe();
         let (seq, snapshot) = self.state.snapshot();
-        let guard = ClientGuard::new(self.clients.clone());
         let stream = event_stream(self.state.clone(), rx, seq, snapshot, guard);
         let mut r = warp::sse::reply(
             warp::sse::keep_alive()
@@ -429,9 +488,13 @@ impl App {
 struct ClientGuard(Arc<AtomicUsize>);
 
 impl ClientGuard {
-    fn new(n: Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        ClientGuard(n)
+    /// A place among at most `max` clients, or `None` when they are all taken.
+    fn try_new(n: Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+            (c < max).then_some(c + 1)
+        })
+        .ok()?;
+        Some(ClientGuard(n))
     }
 }
 
@@ -735,8 +798,20 @@ pub fn spawn_embedded_with(
     state: Arc<LiveState>,
     postgres_url: Option<String>,
 ) -> std::io::Result<Server> {
+    spawn_embedded_with_limits(config, WebLimits::default(), state, postgres_url)
+}
+
+/// [`spawn_embedded_with`] with `limits` instead of the defaults.
+pub fn spawn_embedded_with_limits(
+    config: WebConfig,
+    limits: WebLimits,
+    state: Arc<LiveState>,
+    postgres_url: Option<String>,
+) -> std::io::Result<Server> {
     let token = config.token.clone();
-    spawn_app(&config, move || App::new(state, token, postgres_url))
+    spawn_app(&config, move || {
+        App::new(state, token, postgres_url).with_limits(limits)
+    })
 }
 
 /// The standalone server's parts: its state mirrors Redis (key prefix `prefix`).
@@ -761,9 +836,20 @@ pub fn run_standalone(
     redis_url: String,
     postgres_url: Option<String>,
 ) -> anyhow::Result<()> {
+    run_standalone_with_limits(config, WebLimits::default(), redis_url, postgres_url)
+}
+
+/// [`run_standalone`] with `limits` instead of the defaults.
+pub fn run_standalone_with_limits(
+    config: WebConfig,
+    limits: WebLimits,
+    redis_url: String,
+    postgres_url: Option<String>,
+) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let token = config.token.clone();
-    let app = standalone_app(token, &redis_url, "vtpga", postgres_url, stop.clone())?;
+    let app =
+        standalone_app(token, &redis_url, "vtpga", postgres_url, stop.clone())?.with_limits(limits);
     let server = spawn_app(&config, move || app)
         .map_err(|e| anyhow::anyhow!("dashboard: binding {}: {e}", config.listen))?;
     log::info!("dashboard on http://{}", server.addr);

@@ -25,6 +25,10 @@ use vtpga_sinks::Batch;
 /// How many of the newest decision records the state keeps (and indexes by id).
 pub const RECENT_LIMIT: usize = 500;
 
+/// Default of how many event-time minutes of per-minute rows the live views keep
+/// (`WebLimits::live_minutes`): a day.
+pub const DEFAULT_LIVE_MINUTES: usize = 1_440;
+
 /// Upper bounds (seconds) of the decision latency histogram of `/metrics`.
 pub const LATENCY_BUCKETS_S: [f64; 15] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -131,6 +135,14 @@ fn latency_hist() -> Histogram<u64> {
 struct Inner {
     mode: Mode,
     rows: BTreeMap<AnalysisKey, Tally>,
+    /// How many event-time minutes of per-minute rows `rows` keeps (SPEC §10).
+    minute_limit: usize,
+    /// The minutes that have rows, of `minute_frequency` and of `distance_band_outcome`
+    /// (an emptied minute may linger until it is the oldest: the bound still holds).
+    minutes: [BTreeSet<i64>; 2],
+    /// The newest minute dropped by the bound, of each: ranges reaching it are incomplete
+    /// here.
+    dropped_through: [Option<i64>; 2],
     recent: VecDeque<Arc<Entry>>,
     next_seq: u64,
     by_id: HashMap<String, Vec<u64>>,
@@ -185,6 +197,9 @@ impl LiveState {
             inner: Mutex::new(Inner {
                 mode,
                 rows: BTreeMap::new(),
+                minute_limit: DEFAULT_LIVE_MINUTES,
+                minutes: [BTreeSet::new(), BTreeSet::new()],
+                dropped_through: [None, None],
                 recent: VecDeque::with_capacity(RECENT_LIMIT + 1),
                 next_seq: 0,
                 by_id: HashMap::new(),
@@ -219,11 +234,42 @@ impl LiveState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps the per-minute rows of the newest `minutes` event-time minutes only (at least
+    /// one), per analysis (SPEC §10: bounded live state).
+    pub fn set_live_minutes(&self, minutes: usize) {
+        let mut inner = self.lock();
+        inner.minute_limit = minutes.max(1);
+        inner.bound_minutes();
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Whether rows of analysis `name` at or after minute `from` (from the first when
+    /// `None`) were dropped by the bound: the live answer to that range is incomplete.
+    pub(crate) fn dropped_from(&self, name: &str, from: Option<i64>) -> bool {
+        let Some(i) = minute_index(name) else {
+            return false;
+        };
+        self.lock().dropped_through[i].is_some_and(|d| from.is_none_or(|f| f <= d))
+    }
+
+    /// Test builds: fails when called with the state's lock held (rendering JSON under it
+    /// would stall the sink thread).
+    fn rendering(&self) {
+        #[cfg(test)]
+        assert!(
+            self.inner.try_lock().is_ok(),
+            "JSON rendered while holding the state lock"
+        );
+    }
+
     /// Replaces the analysis rows (after a restart: the rows the pipeline resumed from).
     pub fn seed_analyses(&self, rows: BTreeMap<AnalysisKey, Tally>) {
         let mut inner = self.lock();
         inner.rows = rows;
         inner.changed_all = true;
+        inner.rebuild_minutes();
+        inner.bound_minutes();
         drop(inner);
         self.notify.notify_one();
     }
@@ -278,6 +324,12 @@ impl LiveState {
             }
         }
         analyses::apply_changes(&mut inner.rows, batch.analyses.iter().cloned());
+        for ((key, _), _) in &batch.analyses {
+            if inner.rows.contains_key(key) {
+                inner.note_minute(key);
+            }
+        }
+        inner.bound_minutes();
         for (id, source) in fresh {
             inner.push_record(id, None, source, OnceLock::new());
         }
@@ -295,7 +347,10 @@ impl LiveState {
 
     /// The analyses as SPEC §8 JSON.
     pub fn analyses_json(&self) -> Value {
-        analyses::to_json(&self.lock().rows)
+        // A copy (bounded: SPEC §10) taken quickly; rendered without the lock.
+        let rows = self.lock().rows.clone();
+        self.rendering();
+        analyses::to_json(&rows)
     }
 
     /// The current rows (a copy).
@@ -305,8 +360,15 @@ impl LiveState {
 
     /// One analysis's rows, optionally only the minutes in `from..=to` (minute indexes).
     pub fn analysis_rows(&self, name: &str, from: Option<i64>, to: Option<i64>) -> Vec<Value> {
-        let inner = self.lock();
-        render_rows(name, inner.rows.iter(), from, to)
+        let rows: Vec<(AnalysisKey, Tally)> = self
+            .lock()
+            .rows
+            .iter()
+            .filter(|(k, _)| analysis_name(k) == name)
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        self.rendering();
+        render_rows(name, rows.iter().map(|(k, t)| (k, t)), from, to)
     }
 
     /// The newest `limit` records, newest first.
@@ -464,9 +526,11 @@ impl LiveState {
         let inner = self.lock();
         let health = self.health_of(&inner);
         let entries: Vec<Arc<Entry>> = inner.recent.iter().rev().cloned().collect();
-        let analyses = analyses::to_json(&inner.rows);
+        let rows = inner.rows.clone();
         let seq = inner.event_seq;
         drop(inner);
+        self.rendering();
+        let analyses = analyses::to_json(&rows);
         let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
         let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
         let json = json!({
@@ -484,42 +548,40 @@ impl LiveState {
     /// a row of zeros meaning removed), the records added (newest first), and health.
     /// Health alone when nothing else changed.
     pub(crate) fn take_change(&self) -> Change {
+        // Under the lock: copies of the rows the event needs (bounded: the non-minute
+        // analyses are small, the minute rows bounded by `minute_limit` and the changed
+        // set by `changed_cap`); rendered once the lock is released.
         let mut inner = self.lock();
         inner.event_seq += 1;
         let seq = inner.event_seq;
         let health = self.health_of(&inner);
-        let mut analyses_out = Map::new();
-        let mut minute_rows = Map::new();
+        let mut all = None;
+        let mut whole: Vec<(AnalysisKey, Tally)> = Vec::new();
+        let mut minute_changes: Vec<(AnalysisKey, Tally)> = Vec::new();
+        let mut names: BTreeSet<&'static str> = BTreeSet::new();
         if inner.changed_all {
-            if let Value::Object(all) = analyses::to_json(&inner.rows) {
-                analyses_out = all;
-            }
+            all = Some(inner.rows.clone());
         } else if !inner.changed.is_empty() {
             let changed = std::mem::take(&mut inner.changed);
-            let names: BTreeSet<&'static str> = changed.iter().map(analysis_name).collect();
-            for name in names {
-                if is_minute_analysis(name) {
-                    continue;
-                }
-                analyses_out.insert(
-                    name.to_owned(),
-                    Value::Array(render_rows(name, inner.rows.iter(), None, None)),
-                );
-            }
-            for key in changed
+            names = changed
                 .iter()
-                .filter(|k| matches!(k, AnalysisKey::Minute(_) | AnalysisKey::DistanceMinute(..)))
-            {
-                let zero = Tally::default();
-                let t = inner.rows.get(key).unwrap_or(&zero);
-                let (name, row) = analyses::row_json(key, t);
-                minute_rows
-                    .entry(name)
-                    .or_insert_with(|| Value::Array(Vec::new()))
-                    .as_array_mut()
-                    .expect("array")
-                    .push(row);
-            }
+                .map(analysis_name)
+                .filter(|n| !is_minute_analysis(n))
+                .collect();
+            whole = inner
+                .rows
+                .iter()
+                .filter(|(k, _)| names.contains(analysis_name(k)))
+                .map(|(k, t)| (k.clone(), *t))
+                .collect();
+            minute_changes = changed
+                .into_iter()
+                .filter(|k| minute_index(analysis_name(k)).is_some())
+                .map(|k| {
+                    let t = inner.rows.get(&k).copied().unwrap_or_default();
+                    (k, t)
+                })
+                .collect();
         }
         inner.changed.clear();
         inner.changed_all = false;
@@ -533,6 +595,35 @@ impl LiveState {
             .collect();
         inner.pushed_seq = inner.next_seq;
         drop(inner);
+
+        self.rendering();
+        let mut analyses_out = Map::new();
+        let mut minute_rows = Map::new();
+        if let Some(all) = all {
+            if let Value::Object(m) = analyses::to_json(&all) {
+                analyses_out = m;
+            }
+        }
+        for name in names {
+            analyses_out.insert(
+                name.to_owned(),
+                Value::Array(render_rows(
+                    name,
+                    whole.iter().map(|(k, t)| (k, t)),
+                    None,
+                    None,
+                )),
+            );
+        }
+        for (key, t) in &minute_changes {
+            let (name, row) = analyses::row_json(key, t);
+            if let Value::Array(rows) = minute_rows
+                .entry(name)
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
+                rows.push(row);
+            }
+        }
         let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
         let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
         let json = json!({
@@ -599,6 +690,10 @@ impl LiveState {
             }
             inner.rows.insert(k, t);
         }
+        if minute_index(name).is_some() {
+            inner.rebuild_minutes();
+            inner.bound_minutes();
+        }
         drop(inner);
         self.notify.notify_one();
     }
@@ -653,7 +748,76 @@ impl LiveState {
     }
 }
 
+/// Which of the two per-minute analyses `name` is (index into `Inner::minutes`).
+fn minute_index(name: &str) -> Option<usize> {
+    match name {
+        "minute_frequency" => Some(0),
+        "distance_band_outcome" => Some(1),
+        _ => None,
+    }
+}
+
 impl Inner {
+    /// Records that `key`'s minute has rows (when it is a per-minute key).
+    fn note_minute(&mut self, key: &AnalysisKey) {
+        match key {
+            AnalysisKey::Minute(m) => self.minutes[0].insert(*m),
+            AnalysisKey::DistanceMinute(m, _) => self.minutes[1].insert(*m),
+            _ => false,
+        };
+    }
+
+    /// The minutes with rows, read again from `rows` (after they were replaced).
+    fn rebuild_minutes(&mut self) {
+        self.minutes = [BTreeSet::new(), BTreeSet::new()];
+        let keys: Vec<AnalysisKey> = self
+            .rows
+            .keys()
+            .filter(|k| matches!(k, AnalysisKey::Minute(_) | AnalysisKey::DistanceMinute(..)))
+            .cloned()
+            .collect();
+        for k in &keys {
+            self.note_minute(k);
+        }
+    }
+
+    /// Drops the rows of the oldest minutes beyond `minute_limit`, of each per-minute
+    /// analysis (SPEC §10: bounded live state; PostgreSQL keeps them). Their keys join the
+    /// changes, so that a client drops them too (a row of zeros means removed).
+    fn bound_minutes(&mut self) {
+        for i in 0..2 {
+            while self.minutes[i].len() > self.minute_limit {
+                let Some(m) = self.minutes[i].pop_first() else {
+                    break;
+                };
+                let range = if i == 0 {
+                    AnalysisKey::Minute(m)..=AnalysisKey::Minute(m)
+                } else {
+                    AnalysisKey::DistanceMinute(m, u8::MIN)
+                        ..=AnalysisKey::DistanceMinute(m, u8::MAX)
+                };
+                let gone: Vec<AnalysisKey> =
+                    self.rows.range(range).map(|(k, _)| k.clone()).collect();
+                for k in gone {
+                    self.rows.remove(&k);
+                    self.changed.insert(k);
+                }
+                self.dropped_through[i] = Some(self.dropped_through[i].map_or(m, |d| d.max(m)));
+            }
+        }
+        // Changes pile up between two events (100 ms); keys of minutes dropped at once
+        // could make them many: past a bound, send everything instead (bounded too).
+        if self.changed.len() > self.changed_cap() {
+            self.changed.clear();
+            self.changed_all = true;
+        }
+    }
+
+    /// The most changed keys an event lists one by one: every kept row and some more.
+    fn changed_cap(&self) -> usize {
+        self.minute_limit.saturating_mul(5).saturating_add(1024)
+    }
+
     fn record_latency(&mut self, us: u64, now: Instant) {
         let s = us as f64 / 1e6;
         let i = LATENCY_BUCKETS_S
@@ -812,6 +976,111 @@ impl ZeroTally for Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tally(n: i64) -> Tally {
+        Tally {
+            count: n,
+            approved: n,
+            ..Tally::default()
+        }
+    }
+
+    /// A batch that adds one assessed transaction to `minute` in both per-minute analyses
+    /// (as `count_total` would: the new row; the old one retracted when `old` is given).
+    fn minute_batch(minute: i64, old: Option<i64>, new: i64) -> Batch {
+        let mut analyses = vec![
+            ((AnalysisKey::Minute(minute), tally(new)), 1),
+            ((AnalysisKey::DistanceMinute(minute, 2), tally(new)), 1),
+            ((AnalysisKey::Status(Status::Approved), tally(new)), 1),
+        ];
+        if let Some(o) = old {
+            analyses.push(((AnalysisKey::Minute(minute), tally(o)), -1));
+            analyses.push(((AnalysisKey::DistanceMinute(minute, 2), tally(o)), -1));
+            analyses.push(((AnalysisKey::Status(Status::Approved), tally(o)), -1));
+        }
+        Batch {
+            time: 1,
+            decisions: Vec::new(),
+            accounts: Vec::new(),
+            analyses,
+        }
+    }
+
+    fn minutes_held(state: &LiveState) -> (Vec<i64>, Vec<i64>) {
+        let rows = state.rows();
+        let mut per_minute = Vec::new();
+        let mut distance = Vec::new();
+        for k in rows.keys() {
+            match k {
+                AnalysisKey::Minute(m) => per_minute.push(*m),
+                AnalysisKey::DistanceMinute(m, _) => distance.push(*m),
+                _ => {}
+            }
+        }
+        (per_minute, distance)
+    }
+
+    /// SPEC §10 (bounded live state), issue 12 item 9: the per-minute rows of only the
+    /// newest `live_minutes` event-time minutes stay; a late event of an older minute does
+    /// not bring one back; clients are told (a row of zeros) to drop the minutes that left.
+    #[test]
+    fn per_minute_rows_are_bounded() {
+        let state = LiveState::new(1);
+        state.set_live_minutes(3);
+        let mut count = 0;
+        for m in 100..110 {
+            state.observe(&minute_batch(m, (count > 0).then_some(count), count + 1), 1);
+            count += 1;
+        }
+        let (per_minute, distance) = minutes_held(&state);
+        assert_eq!(per_minute, [107, 108, 109]);
+        assert_eq!(distance, [107, 108, 109]);
+        // A late event of minute 50: older than every kept minute, so not kept.
+        state.observe(&minute_batch(50, Some(count), count + 1), 1);
+        assert_eq!(minutes_held(&state).0, [107, 108, 109]);
+        // The status counts are not per-minute: untouched by the bound.
+        assert_eq!(state.counts().len(), 9);
+        let analyses = state.analyses_json();
+        assert_eq!(
+            analyses["minute_frequency"].as_array().map(Vec::len),
+            Some(3)
+        );
+        assert_eq!(
+            analyses["distance_band_outcome"].as_array().map(Vec::len),
+            Some(3)
+        );
+        // The change event removes the minutes that left from a client's view.
+        let change: Value = serde_json::from_str(&state.take_change().json).unwrap();
+        let rows = change["minute_rows"]["minute_frequency"]
+            .as_array()
+            .unwrap();
+        for r in rows {
+            let kept = [
+                "1970-01-01T01:47:00Z",
+                "1970-01-01T01:48:00Z",
+                "1970-01-01T01:49:00Z",
+            ];
+            let zero = r["count"] == 0;
+            assert_eq!(!zero, kept.contains(&r["minute"].as_str().unwrap()), "{r}");
+        }
+        // A smaller bound applies at once.
+        state.set_live_minutes(1);
+        assert_eq!(minutes_held(&state), (vec![109], vec![109]));
+    }
+
+    /// SPEC §10 (bounded answers), issue 12 item 9: answers and events are rendered after
+    /// the state's lock is released, so that the sink thread never waits for a client.
+    #[test]
+    fn rendering_happens_outside_the_lock() {
+        let state = LiveState::new(1);
+        state.observe(&minute_batch(100, None, 1), 1);
+        let _ = state.analyses_json();
+        let _ = state.analysis_rows("minute_frequency", None, None);
+        let _ = state.snapshot();
+        let _ = state.take_change();
+        state.seed_analyses(state.rows());
+        let _ = state.take_change();
+    }
 
     /// Issue 12 item 12 (internal error text): the health figures say whether Redis is
     /// reached, never the error's text (addresses, the driver's wording); the follower

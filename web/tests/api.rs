@@ -13,7 +13,7 @@ use warp::http::StatusCode;
 use support::{all_kinds, decision, Feeder, SseClient, MINUTE0};
 use vtpga_dataflow::analyses::{to_json, AnalysisKey, NAMES};
 use vtpga_dataflow::Status;
-use vtpga_web::{App, LiveState, WebConfig};
+use vtpga_web::{App, LiveState, WebConfig, WebLimits};
 
 type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
 
@@ -879,4 +879,56 @@ fn stream_takes_the_token_in_the_header() {
         .expect("snapshot");
     assert_eq!(snap.kind, "snapshot");
     server.stop();
+}
+
+/// SPEC §10 (bounded answers), issue 12 item 9: the number of event-stream clients is
+/// bounded; one more gets 503 with a JSON error, and a client leaving frees its place.
+#[tokio::test]
+async fn stream_clients_are_bounded() {
+    let (state, _) = fed_state();
+    let limits = WebLimits {
+        stream_clients: 2,
+        ..WebLimits::default()
+    };
+    let routes = App::new(state, None, None).with_limits(limits).routes();
+    let open = || warp::test::request().path("/api/stream").filter(&routes);
+    // `filter` hands the response over with its endless body: the client stays connected
+    // until it is dropped.
+    let first = open().await.expect("answered");
+    let second = open().await.expect("answered");
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let refused = open().await.expect("answered");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["content-type"], "application/json");
+    drop(first);
+    let third = open().await.expect("answered");
+    assert_eq!(third.status(), StatusCode::OK);
+    assert_eq!(WebLimits::default().stream_clients, 64);
+}
+
+/// SPEC §10 (bounded memory), issue 12 item 9: the live answers hold the per-minute rows
+/// of the newest `live_minutes` minutes only (fed: minutes 0, 1 and 3 after MINUTE0).
+#[tokio::test]
+async fn live_minutes_bound_the_answers() {
+    let (state, feeder) = fed_state();
+    let limits = WebLimits {
+        live_minutes: 2,
+        ..WebLimits::default()
+    };
+    let routes = App::new(state, None, None).with_limits(limits).routes();
+    let (_, body) = get_json(&routes, "/api/analyses").await;
+    let minutes: Vec<&str> = body["minute_frequency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["minute"].as_str().unwrap())
+        .collect();
+    assert_eq!(minutes, ["2026-11-26T17:04:00Z", "2026-11-26T17:06:00Z"]);
+    let all = to_json(&feeder.rows);
+    assert_eq!(body["status_counts"], all["status_counts"]);
+    assert_eq!(body["hour_histogram"], all["hour_histogram"]);
+    assert_eq!(WebLimits::default().live_minutes, 1_440);
 }
