@@ -55,7 +55,10 @@ pub enum Body {
     /// A record the source does not trust or could not read: the SPEC §4 clock guard
     /// ("record timestamp ahead of the clock"), a capture line whose payload is `null` or
     /// not UTF-8 (SPEC §9). Never parsed, never in rule 3's memory.
-    Refused { raw: Vec<u8>, error: String },
+    Refused {
+        raw: Vec<u8>,
+        error: String,
+    },
 }
 
 /// A message as it enters the graph, at timely time `t`.
@@ -993,12 +996,18 @@ fn decide<'s>(
                         _ => None,
                     };
                     let Some((region, payee, payer, slot)) = known else {
+                        // Which reference, not its id: the id is in the record already,
+                        // exactly as parsed (SPEC §8), however long or odd it is.
                         let what = match (region, payee) {
-                            (None, _) => format!("unknown region {}", p.tx.region),
-                            (Some(_), None) => format!("unknown payee {}", p.tx.payee),
-                            (Some(_), Some(_)) => format!("unknown payer {}", p.tx.payer),
+                            (None, _) => "unknown region",
+                            (Some(_), None) => "unknown payee",
+                            (Some(_), Some(_)) => "unknown payer",
                         };
-                        decision_s.give(Decision::of(p, Status::UnknownReference, Some(what)));
+                        decision_s.give(Decision::of(
+                            p,
+                            Status::UnknownReference,
+                            Some(what.to_owned()),
+                        ));
                         continue;
                     };
                     let s = slot.get_or_insert_with(|| {
