@@ -127,10 +127,7 @@ pub fn create_topics(args: &KafkaArgs, topics: &[TopicSpec<'_>], partitions: i32
             result = create_one(&admin, &options, plain, &args.brokers)?;
         }
         match result {
-            Ok(()) => log::info!(
-                "created topic {} with {partitions} partition(s)",
-                spec.name
-            ),
+            Ok(()) => log::info!("created topic {} with {partitions} partition(s)", spec.name),
             Err(RDKafkaErrorCode::TopicAlreadyExists) => {
                 log::info!("topic {} already exists", spec.name)
             }

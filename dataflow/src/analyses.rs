@@ -471,10 +471,7 @@ mod parts_tests {
         let mut rows = BTreeMap::new();
         rows.insert(AnalysisKey::Funds(Status::InsufficientBalance), t);
         let text = to_json(&rows).to_string();
-        assert!(
-            text.contains(&format!("\"amount_cents\":{want}")),
-            "{text}"
-        );
+        assert!(text.contains(&format!("\"amount_cents\":{want}")), "{text}");
         let back: Value = serde_json::from_str(&text).unwrap();
         let amount = &back["insufficient_funds"][0]["amount_cents"];
         assert_eq!(amount.to_string().parse::<i128>().unwrap(), want);

@@ -36,7 +36,10 @@ use crate::Batch;
 /// The migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_schema.sql")),
-    (2, include_str!("../migrations/0002_exact_ids_quarantine.sql")),
+    (
+        2,
+        include_str!("../migrations/0002_exact_ids_quarantine.sql"),
+    ),
     (3, include_str!("../migrations/0003_exact_sums.sql")),
 ];
 
@@ -301,7 +304,8 @@ pub fn tally_at(r: &postgres::Row, first: usize) -> Tally {
     let sum = |i: usize| -> i128 {
         let text: String = r.get(i);
         // A numeric(40, 0) column holds integers that fit in 128 bits (written from them).
-        text.parse().unwrap_or_else(|_| panic!("amount sum {text:?} is not an integer"))
+        text.parse()
+            .unwrap_or_else(|_| panic!("amount sum {text:?} is not an integer"))
     };
     Tally {
         count: r.get(first),
@@ -406,11 +410,7 @@ impl PgSink {
                     );
                     return Ok(0);
                 }
-                let mode = if careful {
-                    Mode::Careful
-                } else {
-                    Mode::Fast
-                };
+                let mode = if careful { Mode::Careful } else { Mode::Fast };
                 write_batch(client, &source, batch, &rows, &touched, mode)
             });
             match attempt {
@@ -691,7 +691,13 @@ fn copy_decisions(tx: &mut Transaction<'_>, decisions: &[&Decision]) -> PgResult
             let t = d.t as i64;
             let payload: &[u8] = d.raw.as_deref().unwrap_or_default();
             let error = pg_text(d.reason.as_deref().unwrap_or("invalid"));
-            writer.write(&[&d.pos.partition, &d.pos.offset, &t, &payload, &error.as_ref()])?;
+            writer.write(&[
+                &d.pos.partition,
+                &d.pos.offset,
+                &t,
+                &payload,
+                &error.as_ref(),
+            ])?;
         }
         writer.finish()?;
     }
@@ -826,7 +832,12 @@ pub fn decision_record(r: &postgres::Row) -> serde_json::Map<String, serde_json:
     m.insert("t".into(), r.get::<_, i64>(2).into());
     m.insert("status".into(), r.get::<_, String>(3).into());
     let text = |i: usize| r.get::<_, Option<String>>(i);
-    for (name, i) in [("id", 4), ("payer_id", 5), ("payee_id", 6), ("region_id", 7)] {
+    for (name, i) in [
+        ("id", 4),
+        ("payer_id", 5),
+        ("payee_id", 6),
+        ("region_id", 7),
+    ] {
         if let Some(v) = r.get::<_, Option<Vec<u8>>>(i) {
             m.insert(name.into(), id_text(v).into());
         }
@@ -978,7 +989,11 @@ mod tests {
         assert_eq!(q.get::<_, i64>(0), 17);
         let record: serde_json::Value = serde_json::from_slice(&q.get::<_, Vec<u8>>(1)).unwrap();
         assert_eq!(record["id"], "bad");
-        assert!(q.get::<_, String>(2).contains("no_bad"), "{}", q.get::<_, String>(2));
+        assert!(
+            q.get::<_, String>(2).contains("no_bad"),
+            "{}",
+            q.get::<_, String>(2)
+        );
         let next: i64 = client
             .query_one("SELECT next_offset FROM source_offsets", &[])
             .unwrap()
@@ -1029,7 +1044,10 @@ mod tests {
         tx.commit().unwrap();
         this.join().unwrap().expect("resumed");
         let balance: i64 = client
-            .query_one("SELECT balance_cents FROM accounts WHERE user_id = 'u2'", &[])
+            .query_one(
+                "SELECT balance_cents FROM accounts WHERE user_id = 'u2'",
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_eq!(balance, 80, "50 + one credit of 30");
