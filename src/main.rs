@@ -91,6 +91,29 @@ struct WebArgs {
     /// PostgreSQL the pipeline writes to (history, users, transactions by id).
     #[arg(long, env = "VTPGA_POSTGRES")]
     postgres: Option<String>,
+    #[command(flatten)]
+    limits: WebLimitArgs,
+}
+
+/// Bounds of the dashboard's live state and answers (SPEC §10 "bounded memory").
+#[derive(Args, Clone, Debug)]
+pub struct WebLimitArgs {
+    /// Event-time minutes whose per-minute rows (analyses 9 and 10) the live views keep
+    /// (the newest; PostgreSQL keeps all).
+    #[arg(long, env = "VTPGA_WEB_LIVE_MINUTES", default_value_t = vtpga_web::DEFAULT_LIVE_MINUTES)]
+    pub web_live_minutes: usize,
+    /// Event-stream clients served at once; one more gets 503.
+    #[arg(long, env = "VTPGA_WEB_STREAM_CLIENTS", default_value_t = vtpga_web::DEFAULT_STREAM_CLIENTS)]
+    pub web_stream_clients: usize,
+}
+
+impl WebLimitArgs {
+    pub fn limits(&self) -> vtpga_web::WebLimits {
+        vtpga_web::WebLimits {
+            live_minutes: self.web_live_minutes,
+            stream_clients: self.web_stream_clients,
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -178,11 +201,12 @@ fn main() -> Result<()> {
         Command::Produce(args) => produce::produce(args),
         Command::Loadtest(args) => loadtest::loadtest(args),
         Command::Seed(args) => seed::seed(args),
-        Command::Web(args) => vtpga_web::run_standalone(
+        Command::Web(args) => vtpga_web::run_standalone_with_limits(
             vtpga_web::WebConfig {
                 listen: args.listen,
                 token: args.token,
             },
+            args.limits.limits(),
             args.redis,
             args.postgres,
         ),

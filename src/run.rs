@@ -92,6 +92,8 @@ pub struct RunArgs {
     /// Bearer token required on every dashboard and API route.
     #[arg(long, env = "VTPGA_WEB_TOKEN")]
     pub web_token: Option<String>,
+    #[command(flatten)]
+    pub web_limits: crate::WebLimitArgs,
     /// Do not serve the dashboard.
     #[arg(long, env = "VTPGA_NO_WEB")]
     pub no_web: bool,
@@ -295,7 +297,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             listen: args.web_listen,
             token: args.web_token.clone(),
         };
-        match vtpga_web::spawn_embedded_with(config, state.clone(), args.postgres.clone()) {
+        match vtpga_web::spawn_embedded_with_limits(
+            config,
+            args.web_limits.limits(),
+            state.clone(),
+            args.postgres.clone(),
+        ) {
             Ok(server) => {
                 eprintln!("dashboard: http://{}/", server.addr);
                 Some((state, server))
@@ -329,8 +336,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (sender, receiver) = crossbeam_channel::bounded::<Batch>(1024);
     let status_stats = kafka_stats.clone();
     let monitor_stop = stop.clone();
+    let resumed_at: Vec<(i32, i64)> = resume_point
+        .partitions
+        .iter()
+        .map(|(p, r)| (*p, r.next_offset))
+        .collect();
     let monitor = std::thread::spawn(move || -> Result<(Monitor, Duration, Sinks)> {
         let mut monitor = Monitor::default();
+        for (partition, next) in resumed_at {
+            monitor.accounting.start_at(partition, next);
+        }
         let started = Instant::now();
         let mut window = Instant::now();
         loop {
@@ -369,8 +384,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                     ));
                 }
                 line.push_str(&sinks.status());
+                line.push_str(&monitor.accounting.line());
                 if let Some(web) = &sinks.web {
                     web.set_health(status_stats.total_lag());
+                    web.set_pipeline_metrics(pipeline_metrics(&monitor, &sinks, &status_stats));
                 }
                 eprintln!("{line}");
                 window = Instant::now();
@@ -489,6 +506,36 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The pipeline's own counters for `/metrics` (SPEC §10): offset accounting, records the
+/// clock guard refused, rows quarantined, decision records the broker did not take.
+fn pipeline_metrics(monitor: &Monitor, sinks: &Sinks, kafka: &KafkaStats) -> String {
+    let mut out = monitor.accounting.metrics();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
+    };
+    counter(
+        "vtpga_clock_guarded_total",
+        "Records decided invalid because their timestamp was ahead of the clock (SPEC §4).",
+        kafka.guarded.load(Ordering::Relaxed),
+    );
+    counter(
+        "vtpga_quarantined_total",
+        "Decisions PostgreSQL refused, written to the quarantine table (SPEC §10).",
+        sinks.pg.as_ref().map_or(0, |pg| pg.quarantined),
+    );
+    counter(
+        "vtpga_delivery_failures_total",
+        "Decision or dead-letter records the broker refused for good.",
+        sinks
+            .kafka
+            .as_ref()
+            .map_or(0, |p| p.stats.failed.load(Ordering::Relaxed)),
+    );
+    out
+}
+
 /// Where each batch goes, in order: Kafka (at least once: a restart may re-produce the
 /// decisions after the committed cut), PostgreSQL (the durable record), Redis (the cache).
 struct Sinks {
@@ -525,7 +572,10 @@ impl Sinks {
     fn status(&self) -> String {
         let mut line = String::new();
         if let Some(pg) = &self.pg {
-            line.push_str(&format!(" | pg {} tx, {} retried", pg.batches, pg.retries));
+            line.push_str(&format!(
+                " | pg {} tx, {} retried, {} quarantined",
+                pg.batches, pg.retries, pg.quarantined
+            ));
         }
         if let Some(redis) = &self.redis {
             let s = redis.stats();

@@ -318,7 +318,7 @@ fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
     // Once the generator is done, the page agrees with the API.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let health = json_of(web, "GET", "/healthz", None);
+        let health = json_of(web, "GET", "/api/health", None);
         if health["decisions"].as_u64() == Some(9000) {
             break;
         }

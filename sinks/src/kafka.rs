@@ -66,20 +66,8 @@ pub struct DecisionProducer {
 }
 
 impl DecisionProducer {
-    pub fn new(mut config: ClientConfig, topics: OutputTopics) -> Result<Self, KafkaError> {
-        if config.get("linger.ms").is_none() {
-            config.set("linger.ms", "1");
-        }
-        // No decision is dropped because a timeout expired (SPEC §10): librdkafka retries
-        // delivery until the broker is back, its queue fills and `send_batch` waits
-        // (backpressure up to the graph). 0 = no timeout.
-        if config.get("message.timeout.ms").is_none() {
-            config.set("message.timeout.ms", "0");
-        }
-        // A DLQ record carries the raw payload, which may be as large as the broker let in.
-        if config.get("message.max.bytes").is_none() {
-            config.set("message.max.bytes", "10000000");
-        }
+    pub fn new(config: ClientConfig, topics: OutputTopics) -> Result<Self, KafkaError> {
+        let config = producer_defaults(config);
         let stats = Arc::new(DeliveryStats::default());
         let producer = config.create_with_context(DeliveryContext {
             stats: stats.clone(),
@@ -182,6 +170,25 @@ impl DecisionProducer {
     }
 }
 
+/// The producer settings the decisions and dead letters need, unless given: see the
+/// comments on each.
+fn producer_defaults(mut config: ClientConfig) -> ClientConfig {
+    if config.get("linger.ms").is_none() {
+        config.set("linger.ms", "1");
+    }
+    // No decision is dropped because a timeout expired (SPEC §10): librdkafka retries
+    // delivery until the broker is back, its queue fills and `send_batch` waits
+    // (backpressure up to the graph). 0 = no timeout.
+    if config.get("message.timeout.ms").is_none() {
+        config.set("message.timeout.ms", "0");
+    }
+    // A DLQ record carries the raw payload, which may be as large as the broker let in.
+    if config.get("message.max.bytes").is_none() {
+        config.set("message.max.bytes", "10000000");
+    }
+    config
+}
+
 /// Sends `record`, waiting while the local queue is full. Any other error is returned.
 pub fn send_with_backpressure<'a, K, P, C>(
     producer: &ThreadedProducer<C>,
@@ -201,5 +208,24 @@ where
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPEC §10 "nothing is dropped because a timeout expired" (issue 12 item 4): no
+    /// delivery timeout unless the operator sets one.
+    #[test]
+    fn decisions_never_time_out_unless_asked_to() {
+        let config = producer_defaults(ClientConfig::new());
+        assert_eq!(config.get("message.timeout.ms"), Some("0"));
+        let mut given = ClientConfig::new();
+        given.set("message.timeout.ms", "5000");
+        assert_eq!(
+            producer_defaults(given).get("message.timeout.ms"),
+            Some("5000")
+        );
     }
 }

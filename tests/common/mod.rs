@@ -260,3 +260,123 @@ pub fn write_capture(records: &[Consumed], path: &Path) {
     }
     std::fs::write(path, text).expect("writing the capture");
 }
+
+/// A TCP proxy on loopback that can cut every connection (a broker outage as the
+/// clients see it: connections reset, new ones closed at once) and restore service.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards 127.0.0.1:`port` to 127.0.0.1:`target`.
+    pub fn start(port: u16, target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, s, o) = (cut.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut conns = o.lock().expect("lock");
+                for stream in [&client, &server] {
+                    if let Ok(s) = stream.try_clone() {
+                        conns.push(s);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            stop,
+            open,
+        }
+    }
+
+    /// Resets every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+impl Broker {
+    /// A broker whose clients all reach it through a [`Proxy`] (it advertises the proxy's
+    /// address), so that the test can cut the connection and restore it.
+    pub fn start_behind_proxy() -> (Broker, Proxy) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let proxy_port = free_port();
+        let proxy = Proxy::start(proxy_port, port);
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(tansu_path())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{proxy_port}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting tansu");
+        let broker = Broker {
+            child,
+            addr: format!("127.0.0.1:{proxy_port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not open {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (broker, proxy)
+    }
+}

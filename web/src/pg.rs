@@ -102,8 +102,8 @@ impl Pg {
     pub fn user(&self, id: &str) -> anyhow::Result<Option<Value>> {
         let sql = format!(
             "SELECT {DECISION_COLUMNS} FROM transactions
-             WHERE substring(payer_id FROM 1 FOR 256) = substring($1 FROM 1 FOR 256)
-               AND payer_id = $1 AND status = 'approved'
+             WHERE substring(payer_id FROM 1 FOR 256) = substring($1::bytea FROM 1 FOR 256)
+               AND payer_id = $1::bytea AND status = 'approved'
              ORDER BY t DESC LIMIT {LAST_APPROVALS}"
         );
         if id.contains('\0') {

@@ -157,6 +157,9 @@ struct Inner {
     /// Decisions per second since `started` (second index, count), the last few seconds.
     per_second: VecDeque<(u64, u64)>,
     consumer_lag: Option<i64>,
+    /// Prometheus lines about the pipeline itself (offset accounting, guarded clocks,
+    /// quarantined rows, delivery failures), rendered by its sink thread.
+    pipeline_metrics: String,
     closed_time: Option<u64>,
     last_batch_at: Option<Instant>,
     /// Standalone: whether the follower reaches Redis. Its errors go to the log only
@@ -212,6 +215,7 @@ impl LiveState {
                 window_started: Instant::now(),
                 per_second: VecDeque::new(),
                 consumer_lag: None,
+                pipeline_metrics: String::new(),
                 closed_time: None,
                 last_batch_at: None,
                 redis: if mode == Mode::Standalone {
@@ -343,6 +347,12 @@ impl LiveState {
     /// and in `/metrics`.
     pub fn set_health(&self, consumer_lag: Option<i64>) {
         self.lock().consumer_lag = consumer_lag;
+    }
+
+    /// Prometheus text the pipeline adds to `/metrics` (complete `# HELP`/`# TYPE`/sample
+    /// lines), replacing what it set before.
+    pub fn set_pipeline_metrics(&self, text: String) {
+        self.lock().pipeline_metrics = text;
     }
 
     /// The analyses as SPEC §8 JSON.
@@ -517,6 +527,7 @@ impl LiveState {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        out.push_str(&inner.pipeline_metrics);
         out
     }
 

@@ -1,0 +1,312 @@
+//! Faults against the real services (SPEC §10; issue 12 items 6, 7 and 8):
+//!
+//! * a partition with nothing decided yet, filled while the pipeline was down, is read
+//!   on restart whatever `--start` says (item 6);
+//! * a broker outage while partitions are idle: transactions produced during the outage
+//!   are not decided `late` once it is back (item 7);
+//! * a two-process cluster writing Redis without PostgreSQL: the cache holds every
+//!   decision of both processes (item 8).
+//!
+//! (Items 1, 3 and 5 are tested against PostgreSQL in `sinks/src/postgres.rs`; item 4's
+//! producer setting in `sinks/src/kafka.rs`; hostile records in `tests/hostile.rs`.)
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{json, Value};
+
+use common::{free_port, path_str, read_topic, vtpga, Broker, Postgres, Redis, BIN};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Users and their home regions from a users CSV.
+fn users(dir: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("users.csv"))
+        .expect("users CSV")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), f[2].to_owned())
+        })
+        .collect()
+}
+
+/// An on-time SPEC §3 message of `users[i]` paying `users[i + 1]`, event time `ts`.
+fn message(users: &[(String, String)], i: usize, ts: i64) -> String {
+    let (payer, region) = &users[i % users.len()];
+    let (payee, _) = &users[(i + 1) % users.len()];
+    json!({
+        "id_transacao": format!("f-{i}-{ts}"),
+        "id_usuario_pagador": payer,
+        "id_usuario_recebedor": payee,
+        "id_regiao": region,
+        "modalidade_pagamento": "pix",
+        "data_horario": vtpga_dataflow::parse::format_utc_ms(ts),
+        "valor_transacao": 1.5,
+    })
+    .to_string()
+}
+
+fn producer(broker: &Broker) -> BaseProducer {
+    broker
+        .config()
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
+/// Sends `count` messages to `partition`, stamped now.
+fn send(p: &BaseProducer, users: &[(String, String)], partition: i32, from: usize, count: usize) {
+    for i in from..from + count {
+        let ts = now_ms();
+        let payload = message(users, i, ts);
+        p.send(
+            BaseRecord::<'_, [u8], str>::to("transacoes")
+                .partition(partition)
+                .timestamp(ts)
+                .payload(payload.as_str()),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+    }
+}
+
+/// `vtpga run` from Kafka into PostgreSQL until the topic's end, within two minutes.
+fn run_to_eof(broker: &Broker, pg: &Postgres, extra: &[&str]) {
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--source",
+            "kafka",
+            "--exit-at-eof",
+            "--no-web",
+            "--postgres",
+            &pg.url,
+        ])
+        .args(extra)
+        .env("VTPGA_KAFKA_BROKERS", &broker.addr)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pipeline starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "pipeline failed: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the pipeline did not reach the end of the topic within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 6: after a restart, a partition with no stored offset (nothing decided there
+/// yet) is read from its beginning even with `--start latest` (the default).
+#[test]
+fn a_partition_filled_while_the_pipeline_was_down_is_decided_on_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    broker.create_topics(2);
+    vtpga(
+        &[
+            "seed",
+            "--postgres",
+            &pg.url,
+            "--users",
+            "50",
+            "--csv",
+            path_str(dir.path()),
+        ],
+        &[],
+    );
+    let users = users(dir.path());
+    let p = producer(&broker);
+    send(&p, &users, 0, 0, 20);
+    p.flush(Duration::from_secs(30)).expect("flush");
+    run_to_eof(&broker, &pg, &["--start", "earliest"]);
+    // While it is down, partition 1 (empty until now) receives messages.
+    send(&p, &users, 1, 100, 15);
+    p.flush(Duration::from_secs(30)).expect("flush");
+    run_to_eof(&broker, &pg, &[]);
+    let mut client = pg.client();
+    let per_partition: Vec<(i32, i64)> = client
+        .query(
+            "SELECT partition, count(*) FROM transactions GROUP BY partition ORDER BY partition",
+            &[],
+        )
+        .expect("counts")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_partition, vec![(0, 20), (1, 15)]);
+}
+
+/// A running pipeline, stopped (by PID) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the decisions topic holds `n` records; returns them as JSON.
+fn decisions(broker: &Broker, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = read_topic(broker, "transacoes-decisoes");
+        if got.len() >= n || Instant::now() > deadline {
+            return got
+                .iter()
+                .map(|r| serde_json::from_slice(&r.payload).expect("decision JSON"))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Item 7: while the broker is unreachable, idle partitions' times must not follow the
+/// wall clock: records produced during the outage reach the pipeline after it, stamped
+/// with their own (earlier) times, and must not be raised past them and decided `late`.
+#[test]
+fn a_broker_outage_with_idle_partitions_decides_nothing_late() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (broker, proxy) = Broker::start_behind_proxy();
+    broker.create_topics(2);
+    vtpga(
+        &[
+            "generate",
+            "--out",
+            path_str(dir.path()),
+            "--count",
+            "1",
+            "--users",
+            "50",
+        ],
+        &[],
+    );
+    let users = users(dir.path());
+    let pipeline = Running(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--source",
+                "kafka",
+                "--start",
+                "earliest",
+                "--no-web",
+                "--regions",
+                path_str(&dir.path().join("regions.csv")),
+                "--users-csv",
+                path_str(&dir.path().join("users.csv")),
+                "--outage-grace-ms",
+                "10000",
+            ])
+            .env("VTPGA_KAFKA_BROKERS", &broker.addr)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pipeline starts"),
+    );
+    let p = producer(&broker);
+    send(&p, &users, 0, 0, 1);
+    send(&p, &users, 1, 1, 1);
+    p.flush(Duration::from_secs(30)).expect("flush");
+    assert_eq!(decisions(&broker, 2, Duration::from_secs(60)).len(), 2);
+    // Both partitions are idle and caught up. The broker goes away for 4 s; messages
+    // produced meanwhile wait in the producer with their own timestamps.
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(1_000));
+    send(&p, &users, 0, 10, 5);
+    send(&p, &users, 1, 20, 5);
+    std::thread::sleep(Duration::from_millis(3_000));
+    proxy.restore();
+    p.flush(Duration::from_secs(60))
+        .expect("flush after the outage");
+    let got = decisions(&broker, 12, Duration::from_secs(60));
+    assert_eq!(got.len(), 12, "every message decided: {got:?}");
+    let late: Vec<&Value> = got.iter().filter(|d| d["status"] == "late").collect();
+    assert!(late.is_empty(), "decided late after the outage: {late:?}");
+    assert!(got.iter().all(|d| d["status"] != "invalid"), "{got:?}");
+    drop(pipeline);
+}
+
+/// Item 8: two processes writing one Redis (no PostgreSQL): each process's start-up
+/// rebuild must not delete what the other wrote; the cache counts every decision once.
+#[test]
+fn two_processes_share_one_redis_without_postgres() {
+    let redis = Redis::start();
+    let base_port = free_port();
+    let count = 6_000u64;
+    let spawn = |process: usize| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--count",
+                &count.to_string(),
+                "--rate",
+                "max",
+                "--no-web",
+                "--redis",
+                &redis.url,
+                "--workers",
+                "1",
+                "--processes",
+                "2",
+                "--process",
+                &process.to_string(),
+                "--base-port",
+                &base_port.to_string(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("process starts")
+    };
+    let one = spawn(1);
+    let zero = spawn(0);
+    for child in [zero, one] {
+        let out = child.wait_with_output().expect("process ends");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut conn = redis.connection();
+    let rows: Vec<String> = redis::cmd("HVALS")
+        .arg("vtpga:analysis:status_counts")
+        .query(&mut conn)
+        .expect("HVALS");
+    let total: u64 = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(r).expect("row JSON")["count"]
+                .as_u64()
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(total, count);
+}
