@@ -95,8 +95,8 @@ impl<'a> TopicSpec<'a> {
     }
 }
 
-/// Creates each topic that does not exist yet with `partitions` partitions (replication
-/// 1) and its settings. A broker that refuses a setting (tansu, or Kafka before 3.6 for
+/// Creates each topic that does not exist yet with `partitions` partitions, replication
+/// factor 1 and its settings. A broker that refuses a setting (Kafka before 3.6 does not know
 /// `message.timestamp.after.max.ms`) gets the topic without it, with a warning: the
 /// pipeline's own clock guard still applies.
 pub fn create_topics(args: &KafkaArgs, topics: &[TopicSpec<'_>], partitions: i32) -> Result<()> {

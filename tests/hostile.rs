@@ -43,6 +43,19 @@ fn users(csv: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a record carries besides its payload: (id, payer, stamped a year ahead).
+type Meta = (Option<String>, Option<String>, bool);
+
+/// A process of the test's own, killed (by PID) when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What the test produced at one position, to check it afterwards.
 struct Sent {
     payload: Option<Vec<u8>>,
@@ -143,10 +156,7 @@ fn hostile_records_are_decided_and_recorded_exactly() {
         .expect("producer");
     let mut sent: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
     let mut next_offset = [0i64; 2];
-    let mut send = |partition: i32,
-                    ts: i64,
-                    payload: Option<Vec<u8>>,
-                    meta: (Option<String>, Option<String>, bool)| {
+    let mut send = |partition: i32, ts: i64, payload: Option<Vec<u8>>, meta: Meta| {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("transacoes")
             .partition(partition)
             .timestamp(ts);
@@ -191,13 +201,7 @@ fn hostile_records_are_decided_and_recorded_exactly() {
         )
     };
     let mut i = 0;
-    let mut ordinary_batch = |send: &mut dyn FnMut(
-        i32,
-        i64,
-        Option<Vec<u8>>,
-        (Option<String>, Option<String>, bool),
-    ),
-                              n: usize| {
+    let mut ordinary_batch = |send: &mut dyn FnMut(i32, i64, Option<Vec<u8>>, Meta), n: usize| {
         for _ in 0..n {
             let (id, payer, payee, region) = ordinary(i);
             let ts = now_ms();
@@ -440,50 +444,46 @@ fn hostile_records_are_decided_and_recorded_exactly() {
 
     // The API answers with the ids as parsed (standalone: from PostgreSQL).
     let port = free_port();
-    let mut web = Command::new(BIN)
-        .args([
-            "web",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis",
-            &redis.url,
-            "--postgres",
-            &pg.url,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("web starts");
+    let _web = Kill(
+        Command::new(BIN)
+            .args([
+                "web",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis",
+                &redis.url,
+                "--postgres",
+                &pg.url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("web starts"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "web did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let checked = (|| {
-        for s in sent.values() {
-            let Some(id) = &s.id else { continue };
-            if s.future {
-                continue;
-            }
-            let (status, body) =
-                http_get(port, &format!("/api/transactions/{}", percent_encode(id)));
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-            let v: Value = serde_json::from_slice(&body).expect("JSON");
-            let text = v.to_string();
-            let found = v
-                .as_array()
-                .or_else(|| v["decisions"].as_array())
-                .unwrap_or_else(|| panic!("an array of decisions: {text:.200}"));
-            assert!(
-                found.iter().any(|d| d["id"].as_str() == Some(id.as_str())),
-                "id {:?} not answered as parsed: {text:.300}",
-                &id[..id.len().min(40)]
-            );
+    for s in sent.values() {
+        let Some(id) = &s.id else { continue };
+        if s.future {
+            continue;
         }
-    })();
-    let _ = web.kill();
-    let _ = web.wait();
-    checked
+        let (status, body) = http_get(port, &format!("/api/transactions/{}", percent_encode(id)));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        let text = v.to_string();
+        let found = v
+            .as_array()
+            .or_else(|| v["decisions"].as_array())
+            .unwrap_or_else(|| panic!("an array of decisions: {text:.200}"));
+        assert!(
+            found.iter().any(|d| d["id"].as_str() == Some(id.as_str())),
+            "id {:?} not answered as parsed: {text:.300}",
+            &id[..id.len().min(40)]
+        );
+    }
 }
