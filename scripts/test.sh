@@ -10,4 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# The scripts' own checks (PID files are checked before a kill; the compose entrypoint
+# refuses missing secrets), then the Rust tests.
+scripts/pidfile-test.sh
+scripts/compose-entrypoint-test.sh
 cargo test --workspace "$@"
