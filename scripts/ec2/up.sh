@@ -22,9 +22,9 @@
 #
 # RDS has storage encryption, automated backups (VTPGA_EC2_DB_BACKUP_DAYS, default 7) and
 # a parameter group with rds.force_ssl=1; the URL the instances get asks for TLS
-# (sslmode=require). Today's vtpga connects without TLS (known gap, docs/running.md):
-# until it has a TLS connector, --allow-db-plaintext (rds.force_ssl=0, no sslmode) is the
-# only way its connections are accepted. Passwords and the token never appear on a
+# (sslmode=require), verified against the RDS CA bundle the instances fetch
+# (VTPGA_POSTGRES_CA). --allow-db-plaintext (rds.force_ssl=0, no sslmode) is for tests
+# only. Passwords and the token never appear on a
 # command line (RDS's through --cli-input-json from a mode-600 file; on the instances they
 # are in environment files, root:vtpga 0640, that systemd loads, and in the user data).
 #
@@ -235,7 +235,7 @@ if [ "$db_plaintext" = 1 ]; then
     log "WARNING: --allow-db-plaintext: RDS accepts connections without TLS (rds.force_ssl=0)"
 else
     force_ssl=1 sslmode="?sslmode=require"
-    log "note: RDS will refuse connections without TLS; today's vtpga has no TLS connector (docs/running.md): its PostgreSQL connections fail until it has one, or use --allow-db-plaintext"
+    log "RDS refuses connections without TLS; vtpga verifies it with the RDS CA bundle (VTPGA_POSTGRES_CA)"
 fi
 log "RDS parameter group $db_params (postgres$pg_version, rds.force_ssl=$force_ssl)"
 aws rds create-db-parameter-group --db-parameter-group-name "$db_params" \

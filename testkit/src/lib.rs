@@ -124,6 +124,11 @@ impl Postgres {
         self.start_server();
     }
 
+    /// The server's data directory (for tests that configure it, e.g. TLS).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls)
             .expect("connect to the test PostgreSQL")

@@ -37,6 +37,12 @@ install_vtpga() {
     rm -f /usr/local/bin/vtpga.download
     id vtpga >/dev/null 2>&1 || useradd --system --home-dir /var/lib/vtpga --create-home --shell /usr/sbin/nologin vtpga
     mkdir -p /etc/vtpga
+    # The RDS CA bundle: vtpga verifies the database's certificate against it
+    # (VTPGA_POSTGRES_CA; the URL says sslmode=require).
+    curl -fsSL --retry 5 -o /etc/vtpga/rds-ca.pem \
+        https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+    chmod 0644 /etc/vtpga/rds-ca.pem
+    export VTPGA_POSTGRES_CA=/etc/vtpga/rds-ca.pem
     log "installed $(/usr/local/bin/vtpga --version)"
 }
 

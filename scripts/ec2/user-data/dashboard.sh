@@ -8,7 +8,7 @@
 install_vtpga
 # vtpga web reads the URLs and the token from its environment (the root:vtpga 0640 file
 # systemd loads): not in the world-readable unit file, and not on its command line (ps).
-write_env vtpga-web RUST_LOG VTPGA_REDIS_URL VTPGA_POSTGRES VTPGA_WEB_TOKEN
+write_env vtpga-web RUST_LOG VTPGA_REDIS_URL VTPGA_POSTGRES VTPGA_POSTGRES_CA VTPGA_WEB_TOKEN
 [ -n "${VTPGA_WEB_TOKEN:-}" ] || { log "no VTPGA_WEB_TOKEN: the dashboard does not run without one"; exit 1; }
 redis="${VTPGA_REDIS_URL#redis://}"
 redis="${redis#*@}"
