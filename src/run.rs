@@ -244,6 +244,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 max_clock_skew_ms: args.max_clock_skew_ms,
                 outage_grace_ms: args.outage_grace_ms,
             };
+            vtpga_ingest::kafka::check_consumer_settings(&source)
+                .context("the Kafka consumer settings")?;
             eprintln!(
                 "kafka: {} partition(s) of {} on {}, {}, decisions to {}, dead letters to {}",
                 partitions,

@@ -18,26 +18,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
-use common::{free_port, path_str, read_topic, vtpga, Broker, Postgres, Redis, BIN};
+use common::{
+    free_port, path_str, read_topic, redis_status_total, seed, users_in, vtpga, Broker, Postgres,
+    Redis, BIN,
+};
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64
-}
-
-/// Users and their home regions from a users CSV.
-fn users(dir: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(dir.join("users.csv"))
-        .expect("users CSV")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_owned(), f[2].to_owned())
-        })
-        .collect()
 }
 
 /// An on-time SPEC §3 message of `users[i]` paying `users[i + 1]`, event time `ts`.
@@ -123,19 +113,8 @@ fn a_partition_filled_while_the_pipeline_was_down_is_decided_on_restart() {
     let broker = Broker::start();
     let pg = Postgres::start();
     broker.create_topics(2);
-    vtpga(
-        &[
-            "seed",
-            "--postgres",
-            &pg.url,
-            "--users",
-            "50",
-            "--csv",
-            path_str(dir.path()),
-        ],
-        &[],
-    );
-    let users = users(dir.path());
+    seed(&pg, 50, dir.path());
+    let users = users_in(dir.path());
     let p = producer(&broker);
     send(&p, &users, 0, 0, 20);
     p.flush(Duration::from_secs(30)).expect("flush");
@@ -202,7 +181,7 @@ fn a_broker_outage_with_idle_partitions_decides_nothing_late() {
         ],
         &[],
     );
-    let users = users(dir.path());
+    let users = users_in(dir.path());
     let pipeline = Running(
         Command::new(BIN)
             .args([
@@ -295,18 +274,5 @@ fn two_processes_share_one_redis_without_postgres() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut conn = redis.connection();
-    let rows: Vec<String> = redis::cmd("HVALS")
-        .arg("vtpga:analysis:status_counts")
-        .query(&mut conn)
-        .expect("HVALS");
-    let total: u64 = rows
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(r).expect("row JSON")["count"]
-                .as_u64()
-                .expect("count")
-        })
-        .sum();
-    assert_eq!(total, count);
+    assert_eq!(redis_status_total(&redis), count as i64);
 }

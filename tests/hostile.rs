@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
-use common::{free_port, path_str, read_topic, vtpga, Broker, Postgres, Redis, BIN};
+use common::{
+    decide_topic, free_port, path_str, read_topic, seed, users_in, vtpga, Broker, Postgres, Redis,
+    BIN,
+};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -30,17 +33,6 @@ fn now_ms() -> i64 {
 /// `ms` as a SPEC §3 event time (UTC, with milliseconds).
 fn event_time(ms: i64) -> String {
     vtpga_dataflow::parse::format_utc_ms(ms)
-}
-
-/// One line of the users CSV: (id, region).
-fn users(csv: &str) -> Vec<(String, String)> {
-    csv.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_owned(), f[2].to_owned())
-        })
-        .collect()
 }
 
 /// What a record carries besides its payload: (id, payer, stamped a year ahead).
@@ -135,19 +127,8 @@ fn hostile_records_are_decided_and_recorded_exactly() {
     let pg = Postgres::start();
     let redis = Redis::start();
     broker.create_topics(2);
-    vtpga(
-        &[
-            "seed",
-            "--postgres",
-            &pg.url,
-            "--users",
-            "300",
-            "--csv",
-            path_str(&ref_dir),
-        ],
-        &[],
-    );
-    let users = users(&std::fs::read_to_string(ref_dir.join("users.csv")).expect("users"));
+    seed(&pg, 300, &ref_dir);
+    let users = users_in(&ref_dir);
     let producer: BaseProducer = broker
         .config()
         .set("linger.ms", "5")
@@ -279,34 +260,7 @@ fn hostile_records_are_decided_and_recorded_exactly() {
     let records = sent.len();
 
     // The pipeline decides the topic to its end and exits 0.
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--source",
-            "kafka",
-            "--start",
-            "earliest",
-            "--exit-at-eof",
-            "--workers",
-            "2",
-            "--no-web",
-            "--postgres",
-            &pg.url,
-            "--redis",
-            &redis.url,
-        ])
-        .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("pipeline runs");
-    assert!(
-        out.status.success(),
-        "the pipeline stopped: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decide_topic(&broker, &pg, &redis);
 
     // One PostgreSQL row per record, nothing quarantined, ids byte for byte.
     let mut client = pg.client();

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{path_str, read_topic, vtpga, write_capture, Broker, Postgres, Redis, BIN};
+use common::{
+    path_str, pipeline_command, read_topic, vtpga, write_capture, Broker, Postgres, Redis, BIN,
+};
 use vtpga_dataflow::analyses::{to_json, AnalysisKey, Tally};
 
 /// Generated data in `dir`, its capture produced to a 4-partition topic, and the database
@@ -60,29 +62,6 @@ fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
         ],
         &[],
     );
-}
-
-/// `vtpga run` from Kafka into PostgreSQL and Redis, until the topic is read to its end.
-fn pipeline(broker: &Broker, pg: &Postgres, redis: &Redis) -> Command {
-    let mut c = Command::new(BIN);
-    c.args([
-        "run",
-        "--source",
-        "kafka",
-        "--start",
-        "earliest",
-        "--exit-at-eof",
-        "--workers",
-        "2",
-        "--postgres",
-        &pg.url,
-        "--redis",
-        &redis.url,
-    ])
-    .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null());
-    c
 }
 
 fn finish(child: Child) -> String {
@@ -278,7 +257,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while kills < 10 {
         assert!(Instant::now() < deadline, "the crash loop took too long");
-        let mut child = pipeline(&broker, &pg, &redis)
+        let mut child = pipeline_command(&broker, &pg, &redis)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -309,7 +288,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     assert!((done as usize) < TOTAL, "the kills came before the end");
     // The last run goes to the end.
     let summary = finish(
-        pipeline(&broker, &pg, &redis)
+        pipeline_command(&broker, &pg, &redis)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -349,7 +328,7 @@ fn postgres_restart_mid_run_loses_nothing() {
     let pg = Postgres::start();
     let redis = Redis::start();
     setup(dir, TOTAL, &broker, &pg);
-    let mut child = pipeline(&broker, &pg, &redis)
+    let mut child = pipeline_command(&broker, &pg, &redis)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -376,7 +355,7 @@ fn redis_outage_mid_run_is_rebuilt() {
     let pg = Postgres::start();
     let mut redis = Redis::start();
     setup(dir, TOTAL, &broker, &pg);
-    let mut child = pipeline(&broker, &pg, &redis)
+    let mut child = pipeline_command(&broker, &pg, &redis)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
-use common::{path_str, vtpga, Broker, Postgres, Redis, BIN};
+use common::{decide_topic, redis_status_total, seed, users_in, Broker, Postgres, Redis};
 
 const RECORDS: usize = 200_000;
 
@@ -168,27 +167,8 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     let pg = Postgres::start();
     let redis = Redis::start();
     broker.create_topics(4);
-    vtpga(
-        &[
-            "seed",
-            "--postgres",
-            &pg.url,
-            "--users",
-            "500",
-            "--csv",
-            path_str(&ref_dir),
-        ],
-        &[],
-    );
-    let users: Vec<(String, String)> = std::fs::read_to_string(ref_dir.join("users.csv"))
-        .expect("users")
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_owned(), f[2].to_owned())
-        })
-        .collect();
+    seed(&pg, 500, &ref_dir);
+    let users = users_in(&ref_dir);
     let producer: BaseProducer = broker
         .config()
         .set("linger.ms", "20")
@@ -225,35 +205,7 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     producer.flush(Duration::from_secs(120)).expect("flush");
     drop(producer);
 
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--source",
-            "kafka",
-            "--start",
-            "earliest",
-            "--exit-at-eof",
-            "--workers",
-            "2",
-            "--no-web",
-            "--postgres",
-            &pg.url,
-            "--redis",
-            &redis.url,
-        ])
-        .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("pipeline runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the pipeline stopped: {}\n{}\n{stderr}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    decide_topic(&broker, &pg, &redis);
 
     let mut client = pg.client();
     let mut count = |sql: &str| -> i64 { client.query_one(sql, &[]).expect(sql).get(0) };
@@ -276,18 +228,5 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     assert!(approved > 1_000, "{approved} approved");
 
     // Redis's status counts cover every record.
-    let mut conn = redis.connection();
-    let rows: Vec<String> = redis::cmd("HVALS")
-        .arg("vtpga:analysis:status_counts")
-        .query(&mut conn)
-        .expect("HVALS");
-    let total: i64 = rows
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(r).expect("row JSON")["count"]
-                .as_i64()
-                .expect("count")
-        })
-        .sum();
-    assert_eq!(total, RECORDS as i64);
+    assert_eq!(redis_status_total(&redis), RECORDS as i64);
 }

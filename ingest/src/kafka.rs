@@ -286,6 +286,34 @@ impl PartitionState {
     }
 }
 
+/// The settings of a worker's consumer: the operator's, with what the source relies on.
+fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
+    let mut cc = client_config(&config.client);
+    // An offset out of range (a rewind below the log start) reads from the start.
+    if cc.get("auto.offset.reset").is_none() {
+        cc.set("auto.offset.reset", "earliest");
+    }
+    cc.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true");
+    // A caught-up consumer must hear of new records at once: a fetch that waits for data
+    // holds the partition's time back for as long as it waits.
+    if cc.get("fetch.wait.max.ms").is_none() {
+        cc.set("fetch.wait.max.ms", "5");
+    }
+    if cc.get("group.id").is_none() {
+        cc.set("group.id", "vtpga");
+    }
+    cc
+}
+
+/// Creates (and drops) a consumer with the workers' settings: a setting librdkafka
+/// refuses is reported here, before the workers start, rather than in a worker.
+pub fn check_consumer_settings(config: &KafkaSourceConfig) -> Result<(), KafkaError> {
+    let _consumer: BaseConsumer = consumer_config(config).create()?;
+    Ok(())
+}
+
 /// One worker's share of the topic.
 pub struct KafkaFeed {
     consumer: Option<Arc<BaseConsumer<LagContext>>>,
@@ -329,25 +357,10 @@ impl KafkaFeed {
         let consumer = if parts.is_empty() {
             None
         } else {
-            let mut cc = client_config(&config.client);
-            // An offset out of range (a rewind below the log start) reads from the start.
-            if cc.get("auto.offset.reset").is_none() {
-                cc.set("auto.offset.reset", "earliest");
-            }
-            cc.set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "true");
-            // A caught-up consumer must hear of new records at once: a fetch that waits for
-            // data holds the partition's time back for as long as it waits.
-            if cc.get("fetch.wait.max.ms").is_none() {
-                cc.set("fetch.wait.max.ms", "5");
-            }
-            if cc.get("group.id").is_none() {
-                cc.set("group.id", "vtpga");
-            }
-            let consumer: BaseConsumer<LagContext> = cc.create_with_context(LagContext {
-                health: health.clone(),
-            })?;
+            let consumer: BaseConsumer<LagContext> =
+                consumer_config(config).create_with_context(LagContext {
+                    health: health.clone(),
+                })?;
             let mut tpl = TopicPartitionList::new();
             for p in &parts {
                 let offset = match config.offsets.get(&p.partition) {

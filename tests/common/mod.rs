@@ -55,17 +55,22 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        Broker::spawn(port, port)
+    }
+
+    /// tansu listening on `port` and telling clients to connect to `advertised`; returns
+    /// once it accepts connections.
+    fn spawn(port: u16, advertised: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
         let child = Command::new(tansu_path())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -76,16 +81,12 @@ impl Broker {
             .expect("starting tansu");
         let broker = Broker {
             child,
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("127.0.0.1:{advertised}"),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not open {}",
-                broker.addr
-            );
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not open port {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -347,36 +348,95 @@ impl Broker {
     /// A broker whose clients all reach it through a [`Proxy`] (it advertises the proxy's
     /// address), so that the test can cut the connection and restore it.
     pub fn start_behind_proxy() -> (Broker, Proxy) {
-        let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let proxy_port = free_port();
-        let proxy = Proxy::start(proxy_port, port);
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
-        let child = Command::new(tansu_path())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{proxy_port}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting tansu");
-        let broker = Broker {
-            child,
-            addr: format!("127.0.0.1:{proxy_port}"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not open {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (broker, proxy)
+        let proxy = Proxy::start(free_port(), port);
+        (Broker::spawn(port, proxy.port), proxy)
     }
+}
+
+/// Users and their home regions, from a SPEC §2 users CSV in `dir`.
+pub fn users_in(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("users.csv"))
+        .expect("users CSV")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_owned(), f[2].to_owned())
+        })
+        .collect()
+}
+
+/// `vtpga run` from Kafka (from the earliest offsets) into PostgreSQL and Redis with 2
+/// workers and no dashboard, until the topic is read to its end.
+pub fn pipeline_command(broker: &Broker, pg: &Postgres, redis: &Redis) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "run",
+        "--source",
+        "kafka",
+        "--start",
+        "earliest",
+        "--exit-at-eof",
+        "--workers",
+        "2",
+        "--no-web",
+        "--postgres",
+        &pg.url,
+        "--redis",
+        &redis.url,
+    ])
+    .env("VTPGA_KAFKA_BROKERS", &broker.addr)
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null());
+    c
+}
+
+/// Runs [`pipeline_command`] to the end of the topic; panics with its output unless it
+/// exits 0 without a panic. Returns its stdout.
+pub fn decide_topic(broker: &Broker, pg: &Postgres, redis: &Redis) -> String {
+    let out = pipeline_command(broker, pg, redis)
+        .output()
+        .expect("pipeline runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "the pipeline stopped: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// `vtpga seed`: the schema, and `users` generated users with the regions, written as
+/// CSVs into `dir` too.
+pub fn seed(pg: &Postgres, users: usize, dir: &Path) {
+    vtpga(
+        &[
+            "seed",
+            "--postgres",
+            &pg.url,
+            "--users",
+            &users.to_string(),
+            "--csv",
+            path_str(dir),
+        ],
+        &[],
+    );
+}
+
+/// The sum of the `status_counts` rows Redis holds: every decision the cache counted.
+pub fn redis_status_total(redis: &Redis) -> i64 {
+    let mut conn = redis.connection();
+    let rows: Vec<String> = redis::cmd("HVALS")
+        .arg("vtpga:analysis:status_counts")
+        .query(&mut conn)
+        .expect("HVALS");
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).expect("row JSON")["count"]
+                .as_i64()
+                .expect("count")
+        })
+        .sum()
 }
