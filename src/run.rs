@@ -386,6 +386,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     ));
                 }
                 line.push_str(&sinks.status());
+                monitor.accounting.settle(Instant::now());
                 line.push_str(&monitor.accounting.line());
                 if let Some(web) = &sinks.web {
                     web.set_health(status_stats.total_lag());
@@ -395,6 +396,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 window = Instant::now();
             }
         }
+        monitor.accounting.finish();
         Ok((monitor, started.elapsed(), sinks))
     });
     let feed_reference = reference.clone();
@@ -466,6 +468,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))??;
     println!("{}", monitor.summary(elapsed.as_secs_f64()));
+    println!(
+        "source offsets:{}",
+        monitor.accounting.line().trim_start_matches(" |")
+    );
     if let Some((_, server)) = web {
         if args.hold && !held.load(Ordering::Relaxed) {
             eprintln!("source exhausted; serving the dashboard until Ctrl-C");
