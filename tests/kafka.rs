@@ -83,6 +83,12 @@ fn decisions_equal_replay(workers: usize, extra: &[&str]) {
         &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
     );
     let summary = run_pipeline_with(&broker, dir, workers, extra);
+    // SPEC §10: every offset is accounted for (per-worker batches interleave; a false gap
+    // would show here).
+    assert!(
+        summary.contains("source offsets: offsets accounted"),
+        "{summary}"
+    );
     if !extra.is_empty() {
         let held: u64 = summary
             .split("partitions held back ")
