@@ -792,10 +792,7 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
 
 /// A user's runtime state (SPEC §2), owned by exactly one worker.
 struct State {
-    balance: Cents,
-    limit: Cents,
-    credit_used: Cents,
-    last_approved: Option<i64>,
+    funds: rules::Funds,
     /// The last timestamp that changed this user (to report each change once).
     touched: Option<Time>,
 }
@@ -805,17 +802,21 @@ impl State {
     fn resumed(r: &UserVal, resumed: Option<Account>) -> Self {
         match resumed {
             Some(a) => State {
-                balance: a.balance_cents,
-                limit: r.credit_limit_cents,
-                credit_used: a.credit_used_cents,
-                last_approved: a.last_approved_ms,
+                funds: rules::Funds {
+                    balance_cents: a.balance_cents,
+                    credit_limit_cents: r.credit_limit_cents,
+                    credit_used_cents: a.credit_used_cents,
+                    last_approved_ms: a.last_approved_ms,
+                },
                 touched: None,
             },
             None => State {
-                balance: r.balance_cents,
-                limit: r.credit_limit_cents,
-                credit_used: 0,
-                last_approved: None,
+                funds: rules::Funds {
+                    balance_cents: r.balance_cents,
+                    credit_limit_cents: r.credit_limit_cents,
+                    credit_used_cents: 0,
+                    last_approved_ms: None,
+                },
                 touched: None,
             },
         }
@@ -962,7 +963,7 @@ fn decide<'s>(
                     let s = slot.get_or_insert_with(|| {
                         State::resumed(&c.payee_ref, resumed.remove(c.payee.as_str()))
                     });
-                    s.balance += c.amount_cents;
+                    s.funds.balance_cents += c.amount_cents;
                     if s.touched != Some(t) {
                         s.touched = Some(t);
                         changed.push(CompactString::from(c.payee.as_str()));
@@ -1014,34 +1015,16 @@ fn decide<'s>(
                         State::resumed(&payer, resumed.remove(p.tx.payer.as_str()))
                     });
                     let tx = &p.tx;
-                    if matches!(s.last_approved, Some(last) if tx.event_ms < last) {
+                    if rules::is_stale(tx.event_ms, &s.funds) {
                         decision_s.give(Decision::of(p, Status::Stale, None));
                         continue;
                     }
                     let hour = rules::local_hour(tx.event_ms);
                     let scores = rules::scores(tx.amount_cents, hour, km.km(&payer.home, &region));
-                    let status = if tx.mode.uses_credit() {
-                        if tx.amount_cents > s.limit - s.credit_used {
-                            Status::InsufficientLimit
-                        } else if scores.risk > params.risk_threshold {
-                            Status::RejectedRisk
-                        } else {
-                            Status::Approved
-                        }
-                    } else if tx.amount_cents > s.balance {
-                        Status::InsufficientBalance
-                    } else if scores.risk > params.risk_threshold {
-                        Status::RejectedRisk
-                    } else {
-                        Status::Approved
-                    };
+                    let status =
+                        rules::assess(tx.mode, tx.amount_cents, scores.risk, &s.funds, &params);
                     if status == Status::Approved {
-                        if tx.mode.uses_credit() {
-                            s.credit_used += tx.amount_cents;
-                        } else {
-                            s.balance -= tx.amount_cents;
-                        }
-                        s.last_approved = Some(tx.event_ms);
+                        rules::approve(tx.mode, tx.amount_cents, tx.event_ms, &mut s.funds);
                         if s.touched != Some(t) {
                             s.touched = Some(t);
                             changed.push(CompactString::from(tx.payer.as_str()));
@@ -1067,9 +1050,9 @@ fn decide<'s>(
                             .as_ref()
                             .expect("a changed user has state");
                         account_s.give(Account {
-                            balance_cents: s.balance,
-                            credit_used_cents: s.credit_used,
-                            last_approved_ms: s.last_approved,
+                            balance_cents: s.funds.balance_cents,
+                            credit_used_cents: s.funds.credit_used_cents,
+                            last_approved_ms: s.funds.last_approved_ms,
                             user: user.into(),
                         });
                     }

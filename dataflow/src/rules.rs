@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Cents, Params, Time};
+use crate::model::{Cents, Mode, Params, Status, Time};
 
 const HOUR_MS: i64 = 3_600_000;
 const BRASILIA_OFFSET_MS: i64 = -3 * HOUR_MS;
@@ -162,6 +162,59 @@ pub fn distance_band(km: f64) -> u8 {
     }
 }
 
+/// What rules 5–8 read of a payer, and what an approval changes (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Funds {
+    pub balance_cents: Cents,
+    pub credit_limit_cents: Cents,
+    pub credit_used_cents: Cents,
+    pub last_approved_ms: Option<i64>,
+}
+
+/// Rule 5: an event before the payer's last approved event is stale.
+pub fn is_stale(event_ms: i64, funds: &Funds) -> bool {
+    matches!(funds.last_approved_ms, Some(last) if event_ms < last)
+}
+
+/// Rules 6–8 for a message that is not stale: insufficient balance (or limit, for
+/// `credito`), then risk above the threshold, else approved.
+pub fn assess(
+    mode: Mode,
+    amount_cents: Cents,
+    risk: f64,
+    funds: &Funds,
+    params: &Params,
+) -> Status {
+    let short = if mode.uses_credit() {
+        amount_cents > funds.credit_limit_cents - funds.credit_used_cents
+    } else {
+        amount_cents > funds.balance_cents
+    };
+    if short {
+        if mode.uses_credit() {
+            Status::InsufficientLimit
+        } else {
+            Status::InsufficientBalance
+        }
+    } else if risk > params.risk_threshold {
+        Status::RejectedRisk
+    } else {
+        Status::Approved
+    }
+}
+
+/// The payer's side of an approval (SPEC §5): the amount leaves its balance, or is added
+/// to its credit used for `credito`, and the event becomes its last approved one. (The
+/// payee's credit is applied one ms later, by its owner.)
+pub fn approve(mode: Mode, amount_cents: Cents, event_ms: i64, funds: &mut Funds) {
+    if mode.uses_credit() {
+        funds.credit_used_cents += amount_cents;
+    } else {
+        funds.balance_cents -= amount_cents;
+    }
+    funds.last_approved_ms = Some(event_ms);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +283,64 @@ mod tests {
         let d = haversine_km(-23.5505, -46.6333, -22.9068, -43.1729);
         assert!((d - 361.0).abs() < 5.0, "{d}");
         assert_eq!(haversine_km(1.0, 2.0, 1.0, 2.0), 0.0);
+    }
+
+    fn funds(balance: Cents, limit: Cents, used: Cents) -> Funds {
+        Funds {
+            balance_cents: balance,
+            credit_limit_cents: limit,
+            credit_used_cents: used,
+            last_approved_ms: None,
+        }
+    }
+
+    /// SPEC §5 rules 6–8 at their boundaries: spending exactly the balance or the credit
+    /// left is allowed, a cent more is not; a risk equal to the threshold is approved; the
+    /// balance check comes before the risk check.
+    #[test]
+    fn assess_follows_rules_6_to_8_at_their_boundaries() {
+        let p = Params {
+            risk_threshold: 0.5,
+            ..Params::default()
+        };
+        let f = funds(1_000, 500, 200);
+        assert_eq!(assess(Mode::Pix, 1_000, 0.0, &f, &p), Status::Approved);
+        assert_eq!(
+            assess(Mode::Debito, 1_001, 0.0, &f, &p),
+            Status::InsufficientBalance
+        );
+        assert_eq!(
+            assess(Mode::Boleto, 1_001, 0.9, &f, &p),
+            Status::InsufficientBalance
+        );
+        assert_eq!(assess(Mode::Credito, 300, 0.0, &f, &p), Status::Approved);
+        assert_eq!(
+            assess(Mode::Credito, 301, 0.0, &f, &p),
+            Status::InsufficientLimit
+        );
+        assert_eq!(
+            assess(Mode::Credito, 2_000, 0.0, &f, &p),
+            Status::InsufficientLimit
+        );
+        assert_eq!(assess(Mode::Pix, 10, 0.5, &f, &p), Status::Approved);
+        assert_eq!(assess(Mode::Pix, 10, 0.51, &f, &p), Status::RejectedRisk);
+        assert_eq!(
+            assess(Mode::Credito, 10, 0.51, &f, &p),
+            Status::RejectedRisk
+        );
+    }
+
+    /// Rule 5 and the effects of an approval (SPEC §5).
+    #[test]
+    fn stale_and_approval_effects() {
+        let mut f = funds(1_000, 500, 0);
+        assert!(!is_stale(5, &f));
+        approve(Mode::Pix, 300, 100, &mut f);
+        assert_eq!((f.balance_cents, f.credit_used_cents), (700, 0));
+        approve(Mode::Credito, 200, 150, &mut f);
+        assert_eq!((f.balance_cents, f.credit_used_cents), (700, 200));
+        assert_eq!(f.last_approved_ms, Some(150));
+        assert!(is_stale(149, &f));
+        assert!(!is_stale(150, &f));
     }
 }
