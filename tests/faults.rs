@@ -92,16 +92,21 @@ fn run_to_eof(broker: &Broker, pg: &Postgres, extra: &[&str]) {
         .stderr(Stdio::null())
         .spawn()
         .expect("pipeline starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = finish_within(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "pipeline failed: {status}");
+}
+
+/// Waits for `child` to end, at most `within`; kills it (by PID) and fails if it does not.
+fn finish_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "pipeline failed: {status}");
-            return;
+            return status;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the pipeline did not reach the end of the topic within 2 minutes");
+            panic!("the pipeline did not finish within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -328,14 +333,7 @@ fn a_broker_outage_mid_run_loses_no_decision() {
     std::thread::sleep(Duration::from_secs(4));
     let late = stored(&mut client);
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = pipeline.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the pipeline did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = finish_within(&mut pipeline.0, Duration::from_secs(180));
     assert!(status.success(), "the pipeline failed: {status}");
     // Nothing is committed whose records the broker has not taken: PostgreSQL waits
     // with the topic (backpressure), it does not run ahead of it.
