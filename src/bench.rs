@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Skip the raw-JSON runs (b), e.g. to profile (a) alone.
     #[arg(long)]
     pub parsed_only: bool,
+    /// The graph's time grid in ms (a power of two; see `vtpga run --help`). Default:
+    /// chosen from the generated messages, as `replay` does (1 gives the live timing).
+    #[arg(long)]
+    pub epoch_ms: Option<u64>,
 }
 
 struct Input {
@@ -135,7 +139,12 @@ struct Run {
 }
 
 /// One run of the graph over `messages`.
-fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &[Incoming]) -> Result<Run> {
+fn run_graph(
+    workers: usize,
+    reference: &Arc<Reference>,
+    messages: &[Incoming],
+    epoch_ms: u64,
+) -> Result<Run> {
     let (sender, receiver) = crossbeam_channel::bounded(4096);
     let counter = std::thread::Builder::new()
         .name("bench-sink".into())
@@ -164,6 +173,7 @@ fn run_graph(workers: usize, reference: &Arc<Reference>, messages: &[Incoming]) 
         // sizes it for rate x window (`--dedup-capacity`).
         params: Params {
             dedup_capacity: messages.len(),
+            epoch_ms,
             ..Params::default()
         },
         gather: Gather::PerWorker,
@@ -245,9 +255,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let reference_rate = n / reference_best;
 
+    let epoch_ms = args.epoch_ms.unwrap_or_else(|| {
+        let times: Vec<_> = input.parsed.iter().map(|m| m.t).collect();
+        vtpga_dataflow::epoch_for(
+            &times,
+            vtpga::pipeline::AUTO_EPOCH_CELL,
+            vtpga::pipeline::AUTO_EPOCH_LIMIT_MS,
+        )
+    });
     println!(
-        "vtpga bench: {} messages, nominal arrival {} tx/s, {} users, best of {}",
-        args.count, args.arrival_rate, args.users, args.repeat
+        "vtpga bench: {} messages, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}",
+        args.count, args.arrival_rate, args.users, epoch_ms, args.repeat
     );
     println!(
         "{:<38} {:>7} {:>12} {:>10} {:>20} {:>12}",
@@ -265,7 +283,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for &workers in &args.workers {
             let mut best: Option<Run> = None;
             for _ in 0..args.repeat {
-                let run = run_graph(workers, &reference, messages.as_slice())?;
+                use std::sync::atomic::Ordering::Relaxed;
+                use vtpga_dataflow::graph::{LATE_CREDITS, REDECIDED};
+                let (redone, absorbed) = (REDECIDED.load(Relaxed), LATE_CREDITS.load(Relaxed));
+                let run = run_graph(workers, &reference, messages.as_slice(), epoch_ms)?;
+                eprintln!(
+                    "{label}, {workers} worker(s): {} late credit(s), {} decision(s) changed by one",
+                    LATE_CREDITS.load(Relaxed) - absorbed,
+                    REDECIDED.load(Relaxed) - redone
+                );
                 if run.decided != args.count as u64 {
                     bail!(
                         "{label}: {} decisions for {} messages",

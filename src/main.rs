@@ -148,6 +148,22 @@ pub struct ParamArgs {
     /// the pauses of growing a large table while deciding.
     #[arg(long, env = "VTPGA_DEDUP_CAPACITY", default_value_t = 0)]
     pub dedup_capacity: usize,
+    /// The graph's time grid in ms (a power of two): a message enters at the start of its
+    /// cell and its decision leaves at the cell's end, so the graph pays per cell rather
+    /// than per millisecond. Decisions are the same for every value; only when they leave
+    /// changes. Default: 1 for `run` (live latency), chosen from the capture for `replay`
+    /// (cells of at most 16,384 messages).
+    #[arg(long, env = "VTPGA_EPOCH_MS", value_parser = epoch_ms)]
+    pub epoch_ms: Option<u64>,
+}
+
+/// A power of two from 1 ms to 2^30 ms.
+fn epoch_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1 << 30 {
+        return Err("must be a power of two from 1 to 1073741824".into());
+    }
+    Ok(v)
 }
 
 impl ParamArgs {
@@ -160,6 +176,7 @@ impl ParamArgs {
             dedup_window_ms: self.dedup_window_ms,
             risk_threshold: self.risk_threshold,
             dedup_capacity: self.dedup_capacity,
+            epoch_ms: self.epoch_ms.unwrap_or(1),
         })
     }
 }

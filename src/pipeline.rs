@@ -16,6 +16,12 @@ use vtpga_dataflow::{Params, Region, Time, User};
 use vtpga_ingest::source::{feed_source, Feed};
 use vtpga_sinks::{batch_sink, Batch, Gather};
 
+/// Messages per cell when the epoch is chosen from a known feed (`replay`, `bench`): about
+/// what one round of the graph decides at once.
+pub const AUTO_EPOCH_CELL: usize = 16_384;
+/// The largest epoch chosen from a known feed (about 18.6 hours).
+pub const AUTO_EPOCH_LIMIT_MS: u64 = 1 << 26;
+
 /// Reference data, shared by all workers of the process (only worker 0 inserts it).
 pub struct Reference {
     pub regions: Vec<Region>,
@@ -74,6 +80,7 @@ where
                 probe.clone(),
                 max_in_flight,
                 reference_ready,
+                params.epoch_ms,
                 admit,
             );
             let outputs = graph::build_admitted(admitted, regions, users, params, &resume);

@@ -18,7 +18,7 @@ use vtpga_sinks::Gather;
 
 use crate::ParamArgs;
 use vtpga::cluster::ClusterArgs;
-use vtpga::pipeline::{self, PipelineSpec, Reference};
+use vtpga::pipeline::{self, PipelineSpec, Reference, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS};
 
 #[derive(Args, Clone, Debug)]
 pub struct ReplayArgs {
@@ -51,7 +51,7 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    let params = args.params.params()?;
+    let mut params = args.params.params()?;
     let config = args.cluster.config()?;
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
@@ -59,12 +59,17 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("reading capture {}", args.input.display()))?;
     let prepared = prepare(records);
+    if args.params.epoch_ms.is_none() {
+        let times: Vec<_> = prepared.messages.iter().map(|m| m.t).collect();
+        params.epoch_ms = vtpga_dataflow::epoch_for(&times, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS);
+    }
     log::info!(
-        "replaying {} messages ({} re-deliveries skipped) on {} worker(s) x {} process(es)",
+        "replaying {} messages ({} re-deliveries skipped) on {} worker(s) x {} process(es), epoch {} ms",
         prepared.messages.len(),
         prepared.redelivered,
         args.cluster.workers,
-        args.cluster.processes
+        args.cluster.processes,
+        params.epoch_ms
     );
     let messages = Arc::new(prepared.messages);
     let reference = Arc::new(Reference { regions, users });

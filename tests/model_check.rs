@@ -288,13 +288,33 @@ fn normalise(analyses: &Value) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-fn check(steps: &[Step]) -> Result<(), TestCaseError> {
-    let params = Params {
+/// The model's parameters, with the graph's time grid of `epoch_ms`.
+fn params(epoch_ms: u64) -> Params {
+    Params {
         max_delay_ms: MAX_DELAY,
         dedup_window_ms: WINDOW,
         risk_threshold: 0.5,
         dedup_capacity: 0,
-    };
+        epoch_ms,
+    }
+}
+
+/// Cases per property: `VTPGA_MODEL_CASES`, 256 by default.
+fn cases() -> u32 {
+    std::env::var("VTPGA_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// [`check_with`] one millisecond per round only.
+fn check(steps: &[Step]) -> Result<(), TestCaseError> {
+    check_with(steps, 1)
+}
+
+/// The dataflow with 1, 2 and 3 workers, deciding one millisecond per cell and `epoch_ms`
+/// per cell, against the reference.
+fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs) = capture(steps);
     let ref_regions: Vec<RefRegion> = regions()
         .into_iter()
@@ -324,13 +344,22 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
             risk_threshold: 0.5,
         },
     );
-    for workers in [1, 2, 3] {
-        let got = run_dataflow(records.clone(), workers, params);
+    let epochs = if epoch_ms == 1 {
+        vec![1]
+    } else {
+        vec![1, epoch_ms]
+    };
+    for (workers, epoch_ms) in [1, 2, 3]
+        .into_iter()
+        .flat_map(|w| epochs.iter().map(move |&e| (w, e)))
+    {
+        let got = run_dataflow(records.clone(), workers, params(epoch_ms));
         prop_assert_eq!(
             got.decisions.len(),
             expected.decisions.len(),
-            "decision count, {} workers",
-            workers
+            "decision count, {} workers, epoch {} ms",
+            workers,
+            epoch_ms
         );
         for (pos, want) in &expected.decisions {
             let (t, status, scores) = &got.decisions[pos];
@@ -338,9 +367,10 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
             prop_assert_eq!(
                 status.as_str(),
                 want.status,
-                "status of {:?}, {} workers",
+                "status of {:?}, {} workers, epoch {} ms",
                 pos,
-                workers
+                workers,
+                epoch_ms
             );
             let want_scores = want
                 .scores
@@ -361,8 +391,9 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
         prop_assert_eq!(
             &got.balances,
             &expected.balances,
-            "balances, {} workers",
-            workers
+            "balances, {} workers, epoch {} ms",
+            workers,
+            epoch_ms
         );
         prop_assert_eq!(
             normalise(&got.analyses),
@@ -375,11 +406,48 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
-    fn dataflow_matches_reference(steps in prop::collection::vec(step(), 1..80)) {
-        check(&steps)?;
+    fn dataflow_matches_reference(
+        steps in prop::collection::vec(step(), 1..80),
+        epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
+    ) {
+        check_with(&steps, epoch_ms)?;
+    }
+
+    /// Credit chains that cross workers many times inside one cell: each payment of the
+    /// walk pays the next payer, a few ms later, an amount it can pay only with what it
+    /// just received (most of the people start with little), in pix, debit or credit.
+    #[test]
+    fn credit_chains_cross_workers_within_a_cell(
+        walk in prop::collection::vec((0..6u8, 0..4u64, 0..4i32, 0..3u8, prop_oneof![Just(40_000i64), Just(50_000), Just(90_000), 1..1_000_000i64]), 2..60),
+        epoch_ms in prop_oneof![Just(16u64), Just(256), Just(4096)],
+    ) {
+        let mut payer = 0u8;
+        let steps: Vec<Step> = walk
+            .into_iter()
+            .enumerate()
+            .map(|(i, (next, dt, partition, mode, amount))| {
+                let payee = if next == payer { (next + 1) % 5 } else { next % 5 };
+                let step = Step {
+                    dt,
+                    partition,
+                    redeliver: None,
+                    invalid: false,
+                    id: (i % 5) as u8,
+                    payer,
+                    payee,
+                    region: (i % 4) as u8,
+                    mode: [0, 1, 2][mode as usize],
+                    amount,
+                    skew: 0,
+                };
+                payer = payee;
+                step
+            })
+            .collect();
+        check_with(&steps, epoch_ms)?;
     }
 }
 
@@ -407,16 +475,7 @@ fn credit_chain_across_workers() {
     ];
     check(&steps).expect("matches the reference");
     let (records, _) = capture(&steps);
-    let got = run_dataflow(
-        records,
-        3,
-        Params {
-            max_delay_ms: MAX_DELAY,
-            dedup_window_ms: WINDOW,
-            risk_threshold: 0.5,
-            dedup_capacity: 0,
-        },
-    );
+    let got = run_dataflow(records, 3, params(1));
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
     assert!(statuses.contains(&"insufficient_balance"), "{statuses:?}");
     assert_eq!(
@@ -446,13 +505,7 @@ fn same_t_debits_follow_ledger_order() {
     let steps = vec![s(1, 40_000), s(0, 30_000)];
     check(&steps).expect("matches the reference");
     let (records, _) = capture(&steps);
-    let params = Params {
-        max_delay_ms: MAX_DELAY,
-        dedup_window_ms: WINDOW,
-        risk_threshold: 0.5,
-        dedup_capacity: 0,
-    };
-    let got = run_dataflow(records, 2, params);
+    let got = run_dataflow(records, 2, params(1));
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
     assert_eq!(statuses, vec!["insufficient_balance", "approved"]);
 }

@@ -31,13 +31,14 @@ use crate::rules::{self, Scores};
 mod admit;
 mod decide;
 mod dedup;
+mod frontier;
 mod reference;
-mod stash;
 mod tally;
 
 pub use admit::admit;
 use admit::validate;
 use decide::decide;
+pub use decide::{LATE_CREDITS, REDECIDED};
 use dedup::dedup;
 pub use reference::arrange_reference;
 use tally::analyses;
@@ -192,6 +193,11 @@ pub struct Credit {
     pub amount_cents: Cents,
     /// The payee's reference data, in case its owner has not yet touched its state.
     pub payee_ref: UserVal,
+    /// When it applies: its approval's time + 1.
+    pub at: Time,
+    /// +1, or -1 when its approval's owner took it back (it decided that approval again
+    /// and it was no longer one).
+    pub diff: i64,
 }
 
 /// A reference collection arranged by id, shared by every operator that reads it.

@@ -157,6 +157,11 @@ pub struct Params {
     /// is sized for up front, so that it does not stop to grow while deciding. It grows
     /// beyond this as needed.
     pub dedup_capacity: usize,
+    /// Not a rule: the grid of the graph's timestamps, in ms (a power of two). A message
+    /// enters at the start of its cell of the grid and its outputs leave at the cell's
+    /// end, so every operator, exchange and sink pays once per cell, not once per
+    /// millisecond. Decisions do not depend on it; how soon they leave does (1 when live).
+    pub epoch_ms: u64,
 }
 
 impl Default for Params {
@@ -166,6 +171,47 @@ impl Default for Params {
             dedup_window_ms: 300_000,
             risk_threshold: 0.5,
             dedup_capacity: 0,
+            epoch_ms: 1,
         }
     }
+}
+
+impl Params {
+    /// The first millisecond of `t`'s cell: the timestamp a message at `t` enters at.
+    pub fn cell_start(&self, t: Time) -> Time {
+        t & !(self.epoch_ms.max(1) - 1)
+    }
+
+    /// The last millisecond of `t`'s cell: the timestamp `t`'s outputs leave at.
+    pub fn cell_end(&self, t: Time) -> Time {
+        t | (self.epoch_ms.max(1) - 1)
+    }
+}
+
+/// The largest power of two, at most `limit`, whose cells of arrival times (`times`, in
+/// non-decreasing order) each hold at most `per_cell` messages: the epoch for a feed
+/// known in advance (a capture, the bench's messages).
+pub fn epoch_for(times: &[Time], per_cell: usize, limit: u64) -> u64 {
+    let fits = |epoch: u64| {
+        let mask = !(epoch - 1);
+        let mut run = 0usize;
+        let mut cell = None;
+        for &t in times {
+            if cell == Some(t & mask) {
+                run += 1;
+            } else {
+                cell = Some(t & mask);
+                run = 1;
+            }
+            if run > per_cell {
+                return false;
+            }
+        }
+        true
+    };
+    let mut epoch = 1u64;
+    while epoch < limit && fits(epoch * 2) {
+        epoch *= 2;
+    }
+    epoch
 }

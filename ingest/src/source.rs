@@ -37,7 +37,7 @@ const POLL_BATCH: usize = 16_384;
 /// Distinct arrival times a source lets into the graph before waiting for the oldest to
 /// come out. Progress tracking costs grow with the number of outstanding timestamps, so a
 /// sparse timeline (a replay spanning hours) must not put thousands in flight at once.
-const MAX_TIMES_IN_FLIGHT: usize = 64;
+const MAX_TIMES_IN_FLIGHT: usize = 4096;
 
 /// Builds the source operator for `feed`. `probe` tells how far the whole graph has got;
 /// the source pauses while more than `max_in_flight` of its messages are not yet through.
@@ -53,6 +53,7 @@ pub fn feed_source<'s, F, A, B, Admit>(
     probe: ProbeHandle<Time>,
     max_in_flight: usize,
     start_after: ProbeHandle<Time>,
+    epoch_ms: u64,
     mut admit: Admit,
 ) -> (StreamVec<'s, Time, A>, StreamVec<'s, Time, B>)
 where
@@ -67,6 +68,8 @@ where
     let (err_out, err_stream) = builder.new_output();
     let mut ok_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<A>>>::from(ok_out);
     let mut err_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<B>>>::from(err_out);
+    let mask = epoch_ms.max(1).next_power_of_two() - 1;
+    let cell_start = move |t: Time| t & !mask;
     builder.build(move |capabilities| {
         let mut capabilities: Option<Vec<Capability<Time>>> = Some(capabilities);
         let mut polled = Vec::with_capacity(POLL_BATCH);
@@ -115,32 +118,38 @@ where
                 }
                 // Feeds promise non-decreasing t; anything earlier than the capability would
                 // be a feed bug, so it is raised to the capability's time rather than lost.
-                let t = first.t.max(floor);
-                let (ok_cap, err_cap) = (caps[0].delayed(&t), caps[1].delayed(&t));
+                // A cell of the epoch grid at a time: its messages enter at its first
+                // millisecond, the decisions made here leave at its last.
+                let cell = cell_start(first.t.max(floor)).max(floor);
+                let end = cell | mask;
+                let (ok_cap, err_cap) = (caps[0].delayed(&cell), caps[1].delayed(&end));
                 let mut ok_s = ok_h.session(&ok_cap);
                 let mut err_s = err_h.session(&err_cap);
                 let mut n = 0;
-                while let Some(mut m) = buffer.pop_front_if(|m| m.t.max(floor) == t) {
-                    m.t = t;
+                while let Some(mut m) = buffer.pop_front_if(|m| m.t.max(floor) <= end) {
+                    m.t = m.t.max(floor);
                     match admit(m) {
                         Ok(a) => ok_s.give(a),
                         Err(b) => err_s.give(b),
                     }
                     n += 1;
+                    if full(&in_flight, in_flight_count + n) {
+                        break;
+                    }
                 }
                 match in_flight.back_mut() {
-                    Some((last, count)) if *last == t => *count += n,
-                    _ => in_flight.push_back((t, n)),
+                    Some((last, count)) if *last == end => *count += n,
+                    _ => in_flight.push_back((end, n)),
                 }
                 in_flight_count += n;
             }
             let next = match buffer.front() {
-                Some(m) => m.t.max(floor),
+                Some(m) => cell_start(m.t.max(floor)),
                 None if feed_done => {
                     capabilities = None;
                     return;
                 }
-                None => feed_frontier,
+                None => cell_start(feed_frontier),
             };
             if next > floor {
                 for cap in caps.iter_mut() {

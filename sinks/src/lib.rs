@@ -182,7 +182,7 @@ fn sink_with<D, A, X>(
                 }
                 let mut batch = entry.remove();
                 if sort {
-                    batch.decisions.sort_unstable_by_key(|d| d.pos);
+                    batch.decisions.sort_unstable_by_key(|d| (d.t, d.pos));
                 }
                 match out.as_mut() {
                     None => out = Some(batch),

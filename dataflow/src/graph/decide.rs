@@ -1,6 +1,34 @@
-//! `Decide`: rules 4–8 at the payer's owner, with the credits loop.
+//! `Decide`: rules 4–8 at the payer's owner, many milliseconds per round.
+//!
+//! The law is the sequential ledger of SPEC §4–5: messages in `(t, id, position)` order,
+//! each decided against the state left by everything before it, an approval's credit to
+//! its payee visible only to messages with a strictly greater `t`. The credits travel to
+//! the payee's owner around a feedback edge whose summary is +1 ms.
+//!
+//! The operator does not wait for that loop one millisecond at a time. It *executes*
+//! every message whose time the message, reference and resume inputs have passed (all
+//! its messages up to there are in), in ledger order, with the credits it knows: its own
+//! payees' credits at once, other workers' as they arrive. It sends the credits for other
+//! workers' payees as soon as they are produced. A credit that arrives for a time it has
+//! already executed past, for a payee that pays again after that time, makes it execute
+//! its unfinished messages again from the last final state, and send the difference
+//! between the credits it produced now and those it sent before (retractions with
+//! `diff = -1`). A decision is *final*, and only then leaves the operator, when no credit
+//! for an earlier time can arrive any more: when the credits input's frontier has passed
+//! its time, as before. Causality runs forward in time (a credit at `t` changes nothing
+//! at or before `t`), so after the k-th exchange of differences every decision whose
+//! chain of cross-worker credits is at most k long is right, and when the loop is quiet
+//! every decision is the sequential ledger's: the result cannot depend on how many
+//! milliseconds one round takes, on the number of workers, or on the order credits
+//! arrive in. The cost of a round is paid per batch of milliseconds, not per millisecond.
+//!
+//! The outputs leave at the decisions' own times, so everything downstream (and every
+//! record of the sinks) is exactly as when deciding one millisecond at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use timely::progress::frontier::MutableAntichain;
 
 use compact_str::CompactString;
 
@@ -18,39 +46,24 @@ use crate::model::{Params, Status, Time};
 use crate::rules;
 
 use super::reference::*;
-use super::stash::*;
 use super::*;
 
-/// A user's runtime state (SPEC §2), owned by exactly one worker.
-pub(super) struct State {
-    funds: rules::Funds,
-    /// The last timestamp that changed this user (to report each change once).
-    touched: Option<Time>,
-}
-
-impl State {
-    /// A user's state from its reference data, or from its state at the resume point.
-    pub(super) fn resumed(r: &UserVal, resumed: Option<Account>) -> Self {
-        match resumed {
-            Some(a) => State {
-                funds: rules::Funds {
-                    balance_cents: a.balance_cents,
-                    credit_limit_cents: r.credit_limit_cents,
-                    credit_used_cents: a.credit_used_cents,
-                    last_approved_ms: a.last_approved_ms,
-                },
-                touched: None,
-            },
-            None => State {
-                funds: rules::Funds {
-                    balance_cents: r.balance_cents,
-                    credit_limit_cents: r.credit_limit_cents,
-                    credit_used_cents: 0,
-                    last_approved_ms: None,
-                },
-                touched: None,
-            },
-        }
+/// A user's funds before its first change: from the state at the resume point if it has
+/// one, else from its reference data (the credit limit is always the reference's).
+fn initial_funds(r: &UserVal, resumed: Option<Account>) -> rules::Funds {
+    match resumed {
+        Some(a) => rules::Funds {
+            balance_cents: a.balance_cents,
+            credit_limit_cents: r.credit_limit_cents,
+            credit_used_cents: a.credit_used_cents,
+            last_approved_ms: a.last_approved_ms,
+        },
+        None => rules::Funds {
+            balance_cents: r.balance_cents,
+            credit_limit_cents: r.credit_limit_cents,
+            credit_used_cents: 0,
+            last_approved_ms: None,
+        },
     }
 }
 
@@ -95,27 +108,665 @@ pub(super) fn id_prefix(id: &str) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// What `Decide` holds for a timestamp: a capability for each output, its messages and
-/// its credits.
-pub(super) type DecideAt = ([Capability<Time>; 3], Vec<Pending>, Vec<Credit>);
-pub(super) type DecideStash = BTreeMap<Time, DecideAt>;
+/// Credits that reached a payer after its messages at their time were executed (from
+/// another worker, or from a decision that changed), and decisions that such a credit
+/// changed. Process-wide; printed by `vtpga bench`.
+pub static LATE_CREDITS: AtomicU64 = AtomicU64::new(0);
+/// See [`LATE_CREDITS`].
+pub static REDECIDED: AtomicU64 = AtomicU64::new(0);
 
-/// The stash entry of the timestamp of `cap`, made on first use.
-pub(super) fn decide_slot<'a>(
-    stash: &'a mut DecideStash,
-    cap: &timely::dataflow::operators::InputCapability<Time>,
-) -> Option<&'a mut DecideAt> {
-    let t = *cap.least()?;
-    Some(stash.entry(t).or_insert_with(|| {
-        (
-            [cap.delayed(&t, 0), cap.delayed(&t, 1), cap.delayed(&t, 2)],
-            Vec::new(),
-            Vec::new(),
-        )
-    }))
+/// The worker that owns a payer (or payee) id: the same function the exchanges use.
+fn owner_hash(id: &str) -> u64 {
+    id.hashed()
 }
 
-/// Rules 5–8 at the payer's owner, with credits arriving around a +1 ms feedback edge.
+/// What execution found for one message (what its decision record needs besides the
+/// message itself).
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    status: Status,
+    scores: Option<Scores>,
+    home_band: Option<u8>,
+    reason: Option<&'static str>,
+    /// The payer's funds just before this message, as executed (for a message that read
+    /// them): what a late credit to the payer is checked against.
+    before: Option<rules::Funds>,
+}
+
+impl Outcome {
+    fn plain(status: Status) -> Self {
+        Outcome {
+            status,
+            scores: None,
+            home_band: None,
+            reason: None,
+            before: None,
+        }
+    }
+
+    fn decision(self, p: Pending) -> Decision {
+        // A stale message is not assessed (SPEC §5): no scores in its record.
+        let assessed = self.status != Status::Stale;
+        Decision {
+            scores: self.scores.filter(|_| assessed),
+            home_band: self.home_band.filter(|_| assessed),
+            ..Decision::of(p, self.status, self.reason.map(str::to_owned))
+        }
+    }
+}
+
+/// A credit to one of this worker's own payees, applied at `at` (its approval's time + 1).
+#[derive(Clone, Debug)]
+struct Due {
+    at: Time,
+    payee: Id,
+    amount_cents: Cents,
+    payee_ref: UserVal,
+}
+
+/// A user's final state (SPEC §2), owned by exactly one worker.
+struct Final {
+    funds: rules::Funds,
+    /// The last finalization (its number) that changed this user: reported once each.
+    touched: Option<u64>,
+}
+
+/// What [`Ledger::finalize`] returns: decisions and changed accounts, each at the time it
+/// leaves at.
+type Finalized = (Vec<(Time, Decision)>, Vec<(Time, Account)>);
+
+/// One worker's ledger: the final state, the messages executed but not yet final, and
+/// what is needed to execute them again.
+struct Ledger {
+    regions: RefIndex<RegionVal>,
+    /// Each user's funds as of `final_upto` (all events before it applied).
+    users: RefIndex<UserVal, Option<Final>>,
+    params: Params,
+    me: u64,
+    peers: u64,
+    /// Resume state of users this worker owns, taken when each is first touched.
+    resumed: HashMap<CompactString, Account>,
+    /// Messages received whose time the inputs have not passed yet.
+    pend: Vec<Pending>,
+    /// Messages executed and not final, in ledger order, with what execution found.
+    window: VecDeque<(Pending, Outcome)>,
+    /// Every event before this time is final (in `users`).
+    final_upto: Time,
+    /// Every event before this time is executed (in `overlay`).
+    exec_upto: Time,
+    /// Funds as of `exec_upto` of the users that executed events changed.
+    overlay: HashMap<CompactString, rules::Funds>,
+    /// Credits from other workers, by the time they apply (at or after `final_upto`), each
+    /// with its multiplicity (a retraction is -1).
+    incoming: BTreeMap<Time, Vec<(Credit, i64)>>,
+    /// Credits to this worker's payees from final approvals, not yet applied to the final
+    /// state (their time is `final_upto` or later).
+    final_due: VecDeque<Due>,
+    /// Credits to this worker's payees from executed approvals, not yet applied in
+    /// execution (their time is `exec_upto` or later).
+    exec_due: VecDeque<Due>,
+    /// Credits for other workers' payees this worker has sent and not retracted, for
+    /// approvals that are not final: `(approval time, credit)`, in ledger order.
+    sent: Vec<(Time, Credit)>,
+    /// The same, as the current execution produces them.
+    produced: Vec<(Time, Credit)>,
+    /// `produced` changed other than by new credits at its end (a late credit changed an
+    /// approval): the next changes are found by comparing it with `sent` whole.
+    produced_changed: bool,
+    /// Counts the groups of changes reported together (a cell within one finalization).
+    marks: u64,
+    /// The number of messages made final so far: `window[i]` is message `base + i`.
+    base: u64,
+    /// Each payer's messages in `window` that read its funds, in ledger order (by number).
+    payer_msgs: HashMap<CompactString, VecDeque<u64>>,
+    km: DistanceMemo,
+    order: Vec<(Time, u64, u32)>,
+}
+
+impl Ledger {
+    fn owns(&self, id: &str) -> bool {
+        owner_hash(id) % self.peers == self.me
+    }
+
+    /// The executed funds of `user`: its overlay entry, made from its final funds.
+    fn exec_funds(&mut self, user: &str, reference: &UserVal) -> &mut rules::Funds {
+        if !self.overlay.contains_key(user) {
+            let funds = Self::final_slot(&mut self.users, &mut self.resumed, user, reference).funds;
+            self.overlay.insert(CompactString::from(user), funds);
+        }
+        self.overlay
+            .get_mut(user)
+            .expect("overlay entry just ensured")
+    }
+
+    /// A credit from another worker, applying at `at`.
+    fn receive(&mut self, at: Time, credit: Credit, diff: i64) {
+        debug_assert!(at >= self.final_upto, "a credit for a final time");
+        if at < self.exec_upto {
+            // Already executed past: its payee's later payments are decided again.
+            let delta = credit.amount_cents * diff as Cents;
+            self.late_credit(&credit.payee, &credit.payee_ref, at, delta);
+        }
+        self.incoming.entry(at).or_default().push((credit, diff));
+    }
+
+    /// A change of `delta` to `user`'s balance at `at`, a time already executed past:
+    /// decides again what it changes, and what those changes change, one payer at a time.
+    fn late_credit(&mut self, user: &str, reference: &UserVal, at: Time, delta: Cents) {
+        let mut work = vec![(CompactString::from(user), *reference, at, delta)];
+        while let Some((user, reference, at, delta)) = work.pop() {
+            LATE_CREDITS.fetch_add(1, Ordering::Relaxed);
+            self.redecide(&user, &reference, at, delta, &mut work);
+        }
+    }
+
+    /// `user`'s executed payments at or after `at`, decided again with `delta` more
+    /// balance from `at` on. Its funds before each are those recorded plus what changed
+    /// before it: the delta, and the payments whose decision changed (a payer's funds
+    /// change only by its own payments and the credits it receives). Changed approvals
+    /// change credits: another worker's payee gets the difference sent; this worker's
+    /// joins `work`, or the credits due next if not executed yet.
+    fn redecide(
+        &mut self,
+        user: &str,
+        reference: &UserVal,
+        at: Time,
+        delta: Cents,
+        work: &mut Vec<(CompactString, UserVal, Time, Cents)>,
+    ) {
+        let (mut shift_balance, mut shift_credit) = (delta, 0 as Cents);
+        let mut last: Option<Option<i64>> = None;
+        let numbers: Vec<u64> = match self.payer_msgs.get(user) {
+            Some(list) => {
+                let base = self.base;
+                let first = list.partition_point(|&n| self.window[(n - base) as usize].0.t < at);
+                list.range(first..).copied().collect()
+            }
+            None => Vec::new(),
+        };
+        let mut newest_approval: Option<i64> = None;
+        for n in numbers {
+            let i = (n - self.base) as usize;
+            let (p, o) = &mut self.window[i];
+            let (Some(mut funds), Some(scores)) = (o.before, o.scores) else {
+                continue;
+            };
+            let started_with = *last.get_or_insert(funds.last_approved_ms);
+            funds.balance_cents += shift_balance;
+            funds.credit_used_cents += shift_credit;
+            funds.last_approved_ms = newest_approval.or(started_with);
+            o.before = Some(funds);
+            let status = if rules::is_stale(p.tx.event_ms, &funds) {
+                Status::Stale
+            } else {
+                rules::assess(
+                    p.tx.mode,
+                    p.tx.amount_cents,
+                    scores.risk,
+                    &funds,
+                    &self.params,
+                )
+            };
+            let was = o.status == Status::Approved;
+            let is = status == Status::Approved;
+            o.status = status;
+            if is {
+                newest_approval = Some(p.tx.event_ms);
+            }
+            if was == is {
+                continue;
+            }
+            REDECIDED.fetch_add(1, Ordering::Relaxed);
+            let sign: Cents = if is { 1 } else { -1 };
+            let amount = p.tx.amount_cents;
+            if p.tx.mode.uses_credit() {
+                shift_credit += sign * amount;
+            } else {
+                shift_balance -= sign * amount;
+            }
+            let (t, payee) = (p.t, p.tx.payee.clone());
+            let payee_ref = self
+                .users
+                .get(&payee, t, |u| *u)
+                .expect("a payee decided once is known at its time");
+            if self.owns(&payee) {
+                if t + 1 >= self.exec_upto {
+                    // Not applied in execution yet: the credits due next change.
+                    if is {
+                        self.exec_due.push_front(Due {
+                            at: t + 1,
+                            payee,
+                            amount_cents: amount,
+                            payee_ref,
+                        });
+                    } else if let Some(k) = self
+                        .exec_due
+                        .iter()
+                        .position(|d| d.at == t + 1 && d.payee == payee && d.amount_cents == amount)
+                    {
+                        self.exec_due.remove(k);
+                    }
+                } else {
+                    work.push((
+                        CompactString::from(payee.as_str()),
+                        payee_ref,
+                        t + 1,
+                        sign * amount,
+                    ));
+                }
+            } else {
+                let credit = Credit {
+                    payee,
+                    amount_cents: amount,
+                    payee_ref,
+                    at: t + 1,
+                    diff: 1,
+                };
+                let from = self.produced.partition_point(|(u, _)| *u < t);
+                if is {
+                    let to = self.produced.partition_point(|(u, _)| *u <= t);
+                    self.produced.insert(to, (t, credit));
+                } else if let Some(k) = self.produced[from..].iter().position(|(u, c)| {
+                    *u == t && c.payee == credit.payee && c.amount_cents == amount
+                }) {
+                    self.produced.remove(from + k);
+                }
+                self.produced_changed = true;
+            }
+        }
+        let funds = self.exec_funds(user, reference);
+        funds.balance_cents += shift_balance;
+        funds.credit_used_cents += shift_credit;
+        if let Some(started_with) = last {
+            funds.last_approved_ms = newest_approval.or(started_with).or(funds.last_approved_ms);
+        }
+    }
+
+    /// Applies, in execution, the credits that apply at or before `upto`.
+    fn apply_exec_credits(&mut self, from: Time, upto: Time) {
+        while self.exec_due.front().is_some_and(|d| d.at <= upto) {
+            let d = self.exec_due.pop_front().expect("front checked");
+            self.exec_funds(&d.payee, &d.payee_ref).balance_cents += d.amount_cents;
+        }
+        if from > upto {
+            return;
+        }
+        // Borrow split: the incoming credits are read while the overlay changes.
+        let incoming = std::mem::take(&mut self.incoming);
+        for (_, credits) in incoming.range(from..=upto) {
+            for (c, diff) in credits {
+                self.exec_funds(&c.payee, &c.payee_ref).balance_cents +=
+                    c.amount_cents * *diff as Cents;
+            }
+        }
+        self.incoming = incoming;
+    }
+
+    /// Executes the messages the inputs have passed (those before `bound`), and again from
+    /// the final state those already executed if a late credit asked for it.
+    fn execute(&mut self, bound: Time) {
+        let start = self.window.len();
+        let from = self.exec_upto;
+        // Newly executable messages join the window in ledger order.
+        if bound > self.exec_upto {
+            self.order.clear();
+            self.order.extend(
+                self.pend
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.t < bound)
+                    .map(|(i, p)| (p.t, id_prefix(&p.tx.id), i as u32)),
+            );
+            let pend = &self.pend;
+            self.order.sort_unstable_by(|(ta, ka, ia), (tb, kb, ib)| {
+                (ta, ka).cmp(&(tb, kb)).then_with(|| {
+                    let (a, b) = (&pend[*ia as usize], &pend[*ib as usize]);
+                    (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos))
+                })
+            });
+            for &(_, _, i) in &self.order {
+                let p = std::mem::take(&mut self.pend[i as usize]);
+                self.window.push_back((p, Outcome::plain(Status::Invalid)));
+            }
+            self.pend.retain(|p| p.t >= bound);
+        }
+        let mut applied_through = from; // credits before this time are applied
+        for i in start..self.window.len() {
+            let t = self.window[i].0.t;
+            if t >= applied_through {
+                self.apply_exec_credits(applied_through, t);
+                applied_through = t + 1;
+            }
+            let outcome = self.decide_one(i);
+            self.window[i].1 = outcome;
+        }
+        let end = bound.max(self.exec_upto);
+        if end > applied_through {
+            self.apply_exec_credits(applied_through, end - 1);
+        }
+        self.exec_upto = end;
+    }
+
+    /// Rules 4–8 for the window's message `i`, against the executed state.
+    fn decide_one(&mut self, i: usize) -> Outcome {
+        let (t, region_id, payee_id, payer_id) = {
+            let p = &self.window[i].0;
+            (
+                p.t,
+                p.tx.region.clone(),
+                p.tx.payee.clone(),
+                p.tx.payer.clone(),
+            )
+        };
+        // Rule 4: every reference must be known.
+        let region = self.regions.get(&region_id, t, |r| r.geo);
+        let payee = self.users.get(&payee_id, t, |u| *u);
+        let payer = match (region, payee) {
+            (Some(_), Some(_)) => self.users.get(&payer_id, t, |u| *u),
+            _ => None,
+        };
+        let (Some(region), Some(payee), Some(payer)) = (region, payee, payer) else {
+            // Which reference, not its id: the id is in the record already, exactly as
+            // parsed (SPEC §8), however long or odd it is.
+            let what = match (region, payee) {
+                (None, _) => "unknown region",
+                (Some(_), None) => "unknown payee",
+                (Some(_), Some(_)) => "unknown payer",
+            };
+            return Outcome {
+                reason: Some(what),
+                ..Outcome::plain(Status::UnknownReference)
+            };
+        };
+        let params = self.params;
+        let (mode, amount_cents, event_ms) = {
+            let tx = &self.window[i].0.tx;
+            (tx.mode, tx.amount_cents, tx.event_ms)
+        };
+        let number = self.base + i as u64;
+        match self.payer_msgs.get_mut(payer_id.as_str()) {
+            Some(list) => list.push_back(number),
+            None => {
+                self.payer_msgs.insert(
+                    CompactString::from(payer_id.as_str()),
+                    VecDeque::from([number]),
+                );
+            }
+        }
+        // The scores are kept even for a stale message: a late credit may change which
+        // approval was the payer's last, and so whether it is stale.
+        let hour = rules::local_hour(event_ms);
+        let scores = rules::scores(amount_cents, hour, self.km.km(&payer.home, &region));
+        let home_band = rules::distance_band(self.km.km(&payer.home, &payee.home));
+        let funds = self.exec_funds(&payer_id, &payer);
+        let before = Some(*funds);
+        let status = if rules::is_stale(event_ms, funds) {
+            Status::Stale
+        } else {
+            rules::assess(mode, amount_cents, scores.risk, funds, &params)
+        };
+        if status == Status::Approved {
+            rules::approve(mode, amount_cents, event_ms, funds);
+            if self.owns(&payee_id) {
+                self.exec_due.push_back(Due {
+                    at: t + 1,
+                    payee: payee_id,
+                    amount_cents,
+                    payee_ref: payee,
+                });
+            } else {
+                self.produced.push((
+                    t,
+                    Credit {
+                        payee: payee_id,
+                        amount_cents,
+                        payee_ref: payee,
+                        at: t + 1,
+                        diff: 1,
+                    },
+                ));
+            }
+        }
+        Outcome {
+            status,
+            scores: Some(scores),
+            home_band: Some(home_band),
+            reason: None,
+            before,
+        }
+    }
+
+    /// The changes to the credits sent to other workers since the last call: with
+    /// `(approval time, credit)`, a retraction having `diff = -1`.
+    fn credit_changes(&mut self) -> Vec<(Time, Credit)> {
+        if !std::mem::take(&mut self.produced_changed) {
+            // Nothing executed again: the new credits are the ones past those sent.
+            let new = self.produced[self.sent.len()..].to_vec();
+            self.sent.extend(new.iter().cloned());
+            return new;
+        }
+        let key = |(t, c): &(Time, Credit)| (*t, c.payee.clone(), c.amount_cents);
+        let mut old = std::mem::take(&mut self.sent);
+        let mut new = self.produced.clone();
+        old.sort_by_key(key);
+        new.sort_by_key(key);
+        let mut changes = Vec::new();
+        let (mut a, mut b) = (old.into_iter().peekable(), new.iter().cloned().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => {
+                    let (t, mut c) = a.next().expect("peeked");
+                    c.diff = -1;
+                    changes.push((t, c));
+                }
+                (None, Some(_)) => changes.push(b.next().expect("peeked")),
+                (Some(x), Some(y)) => match key(x).cmp(&key(y)) {
+                    std::cmp::Ordering::Equal => {
+                        a.next();
+                        b.next();
+                    }
+                    std::cmp::Ordering::Less => {
+                        let (t, mut c) = a.next().expect("peeked");
+                        c.diff = -1;
+                        changes.push((t, c));
+                    }
+                    std::cmp::Ordering::Greater => changes.push(b.next().expect("peeked")),
+                },
+            }
+        }
+        self.sent = new;
+        changes
+    }
+
+    /// Makes final every event before `bound` (the inputs, credits included, have passed
+    /// it): applies them to the final state and returns the decisions and the changed
+    /// accounts, at their times, in time order.
+    fn finalize(&mut self, bound: Time) -> Finalized {
+        let bound = bound.min(self.exec_upto);
+        let (mut decisions, mut accounts) = (Vec::new(), Vec::new());
+        if bound <= self.final_upto {
+            return (decisions, accounts);
+        }
+        let mut touched: Vec<CompactString> = Vec::new();
+        let mut current: Option<Time> = None;
+        loop {
+            let next_msg = self.window.front().map(|(p, _)| p.t).filter(|&t| t < bound);
+            let next_credit = [
+                self.final_due.front().map(|d| d.at),
+                self.incoming.keys().next().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|&t| t < bound);
+            let Some(t) = [next_msg, next_credit].into_iter().flatten().min() else {
+                break;
+            };
+            // A user's state is reported once per cell (its last), at the cell's end.
+            let cell = self.params.cell_end(t);
+            if current != Some(cell) {
+                self.flush_accounts(current, &mut touched, &mut accounts);
+                current = Some(cell);
+                self.marks += 1;
+            }
+            let mark = self.marks;
+            // Credits first: they come from approvals at earlier times.
+            while self.final_due.front().is_some_and(|d| d.at == t) {
+                let d = self.final_due.pop_front().expect("front checked");
+                let f =
+                    Self::final_slot(&mut self.users, &mut self.resumed, &d.payee, &d.payee_ref);
+                f.funds.balance_cents += d.amount_cents;
+                Self::touch(f, mark, &d.payee, &mut touched);
+            }
+            if let Some(credits) = self.incoming.remove(&t) {
+                for (c, diff) in credits {
+                    let f = Self::final_slot(
+                        &mut self.users,
+                        &mut self.resumed,
+                        &c.payee,
+                        &c.payee_ref,
+                    );
+                    f.funds.balance_cents += c.amount_cents * diff as Cents;
+                    Self::touch(f, mark, &c.payee, &mut touched);
+                }
+            }
+            while self.window.front().is_some_and(|(p, _)| p.t == t) {
+                let (p, outcome) = self.window.pop_front().expect("front checked");
+                if outcome.before.is_some() {
+                    // Its payer's list starts with it: it leaves the list with the window.
+                    if let Some(list) = self.payer_msgs.get_mut(p.tx.payer.as_str()) {
+                        list.pop_front();
+                        if list.is_empty() {
+                            self.payer_msgs.remove(p.tx.payer.as_str());
+                        }
+                    }
+                }
+                self.base += 1;
+                if outcome.status == Status::Approved {
+                    let f = self
+                        .users
+                        .state_of(&p.tx.payer)
+                        .as_mut()
+                        .expect("an approved payer has state");
+                    rules::approve(p.tx.mode, p.tx.amount_cents, p.tx.event_ms, &mut f.funds);
+                    Self::touch(f, mark, &p.tx.payer, &mut touched);
+                    if self.owns(&p.tx.payee) {
+                        let payee_ref = self
+                            .users
+                            .get(&p.tx.payee, t, |u| *u)
+                            .expect("an approved payee is known at its time");
+                        self.final_due.push_back(Due {
+                            at: t + 1,
+                            payee: p.tx.payee.clone(),
+                            amount_cents: p.tx.amount_cents,
+                            payee_ref,
+                        });
+                    }
+                }
+                decisions.push((cell, outcome.decision(p)));
+            }
+        }
+        self.flush_accounts(current, &mut touched, &mut accounts);
+        self.final_upto = bound;
+        let keep = self.sent.partition_point(|(t, _)| *t < bound);
+        self.sent.drain(..keep);
+        let keep = self.produced.partition_point(|(t, _)| *t < bound);
+        self.produced.drain(..keep);
+        (decisions, accounts)
+    }
+
+    fn final_slot<'a>(
+        users: &'a mut RefIndex<UserVal, Option<Final>>,
+        resumed: &mut HashMap<CompactString, Account>,
+        user: &str,
+        reference: &UserVal,
+    ) -> &'a mut Final {
+        users.state_of(user).get_or_insert_with(|| Final {
+            funds: initial_funds(reference, resumed.remove(user)),
+            touched: None,
+        })
+    }
+
+    fn touch(f: &mut Final, mark: u64, user: &str, touched: &mut Vec<CompactString>) {
+        if f.touched != Some(mark) {
+            f.touched = Some(mark);
+            touched.push(CompactString::from(user));
+        }
+    }
+
+    fn flush_accounts(
+        &mut self,
+        at: Option<Time>,
+        touched: &mut Vec<CompactString>,
+        accounts: &mut Vec<(Time, Account)>,
+    ) {
+        let Some(t) = at else { return };
+        for user in touched.drain(..) {
+            let f = self
+                .users
+                .state_of(&user)
+                .as_ref()
+                .expect("a changed user has state");
+            accounts.push((
+                t,
+                Account {
+                    balance_cents: f.funds.balance_cents,
+                    credit_used_cents: f.funds.credit_used_cents,
+                    last_approved_ms: f.funds.last_approved_ms,
+                    user: user.into(),
+                },
+            ));
+        }
+    }
+
+    /// The earliest time of anything not final (an output may still be made at it).
+    fn earliest_open(&self) -> Option<Time> {
+        [
+            self.window.front().map(|(p, _)| p.t),
+            self.pend.iter().map(|p| p.t).min(),
+            self.incoming.keys().next().copied(),
+            self.final_due.front().map(|d| d.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// The least time of a frontier over a totally ordered time, `Time::MAX` once empty.
+fn frontier_time(f: &MutableAntichain<Time>) -> Time {
+    f.frontier().iter().min().copied().unwrap_or(Time::MAX)
+}
+
+/// Lowers `held` to `t` on `port`, from `cap`, unless it already is at or before `t`.
+fn hold_at(
+    held: &mut Option<Capability<Time>>,
+    cap: &timely::dataflow::operators::InputCapability<Time>,
+    t: Time,
+    port: usize,
+) {
+    if held.as_ref().is_none_or(|h| *h.time() > t) {
+        *held = Some(cap.delayed(&t, port));
+    }
+}
+
+/// Moves `held` to `t`, or lets it go if nothing is open.
+fn follow(held: &mut Option<Capability<Time>>, t: Option<Time>) {
+    match t {
+        Some(t) => {
+            if let Some(h) = held.as_mut() {
+                if *h.time() < t {
+                    h.downgrade(&t);
+                }
+            }
+        }
+        None => *held = None,
+    }
+}
+
+/// Rules 4–8 at the payer's owner; credits go around a +1 ms feedback edge (see the
+/// module's documentation for how many milliseconds one round decides).
 pub(super) fn decide<'s>(
     scope: Scope<'s, Time>,
     pending: StreamVec<'s, Time, Pending>,
@@ -125,16 +776,19 @@ pub(super) fn decide<'s>(
     params: Params,
 ) -> (StreamVec<'s, Time, Decision>, StreamVec<'s, Time, Account>) {
     let (loop_handle, credits) = scope.feedback::<Vec<Credit>>(1);
+    let (me, peers) = (scope.index() as u64, scope.peers().max(1) as u64);
     let mut builder = OperatorBuilder::new("Decide".to_owned(), scope);
-    let mut msgs = builder.new_input(pending, Exchange::new(|p: &Pending| p.tx.payer.hashed()));
-    let mut credit_in = builder.new_input(credits, Exchange::new(|c: &Credit| c.payee.hashed()));
+    let mut msgs = builder.new_input(
+        pending,
+        Exchange::new(|p: &Pending| owner_hash(&p.tx.payer)),
+    );
+    let mut credit_in =
+        builder.new_input(credits, Exchange::new(|c: &Credit| owner_hash(&c.payee)));
     // The reference arrangements are replicated: read locally. Their frontiers (inputs 2
     // and 3) say when they are complete through a time.
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
     let mut user_batches = builder.new_input(users.stream, Pipeline);
     let mut seeded_in = builder.new_input(seeded, Exchange::new(|a: &Account| a.user.hashed()));
-    let mut region_index: RefIndex<RegionVal> = RefIndex::new(regions.trace);
-    let mut user_index: RefIndex<UserVal, Option<State>> = RefIndex::new(users.trace);
     let (decision_out, decisions) = builder.new_output();
     let (credit_out, credit_stream) = builder.new_output();
     let (account_out, accounts) = builder.new_output();
@@ -150,161 +804,150 @@ pub(super) fn decide<'s>(
         _,
         timely::container::CapacityContainerBuilder<Vec<Account>>,
     >::from(account_out);
+    let mut ledger = Ledger {
+        regions: RefIndex::new(regions.trace),
+        users: RefIndex::new(users.trace),
+        params,
+        me,
+        peers,
+        resumed: HashMap::new(),
+        pend: Vec::new(),
+        window: VecDeque::new(),
+        final_upto: 0,
+        exec_upto: 0,
+        overlay: HashMap::new(),
+        incoming: BTreeMap::new(),
+        final_due: VecDeque::new(),
+        exec_due: VecDeque::new(),
+        sent: Vec::new(),
+        produced: Vec::new(),
+        produced_changed: false,
+        base: 0,
+        marks: 0,
+        payer_msgs: HashMap::new(),
+        km: DistanceMemo::default(),
+        order: Vec::new(),
+    };
+    // Frontier indexes: messages, credits, regions, users, resume accounts.
+    const CREDITS: usize = 1;
     builder.build(move |_caps| {
-        let mut stash = DecideStash::new();
-        let mut changed: Vec<CompactString> = Vec::new();
-        let mut order: Vec<(u64, u32)> = Vec::new();
-        let mut km = DistanceMemo::default();
-        // Resume state of users this worker owns, applied when each is first touched.
-        let mut resumed: HashMap<CompactString, Account> = HashMap::new();
+        // Capabilities: for decisions and accounts at the earliest time not final; for
+        // credits at the earliest message not executed (never more: holding one longer
+        // would hold the loop back to one millisecond per round).
+        let mut outputs: Option<Capability<Time>> = None;
+        let mut account_cap: Option<Capability<Time>> = None;
+        let mut credit_cap: Option<Capability<Time>> = None;
         move |frontiers| {
             seeded_in.for_each(|_, data| {
                 for a in data.drain(..) {
-                    resumed.insert(CompactString::from(a.user.as_str()), a);
+                    ledger
+                        .resumed
+                        .insert(CompactString::from(a.user.as_str()), a);
                 }
             });
             // Reference data is reloaded as soon as it changes, not when a message first
             // needs it.
-            region_batches.for_each(|_, spans| region_index.observe(spans));
-            user_batches.for_each(|_, spans| user_index.observe(spans));
-            region_index.refresh();
-            user_index.refresh();
+            region_batches.for_each(|_, spans| ledger.regions.observe(spans));
+            user_batches.for_each(|_, spans| ledger.users.observe(spans));
+            ledger.regions.refresh();
+            ledger.users.refresh();
             msgs.for_each(|cap, data| {
-                if let Some((_, msgs_at, _)) = decide_slot(&mut stash, &cap) {
-                    msgs_at.append(data);
+                if let Some(&t) = cap.least() {
+                    hold_at(&mut outputs, &cap, t, 0);
+                    hold_at(&mut account_cap, &cap, t, 2);
+                    hold_at(&mut credit_cap, &cap, t, 1);
+                    ledger.pend.append(data);
                 }
             });
+            // What may send credits this time: the messages not executed yet, and the
+            // credits that arrive now (whatever they change is at or after their time).
+            let mut emit = credit_cap.clone();
             credit_in.for_each(|cap, data| {
-                if let Some((_, _, credits_at)) = decide_slot(&mut stash, &cap) {
-                    credits_at.append(data);
+                if let Some(&arrived) = cap.least() {
+                    hold_at(&mut outputs, &cap, arrived, 0);
+                    hold_at(&mut account_cap, &cap, arrived, 2);
+                    hold_at(&mut emit, &cap, arrived, 1);
+                    for mut c in data.drain(..) {
+                        let diff = std::mem::replace(&mut c.diff, 1);
+                        ledger.receive(c.at, c, diff);
+                    }
                 }
             });
-            let mut decision_h = decision_out.activate();
-            let mut credit_h = credit_out.activate();
-            let mut account_h = account_out.activate();
-            while let Some(entry) = stash.first_entry() {
-                let t = *entry.key();
-                if !ready(frontiers, &t) {
-                    break;
-                }
-                let (caps, mut msgs_at, credits_at) = entry.remove();
-                // Credits first: they come from approvals at earlier timestamps.
-                for c in credits_at {
-                    let slot = user_index.state_of(&c.payee);
-                    let s = slot.get_or_insert_with(|| {
-                        State::resumed(&c.payee_ref, resumed.remove(c.payee.as_str()))
-                    });
-                    s.funds.balance_cents += c.amount_cents;
-                    if s.touched != Some(t) {
-                        s.touched = Some(t);
-                        changed.push(CompactString::from(c.payee.as_str()));
-                    }
-                }
-                // Ledger order (id, then source position) through an index sorted by a
-                // prefix of the id: whole ids are compared only on equal prefixes.
-                order.clear();
-                order.extend(
-                    msgs_at
-                        .iter()
-                        .enumerate()
-                        .map(|(i, p)| (id_prefix(&p.tx.id), i as u32)),
-                );
-                order.sort_unstable_by(|(ka, ia), (kb, ib)| {
-                    ka.cmp(kb).then_with(|| {
-                        let (a, b) = (&msgs_at[*ia as usize], &msgs_at[*ib as usize]);
-                        (&a.tx.id, a.pos).cmp(&(&b.tx.id, b.pos))
-                    })
-                });
-                let mut decision_s = decision_h.session(&caps[0]);
-                let mut credit_s = credit_h.session(&caps[1]);
-                for p in take_in_order(&mut msgs_at, &order) {
-                    // Rule 4: every reference must be known.
-                    let region = region_index.get(&p.tx.region, t, |r| r.geo);
-                    let payee = user_index.get(&p.tx.payee, t, |u| *u);
-                    let known = match (region, payee) {
-                        (Some(region), Some(payee)) => user_index
-                            .get_with_state(&p.tx.payer, t)
-                            .map(|(payer, slot)| (region, payee, payer, slot)),
-                        _ => None,
-                    };
-                    let Some((region, payee, payer, slot)) = known else {
-                        // Which reference, not its id: the id is in the record already,
-                        // exactly as parsed (SPEC §8), however long or odd it is.
-                        let what = match (region, payee) {
-                            (None, _) => "unknown region",
-                            (Some(_), None) => "unknown payee",
-                            (Some(_), Some(_)) => "unknown payer",
-                        };
-                        decision_s.give(Decision::of(
-                            p,
-                            Status::UnknownReference,
-                            Some(what.to_owned()),
-                        ));
-                        continue;
-                    };
-                    let s = slot.get_or_insert_with(|| {
-                        State::resumed(&payer, resumed.remove(p.tx.payer.as_str()))
-                    });
-                    let tx = &p.tx;
-                    if rules::is_stale(tx.event_ms, &s.funds) {
-                        decision_s.give(Decision::of(p, Status::Stale, None));
-                        continue;
-                    }
-                    let hour = rules::local_hour(tx.event_ms);
-                    let scores = rules::scores(tx.amount_cents, hour, km.km(&payer.home, &region));
-                    let status =
-                        rules::assess(tx.mode, tx.amount_cents, scores.risk, &s.funds, &params);
-                    if status == Status::Approved {
-                        rules::approve(tx.mode, tx.amount_cents, tx.event_ms, &mut s.funds);
-                        if s.touched != Some(t) {
-                            s.touched = Some(t);
-                            changed.push(CompactString::from(tx.payer.as_str()));
-                        }
-                        credit_s.give(Credit {
-                            payee: tx.payee.clone(),
-                            amount_cents: tx.amount_cents,
-                            payee_ref: payee,
-                        });
-                    }
-                    let home_band = rules::distance_band(km.km(&payer.home, &payee.home));
-                    decision_s.give(Decision {
-                        scores: Some(scores),
-                        home_band: Some(home_band),
-                        ..Decision::of(p, status, None)
-                    });
-                }
-                if !changed.is_empty() {
-                    let mut account_s = account_h.session(&caps[2]);
-                    for user in changed.drain(..) {
-                        let s = user_index
-                            .state_of(&user)
-                            .as_ref()
-                            .expect("a changed user has state");
-                        account_s.give(Account {
-                            balance_cents: s.funds.balance_cents,
-                            credit_used_cents: s.funds.credit_used_cents,
-                            last_approved_ms: s.funds.last_approved_ms,
-                            user: user.into(),
-                        });
-                    }
+            let bound = [0, 2, 3, 4]
+                .into_iter()
+                .map(|i| frontier_time(&frontiers[i]))
+                .min()
+                .unwrap_or(Time::MAX);
+            if bound > ledger.exec_upto {
+                ledger.execute(bound);
+            }
+            {
+                let changes = ledger.credit_changes();
+                if !changes.is_empty() {
+                    // All at once, at the earliest cause's time (at or before every
+                    // change's approval: causality runs forward); each says when it applies.
+                    let emit = emit.as_ref().expect("credits change only after a cause");
+                    assert!(
+                        changes.iter().all(|(t, _)| *emit.time() <= *t),
+                        "a credit changed before its cause"
+                    );
+                    credit_out
+                        .activate()
+                        .session(emit)
+                        .give_iterator(changes.into_iter().map(|(_, c)| c));
                 }
             }
+            drop(emit);
+            follow(&mut credit_cap, ledger.pend.iter().map(|p| p.t).min());
+            let bound = bound.min(frontier_time(&frontiers[CREDITS]));
+            let (decided, changed) = ledger.finalize(bound);
+            // Outputs leave at the end of their time's cell of the epoch grid.
+            if let Some(cap) = outputs.as_ref() {
+                let mut decision_h = decision_out.activate();
+                for_each_time(decided, |t, items| {
+                    let at = cap.delayed(&params.cell_end(t));
+                    decision_h.session(&at).give_iterator(items);
+                });
+            }
+            if let Some(cap) = account_cap.as_ref() {
+                let mut account_h = account_out.activate();
+                for_each_time(changed, |t, items| {
+                    let at = cap.delayed(&params.cell_end(t));
+                    account_h.session(&at).give_iterator(items);
+                });
+            }
+            let open = ledger.earliest_open();
+            follow(&mut outputs, open);
+            follow(&mut account_cap, open);
             // No message will ask about a time before both the frontier of the messages and
-            // the stashed timestamps: the traces may forget distinctions before that.
-            let least = frontiers[0]
-                .frontier()
-                .iter()
-                .chain(stash.keys())
-                .min()
-                .copied();
-            region_index.compact(least);
-            user_index.compact(least);
+            // those not final: the traces may forget distinctions before that.
+            let least = [
+                frontiers[0].frontier().iter().min().copied(),
+                ledger.window.front().map(|(p, _)| p.t),
+                ledger.pend.iter().map(|p| p.t).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            ledger.regions.compact(least);
+            ledger.users.compact(least);
         }
     });
     credit_stream.connect_loop(loop_handle);
     (decisions, accounts)
 }
 
+/// Calls `give` once per run of equal times in `items` (sorted by time).
+fn for_each_time<D>(items: Vec<(Time, D)>, mut give: impl FnMut(Time, std::vec::IntoIter<D>)) {
+    let mut items = items.into_iter().peekable();
+    while let Some(&(t, _)) = items.peek() {
+        let mut run = Vec::new();
+        while let Some((_, d)) = items.next_if(|(u, _)| *u == t) {
+            run.push(d);
+        }
+        give(t, run.into_iter());
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! `Dedup`: rule 3 (duplicates within the window) and payer = payee, at the id's owner.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+use timely::dataflow::operators::Capability;
 
 // Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
 
@@ -13,7 +15,6 @@ use timely::dataflow::StreamVec;
 use crate::model::{Params, SourcePos, Status, Time};
 use crate::rules;
 
-use super::stash::*;
 use super::*;
 
 /// Rule 3 (duplicates, memory bounded by `dedup_window`), then payer = payee (rule 4),
@@ -38,43 +39,93 @@ pub(super) fn dedup<'s>(
             dup_out,
         );
     builder.build(move |_caps| {
-        let mut stash: BTreeMap<Time, Stash<Pending, 2>> = BTreeMap::new();
+        // Messages not yet checked (their time is not passed by the inputs), and
+        // capabilities at the earliest time one of them entered at.
+        let mut pend: Vec<Pending> = Vec::new();
+        let mut caps: Option<[Capability<Time>; 2]> = None;
         let mut seen_ids = SeenIds::with_capacity(params.dedup_capacity / peers);
-        let mut order: Vec<(SourcePos, u32)> = Vec::new();
+        let mut order: Vec<(Time, SourcePos, u32)> = Vec::new();
+        let mut ready: Vec<Pending> = Vec::new();
         move |frontiers| {
             // Resume state (time 0): ids seen before the restart, with when they were seen.
             seen_in.for_each(|_, data| seen_ids.seed(data.drain(..)));
-            input.for_each(|cap, data| stash_at(&mut stash, &cap, data));
-            let mut pass_h = pass_out.activate();
-            let mut dup_h = dup_out.activate();
-            while let Some(entry) = stash.first_entry() {
-                let t = *entry.key();
-                if !ready(frontiers, &t) {
-                    break;
+            input.for_each(|cap, data| {
+                if let Some(&at) = cap.least() {
+                    if caps.as_ref().is_none_or(|c| *c[0].time() > at) {
+                        caps = Some([cap.delayed(&at, 0), cap.delayed(&at, 1)]);
+                    }
+                    pend.append(data);
                 }
-                let Stash { caps, mut items } = entry.remove();
-                seen_ids.forget_before(t, params.dedup_window_ms);
-                // Only messages with the same id affect each other here, so source
-                // position order is ledger order for every pair that matters.
-                order.clear();
-                order.extend(items.iter().enumerate().map(|(i, p)| (p.pos, i as u32)));
+            });
+            // Every message before the inputs' frontier is here (a message enters at or
+            // before its own time): those are checked, in ledger order for each id.
+            let bound = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min()
+                .unwrap_or(Time::MAX);
+            let Some(held) = caps.as_ref() else { return };
+            order.clear();
+            order.extend(
+                pend.iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.t < bound)
+                    .map(|(i, p)| (p.t, p.pos, i as u32)),
+            );
+            if !order.is_empty() {
+                // Only messages with the same id affect each other here, so (time, source
+                // position) order is ledger order for every pair that matters.
                 order.sort_unstable();
-                let mut pass_s = pass_h.session(&caps[0]);
-                let mut dup_s = dup_h.session(&caps[1]);
-                for p in take_in_order(&mut items, &order) {
+                ready.clear();
+                ready.extend(
+                    order
+                        .iter()
+                        .map(|&(_, _, i)| std::mem::take(&mut pend[i as usize])),
+                );
+                pend.retain(|p| p.t >= bound);
+                let mut pass_h = pass_out.activate();
+                let mut dup_h = dup_out.activate();
+                let mut pass_s = pass_h.session(&held[0]);
+                let mut dup_at: Option<(Capability<Time>, Vec<Decision>)> = None;
+                for p in ready.drain(..) {
+                    let t = p.t;
+                    seen_ids.forget_before(t, params.dedup_window_ms);
                     let prev = seen_ids.see(&p.tx.id, t);
-                    if rules::is_duplicate(t, prev, &params) {
-                        dup_s.give(Decision::of(p, Status::Duplicate, None));
+                    let decided = if rules::is_duplicate(t, prev, &params) {
+                        Decision::of(p, Status::Duplicate, None)
                     } else if p.tx.payer == p.tx.payee {
-                        dup_s.give(Decision::of(
+                        Decision::of(
                             p,
                             Status::UnknownReference,
                             Some("payer and payee are the same user".to_owned()),
-                        ));
+                        )
                     } else {
                         pass_s.give(p);
+                        continue;
+                    };
+                    // A decision leaves at the end of its time's cell.
+                    let end = params.cell_end(t);
+                    if dup_at.as_ref().is_none_or(|(c, _)| *c.time() != end) {
+                        if let Some((c, items)) = dup_at.take() {
+                            dup_h.session(&c).give_iterator(items.into_iter());
+                        }
+                        dup_at = Some((held[1].delayed(&end), Vec::new()));
+                    }
+                    dup_at.as_mut().expect("just made").1.push(decided);
+                }
+                if let Some((c, items)) = dup_at.take() {
+                    dup_h.session(&c).give_iterator(items.into_iter());
+                }
+            }
+            match pend.iter().map(|p| p.t).min() {
+                Some(t) => {
+                    for c in caps.as_mut().expect("held").iter_mut() {
+                        if *c.time() < t {
+                            c.downgrade(&t);
+                        }
                     }
                 }
+                None => caps = None,
             }
         }
     });

@@ -17,8 +17,8 @@ use timely::dataflow::StreamVec;
 use crate::analyses::{AnalysisKey, Tally, TallyBatch};
 use crate::model::Time;
 
+use super::frontier::ready;
 use super::reference::*;
-use super::stash::*;
 use super::*;
 
 /// Pre-aggregates decisions per timestamp into analysis rows (`Tally`), and accumulates
