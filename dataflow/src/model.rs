@@ -188,15 +188,17 @@ impl Params {
     }
 }
 
-/// The largest power of two, at most `limit`, whose cells of arrival times (`times`, in
-/// non-decreasing order) each hold at most `per_cell` messages: the epoch for a feed
-/// known in advance (a capture, the bench's messages).
+/// The largest power of two, at most `limit`, whose cells of arrival times (`times`, any
+/// order) each hold at most `per_cell` messages: the epoch for a feed known in advance (a
+/// capture, the bench's messages).
 pub fn epoch_for(times: &[Time], per_cell: usize, limit: u64) -> u64 {
+    let mut times = times.to_vec();
+    times.sort_unstable();
     let fits = |epoch: u64| {
         let mask = !(epoch - 1);
         let mut run = 0usize;
         let mut cell = None;
-        for &t in times {
+        for &t in &times {
             if cell == Some(t & mask) {
                 run += 1;
             } else {
@@ -214,4 +216,26 @@ pub fn epoch_for(times: &[Time], per_cell: usize, limit: u64) -> u64 {
         epoch *= 2;
     }
     epoch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_cells_hold_at_most_the_asked_messages() {
+        // 1 message per ms over 100 ms, in any order.
+        let times: Vec<Time> = (0..100).rev().collect();
+        assert_eq!(epoch_for(&times, 16, 1 << 20), 16);
+        assert_eq!(epoch_for(&times, 15, 1 << 20), 8);
+        assert_eq!(epoch_for(&times, 1000, 32), 32);
+        // A burst of 20 at one ms fits no cell of 16: the grid stays at 1 ms.
+        let burst = vec![7; 20];
+        assert_eq!(epoch_for(&burst, 16, 1 << 20), 1);
+        let p = Params {
+            epoch_ms: 16,
+            ..Params::default()
+        };
+        assert_eq!((p.cell_start(37), p.cell_end(37)), (32, 47));
+    }
 }

@@ -10,20 +10,21 @@
 //! its messages up to there are in), in ledger order, with the credits it knows: its own
 //! payees' credits at once, other workers' as they arrive. It sends the credits for other
 //! workers' payees as soon as they are produced. A credit that arrives for a time it has
-//! already executed past, for a payee that pays again after that time, makes it execute
-//! its unfinished messages again from the last final state, and send the difference
-//! between the credits it produced now and those it sent before (retractions with
-//! `diff = -1`). A decision is *final*, and only then leaves the operator, when no credit
-//! for an earlier time can arrive any more: when the credits input's frontier has passed
-//! its time, as before. Causality runs forward in time (a credit at `t` changes nothing
-//! at or before `t`), so after the k-th exchange of differences every decision whose
-//! chain of cross-worker credits is at most k long is right, and when the loop is quiet
-//! every decision is the sequential ledger's: the result cannot depend on how many
+//! already executed past re-decides that payee's payments after that time, from the
+//! funds recorded before each (a payer's funds change only by its own payments and the
+//! credits it receives); a payment whose decision changes changes its credit, sent as a
+//! difference (a retraction has `diff = -1`) or, for a payee of this worker, re-deciding
+//! that payee in turn. A decision is *final*, and only then leaves the operator, when no
+//! credit for an earlier time can arrive any more: when the credits input's frontier has
+//! passed its time, as before. Causality runs forward in time (a credit at `t` changes
+//! nothing at or before `t`), so after the k-th exchange of differences every decision
+//! whose chain of cross-worker credits is at most k long is right, and when the loop is
+//! quiet every decision is the sequential ledger's: the result cannot depend on how many
 //! milliseconds one round takes, on the number of workers, or on the order credits
 //! arrive in. The cost of a round is paid per batch of milliseconds, not per millisecond.
 //!
-//! The outputs leave at the decisions' own times, so everything downstream (and every
-//! record of the sinks) is exactly as when deciding one millisecond at a time.
+//! Outputs leave at the end of their time's cell of the epoch grid (`Params::epoch_ms`),
+//! a decision's user changes once per cell, so a sink's cut is always whole cells.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -205,14 +206,9 @@ struct Ledger {
     /// Credits to this worker's payees from executed approvals, not yet applied in
     /// execution (their time is `exec_upto` or later).
     exec_due: VecDeque<Due>,
-    /// Credits for other workers' payees this worker has sent and not retracted, for
-    /// approvals that are not final: `(approval time, credit)`, in ledger order.
-    sent: Vec<(Time, Credit)>,
-    /// The same, as the current execution produces them.
-    produced: Vec<(Time, Credit)>,
-    /// `produced` changed other than by new credits at its end (a late credit changed an
-    /// approval): the next changes are found by comparing it with `sent` whole.
-    produced_changed: bool,
+    /// Changes to the credits for other workers' payees, not sent yet: `(approval time,
+    /// credit)`, a retraction having `diff = -1`.
+    outbox: Vec<(Time, Credit)>,
     /// Counts the groups of changes reported together (a cell within one finalization).
     marks: u64,
     /// The number of messages made final so far: `window[i]` is message `base + i`.
@@ -355,23 +351,16 @@ impl Ledger {
                     ));
                 }
             } else {
-                let credit = Credit {
-                    payee,
-                    amount_cents: amount,
-                    payee_ref,
-                    at: t + 1,
-                    diff: 1,
-                };
-                let from = self.produced.partition_point(|(u, _)| *u < t);
-                if is {
-                    let to = self.produced.partition_point(|(u, _)| *u <= t);
-                    self.produced.insert(to, (t, credit));
-                } else if let Some(k) = self.produced[from..].iter().position(|(u, c)| {
-                    *u == t && c.payee == credit.payee && c.amount_cents == amount
-                }) {
-                    self.produced.remove(from + k);
-                }
-                self.produced_changed = true;
+                self.outbox.push((
+                    t,
+                    Credit {
+                        payee,
+                        amount_cents: amount,
+                        payee_ref,
+                        at: t + 1,
+                        diff: sign as i64,
+                    },
+                ));
             }
         }
         let funds = self.exec_funds(user, reference);
@@ -515,7 +504,7 @@ impl Ledger {
                     payee_ref: payee,
                 });
             } else {
-                self.produced.push((
+                self.outbox.push((
                     t,
                     Credit {
                         payee: payee_id,
@@ -536,48 +525,6 @@ impl Ledger {
         }
     }
 
-    /// The changes to the credits sent to other workers since the last call: with
-    /// `(approval time, credit)`, a retraction having `diff = -1`.
-    fn credit_changes(&mut self) -> Vec<(Time, Credit)> {
-        if !std::mem::take(&mut self.produced_changed) {
-            // Nothing executed again: the new credits are the ones past those sent.
-            let new = self.produced[self.sent.len()..].to_vec();
-            self.sent.extend(new.iter().cloned());
-            return new;
-        }
-        let key = |(t, c): &(Time, Credit)| (*t, c.payee.clone(), c.amount_cents);
-        let mut old = std::mem::take(&mut self.sent);
-        let mut new = self.produced.clone();
-        old.sort_by_key(key);
-        new.sort_by_key(key);
-        let mut changes = Vec::new();
-        let (mut a, mut b) = (old.into_iter().peekable(), new.iter().cloned().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => {
-                    let (t, mut c) = a.next().expect("peeked");
-                    c.diff = -1;
-                    changes.push((t, c));
-                }
-                (None, Some(_)) => changes.push(b.next().expect("peeked")),
-                (Some(x), Some(y)) => match key(x).cmp(&key(y)) {
-                    std::cmp::Ordering::Equal => {
-                        a.next();
-                        b.next();
-                    }
-                    std::cmp::Ordering::Less => {
-                        let (t, mut c) = a.next().expect("peeked");
-                        c.diff = -1;
-                        changes.push((t, c));
-                    }
-                    std::cmp::Ordering::Greater => changes.push(b.next().expect("peeked")),
-                },
-            }
-        }
-        self.sent = new;
-        changes
-    }
 
     /// Makes final every event before `bound` (the inputs, credits included, have passed
     /// it): applies them to the final state and returns the decisions and the changed
@@ -669,10 +616,6 @@ impl Ledger {
         }
         self.flush_accounts(current, &mut touched, &mut accounts);
         self.final_upto = bound;
-        let keep = self.sent.partition_point(|(t, _)| *t < bound);
-        self.sent.drain(..keep);
-        let keep = self.produced.partition_point(|(t, _)| *t < bound);
-        self.produced.drain(..keep);
         (decisions, accounts)
     }
 
@@ -819,9 +762,7 @@ pub(super) fn decide<'s>(
         incoming: BTreeMap::new(),
         final_due: VecDeque::new(),
         exec_due: VecDeque::new(),
-        sent: Vec::new(),
-        produced: Vec::new(),
-        produced_changed: false,
+        outbox: Vec::new(),
         base: 0,
         marks: 0,
         payer_msgs: HashMap::new(),
@@ -882,7 +823,7 @@ pub(super) fn decide<'s>(
                 ledger.execute(bound);
             }
             {
-                let changes = ledger.credit_changes();
+                let changes = std::mem::take(&mut ledger.outbox);
                 if !changes.is_empty() {
                     // All at once, at the earliest cause's time (at or before every
                     // change's approval: causality runs forward); each says when it applies.
