@@ -81,6 +81,8 @@ where
         // (time, count) of messages given and not yet known to be through the graph.
         let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
         let mut in_flight_count = 0usize;
+        // The decisions of rules 1-2 of one poll, with the time each leaves at.
+        let mut refused: Vec<(Time, B)> = Vec::new();
         move |_frontiers| {
             let Some(caps) = capabilities.as_mut() else {
                 return;
@@ -118,28 +120,41 @@ where
                 }
                 // Feeds promise non-decreasing t; anything earlier than the capability would
                 // be a feed bug, so it is raised to the capability's time rather than lost.
-                // A cell of the epoch grid at a time: its messages enter at its first
-                // millisecond, the decisions made here leave at its last.
-                let cell = cell_start(first.t.max(floor)).max(floor);
-                let end = cell | mask;
-                let (ok_cap, err_cap) = (caps[0].delayed(&cell), caps[1].delayed(&end));
+                // Everything taken enters at once, at the start of the first message's
+                // cell (a message may enter at or before its own time: the ordering
+                // operators go by each message's `t`): a backlog costs one timestamp per
+                // poll, not one per millisecond. Decisions made here leave at the end of
+                // their own time's cell, as every decision does.
+                let enter = cell_start(first.t.max(floor)).max(floor);
+                let ok_cap = caps[0].delayed(&enter);
                 let mut ok_s = ok_h.session(&ok_cap);
-                let mut err_s = err_h.session(&err_cap);
                 let mut n = 0;
-                while let Some(mut m) = buffer.pop_front_if(|m| m.t.max(floor) <= end) {
+                let mut last_end = enter | mask;
+                refused.clear();
+                while let Some(mut m) = buffer.pop_front() {
                     m.t = m.t.max(floor);
+                    let end = m.t | mask;
+                    last_end = end;
                     match admit(m) {
                         Ok(a) => ok_s.give(a),
-                        Err(b) => err_s.give(b),
+                        Err(b) => refused.push((end, b)),
                     }
                     n += 1;
                     if full(&in_flight, in_flight_count + n) {
                         break;
                     }
                 }
+                drop(ok_s);
+                while let Some(&(end, _)) = refused.first() {
+                    let k = refused.iter().take_while(|(e, _)| *e == end).count();
+                    let cap = caps[1].delayed(&end);
+                    err_h
+                        .session(&cap)
+                        .give_iterator(refused.drain(..k).map(|(_, b)| b));
+                }
                 match in_flight.back_mut() {
-                    Some((last, count)) if *last == end => *count += n,
-                    _ => in_flight.push_back((end, n)),
+                    Some((last, count)) if *last == last_end => *count += n,
+                    _ => in_flight.push_back((last_end, n)),
                 }
                 in_flight_count += n;
             }

@@ -525,7 +525,6 @@ impl Ledger {
         }
     }
 
-
     /// Makes final every event before `bound` (the inputs, credits included, have passed
     /// it): applies them to the final state and returns the decisions and the changed
     /// accounts, at their times, in time order.
