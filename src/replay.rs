@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use vtpga_ingest::capture::capture_lines;
+use vtpga_ingest::capture::read_capture_parallel;
 use vtpga_ingest::refdata::{read_regions, read_users};
-use vtpga_ingest::replay::{for_worker, prepare};
+use vtpga_ingest::replay::{prepare, split_for_workers};
 use vtpga_ingest::source::VecFeed;
 use vtpga_sinks::files::ReplayWriter;
 use vtpga_sinks::Gather;
@@ -55,8 +55,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let config = args.cluster.config()?;
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
-    let records = capture_lines(&args.input)
-        .collect::<Result<Vec<_>, _>>()
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let records = read_capture_parallel(&args.input, threads)
         .with_context(|| format!("reading capture {}", args.input.display()))?;
     let prepared = prepare(records);
     if args.params.epoch_ms.is_none() {
@@ -71,7 +71,17 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         args.cluster.processes,
         params.epoch_ms
     );
-    let messages = Arc::new(prepared.messages);
+    // Each worker of this process gets its share, moved out of the capture (no copies).
+    let (workers, peers) = (
+        args.cluster.workers,
+        args.cluster.workers * args.cluster.processes,
+    );
+    let first = args.cluster.process * workers;
+    let shares: Vec<std::sync::Mutex<Option<Vec<_>>>> =
+        split_for_workers(prepared.messages, first..first + workers, peers)
+            .into_iter()
+            .map(|share| std::sync::Mutex::new(Some(share)))
+            .collect();
     let reference = Arc::new(Reference { regions, users });
     let writes = args.cluster.process == 0;
     let (sender, receiver) = crossbeam_channel::bounded(1024);
@@ -102,7 +112,12 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     };
     pipeline::execute(
         spec,
-        move |index, peers| VecFeed::new(for_worker(&messages, index, peers)),
+        move |index, _peers| {
+            let share = shares
+                .get(index - first)
+                .and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
+            VecFeed::new(share.unwrap_or_default())
+        },
         sender,
     )?;
     let writer = writer

@@ -3,8 +3,6 @@
 //! timestamps to be non-decreasing in offset order whatever the order of the lines
 //! (SPEC §4), and splits the result among workers by partition.
 
-use std::collections::{BTreeMap, HashMap};
-
 use vtpga_dataflow::graph::{Body, Incoming};
 use vtpga_dataflow::{SourcePos, Time};
 
@@ -20,38 +18,63 @@ pub struct Prepared {
 }
 
 pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
-    // Per partition, by offset: the first line of each position.
-    let mut partitions: BTreeMap<i32, BTreeMap<i64, CaptureRecord>> = BTreeMap::new();
+    // Per partition, by offset: the first line of each position (a stable sort keeps the
+    // lines of one position in file order).
+    let mut records: Vec<CaptureRecord> = records.into_iter().collect();
+    records.sort_by_key(|r| (r.partition, r.offset));
     let mut out = Prepared::default();
+    out.messages.reserve(records.len());
+    let mut last: Option<(i32, i64)> = None;
+    let mut t: Time = 0;
     for r in records {
-        let offsets = partitions.entry(r.partition).or_default();
-        if offsets.contains_key(&r.offset) {
+        if last == Some((r.partition, r.offset)) {
             out.redelivered += 1;
             continue;
         }
-        offsets.insert(r.offset, r);
-    }
-    let mut clock: HashMap<i32, Time> = HashMap::new();
-    for (partition, offsets) in partitions {
-        let t = clock.entry(partition).or_insert(0);
-        for (offset, r) in offsets {
-            *t = (*t).max(r.t);
-            let body = match r.refused {
-                Some(error) => Body::Refused {
-                    raw: r.payload.into_bytes(),
-                    error,
-                },
-                None => Body::Raw(r.payload.into_bytes()),
-            };
-            out.messages.push(Incoming {
-                pos: SourcePos { partition, offset },
-                t: *t,
-                ingest_us: 0,
-                body,
-            });
+        if last.map(|(p, _)| p) != Some(r.partition) {
+            t = 0;
         }
+        last = Some((r.partition, r.offset));
+        t = t.max(r.t);
+        let body = match r.refused {
+            Some(error) => Body::Refused {
+                raw: r.payload.into_bytes(),
+                error,
+            },
+            None => Body::Raw(r.payload.into_bytes()),
+        };
+        out.messages.push(Incoming {
+            pos: SourcePos {
+                partition: r.partition,
+                offset: r.offset,
+            },
+            t,
+            ingest_us: 0,
+            body,
+        });
     }
     out
+}
+
+/// The messages of every worker of the processes' workers `mine` (global indexes) of
+/// `peers`, taken out of `messages` (no copies), each sorted by arrival time as
+/// [`for_worker`] sorts them; the others' are dropped.
+pub fn split_for_workers(
+    messages: Vec<Incoming>,
+    mine: std::ops::Range<usize>,
+    peers: usize,
+) -> Vec<Vec<Incoming>> {
+    let mut shares: Vec<Vec<Incoming>> = mine.clone().map(|_| Vec::new()).collect();
+    for m in messages {
+        let w = owner(m.pos.partition, peers);
+        if mine.contains(&w) {
+            shares[w - mine.start].push(m);
+        }
+    }
+    for share in shares.iter_mut() {
+        share.sort_by_key(|m| m.t);
+    }
+    shares
 }
 
 /// The worker that owns a partition: the same for every process of the cluster.

@@ -140,7 +140,10 @@ where
                         Err(b) => refused.push((end, b)),
                     }
                     n += 1;
-                    if full(&in_flight, in_flight_count + n) {
+                    // Full: stop, but never inside a cell (the graph could not finish the
+                    // cell's outputs while some of its messages wait here).
+                    let next_cell = buffer.front().map(|m| m.t.max(floor) | mask);
+                    if full(&in_flight, in_flight_count + n) && next_cell != Some(end) {
                         break;
                     }
                 }

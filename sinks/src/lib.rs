@@ -168,11 +168,20 @@ fn sink_with<D, A, X>(
                     .accounts
                     .append(&mut data);
             }
-            for (t, data) in staged_x {
-                let batch = pending.get_mut(&t).expect("slot");
-                batch
-                    .analyses
-                    .extend(data.into_iter().map(|(row, _, diff)| (row, diff)));
+            // An analysis change goes with the time it carries, which may be later than
+            // its container's: `count_total` emits the changes of several times under one
+            // capability when its input closes several at once.
+            for (_, data) in staged_x {
+                for (row, t, diff) in data {
+                    pending
+                        .entry(t)
+                        .or_insert_with(|| Batch {
+                            time: t,
+                            ..Batch::default()
+                        })
+                        .analyses
+                        .push((row, diff));
+                }
             }
             // Every closed timestamp goes out in one batch.
             let mut out: Option<Batch> = None;
@@ -207,4 +216,67 @@ fn analyses_stream<'s>(
     analyses: VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
 ) -> StreamVec<'s, Time, ((AnalysisKey, Tally), Time, isize)> {
     analyses.inner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::Input;
+
+    /// An analysis change is cut with the time it carries, not with its container's
+    /// capability: `count_total` emits several times' changes under one capability when
+    /// its input closes several at once, and a cut holding a later time's change would
+    /// count those messages again after a restart from it.
+    #[test]
+    fn analysis_changes_go_with_their_own_time() {
+        let (sender, receiver) = crossbeam_channel::unbounded::<Batch>();
+        timely::execute(timely::Config::thread(), move |worker| {
+            let sender = sender.clone();
+            let probe = ProbeHandle::<Time>::new();
+            let (mut decisions, mut accounts, mut analyses) =
+                worker.dataflow::<Time, _, _>(|scope| {
+                    let (d_in, decisions) = scope.new_input::<Vec<Decision>>();
+                    let (a_in, accounts) = scope.new_input::<Vec<Account>>();
+                    let (x_in, analyses) =
+                        scope.new_input::<Vec<((AnalysisKey, Tally), Time, isize)>>();
+                    let outputs = Outputs {
+                        decisions,
+                        accounts,
+                        analyses: analyses.as_collection(),
+                    };
+                    batch_sink(outputs, Gather::PerWorker, sender, &probe);
+                    (d_in, a_in, x_in)
+                });
+            // One container at time 1 with changes at times 1 and 7.
+            let row = |count| {
+                (
+                    AnalysisKey::Status(vtpga_dataflow::Status::Approved),
+                    Tally {
+                        count,
+                        ..Tally::default()
+                    },
+                )
+            };
+            analyses.advance_to(1);
+            decisions.advance_to(1);
+            accounts.advance_to(1);
+            analyses.send((row(1), 1, 1));
+            analyses.send((row(7), 7, 1));
+            for t in [5u64, 10] {
+                analyses.advance_to(t);
+                decisions.advance_to(t);
+                accounts.advance_to(t);
+                while probe.less_than(&t) {
+                    worker.step();
+                }
+            }
+        })
+        .expect("timely runs");
+        let batches: Vec<(Time, usize)> = receiver
+            .try_iter()
+            .map(|b| (b.time, b.analyses.len()))
+            .collect();
+        assert_eq!(batches, vec![(1, 1), (7, 1)]);
+    }
 }

@@ -824,16 +824,21 @@ pub(super) fn decide<'s>(
             {
                 let changes = std::mem::take(&mut ledger.outbox);
                 if !changes.is_empty() {
-                    // All at once, at the earliest cause's time (at or before every
-                    // change's approval: causality runs forward); each says when it applies.
+                    // All at once, at the earliest approval among them (each says when it
+                    // applies). Not at the cause's time: a receiver stamping its new credits
+                    // with the time of the credits it just received would walk the loop's
+                    // frontier forward one millisecond per exchange while messages keep
+                    // coming. Causality runs forward: the cause is at or before them all.
                     let emit = emit.as_ref().expect("credits change only after a cause");
+                    let earliest = changes.iter().map(|(t, _)| *t).min().expect("not empty");
                     assert!(
-                        changes.iter().all(|(t, _)| *emit.time() <= *t),
+                        *emit.time() <= earliest,
                         "a credit changed before its cause"
                     );
+                    let at = emit.delayed(&earliest);
                     credit_out
                         .activate()
-                        .session(emit)
+                        .session(&at)
                         .give_iterator(changes.into_iter().map(|(_, c)| c));
                 }
             }
