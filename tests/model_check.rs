@@ -509,3 +509,37 @@ fn same_t_debits_follow_ledger_order() {
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
     assert_eq!(statuses, vec!["insufficient_balance", "approved"]);
 }
+
+/// A credit from another worker arrives after its payee's payment was executed without
+/// it: that payment is decided again (a replay's workers execute everything at once, so
+/// with the payer and payee on different workers the credit is always late).
+#[test]
+fn late_credits_change_decisions_that_needed_them() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use vtpga_dataflow::graph::REDECIDED;
+    // A (rich) pays E (nothing) 100.00 at t; E pays B 50.00 at t + 1, which only A's
+    // credit makes possible. Every payer/payee pair of A, E on two or three workers.
+    let steps: Vec<Step> = [(0u8, 4u8, 10_000i64, 0u64), (4, 1, 5_000, 1)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(payer, payee, amount, dt))| Step {
+            dt,
+            partition: i as i32,
+            redeliver: None,
+            invalid: false,
+            id: i as u8,
+            payer,
+            payee,
+            region: 0,
+            mode: 0,
+            amount,
+            skew: 0,
+        })
+        .collect();
+    let before = REDECIDED.load(Relaxed);
+    check_with(&steps, 4096).expect("matches the reference");
+    assert!(
+        REDECIDED.load(Relaxed) > before,
+        "no decision was taken again: the late credit path was not exercised"
+    );
+}

@@ -176,6 +176,10 @@ struct Final {
 /// leaves at.
 type Finalized = (Vec<(Time, Decision)>, Vec<(Time, Account)>);
 
+/// Late changes of balance still to take into account: by (time, user), the user's
+/// reference data and the sum of the changes.
+type Work = BTreeMap<(Time, CompactString), (UserVal, Cents)>;
+
 /// One worker's ledger: the final state, the messages executed but not yet final, and
 /// what is needed to execute them again.
 struct Ledger {
@@ -206,6 +210,8 @@ struct Ledger {
     /// Credits to this worker's payees from executed approvals, not yet applied in
     /// execution (their time is `exec_upto` or later).
     exec_due: VecDeque<Due>,
+    /// Late changes of balance not yet taken into account (see `settle`).
+    work: Work,
     /// Changes to the credits for other workers' payees, not sent yet: `(approval time,
     /// credit)`, a retraction having `diff = -1`.
     outbox: Vec<(Time, Credit)>,
@@ -239,18 +245,27 @@ impl Ledger {
     fn receive(&mut self, at: Time, credit: Credit, diff: i64) {
         debug_assert!(at >= self.final_upto, "a credit for a final time");
         if at < self.exec_upto {
-            // Already executed past: its payee's later payments are decided again.
+            // Already executed past: its payee's later payments are decided again (in
+            // `settle`, with every late credit of this round).
             let delta = credit.amount_cents * diff as Cents;
-            self.late_credit(&credit.payee, &credit.payee_ref, at, delta);
+            self.work
+                .entry((at, CompactString::from(credit.payee.as_str())))
+                .or_insert((credit.payee_ref, 0))
+                .1 += delta;
         }
         self.incoming.entry(at).or_default().push((credit, diff));
     }
 
-    /// A change of `delta` to `user`'s balance at `at`, a time already executed past:
-    /// decides again what it changes, and what those changes change, one payer at a time.
-    fn late_credit(&mut self, user: &str, reference: &UserVal, at: Time, delta: Cents) {
-        let mut work = vec![(CompactString::from(user), *reference, at, delta)];
-        while let Some((user, reference, at, delta)) = work.pop() {
+    /// Takes the late changes of balance into account: in time order, the changes to one
+    /// user at one time summed. What a change causes is strictly later, so each is taken
+    /// once everything before it is known (taken in another order, one change could
+    /// re-decide the same payments again and again).
+    fn settle(&mut self) {
+        let mut work = std::mem::take(&mut self.work);
+        while let Some(((at, user), (reference, delta))) = work.pop_first() {
+            if delta == 0 {
+                continue;
+            }
             LATE_CREDITS.fetch_add(1, Ordering::Relaxed);
             self.redecide(&user, &reference, at, delta, &mut work);
         }
@@ -268,7 +283,7 @@ impl Ledger {
         reference: &UserVal,
         at: Time,
         delta: Cents,
-        work: &mut Vec<(CompactString, UserVal, Time, Cents)>,
+        work: &mut Work,
     ) {
         let (mut shift_balance, mut shift_credit) = (delta, 0 as Cents);
         let mut last: Option<Option<i64>> = None;
@@ -343,12 +358,9 @@ impl Ledger {
                         self.exec_due.remove(k);
                     }
                 } else {
-                    work.push((
-                        CompactString::from(payee.as_str()),
-                        payee_ref,
-                        t + 1,
-                        sign * amount,
-                    ));
+                    work.entry((t + 1, CompactString::from(payee.as_str())))
+                        .or_insert((payee_ref, 0))
+                        .1 += sign * amount;
                 }
             } else {
                 self.outbox.push((
@@ -762,6 +774,7 @@ pub(super) fn decide<'s>(
         final_due: VecDeque::new(),
         exec_due: VecDeque::new(),
         outbox: Vec::new(),
+        work: BTreeMap::new(),
         base: 0,
         marks: 0,
         payer_msgs: HashMap::new(),
@@ -813,6 +826,7 @@ pub(super) fn decide<'s>(
                     }
                 }
             });
+            ledger.settle();
             let bound = [0, 2, 3, 4]
                 .into_iter()
                 .map(|i| frontier_time(&frontiers[i]))
@@ -822,7 +836,7 @@ pub(super) fn decide<'s>(
                 ledger.execute(bound);
             }
             {
-                let changes = std::mem::take(&mut ledger.outbox);
+                let changes = consolidate(std::mem::take(&mut ledger.outbox));
                 if !changes.is_empty() {
                     // All at once, at the earliest approval among them (each says when it
                     // applies). Not at the cause's time: a receiver stamping its new credits
@@ -880,6 +894,28 @@ pub(super) fn decide<'s>(
     });
     credit_stream.connect_loop(loop_handle);
     (decisions, accounts)
+}
+
+/// Credit changes with those to one payee, of one amount, from one approval time summed
+/// (a payment re-decided twice in a round can take a credit back and give it again), in
+/// time order; none that sum to nothing.
+fn consolidate(mut changes: Vec<(Time, Credit)>) -> Vec<(Time, Credit)> {
+    changes.sort_by(|(ta, a), (tb, b)| {
+        (ta, &a.payee, a.amount_cents).cmp(&(tb, &b.payee, b.amount_cents))
+    });
+    let mut out: Vec<(Time, Credit)> = Vec::with_capacity(changes.len());
+    for (t, c) in changes {
+        match out.last_mut() {
+            Some((u, last))
+                if *u == t && last.payee == c.payee && last.amount_cents == c.amount_cents =>
+            {
+                last.diff += c.diff
+            }
+            _ => out.push((t, c)),
+        }
+    }
+    out.retain(|(_, c)| c.diff != 0);
+    out
 }
 
 /// Calls `give` once per run of equal times in `items` (sorted by time).
