@@ -134,6 +134,16 @@ struct Outcome {
     before: Option<rules::Funds>,
 }
 
+impl Final {
+    fn new(funds: rules::Funds) -> Self {
+        Final {
+            funds,
+            exec: funds,
+            touched: None,
+        }
+    }
+}
+
 impl Outcome {
     fn plain(status: Status) -> Self {
         Outcome {
@@ -175,7 +185,10 @@ struct FinalDue {
 
 /// A user's final state (SPEC §2), owned by exactly one worker.
 struct Final {
+    /// As of `final_upto`.
     funds: rules::Funds,
+    /// As of `exec_upto`: what execution decides with.
+    exec: rules::Funds,
     /// The last finalization (its number) that changed this user: reported once each.
     touched: Option<u64>,
 }
@@ -205,10 +218,8 @@ struct Ledger {
     window: VecDeque<(Pending, Outcome)>,
     /// Every event before this time is final (in `users`).
     final_upto: Time,
-    /// Every event before this time is executed (in `overlay`).
+    /// Every event before this time is executed (in each user's `Final::exec`).
     exec_upto: Time,
-    /// Funds as of `exec_upto` of the users that executed events changed.
-    overlay: HashMap<CompactString, rules::Funds>,
     /// Credits from other workers, by the time they apply (at or after `final_upto`), each
     /// with its multiplicity (a retraction is -1).
     incoming: BTreeMap<Time, Vec<(Credit, i64)>>,
@@ -238,15 +249,9 @@ impl Ledger {
         owner_hash(id) % self.peers == self.me
     }
 
-    /// The executed funds of `user`: its overlay entry, made from its final funds.
+    /// The executed funds of `user`.
     fn exec_funds(&mut self, user: &str, reference: &UserVal) -> &mut rules::Funds {
-        if !self.overlay.contains_key(user) {
-            let funds = Self::final_slot(&mut self.users, &mut self.resumed, user, reference).funds;
-            self.overlay.insert(CompactString::from(user), funds);
-        }
-        self.overlay
-            .get_mut(user)
-            .expect("overlay entry just ensured")
+        &mut Self::final_slot(&mut self.users, &mut self.resumed, user, reference).exec
     }
 
     /// A credit from another worker, applying at `at`.
@@ -400,7 +405,7 @@ impl Ledger {
         if from > upto {
             return;
         }
-        // Borrow split: the incoming credits are read while the overlay changes.
+        // Borrow split: the incoming credits are read while the executed funds change.
         let incoming = std::mem::take(&mut self.incoming);
         for (_, credits) in incoming.range(from..=upto) {
             for (c, diff) in credits {
@@ -471,10 +476,10 @@ impl Ledger {
         let region = self.regions.get(&region_id, t, |r| r.geo);
         let payee = self.users.get(&payee_id, t, |u| *u);
         let payer = match (region, payee) {
-            (Some(_), Some(_)) => self.users.get(&payer_id, t, |u| *u),
+            (Some(_), Some(_)) => self.users.get_with_state(&payer_id, t),
             _ => None,
         };
-        let (Some(region), Some(payee), Some(payer)) = (region, payee, payer) else {
+        let (Some(region), Some(payee), Some((payer, slot))) = (region, payee, payer) else {
             // Which reference, not its id: the id is in the record already, exactly as
             // parsed (SPEC §8), however long or odd it is.
             let what = match (region, payee) {
@@ -492,6 +497,27 @@ impl Ledger {
             let tx = &self.window[i].0.tx;
             (tx.mode, tx.amount_cents, tx.event_ms)
         };
+        // The scores are kept even for a stale message: a late credit may change which
+        // approval was the payer's last, and so whether it is stale.
+        let hour = rules::local_hour(event_ms);
+        let scores = rules::scores(amount_cents, hour, self.km.km(&payer.home, &region));
+        let home_band = rules::distance_band(self.km.km(&payer.home, &payee.home));
+        let state = slot.get_or_insert_with(|| {
+            Final::new(initial_funds(
+                &payer,
+                self.resumed.remove(payer_id.as_str()),
+            ))
+        });
+        let funds = &mut state.exec;
+        let before = Some(*funds);
+        let status = if rules::is_stale(event_ms, funds) {
+            Status::Stale
+        } else {
+            rules::assess(mode, amount_cents, scores.risk, funds, &params)
+        };
+        if status == Status::Approved {
+            rules::approve(mode, amount_cents, event_ms, funds);
+        }
         // Only credits from other workers arrive late: alone, a worker needs no list.
         if self.peers > 1 {
             let number = self.base + i as u64;
@@ -505,20 +531,7 @@ impl Ledger {
                 }
             }
         }
-        // The scores are kept even for a stale message: a late credit may change which
-        // approval was the payer's last, and so whether it is stale.
-        let hour = rules::local_hour(event_ms);
-        let scores = rules::scores(amount_cents, hour, self.km.km(&payer.home, &region));
-        let home_band = rules::distance_band(self.km.km(&payer.home, &payee.home));
-        let funds = self.exec_funds(&payer_id, &payer);
-        let before = Some(*funds);
-        let status = if rules::is_stale(event_ms, funds) {
-            Status::Stale
-        } else {
-            rules::assess(mode, amount_cents, scores.risk, funds, &params)
-        };
         if status == Status::Approved {
-            rules::approve(mode, amount_cents, event_ms, funds);
             if self.owns(&payee_id) {
                 self.exec_due.push_back(Due {
                     at: t + 1,
@@ -645,10 +658,9 @@ impl Ledger {
         user: &str,
         reference: &UserVal,
     ) -> &'a mut Final {
-        users.state_of(user).get_or_insert_with(|| Final {
-            funds: initial_funds(reference, resumed.remove(user)),
-            touched: None,
-        })
+        users
+            .state_of(user)
+            .get_or_insert_with(|| Final::new(initial_funds(reference, resumed.remove(user))))
     }
 
     fn touch(f: &mut Final, mark: u64, user: &str, touched: &mut Vec<CompactString>) {
@@ -778,7 +790,6 @@ pub(super) fn decide<'s>(
         window: VecDeque::new(),
         final_upto: 0,
         exec_upto: 0,
-        overlay: HashMap::new(),
         incoming: BTreeMap::new(),
         final_due: VecDeque::new(),
         exec_due: VecDeque::new(),

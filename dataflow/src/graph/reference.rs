@@ -201,6 +201,21 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         self.value_at(key, t).as_ref().map(read)
     }
 
+    /// The value of `key` as of time `t` with the state kept for it: one probe when the
+    /// current values apply. `None` (and no slot made) for a key without a value at `t`.
+    pub(super) fn get_with_state(&mut self, key: &str, t: Time) -> Option<(V, &mut S)>
+    where
+        V: Copy,
+    {
+        self.refresh();
+        if self.latest.is_none_or(|latest| latest <= t) {
+            let slot = self.index.get_mut(key)?;
+            return Some((slot.val?, &mut slot.state));
+        }
+        let val = self.value_at(key, t)?;
+        Some((val, self.state_of(key)))
+    }
+
     /// The state kept for `key`, whether or not it has a value now.
     pub(super) fn state_of(&mut self, key: &str) -> &mut S {
         if !self.index.contains_key(key) {
