@@ -452,11 +452,11 @@ proptest! {
 }
 
 /// Same-t chain A→B→C: B's credit from A is not spendable at the same t, is at t+1.
-#[test]
-fn credit_chain_across_workers() {
-    let s = |dt, id, payer, payee, amount| Step {
+/// A valid pix payment in region r1, on partition `partition`, `dt` ms after the last.
+fn pay(dt: u64, partition: i32, id: u8, payer: u8, payee: u8, amount: i64) -> Step {
+    Step {
         dt,
-        partition: payer as i32 % 4,
+        partition,
         redeliver: None,
         invalid: false,
         id,
@@ -466,7 +466,12 @@ fn credit_chain_across_workers() {
         mode: 0,
         amount,
         skew: 0,
-    };
+    }
+}
+
+#[test]
+fn credit_chain_across_workers() {
+    let s = |dt, id, payer: u8, payee, amount| pay(dt, payer as i32 % 4, id, payer, payee, amount);
     // A (rich) pays E (0 balance); E pays B at the same t (refused) and at t+1 (approved).
     let steps = vec![
         s(0, 0, 0, 4, 10_000),
@@ -517,23 +522,7 @@ fn same_t_debits_follow_ledger_order() {
 fn a_payment_that_needs_another_workers_credit_gets_it() {
     // A (rich) pays E (nothing) 100.00 at t; E pays B 50.00 at t + 1, which only A's
     // credit makes possible.
-    let steps: Vec<Step> = [(0u8, 4u8, 10_000i64, 0u64), (4, 1, 5_000, 1)]
-        .iter()
-        .enumerate()
-        .map(|(i, &(payer, payee, amount, dt))| Step {
-            dt,
-            partition: i as i32,
-            redeliver: None,
-            invalid: false,
-            id: i as u8,
-            payer,
-            payee,
-            region: 0,
-            mode: 0,
-            amount,
-            skew: 0,
-        })
-        .collect();
+    let steps = vec![pay(0, 0, 0, 0, 4, 10_000), pay(1, 1, 1, 4, 1, 5_000)];
     for _ in 0..20 {
         check_with(&steps, 4096).expect("matches the reference");
     }
