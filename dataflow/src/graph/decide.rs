@@ -939,16 +939,18 @@ fn consolidate(mut changes: Vec<(Time, Credit)>) -> Vec<(Time, Credit)> {
 }
 
 /// Calls `give` once per run of equal times in `items` (sorted by time).
-fn for_each_time<D>(items: Vec<(Time, D)>, mut give: impl FnMut(Time, std::vec::IntoIter<D>)) {
+fn for_each_time<D>(
+    items: Vec<(Time, D)>,
+    mut give: impl FnMut(Time, &mut dyn Iterator<Item = D>),
+) {
     let mut items = items.into_iter().peekable();
     while let Some(&(t, _)) = items.peek() {
-        let mut run = Vec::new();
-        while let Some((_, d)) = items.next_if(|(u, _)| *u == t) {
-            run.push(d);
-        }
-        give(t, run.into_iter());
+        // The run is handed over as it is read: no second copy of each item.
+        let mut run = std::iter::from_fn(|| items.next_if(|(u, _)| *u == t).map(|(_, d)| d));
+        give(t, &mut run);
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
