@@ -2,6 +2,7 @@
 //! (a) already parsed and (b) as raw JSON, and runs the sequential reference on the
 //! same input, printing messages per second for each.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use vtpga_dataflow::{Params, SourcePos};
 use vtpga_ingest::generator::{Generator, GeneratorConfig};
 use vtpga_ingest::refdata::{generate_regions, generate_users};
 use vtpga_ingest::source::{Feed, Polled, VecFeed};
+use vtpga_sinks::consumer::{Consumer, Fault, WritePath};
 use vtpga_sinks::Gather;
 
 use vtpga::cluster::ClusterArgs;
@@ -138,6 +140,20 @@ struct Run {
     decided: u64,
 }
 
+/// Counts the decisions it is given.
+struct Count(Arc<AtomicU64>);
+
+impl Consumer for Count {
+    fn name(&self) -> &'static str {
+        "count"
+    }
+    fn batch(&mut self, batch: &vtpga_sinks::Batch) -> Result<(), Fault> {
+        self.0
+            .fetch_add(batch.decisions.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// One run of the graph over `messages`.
 fn run_graph(
     workers: usize,
@@ -145,15 +161,14 @@ fn run_graph(
     messages: &[Incoming],
     epoch_ms: u64,
 ) -> Result<Run> {
-    let (sender, receiver) = crossbeam_channel::bounded(4096);
-    let counter = std::thread::Builder::new()
-        .name("bench-sink".into())
-        .spawn(move || {
-            receiver
-                .iter()
-                .map(|b: vtpga_sinks::Batch| b.decisions.len() as u64)
-                .sum::<u64>()
-        })?;
+    let decided = Arc::new(AtomicU64::new(0));
+    let path = WritePath {
+        record: Vec::new(),
+        producer: None,
+        followers: vec![Box::new(Count(decided.clone()))],
+        max_batch: 0,
+        stop: Default::default(),
+    };
     // Each worker's share is split off before the clock starts, and handed over whole.
     let shares: Vec<std::sync::Mutex<Option<Vec<Incoming>>>> = (0..workers)
         .map(|index| {
@@ -183,7 +198,7 @@ fn run_graph(
     let first_poll = Arc::new(std::sync::Mutex::new(None));
     let feeds_first_poll = first_poll.clone();
     let started = Instant::now();
-    pipeline::execute(
+    pipeline::run(
         spec,
         move |index, _peers| {
             let share = shares[index].lock().map(|mut s| s.take()).ok().flatten();
@@ -193,12 +208,10 @@ fn run_graph(
                 polled: false,
             }
         },
-        sender,
+        path,
     )?;
     let ended = Instant::now();
-    let decided = counter
-        .join()
-        .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?;
+    let decided = decided.load(Ordering::Relaxed);
     let first_poll = first_poll.lock().ok().and_then(|f| *f).unwrap_or(started);
     Ok(Run {
         setup: (first_poll - started).as_secs_f64(),

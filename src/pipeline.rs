@@ -1,5 +1,6 @@
 //! Runs the decision graph on a timely cluster: reference data in, a feed per worker,
-//! the graph, and a batch sink whose batches go to a channel for the caller's consumer.
+//! the graph, and a batch sink whose batches go to the caller's [`WritePath`] (its
+//! consumers, each on its own thread, in the order `sinks::consumer` describes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use vtpga_dataflow::graph::{
 };
 use vtpga_dataflow::{Params, Region, Time, User};
 use vtpga_ingest::source::{feed_source, Feed};
+use vtpga_sinks::consumer::WritePath;
 use vtpga_sinks::{batch_sink, Batch, Gather};
 
 /// Messages per cell when the epoch is chosen from a known feed (`replay`, `bench`): about
@@ -39,7 +41,29 @@ pub struct PipelineSpec {
     pub resume: Arc<Resume>,
 }
 
-/// Runs until every feed is exhausted and every output has left the graph.
+/// Runs the graph and its write path until every feed is exhausted and every consumer has
+/// taken every batch.
+pub fn run<F, M>(spec: PipelineSpec, make_feed: M, path: WritePath) -> Result<()>
+where
+    F: Feed + 'static,
+    M: Fn(usize, usize) -> F + Send + Sync + 'static,
+{
+    let (sender, receiver) = crossbeam_channel::bounded::<Batch>(1024);
+    let writer = std::thread::Builder::new()
+        .name("vtpga-dispatch".into())
+        .spawn(move || path.drive(receiver))
+        .map_err(|e| anyhow!("starting the write path: {e}"))?;
+    let ran = execute(spec, make_feed, sender);
+    let wrote = writer
+        .join()
+        .map_err(|_| anyhow!("the write path panicked"))?;
+    // The write path's own failure first: it is why the graph was stopped.
+    wrote?;
+    ran
+}
+
+/// Runs until every feed is exhausted and every output has left the graph; batches go to
+/// `sender` ([`run`] gives them to a write path).
 pub fn execute<F, M>(spec: PipelineSpec, make_feed: M, sender: Sender<Batch>) -> Result<()>
 where
     F: Feed + 'static,

@@ -13,7 +13,8 @@ use vtpga_ingest::capture::read_capture_parallel;
 use vtpga_ingest::refdata::{read_regions, read_users};
 use vtpga_ingest::replay::{prepare, split_for_workers};
 use vtpga_ingest::source::VecFeed;
-use vtpga_sinks::files::ReplayWriter;
+use vtpga_sinks::consumer::{Consumer, WritePath};
+use vtpga_sinks::files::ReplayFiles;
 use vtpga_sinks::Gather;
 
 use crate::ParamArgs;
@@ -82,35 +83,37 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             .into_iter()
             .map(|share| std::sync::Mutex::new(Some(share)))
             .collect();
+    // Process 0 writes the files; the others only decide their share.
+    let mut followers: Vec<Box<dyn Consumer>> = Vec::new();
+    let mut counts = None;
+    if args.cluster.process == 0 {
+        let files = ReplayFiles::create(
+            &args.decisions,
+            &args.analyses,
+            args.balances.as_deref(),
+            users.clone(),
+        )
+        .with_context(|| format!("creating {}", args.decisions.display()))?;
+        counts = Some(files.counts.clone());
+        followers.push(Box::new(files));
+    }
     let reference = Arc::new(Reference { regions, users });
-    let writes = args.cluster.process == 0;
-    let (sender, receiver) = crossbeam_channel::bounded(1024);
-    let decisions_path = args.decisions.clone();
-    let writer = std::thread::spawn(move || -> Result<Option<ReplayWriter>> {
-        let mut writer = if writes {
-            Some(
-                ReplayWriter::create(&decisions_path)
-                    .with_context(|| format!("creating {}", decisions_path.display()))?,
-            )
-        } else {
-            None
-        };
-        for batch in receiver {
-            if let Some(w) = writer.as_mut() {
-                w.write_batch(batch)?;
-            }
-        }
-        Ok(writer)
-    });
     let spec = PipelineSpec {
         config,
-        reference: reference.clone(),
+        reference,
         params,
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
         resume: Default::default(),
     };
-    pipeline::execute(
+    let path = WritePath {
+        record: Vec::new(),
+        producer: None,
+        followers,
+        max_batch: 0,
+        stop: Default::default(),
+    };
+    pipeline::run(
         spec,
         move |index, _peers| {
             let share = shares
@@ -118,13 +121,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
                 .and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
             VecFeed::new(share.unwrap_or_default())
         },
-        sender,
+        path,
     )?;
-    let writer = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
-    if let Some(writer) = writer {
-        let counts = writer.finish(&args.analyses, args.balances.as_deref(), &reference.users)?;
+    if let Some(counts) = counts {
+        let counts = *counts.lock().expect("counts");
         let summary: Vec<String> = vtpga_dataflow::Status::ALL
             .iter()
             .zip(counts)

@@ -1,11 +1,12 @@
 //! `vtpga run`: the main job. Reference data, a source (the in-process generator at a
 //! fixed rate, or the Kafka topic), the decision graph, a live status line, and with the
-//! Kafka source the decisions and dead-letter topics. The batches channel is the seam
-//! where the dashboard and the database sinks plug in.
+//! Kafka source the decisions and dead-letter topics; with `--postgres` and `--redis` the
+//! durable record and the cache. This file assembles the list of consumers; the write
+//! path (`sinks::consumer`) runs them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,13 +18,14 @@ use vtpga_ingest::kafka::{partitions_for, KafkaFeed, KafkaSourceConfig, KafkaSta
 use vtpga_ingest::live::{now_us, LiveFeed};
 use vtpga_ingest::refdata::{generate_regions, generate_users, read_regions, read_users};
 use vtpga_ingest::source::{Either, Stoppable};
-use vtpga_sinks::kafka::{DecisionProducer, OutputTopics};
+use vtpga_sinks::consumer::{Consumer, Fault, WritePath};
+use vtpga_sinks::kafka::{DecisionProducer, DeliveryStats, OutputTopics};
 use vtpga_sinks::monitor::Monitor;
-use vtpga_sinks::postgres::{self as pg, PgSink, ResumePoint};
-use vtpga_sinks::redis::{RedisOptions, RedisSink};
+use vtpga_sinks::postgres::{self as pg, PgSink, PgStats, ResumePoint};
+use vtpga_sinks::redis::{RedisOptions, RedisSink, RedisStats};
 use vtpga_sinks::Batch;
 use vtpga_sinks::Gather;
-use vtpga_web::{LiveState, WebConfig};
+use vtpga_web::{LiveState, Observer, WebConfig};
 
 use crate::produce::parse_rate;
 use crate::ParamArgs;
@@ -103,6 +105,11 @@ pub struct RunArgs {
     /// With PostgreSQL: batches merged into one database transaction, at most (decisions).
     #[arg(long, env = "VTPGA_PG_MAX_BATCH", default_value_t = 50_000)]
     pub pg_max_batch: usize,
+    /// With PostgreSQL: writer connections. Each writes whole batches (one transaction
+    /// each); with two, one copies its batch while the other commits. Commits stay in
+    /// batch order.
+    #[arg(long, env = "VTPGA_PG_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub pg_writers: u32,
     /// Messages per second for the whole cluster, or `max` for as fast as the graph takes them.
     #[arg(long, env = "VTPGA_RATE", default_value = "5000")]
     pub rate: String,
@@ -264,37 +271,48 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let kafka_stats = KafkaStats::new(local_workers);
     let (kafka_source, producer) = match kafka {
-        Some((partitions, source, producer)) => (Some((partitions, source)), Some(producer)),
+        Some((partitions, source, producer)) => {
+            (Some((partitions, source)), Some(Arc::new(producer)))
+        }
         None => (None, None),
     };
     let rows: BTreeMap<AnalysisKey, Tally> = resume_point.state.analyses.iter().cloned().collect();
-    let rows_for_web = rows.clone();
-    let pg_sink = match &args.postgres {
-        Some(url) => Some(
-            PgSink::new(url, &source_name)
-                .with_context(|| format!("connecting the PostgreSQL sink to {}", redact(url)))?,
-        ),
-        None => None,
-    };
+    let mut followers: Vec<Box<dyn Consumer>> = Vec::new();
+    // The durable record: `--pg-writers` connections, copying in parallel, committing in
+    // order (sinks::consumer).
+    let mut record = Vec::new();
+    if let Some(url) = &args.postgres {
+        let first = PgSink::new(url, &source_name)
+            .with_context(|| format!("connecting the PostgreSQL sink to {}", redact(url)))?;
+        for _ in 1..args.pg_writers {
+            record.push(first.another().with_context(|| {
+                format!("connecting another PostgreSQL writer to {}", redact(url))
+            })?);
+        }
+        record.insert(0, first);
+    }
+    let pg_stats = record.first().map(|pg| pg.stats.clone());
     // In a cluster the Redis cache is written by process 0 alone, from batches gathered to
     // worker 0 (as with PostgreSQL): a sink per process would rebuild the cache from its
     // own share at start and delete what the others wrote.
     let clustered = args.cluster.processes > 1;
-    let redis_sink = match &args.redis {
-        Some(_) if clustered && args.cluster.process != 0 => None,
+    let mut redis_stats = None;
+    match &args.redis {
+        Some(_) if clustered && args.cluster.process != 0 => {}
         Some(url) => {
             let mut sink = RedisSink::new(url, RedisOptions::default())
                 .with_context(|| format!("Redis URL {}", redact(url)))?;
-            sink.seed(rows);
-            Some(sink)
+            sink.seed(rows.clone());
+            redis_stats = Some(sink.stats_handle());
+            followers.push(Box::new(sink));
         }
-        None => None,
-    };
+        None => {}
+    }
     let web = if args.no_web {
         None
     } else {
         let state = LiveState::new(total_workers);
-        state.seed_analyses(rows_for_web);
+        state.seed_analyses(rows);
         let config = WebConfig {
             listen: args.web_listen,
             token: args.web_token.clone(),
@@ -307,6 +325,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         ) {
             Ok(server) => {
                 eprintln!("dashboard: http://{}/", server.addr);
+                followers.push(Box::new(Observer(state.clone())));
                 Some((state, server))
             }
             Err(e) => {
@@ -321,84 +340,34 @@ pub fn run(args: RunArgs) -> Result<()> {
         .iter()
         .map(|(p, r)| (*p, r.next_offset))
         .collect();
-    let mut sinks = Sinks {
-        web: web.as_ref().map(|(state, _)| state.clone()),
-        kafka: producer,
-        pg: pg_sink,
-        redis: redis_sink,
-        pg_max_batch: args.pg_max_batch,
-    };
-    let gather = if sinks.pg.is_some() || (args.redis.is_some() && clustered) {
+    let gather = if !record.is_empty() || (args.redis.is_some() && clustered) {
         // One consistent cut of the whole cluster per batch: what the database needs, and
         // what one Redis writer for the cluster needs.
         Gather::ToWorkerZero
     } else {
         Gather::PerWorker
     };
-    let (sender, receiver) = crossbeam_channel::bounded::<Batch>(1024);
-    let status_stats = kafka_stats.clone();
-    let monitor_stop = stop.clone();
-    let resumed_at: Vec<(i32, i64)> = resume_point
-        .partitions
-        .iter()
-        .map(|(p, r)| (*p, r.next_offset))
-        .collect();
-    let monitor = std::thread::spawn(move || -> Result<(Monitor, Duration, Sinks)> {
-        let mut monitor = Monitor::default();
-        for (partition, next) in resumed_at {
-            monitor.accounting.start_at(partition, next);
-        }
-        let started = Instant::now();
-        let mut window = Instant::now();
-        loop {
-            match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(mut batch) => {
-                    if sinks.pg.is_some() {
-                        // Merge what is already waiting: fewer, larger transactions.
-                        while batch.decisions.len() < sinks.pg_max_batch {
-                            match receiver.try_recv() {
-                                Ok(more) => batch.merge(more),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    if let Err(e) = sinks.write(&batch) {
-                        // Stop taking input: nothing more can be recorded.
-                        monitor_stop.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    monitor.observe(batch, now_us())
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            if window.elapsed() >= Duration::from_secs(1) {
-                let mut line = monitor.window_line(window.elapsed().as_secs_f64());
-                if sinks.kafka.is_some() {
-                    line.push_str(&format!(
-                        " | lag {} raised {} held {} guarded {}",
-                        status_stats
-                            .total_lag()
-                            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string()),
-                        status_stats.raised.load(Ordering::Relaxed),
-                        status_stats.paused.load(Ordering::Relaxed),
-                        status_stats.guarded.load(Ordering::Relaxed)
-                    ));
-                }
-                line.push_str(&sinks.status());
-                monitor.accounting.settle(Instant::now());
-                line.push_str(&monitor.accounting.line());
-                if let Some(web) = &sinks.web {
-                    web.set_health(status_stats.total_lag());
-                    web.set_pipeline_metrics(pipeline_metrics(&monitor, &sinks, &status_stats));
-                }
-                eprintln!("{line}");
-                window = Instant::now();
-            }
-        }
-        monitor.accounting.finish();
-        Ok((monitor, started.elapsed(), sinks))
-    });
+    let mut monitor = Monitor::default();
+    for (partition, r) in &resume_point.partitions {
+        monitor.accounting.start_at(*partition, r.next_offset);
+    }
+    let monitor = Arc::new(Mutex::new(monitor));
+    followers.push(Box::new(StatusLine {
+        monitor: monitor.clone(),
+        window: Instant::now(),
+        kafka: kafka_source.as_ref().map(|_| kafka_stats.clone()),
+        pg: pg_stats.clone(),
+        redis: redis_stats.clone(),
+        delivery: producer.as_ref().map(|p| p.stats.clone()),
+        web: web.as_ref().map(|(state, _)| state.clone()),
+    }));
+    let path = WritePath {
+        record,
+        producer: producer.clone(),
+        followers,
+        max_batch: args.pg_max_batch,
+        stop: stop.clone(),
+    };
     let feed_reference = reference.clone();
     let spec = PipelineSpec {
         config,
@@ -410,7 +379,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let feed_stats = kafka_stats.clone();
     let held = stop.clone();
-    pipeline::execute(
+    let started = Instant::now();
+    pipeline::run(
         spec,
         move |index, peers| {
             let feed = match &kafka_source {
@@ -462,11 +432,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 stop: stop.clone(),
             }
         },
-        sender,
+        path,
     )?;
-    let (monitor, elapsed, sinks) = monitor
-        .join()
-        .map_err(|_| anyhow::anyhow!("the monitor thread panicked"))??;
+    let elapsed = started.elapsed();
+    let monitor = monitor.lock().expect("monitor");
     println!("{}", monitor.summary(elapsed.as_secs_f64()));
     println!(
         "source offsets:{}",
@@ -481,20 +450,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         server.stop();
     }
-    if let Some(pg) = &sinks.pg {
+    if let Some(pg) = &pg_stats {
+        let (batches, decisions, retries, _) = pg.snapshot();
         println!(
-            "postgres: {} decision(s) in {} transaction(s), {} retried",
-            pg.decisions, pg.batches, pg.retries
+            "postgres: {decisions} decision(s) in {batches} transaction(s), {retries} retried"
         );
     }
-    if let Some(redis) = &sinks.redis {
-        let s = redis.stats();
+    if let Some(redis) = &redis_stats {
+        let s = *redis.lock().expect("redis stats");
         println!(
             "redis: {} batch(es) written, {} failure(s), {} rebuild(s), connected {}",
             s.batches_written, s.failures, s.rebuilds, s.connected
         );
     }
-    if let Some(p) = sinks.kafka {
+    if let Some(p) = producer {
         p.flush(Duration::from_secs(30))
             .context("flushing the decisions to Kafka")?;
         println!(
@@ -514,85 +483,104 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The pipeline's own counters for `/metrics` (SPEC §10): offset accounting, records the
-/// clock guard refused, rows quarantined, decision records the broker did not take.
-fn pipeline_metrics(monitor: &Monitor, sinks: &Sinks, kafka: &KafkaStats) -> String {
-    let mut out = monitor.accounting.metrics();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    };
-    counter(
-        "vtpga_clock_guarded_total",
-        "Records decided invalid because their timestamp was ahead of the clock (SPEC §4).",
-        kafka.guarded.load(Ordering::Relaxed),
-    );
-    counter(
-        "vtpga_quarantined_total",
-        "Decisions PostgreSQL refused, written to the quarantine table (SPEC §10).",
-        sinks.pg.as_ref().map_or(0, |pg| pg.quarantined),
-    );
-    counter(
-        "vtpga_delivery_failures_total",
-        "Decision or dead-letter records the broker refused for good.",
-        sinks
-            .kafka
-            .as_ref()
-            .map_or(0, |p| p.stats.failed.load(Ordering::Relaxed)),
-    );
-    out
-}
-
-/// Where each batch goes, in order: Kafka (at least once: a restart may re-produce the
-/// decisions after the committed cut), PostgreSQL (the durable record), Redis (the cache).
-struct Sinks {
+/// The live status line, once a second, and the offset accounting (a follower: it sees
+/// what is committed).
+struct StatusLine {
+    monitor: Arc<Mutex<Monitor>>,
+    window: Instant,
+    kafka: Option<Arc<KafkaStats>>,
+    pg: Option<Arc<PgStats>>,
+    redis: Option<Arc<Mutex<RedisStats>>>,
+    delivery: Option<Arc<DeliveryStats>>,
     web: Option<Arc<LiveState>>,
-    kafka: Option<DecisionProducer>,
-    pg: Option<PgSink>,
-    redis: Option<RedisSink>,
-    pg_max_batch: usize,
 }
 
-impl Sinks {
-    fn write(&mut self, batch: &Batch) -> Result<()> {
-        if let Some(p) = self.kafka.as_mut() {
-            p.send_batch(batch).context("producing decisions")?;
-            if self.pg.is_some() {
-                // At least once on the topics: nothing of a cut may be undelivered once
-                // the cut is committed (a restart resumes after it).
-                p.flush_all();
-            }
-        }
-        if let Some(pg) = self.pg.as_mut() {
-            pg.write(batch, &|| false)
-                .context("writing a batch to PostgreSQL")?;
-        }
-        if let Some(redis) = self.redis.as_mut() {
-            redis.apply(batch);
-        }
-        if let Some(web) = &self.web {
-            web.observe(batch, now_us());
-        }
+impl Consumer for StatusLine {
+    fn name(&self) -> &'static str {
+        "monitor"
+    }
+
+    fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
+        self.monitor
+            .lock()
+            .expect("monitor")
+            .observe(batch, now_us());
         Ok(())
     }
 
-    fn status(&self) -> String {
-        let mut line = String::new();
-        if let Some(pg) = &self.pg {
+    fn tick(&mut self) {
+        if self.window.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let mut monitor = self.monitor.lock().expect("monitor");
+        let mut line = monitor.window_line(self.window.elapsed().as_secs_f64());
+        if let Some(k) = &self.kafka {
             line.push_str(&format!(
-                " | pg {} tx, {} retried, {} quarantined",
-                pg.batches, pg.retries, pg.quarantined
+                " | lag {} raised {} held {} guarded {}",
+                k.total_lag()
+                    .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string()),
+                k.raised.load(Ordering::Relaxed),
+                k.paused.load(Ordering::Relaxed),
+                k.guarded.load(Ordering::Relaxed)
+            ));
+        }
+        if let Some(pg) = &self.pg {
+            let (batches, _, retries, quarantined) = pg.snapshot();
+            line.push_str(&format!(
+                " | pg {batches} tx, {retries} retried, {quarantined} quarantined"
             ));
         }
         if let Some(redis) = &self.redis {
-            let s = redis.stats();
-            line.push_str(&format!(
-                " | redis {}",
-                if s.connected { "up" } else { "DOWN" }
-            ));
+            let up = redis.lock().map(|s| s.connected).unwrap_or(false);
+            line.push_str(&format!(" | redis {}", if up { "up" } else { "DOWN" }));
         }
-        line
+        monitor.accounting.settle(Instant::now());
+        line.push_str(&monitor.accounting.line());
+        if let Some(web) = &self.web {
+            web.set_health(self.kafka.as_ref().and_then(|k| k.total_lag()));
+            web.set_pipeline_metrics(self.metrics(&monitor));
+        }
+        drop(monitor);
+        eprintln!("{line}");
+        self.window = Instant::now();
+    }
+
+    fn end(&mut self) -> Result<(), Fault> {
+        self.monitor.lock().expect("monitor").accounting.finish();
+        Ok(())
+    }
+}
+
+impl StatusLine {
+    /// The pipeline's own counters for `/metrics` (SPEC §10): offset accounting, records
+    /// the clock guard refused, rows quarantined, decision records the broker did not take.
+    fn metrics(&self, monitor: &Monitor) -> String {
+        let mut out = monitor.accounting.metrics();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        };
+        counter(
+            "vtpga_clock_guarded_total",
+            "Records decided invalid because their timestamp was ahead of the clock (SPEC §4).",
+            self.kafka
+                .as_ref()
+                .map_or(0, |k| k.guarded.load(Ordering::Relaxed)),
+        );
+        counter(
+            "vtpga_quarantined_total",
+            "Decisions PostgreSQL refused, written to the quarantine table (SPEC §10).",
+            self.pg.as_ref().map_or(0, |pg| pg.snapshot().3),
+        );
+        counter(
+            "vtpga_delivery_failures_total",
+            "Decision or dead-letter records the broker refused for good.",
+            self.delivery
+                .as_ref()
+                .map_or(0, |d| d.failed.load(Ordering::Relaxed)),
+        );
+        out
     }
 }
 

@@ -1,7 +1,8 @@
-//! `vtpga sinkbench`: how fast the PostgreSQL (and Redis) sinks write. Decides N generated
-//! messages in memory first (one ordered batch per closed timestamp, as the sinks get them
-//! from the pipeline), merges them into transactions of `--batch` decisions, and then
-//! times only the writes, into a scratch database it creates and drops on the server.
+//! `vtpga sinkbench`: how fast the durable path writes. Decides N generated messages in
+//! memory first (one ordered batch per closed timestamp, as the sinks get them from the
+//! pipeline), merges them into batches of `--batch` decisions, and then times only the
+//! write path (`sinks::consumer::WritePath`, as `vtpga run` drives it): PostgreSQL alone
+//! (into a scratch database it creates and drops on the server), Redis alone, and both.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use vtpga_dataflow::{Params, SourcePos};
 use vtpga_ingest::generator::{Generator, GeneratorConfig};
 use vtpga_ingest::refdata::{generate_regions, generate_users};
 use vtpga_ingest::source::VecFeed;
+use vtpga_sinks::consumer::{Consumer, WritePath};
 use vtpga_sinks::postgres::{self as pg, PgSink};
 use vtpga_sinks::redis::{RedisOptions, RedisSink};
 use vtpga_sinks::{Batch, Gather};
@@ -35,6 +37,9 @@ pub struct SinkbenchArgs {
     /// Decisions per database transaction (the pipeline's `--pg-max-batch`).
     #[arg(long, default_value_t = 50_000)]
     pub batch: usize,
+    /// PostgreSQL writer connections (the pipeline's `--pg-writers`).
+    #[arg(long, default_value_t = 2)]
+    pub pg_writers: u32,
     /// Nominal arrival rate of the generated messages.
     #[arg(long, default_value_t = 100_000.0)]
     pub arrival_rate: f64,
@@ -107,41 +112,70 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
 
     // A scratch database on the given server.
     let mut admin = pg::connect_plain(&args.postgres).context("connecting to PostgreSQL")?;
-    admin.batch_execute("DROP DATABASE IF EXISTS vtpga_sinkbench")?;
-    admin.batch_execute("CREATE DATABASE vtpga_sinkbench")?;
     let url = config_url(&args.postgres, "vtpga_sinkbench");
-    {
+    let fresh_database = |admin: &mut postgres::Client| -> Result<()> {
+        admin.batch_execute("DROP DATABASE IF EXISTS vtpga_sinkbench")?;
+        admin.batch_execute("CREATE DATABASE vtpga_sinkbench")?;
         let mut client = pg::connect(&url)?;
         pg::seed_reference(&mut client, &reference.regions, &reference.users)?;
+        Ok(())
+    };
+    // Each consumer alone, then (with Redis) both as `vtpga run` drives them: the
+    // PostgreSQL writers first, Redis following each commit on its own thread.
+    let mut runs: Vec<(&str, bool, bool)> = vec![("postgres", true, false)];
+    if args.redis.is_some() {
+        runs.push(("redis", false, true));
+        runs.push(("postgres+redis", true, true));
     }
-    let mut sink = PgSink::new(&url, "sinkbench")?;
-    let started = Instant::now();
-    for b in &batches {
-        sink.write(b, &|| true)?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "postgres sink: {decisions} decisions in {} transactions in {seconds:.2} s = {:.0} decisions/s",
-        batches.len(),
-        decisions as f64 / seconds
-    );
-    drop(sink);
-    if let Some(redis_url) = &args.redis {
-        let mut sink = RedisSink::new(redis_url, RedisOptions::default())?;
-        let started = Instant::now();
-        for b in &batches {
-            sink.apply(b);
+    for (label, with_pg, with_redis) in runs {
+        let mut record = Vec::new();
+        if with_pg {
+            fresh_database(&mut admin)?;
+            let first = PgSink::new(&url, "sinkbench")?;
+            for _ in 1..args.pg_writers {
+                record.push(first.another()?);
+            }
+            record.insert(0, first);
         }
+        let mut followers: Vec<Box<dyn Consumer>> = Vec::new();
+        let mut redis_stats = None;
+        if let (true, Some(redis_url)) = (with_redis, &args.redis) {
+            let mut sink = RedisSink::new(redis_url, RedisOptions::default())?;
+            // The first write is the rebuild of an empty cache: done before the clock.
+            sink.apply(&Batch::default());
+            redis_stats = Some(sink.stats_handle());
+            followers.push(Box::new(sink));
+        }
+        let (sender, receiver) = crossbeam_channel::bounded::<Batch>(batches.len() + 1);
+        for b in &batches {
+            sender.send(b.clone())?;
+        }
+        drop(sender);
+        let path = WritePath {
+            record,
+            producer: None,
+            followers,
+            max_batch: args.batch,
+            stop: Default::default(),
+        };
+        let started = Instant::now();
+        path.drive(receiver)?;
         let seconds = started.elapsed().as_secs_f64();
-        let stats = sink.stats();
+        let failures = redis_stats
+            .and_then(|s| s.lock().ok().map(|s| s.failures))
+            .unwrap_or(0);
         println!(
-            "redis sink: {decisions} decisions in {} pipelines in {seconds:.2} s = {:.0} decisions/s ({} failures)",
+            "{label}: {decisions} decisions in {} batches in {seconds:.2} s = {:.0} decisions/s{}",
             batches.len(),
             decisions as f64 / seconds,
-            stats.failures
+            if with_redis {
+                format!(" ({failures} Redis failures)")
+            } else {
+                String::new()
+            }
         );
     }
-    admin.batch_execute("DROP DATABASE vtpga_sinkbench")?;
+    admin.batch_execute("DROP DATABASE IF EXISTS vtpga_sinkbench")?;
     Ok(())
 }
 

@@ -7,7 +7,10 @@
 //!   PostgreSQL equal `vtpga replay` of the same messages, and Redis's analyses equal
 //!   PostgreSQL's;
 //! * PostgreSQL is restarted mid-run: same equalities;
-//! * Redis is killed mid-run and started again: same equalities.
+//! * Redis is killed mid-run and started again: same equalities;
+//! * the pipeline is killed while its consumers are at different cuts (Redis frozen behind
+//!   PostgreSQL, a second PostgreSQL writer mid-batch, decisions sent to the topic ahead of
+//!   the commit): same equalities, and every decision on the decisions topic.
 
 mod common;
 
@@ -375,6 +378,73 @@ fn redis_outage_mid_run_is_rebuilt() {
     );
     assert!(line.contains("connected true"), "{line}");
     check_against_replay(dir, &broker, &pg, &redis, TOTAL);
+}
+
+#[test]
+fn killed_while_consumers_are_at_different_cuts() {
+    const TOTAL: usize = 120_000;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    setup(dir, TOTAL, &broker, &pg);
+    let mut child = pipeline_command(&broker, &pg, &redis)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pipeline starts");
+    wait_for_rows(&pg, 5_000, &mut child);
+    // Redis stops answering: its consumer falls behind (then caches in memory) while
+    // PostgreSQL goes on committing and the topic goes on taking decisions.
+    redis.pause();
+    let mut client = pg.client();
+    let cut_at_pause: i64 = client
+        .query_one("SELECT cut_time FROM pipeline_state", &[])
+        .unwrap()
+        .get(0);
+    wait_for_rows(&pg, 40_000, &mut child);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    redis.resume();
+    let cut: i64 = client
+        .query_one("SELECT cut_time FROM pipeline_state", &[])
+        .unwrap()
+        .get(0);
+    let cached: i64 = redis::cmd("GET")
+        .arg("vtpga:time")
+        .query(&mut redis.connection())
+        .expect("Redis time");
+    assert!(
+        cached <= cut_at_pause && cut_at_pause < cut,
+        "the consumers were at different cuts when killed: Redis at t = {cached}, PostgreSQL at t = {cut}"
+    );
+    let summary = finish(
+        pipeline_command(&broker, &pg, &redis)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pipeline starts"),
+    );
+    eprintln!("killed with Redis at t = {cached}, PostgreSQL at t = {cut}\n{summary}");
+    check_against_replay(dir, &broker, &pg, &redis, TOTAL);
+    // The decisions topic has every decision at least once, each repeat identical.
+    let (replayed, _, _) = expected(dir, &broker);
+    let mut on_topic: BTreeMap<(i64, i64), Value> = BTreeMap::new();
+    for r in read_topic(&broker, "transacoes-decisoes") {
+        let v: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
+        let pos = (
+            v["partition"].as_i64().unwrap(),
+            v["offset"].as_i64().unwrap(),
+        );
+        if let Some(earlier) = on_topic.insert(pos, v.clone()) {
+            assert_eq!(earlier, v, "a repeated decision differs at {pos:?}");
+        }
+    }
+    assert_eq!(on_topic.len(), TOTAL, "every decision is on the topic");
+    for (pos, v) in &on_topic {
+        assert_eq!(replayed.get(pos), Some(v), "decision on the topic at {pos:?}");
+    }
 }
 
 #[test]

@@ -62,7 +62,6 @@ pub struct DecisionProducer {
     producer: ThreadedProducer<DeliveryContext>,
     topics: OutputTopics,
     pub stats: Arc<DeliveryStats>,
-    json: Vec<u8>,
 }
 
 impl DecisionProducer {
@@ -76,26 +75,32 @@ impl DecisionProducer {
             producer,
             topics,
             stats,
-            json: Vec::with_capacity(512),
         })
     }
 
     /// Produces every decision of the batch (and every invalid message to the DLQ).
     /// Waits while librdkafka's queue is full (backpressure), never drops.
-    pub fn send_batch(&mut self, batch: &Batch) -> Result<(), KafkaError> {
+    pub fn send_batch(&self, batch: &Batch) -> Result<(), KafkaError> {
         // The whole batch was decided when it reached this thread: one clock read.
         let now = now_us();
         let decided = now.to_string();
         let ts = (now / 1000) as i64;
+        let mut json = Vec::with_capacity(512);
         for d in &batch.decisions {
-            self.send_decision(d, &decided, ts)?;
+            self.send_decision(d, &decided, ts, &mut json)?;
         }
         Ok(())
     }
 
-    fn send_decision(&mut self, d: &Decision, decided: &str, ts: i64) -> Result<(), KafkaError> {
-        self.json.clear();
-        serde_json::to_writer(&mut self.json, &DecisionRecord::of(d))
+    fn send_decision(
+        &self,
+        d: &Decision,
+        decided: &str,
+        ts: i64,
+        json: &mut Vec<u8>,
+    ) -> Result<(), KafkaError> {
+        json.clear();
+        serde_json::to_writer(&mut *json, &DecisionRecord::of(d))
             .expect("a decision record always serializes");
         let headers = OwnedHeaders::new().insert(Header {
             key: "decided_us",
@@ -103,7 +108,7 @@ impl DecisionProducer {
         });
         let key = d.tx.as_ref().map(|tx| tx.id.as_str());
         let mut record = BaseRecord::to(&self.topics.decisions)
-            .payload(&self.json[..])
+            .payload(&json[..])
             .headers(headers)
             .timestamp(ts);
         if let Some(key) = key {

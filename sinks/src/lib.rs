@@ -2,10 +2,13 @@
 //!
 //! The graph's outputs meet in one timely operator, [`batch_sink`], which waits until a
 //! timestamp is closed (every output's frontier has passed it) and hands that timestamp's
-//! outputs, as one [`Batch`], to a channel. Everything that does I/O — the replay files now,
-//! PostgreSQL, Redis, Kafka and the dashboard later — lives on the other side of that
-//! channel, outside the workers, and consumes whole batches.
+//! outputs, as one [`Batch`], to a channel. Everything that does I/O — the replay files,
+//! PostgreSQL, Redis, Kafka, the monitor and the dashboard — lives on the other side of
+//! that channel, outside the workers, and consumes whole batches: every consumer implements
+//! [`consumer::Consumer`], and [`consumer::WritePath`] decides which thread gives which
+//! consumer which batch, in which order.
 
+pub mod consumer;
 pub mod files;
 pub mod kafka;
 pub mod monitor;
@@ -29,7 +32,7 @@ pub type AnalysisChange = ((AnalysisKey, Tally), isize);
 
 /// The outputs of the timestamps that closed together, from one worker. Consumers apply
 /// a batch as a whole (one database transaction, one Redis pipeline).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     /// The latest timestamp in the batch: everything up to it is closed.
     pub time: Time,

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
-use vtpga_dataflow::analyses::{self, AnalysisKey, Tally};
 use vtpga_dataflow::Status;
 
 use crate::Batch;
@@ -198,7 +197,6 @@ pub struct Monitor {
     /// Latency in µs, whole run and the current window.
     pub latency: Histogram<u64>,
     window_latency: Histogram<u64>,
-    pub rows: BTreeMap<AnalysisKey, Tally>,
 }
 
 impl Default for Monitor {
@@ -210,13 +208,12 @@ impl Default for Monitor {
             window_counts: 0,
             latency: hist(),
             window_latency: hist(),
-            rows: BTreeMap::new(),
         }
     }
 }
 
 impl Monitor {
-    pub fn observe(&mut self, batch: Batch, now_us: u64) {
+    pub fn observe(&mut self, batch: &Batch, now_us: u64) {
         self.accounting
             .observe(&batch.decisions, std::time::Instant::now());
         for d in &batch.decisions {
@@ -228,7 +225,6 @@ impl Monitor {
             }
         }
         self.window_counts += batch.decisions.len() as u64;
-        analyses::apply_changes(&mut self.rows, batch.analyses);
     }
 
     pub fn total(&self) -> u64 {

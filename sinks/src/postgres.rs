@@ -20,6 +20,8 @@
 //!   down to the single refused rows. The batch commits; [`PgSink::quarantined`] counts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -41,6 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0002_exact_ids_quarantine.sql"),
     ),
     (3, include_str!("../migrations/0003_exact_sums.sql")),
+    (4, include_str!("../migrations/0004_lean_indexes.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -359,16 +362,38 @@ pub fn analysis_rows(
     Ok(analyses)
 }
 
+/// What the sink (all its writers) has done so far.
+#[derive(Debug, Default)]
+pub struct PgStats {
+    /// Committed transactions.
+    pub batches: AtomicU64,
+    /// Decisions committed.
+    pub decisions: AtomicU64,
+    /// Attempts retried after a lost connection.
+    pub retries: AtomicU64,
+    /// Decisions written to `quarantine` because `transactions` refused them.
+    pub quarantined: AtomicU64,
+}
+
+impl PgStats {
+    /// (transactions, decisions, retries, quarantined) now.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.decisions.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+            self.quarantined.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Writes batches; see the module doc.
 pub struct PgSink {
     url: String,
     client: Option<Client>,
     source: String,
-    pub batches: u64,
-    pub decisions: u64,
-    pub retries: u64,
-    /// Decisions written to `quarantine` because `transactions` refused them.
-    pub quarantined: u64,
+    /// Shared by every writer of one pipeline ([`PgSink::another`]).
+    pub stats: Arc<PgStats>,
     /// The previous attempt at the current batch lost its connection: it may have
     /// committed.
     uncertain: bool,
@@ -404,10 +429,18 @@ impl PgSink {
             url: url.to_owned(),
             client: Some(client),
             source: source.to_owned(),
-            batches: 0,
-            decisions: 0,
-            retries: 0,
-            quarantined: 0,
+            stats: Arc::new(PgStats::default()),
+            uncertain: false,
+        })
+    }
+
+    /// A second writer for the same source, on its own connection, sharing the counters.
+    pub fn another(&self) -> PgResult<Self> {
+        Ok(PgSink {
+            url: self.url.clone(),
+            client: Some(connect(&self.url)?),
+            source: self.source.clone(),
+            stats: self.stats.clone(),
             uncertain: false,
         })
     }
@@ -415,6 +448,19 @@ impl PgSink {
     /// Writes `batch` in one transaction, retrying connection failures with bounded
     /// backoff until it is committed (or `give_up` says to stop).
     pub fn write(&mut self, batch: &Batch, give_up: &dyn Fn() -> bool) -> PgResult<()> {
+        self.write_in_turn(batch, give_up, &mut || true).map(|_| ())
+    }
+
+    /// [`PgSink::write`], with `turn` called after the decisions are copied and before
+    /// anything else of the batch is written: it waits until the batch before this one is
+    /// committed (and may flush the decisions topic). When `turn` says false the
+    /// transaction is rolled back and this returns `Ok(false)`.
+    pub fn write_in_turn(
+        &mut self,
+        batch: &Batch,
+        give_up: &dyn Fn() -> bool,
+        turn: &mut dyn FnMut() -> bool,
+    ) -> PgResult<bool> {
         // count_total retracts a touched row's old value and inserts its new one, so the
         // batch's own changes give every touched row's value after it (absent: deleted).
         let mut rows = BTreeMap::new();
@@ -430,20 +476,26 @@ impl PgSink {
                         "the batch up to t = {} was committed before the connection was lost",
                         batch.time
                     );
-                    return Ok(0);
+                    // Its turn came before it committed: nothing to wait for.
+                    return Ok(Some(0));
                 }
                 let mode = if careful { Mode::Careful } else { Mode::Fast };
-                write_batch(client, &source, batch, &rows, &touched, mode)
+                write_batch(client, &source, batch, &rows, &touched, mode, turn)
             });
             match attempt {
-                Ok(quarantined) => {
-                    self.batches += 1;
-                    self.decisions += batch.decisions.len() as u64;
-                    self.quarantined += quarantined;
-                    return Ok(());
+                Ok(None) => return Ok(false),
+                Ok(Some(quarantined)) => {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .decisions
+                        .fetch_add(batch.decisions.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .quarantined
+                        .fetch_add(quarantined, Ordering::Relaxed);
+                    return Ok(true);
                 }
                 Err(e) if is_connection_error(&e) && !give_up() => {
-                    self.retries += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     log::warn!("PostgreSQL unavailable ({e}); retrying in {backoff:?}");
                     self.client = None;
                     self.uncertain = true;
@@ -533,7 +585,8 @@ fn write_batch(
     rows: &BTreeMap<AnalysisKey, Tally>,
     touched: &[AnalysisKey],
     mode: Mode,
-) -> PgResult<u64> {
+    turn: &mut dyn FnMut() -> bool,
+) -> PgResult<Option<u64>> {
     log::debug!(
         "batch up to t = {}: {} decision(s), {} account(s), {} analysis change(s)",
         batch.time,
@@ -552,6 +605,10 @@ fn write_batch(
         Mode::Careful => copy_carefully(&mut tx, &decisions)?,
     };
     let copied = started.elapsed();
+    if !turn() {
+        return Ok(None);
+    }
+    let waited = started.elapsed();
     upsert_accounts(&mut tx, &batch.accounts)?;
     let accounts = started.elapsed();
     upsert_analyses(&mut tx, rows, touched)?;
@@ -570,13 +627,14 @@ fn write_batch(
     )?;
     tx.commit()?;
     log::debug!(
-        "timings: copy {:?}, accounts {:?}, analyses+offsets {:?}, commit {:?}",
+        "timings: copy {:?}, turn {:?}, accounts {:?}, analyses+offsets {:?}, commit {:?}",
         copied,
-        accounts - copied,
+        waited - copied,
+        accounts - waited,
         rest - accounts,
         started.elapsed() - rest
     );
-    Ok(quarantined)
+    Ok(Some(quarantined))
 }
 
 /// Copies `decisions` in chunks, each under a savepoint; a chunk the tables refuse is
@@ -961,7 +1019,7 @@ mod tests {
         let mut client = pg.client();
         assert_eq!(count(&mut client, "SELECT count(*) FROM transactions"), 2);
         assert_eq!(count(&mut client, "SELECT count(*) FROM quarantine"), 0);
-        assert_eq!(sink.quarantined, 0);
+        assert_eq!(sink.stats.snapshot().3, 0);
     }
 
     /// Item 1 (SPEC §8, §10): ids with U+0000 and of 60,000 characters are stored exactly;
@@ -1003,7 +1061,7 @@ mod tests {
             ..Batch::default()
         };
         sink.write(&batch, &|| false).expect("the batch commits");
-        assert_eq!(sink.quarantined, 1);
+        assert_eq!(sink.stats.snapshot().3, 1);
         assert_eq!(count(&mut client, "SELECT count(*) FROM transactions"), 39);
         let q = client
             .query_one("SELECT \"offset\", record, error FROM quarantine", &[])

@@ -4,8 +4,8 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P:tx:{partition}:{offset}` | hash | one decided message: the SPEC §8 decision record's fields ([`DecisionRecord`]) as strings, absent fields omitted, plus `decided_at_ms` (wall clock when the sink received its batch); expires after [`RedisOptions::tx_ttl_secs`] |
-//! | `P:recent` | sorted set | members `{partition}:{offset}`, score = arrival time `t` (ms); only the newest [`RedisOptions::recent_limit`] are kept |
+//! | `P:tx` | hash | one field per cached transaction: field `{partition}:{offset}`, value its SPEC §8 decision record as JSON ([`DecisionRecord`], the same text as a replay decision line, ids escaped reversibly by JSON) with `decided_at_ms` added (wall clock when the sink received its batch). Holds exactly the members of `P:recent` |
+//! | `P:recent` | sorted set | members `{partition}:{offset}`, score = arrival time `t` (ms); the newest [`RedisOptions::recent_limit`] transactions the sink wrote |
 //! | `P:analysis:{name}` | hash | one per SPEC §7 analysis; field `{k}\|{minute}` from [`analyses::key_parts`] (minute −1 for analyses without one), value = the row's SPEC JSON. Rows whose tally is zero are absent, except that `status_counts` always holds all nine statuses |
 //! | `P:time` | string | the latest closed arrival time (ms) the cache reflects (the maximum over batches) |
 //! | `P:analyses` | pub/sub channel | after each write, `{"time": t, "changed": [names of the analyses that changed]}` |
@@ -15,10 +15,14 @@
 //! # Writing
 //!
 //! [`RedisSink::apply`] writes one batch as ONE atomic pipeline (`MULTI`/`EXEC`), so a
-//! reader never sees half a batch: per decision `DEL`, `HSET`, `EXPIRE` of its hash and a
-//! `ZADD` to the recent set, one `ZREMRANGEBYRANK` to trim it, an `HSET` or `HDEL` per
-//! analysis row the batch changed, `SET` of the time and a `PUBLISH`. The command count is
-//! proportional to the batch: the sink never rewrites rows the batch did not touch.
+//! reader never sees half a batch, of a handful of commands whatever the batch's size: one
+//! `HSET P:tx` and one `ZADD P:recent` with all the batch's transactions that stay among
+//! the newest `recent_limit`, one `HDEL` and one `ZREM` of those that fall out, an `HSET`
+//! or `HDEL` per analysis row the batch changed, `SET` of the time and a `PUBLISH`. The
+//! sink never rewrites rows the batch did not touch. (A hash and an expiry per
+//! transaction, as before, cost four commands per decision and held the sink to about a
+//! fifth of the speed: README, "Durable path". The durable record of every transaction is
+//! PostgreSQL; Redis keeps what the dashboard reads, bounded by count.)
 //!
 //! # Redis is a cache
 //!
@@ -79,10 +83,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How the sink lays out and bounds what it writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisOptions {
-    /// Expiry of each transaction hash, in seconds.
-    pub tx_ttl_secs: u64,
-    /// How many of the most recent transactions the recent set (and the in-memory ring
-    /// buffer used to rebuild it) keeps.
+    /// How many of the most recent transactions `P:tx`, the recent set and the in-memory
+    /// ring buffer used to rebuild them keep.
     pub recent_limit: usize,
     /// Every key and the channel start with `{key_prefix}:`.
     pub key_prefix: String,
@@ -91,7 +93,6 @@ pub struct RedisOptions {
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
-            tx_ttl_secs: 3600,
             recent_limit: 10_000,
             key_prefix: "vtpga".to_owned(),
         }
@@ -111,40 +112,35 @@ pub struct RedisStats {
     pub rebuilds: u64,
 }
 
-/// One decided transaction as cached: its recent-set member and score and its hash fields.
+/// One decided transaction as cached: its member, score and JSON record.
 struct CachedTx {
     /// `{partition}:{offset}`
     member: String,
     /// Arrival time `t` in ms.
     score: u64,
-    fields: Vec<(String, String)>,
+    record: String,
 }
 
 impl CachedTx {
     fn of(d: &Decision, decided_at_ms: u64) -> Self {
-        let mut fields = Vec::with_capacity(16);
-        if let Ok(Value::Object(map)) = serde_json::to_value(DecisionRecord::of(d)) {
-            for (k, v) in map {
-                let v = match v {
-                    Value::String(s) => s,
-                    Value::Null => continue,
-                    other => other.to_string(),
-                };
-                fields.push((k, v));
-            }
-        }
-        fields.push(("decided_at_ms".to_owned(), decided_at_ms.to_string()));
+        let mut record =
+            serde_json::to_string(&DecisionRecord::of(d)).expect("a decision record serializes");
+        // `{...}` → `{...,"decided_at_ms":N}`
+        record.pop();
+        record.push_str(",\"decided_at_ms\":");
+        record.push_str(&decided_at_ms.to_string());
+        record.push('}');
         CachedTx {
             member: format!("{}:{}", d.pos.partition, d.pos.offset),
             score: d.t,
-            fields,
+            record,
         }
     }
 }
 
 /// The keys of one prefix.
 struct Keys {
-    prefix: String,
+    tx: String,
     recent: String,
     time: String,
     channel: String,
@@ -154,7 +150,7 @@ struct Keys {
 impl Keys {
     fn new(prefix: &str) -> Self {
         Keys {
-            prefix: prefix.to_owned(),
+            tx: format!("{prefix}:tx"),
             recent: format!("{prefix}:recent"),
             time: format!("{prefix}:time"),
             channel: format!("{prefix}:analyses"),
@@ -163,10 +159,6 @@ impl Keys {
                 .map(|n| (*n, analysis_key(prefix, n)))
                 .collect(),
         }
-    }
-
-    fn tx(&self, member: &str) -> String {
-        format!("{}:tx:{}", self.prefix, member)
     }
 
     fn analysis(&self, name: &str) -> &str {
@@ -201,6 +193,8 @@ pub struct RedisSink {
     next_attempt: Instant,
     backoff: Duration,
     stats: RedisStats,
+    /// [`RedisSink::stats`] as of the last batch, for other threads.
+    published: std::sync::Arc<std::sync::Mutex<RedisStats>>,
 }
 
 impl RedisSink {
@@ -223,6 +217,7 @@ impl RedisSink {
             next_attempt: Instant::now(),
             backoff: MIN_BACKOFF,
             stats: RedisStats::default(),
+            published: Default::default(),
         };
         match sink.connect() {
             Ok(conn) => sink.conn = Some(conn),
@@ -253,6 +248,18 @@ impl RedisSink {
         }
     }
 
+    /// A handle on [`RedisSink::stats`] as of the last batch, readable from other threads
+    /// while the sink runs on its own.
+    pub fn stats_handle(&self) -> std::sync::Arc<std::sync::Mutex<RedisStats>> {
+        self.published.clone()
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut s) = self.published.lock() {
+            *s = self.stats();
+        }
+    }
+
     /// The accumulated analysis rows.
     pub fn rows(&self) -> &BTreeMap<AnalysisKey, Tally> {
         &self.rows
@@ -262,10 +269,12 @@ impl RedisSink {
     /// Never fails: a Redis that is down only costs a failure count and a rebuild later.
     pub fn apply(&mut self, batch: &Batch) {
         let decided_at_ms = crate::monitor::now_us() / 1000;
-        // Only the newest `recent_limit` can matter to the recent set; the hashes of all
-        // of them are written (each expires on its own).
-        let txs: Vec<CachedTx> = batch
+        // Only the newest `recent_limit` of a batch can stay: render only those.
+        let skip = batch
             .decisions
+            .len()
+            .saturating_sub(self.options.recent_limit);
+        let txs: Vec<CachedTx> = batch.decisions[skip..]
             .iter()
             .map(|d| CachedTx::of(d, decided_at_ms))
             .collect();
@@ -274,7 +283,8 @@ impl RedisSink {
         self.time = self.time.max(batch.time);
 
         if self.ensure_connected() && !self.needs_rebuild {
-            let pipe = self.batch_pipeline(&txs, &changed);
+            let evicted = self.evicted_by(txs.len());
+            let pipe = self.batch_pipeline(&txs, &evicted, &changed);
             self.remember(txs);
             if self.run(&pipe).is_ok() {
                 self.stats.batches_written += 1;
@@ -294,6 +304,16 @@ impl RedisSink {
             return false;
         }
         self.rebuild().is_ok()
+    }
+
+    /// The members that `n` new transactions push out of the ring.
+    fn evicted_by(&self, n: usize) -> Vec<&str> {
+        let over = (self.ring.len() + n).saturating_sub(self.options.recent_limit);
+        self.ring
+            .iter()
+            .take(over)
+            .map(|tx| tx.member.as_str())
+            .collect()
     }
 
     fn remember(&mut self, txs: Vec<CachedTx>) {
@@ -376,42 +396,33 @@ impl RedisSink {
         }
     }
 
-    fn add_tx(&self, pipe: &mut Pipeline, tx: &CachedTx) {
-        let key = self.keys.tx(&tx.member);
-        pipe.cmd("DEL").arg(&key).ignore();
-        let hset = pipe.cmd("HSET").arg(&key);
-        for (f, v) in &tx.fields {
-            hset.arg(f).arg(v);
-        }
-        hset.ignore();
-        pipe.cmd("EXPIRE")
-            .arg(&key)
-            .arg(self.options.tx_ttl_secs)
-            .ignore();
-    }
-
-    /// `ZADD`s `txs` to the recent set and trims it to the newest `recent_limit`.
+    /// Adds `txs` to `P:tx` and the recent set, and takes `evicted` out of both.
     fn add_recent<'a>(
         &self,
         pipe: &mut Pipeline,
-        txs: impl ExactSizeIterator<Item = &'a CachedTx>,
+        txs: impl ExactSizeIterator<Item = &'a CachedTx> + Clone,
+        evicted: &[&str],
     ) {
-        if txs.len() == 0 {
-            // ZADD without pairs is a syntax error.
-            return;
+        // HSET, ZADD, HDEL and ZREM without members are syntax errors.
+        if txs.len() > 0 {
+            let hset = pipe.cmd("HSET").arg(&self.keys.tx);
+            for tx in txs.clone() {
+                hset.arg(&tx.member).arg(&tx.record);
+            }
+            hset.ignore();
+            let zadd = pipe.cmd("ZADD").arg(&self.keys.recent);
+            for tx in txs {
+                zadd.arg(tx.score).arg(&tx.member);
+            }
+            zadd.ignore();
         }
-        let zadd = pipe.cmd("ZADD").arg(&self.keys.recent);
-        for tx in txs {
-            zadd.arg(tx.score).arg(&tx.member);
+        if !evicted.is_empty() {
+            pipe.cmd("HDEL").arg(&self.keys.tx).arg(evicted).ignore();
+            pipe.cmd("ZREM")
+                .arg(&self.keys.recent)
+                .arg(evicted)
+                .ignore();
         }
-        zadd.ignore();
-        // Keep the `recent_limit` highest scores: drop ranks 0 ..= len − limit − 1.
-        let keep = self.options.recent_limit as i64;
-        pipe.cmd("ZREMRANGEBYRANK")
-            .arg(&self.keys.recent)
-            .arg(0)
-            .arg(-(keep + 1))
-            .ignore();
     }
 
     fn add_time_and_publish(&self, pipe: &mut Pipeline, changed: &[&str]) {
@@ -423,14 +434,15 @@ impl RedisSink {
             .ignore();
     }
 
-    fn batch_pipeline(&self, txs: &[CachedTx], changed: &BTreeSet<&AnalysisKey>) -> Pipeline {
+    fn batch_pipeline(
+        &self,
+        txs: &[CachedTx],
+        evicted: &[&str],
+        changed: &BTreeSet<&AnalysisKey>,
+    ) -> Pipeline {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for tx in txs {
-            self.add_tx(&mut pipe, tx);
-        }
-        let start = txs.len().saturating_sub(self.options.recent_limit);
-        self.add_recent(&mut pipe, txs[start..].iter());
+        self.add_recent(&mut pipe, txs.iter(), evicted);
         let mut names: BTreeSet<&'static str> = BTreeSet::new();
         for key in changed {
             let (name, field) = row_field(key);
@@ -463,7 +475,7 @@ impl RedisSink {
     fn rebuild_pipeline(&self) -> Pipeline {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let del = pipe.cmd("DEL").arg(&self.keys.recent);
+        let del = pipe.cmd("DEL").arg(&self.keys.recent).arg(&self.keys.tx);
         for name in NAMES {
             del.arg(self.keys.analysis(name));
         }
@@ -491,10 +503,7 @@ impl RedisSink {
             }
             hset.ignore();
         }
-        for tx in &self.ring {
-            self.add_tx(&mut pipe, tx);
-        }
-        self.add_recent(&mut pipe, self.ring.iter());
+        self.add_recent(&mut pipe, self.ring.iter(), &[]);
         self.add_time_and_publish(&mut pipe, &NAMES);
         pipe
     }
@@ -510,6 +519,22 @@ impl RedisSink {
             self.ring.len(),
             self.time
         );
+        Ok(())
+    }
+}
+
+impl crate::consumer::Consumer for RedisSink {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn start(&mut self) -> Result<(), crate::consumer::Fault> {
+        self.publish_stats();
+        Ok(())
+    }
+    /// Never fails (module doc).
+    fn batch(&mut self, batch: &Batch) -> Result<(), crate::consumer::Fault> {
+        self.apply(batch);
+        self.publish_stats();
         Ok(())
     }
 }
@@ -773,34 +798,37 @@ mod tests {
         assert_eq!(as_sets(&got), as_sets(&analyses::to_json(rows)));
     }
 
-    fn assert_tx(conn: &mut Connection, prefix: &str, d: &Decision, ttl: u64) {
-        let key = format!("{prefix}:tx:{}", member(d));
-        let mut got: BTreeMap<String, String> =
-            redis::cmd("HGETALL").arg(&key).query(conn).unwrap();
-        let decided_at: u64 = got
+    /// `d` is cached in `P:tx` as its decision record plus `decided_at_ms`.
+    fn assert_tx(conn: &mut Connection, prefix: &str, d: &Decision) {
+        let got: Option<String> = redis::cmd("HGET")
+            .arg(format!("{prefix}:tx"))
+            .arg(member(d))
+            .query(conn)
+            .unwrap();
+        let mut got: Value = serde_json::from_str(&got.expect("cached")).expect("JSON record");
+        let decided_at = got
+            .as_object_mut()
+            .unwrap()
             .remove("decided_at_ms")
             .expect("decided_at_ms")
-            .parse()
+            .as_u64()
             .expect("decided_at_ms is a number");
         let now_ms = crate::monitor::now_us() / 1000;
         assert!(decided_at <= now_ms && decided_at + 60_000 > now_ms);
-        let record = serde_json::to_value(DecisionRecord::of(d)).unwrap();
-        let want: BTreeMap<String, String> = record
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), v)
-            })
-            .collect();
-        assert_eq!(got, want, "{key}");
-        assert!(got.contains_key("status") && got.contains_key("t"));
-        let left: i64 = redis::cmd("TTL").arg(&key).query(conn).unwrap();
-        assert!(left > 0 && left as u64 <= ttl, "{key} ttl {left}");
+        let want = serde_json::to_value(DecisionRecord::of(d)).unwrap();
+        assert_eq!(got, want, "{}", member(d));
+    }
+
+    /// `P:tx` holds exactly the members of the recent set.
+    fn assert_tx_matches_recent(conn: &mut Connection, prefix: &str) {
+        let mut fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("{prefix}:tx"))
+            .query(conn)
+            .unwrap();
+        fields.sort();
+        let mut members: Vec<String> = recent(conn, prefix).into_iter().map(|(m, _)| m).collect();
+        members.sort();
+        assert_eq!(fields, members);
     }
 
     fn recent(conn: &mut Connection, prefix: &str) -> Vec<(String, u64)> {
@@ -815,7 +843,6 @@ mod tests {
 
     fn options(prefix: &str, recent_limit: usize) -> RedisOptions {
         RedisOptions {
-            tx_ttl_secs: 60,
             recent_limit,
             key_prefix: prefix.to_owned(),
         }
@@ -942,9 +969,10 @@ mod tests {
             b3.decisions[3..].iter().map(|d| (member(d), d.t)).collect();
         assert_eq!(recent(&mut conn, p), newest);
         assert_analyses(&mut conn, p, &gen.rows);
-        for d in &all {
-            assert_tx(&mut conn, p, d, 60);
+        for d in &all[all.len() - 5..] {
+            assert_tx(&mut conn, p, d);
         }
+        assert_tx_matches_recent(&mut conn, p);
         let time: u64 = redis::cmd("GET")
             .arg(format!("{p}:time"))
             .query(&mut conn)
@@ -963,6 +991,7 @@ mod tests {
         assert_eq!(sink.stats().rebuilds, 2);
         assert_analyses(&mut conn, p, &gen.rows);
         assert_eq!(recent(&mut conn, p).len(), 5);
+        assert_tx_matches_recent(&mut conn, p);
     }
 
     #[test]
@@ -1039,6 +1068,7 @@ mod tests {
         for entry in &down {
             assert!(cached.contains(entry), "{entry:?} missing from {cached:?}");
         }
+        assert_tx_matches_recent(&mut conn, p);
         let time: u64 = redis::cmd("GET")
             .arg(format!("{p}:time"))
             .query(&mut conn)

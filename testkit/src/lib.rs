@@ -198,6 +198,25 @@ impl Redis {
         }
     }
 
+    /// Freezes the server (SIGSTOP, by its PID): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`Redis::pause`]d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())

@@ -5,8 +5,8 @@
 //! It subscribes to `P:analyses`; each notification names the analyses that changed. The
 //! names are collected and applied at most every 100 ms: the changed analysis hashes are
 //! read again whole (`HGETALL`), and the recent set from the newest score seen on
-//! (`ZREVRANGEBYSCORE … LIMIT 0 500`, then `HGETALL` of each new transaction hash in one
-//! pipeline). Without notifications it polls `P:time` every second and re-reads everything
+//! (`ZREVRANGEBYSCORE … LIMIT 0 500`, then one `HMGET` of the new members' JSON records
+//! from `P:tx`). Without notifications it polls `P:time` every second and re-reads everything
 //! when it moved (a missed notification, a cache rebuilt while we were away). Any error
 //! drops both connections, marks Redis down on the health panel, and retries every second.
 
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisResult};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use vtpga_dataflow::analyses::{key_from_parts, AnalysisKey, Tally, NAMES};
 
@@ -142,17 +142,20 @@ impl Follower {
             self.last_score = Some(self.last_score.map_or(*s, |l| l.max(*s)));
         }
         if !members.is_empty() {
-            let mut pipe = redis::pipe();
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(format!("{}:tx", self.prefix));
             for (m, _) in members.iter().rev() {
-                pipe.cmd("HGETALL").arg(format!("{}:tx:{m}", self.prefix));
+                hmget.arg(m);
             }
-            let hashes: Vec<HashMap<String, String>> = pipe.query(conn)?;
+            let cached: Vec<Option<String>> = hmget.query(conn)?;
+            // A member the sink has just pushed out is gone: skipped.
             let records: Vec<(String, Value)> = members
                 .iter()
                 .rev()
-                .zip(hashes)
-                .filter(|(_, h)| !h.is_empty())
-                .map(|((m, _), h)| (m.clone(), record_of(h)))
+                .zip(cached)
+                .filter_map(|((m, _), json)| {
+                    Some((m.clone(), serde_json::from_str(&json?).ok()?))
+                })
                 .collect();
             self.state.add_records(records);
         }
@@ -213,22 +216,3 @@ pub fn tally_of(name: &str, row: &Value) -> Tally {
     }
 }
 
-/// A cached transaction hash (all strings) back to its typed decision record.
-pub fn record_of(hash: HashMap<String, String>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in hash {
-        let typed = match k.as_str() {
-            "partition" | "offset" | "t" | "amount_cents" | "decided_at_ms" => v
-                .parse::<i64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(v)),
-            "value_risk" | "hour_risk" | "distance_risk" | "risk" => v
-                .parse::<f64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(v)),
-            _ => Value::String(v),
-        };
-        m.insert(k, typed);
-    }
-    Value::Object(m)
-}

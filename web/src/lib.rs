@@ -83,7 +83,7 @@ use vtpga_dataflow::analyses::NAMES;
 use vtpga_dataflow::parse::parse_event_time;
 
 pub use state::{
-    analysis_name, is_minute_analysis, LiveState, BATCH_BUCKETS, DEFAULT_LIVE_MINUTES,
+    analysis_name, is_minute_analysis, LiveState, Observer, BATCH_BUCKETS, DEFAULT_LIVE_MINUTES,
     LATENCY_BUCKETS_S, RECENT_LIMIT,
 };
 

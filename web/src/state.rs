@@ -984,6 +984,19 @@ impl ZeroTally for Tally {
     }
 }
 
+/// The dashboard's state as a consumer of the pipeline's batches (the embedded server).
+pub struct Observer(pub Arc<LiveState>);
+
+impl vtpga_sinks::consumer::Consumer for Observer {
+    fn name(&self) -> &'static str {
+        "dashboard"
+    }
+    fn batch(&mut self, batch: &Batch) -> Result<(), vtpga_sinks::consumer::Fault> {
+        self.0.observe(batch, vtpga_sinks::monitor::now_us());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,310 @@
+//! The output side's one shape: a [`Consumer`] takes the pipeline's batches, and the
+//! [`WritePath`] decides which thread gives which consumer which batch, in which order.
+//!
+//! ```text
+//!  BatchSink (graph) ──channel──▶ dispatcher ──▶ decisions topic (sent at once, in order)
+//!                                    │
+//!                                    ├─ batch 0, 2, 4 … ──▶ PostgreSQL writer A ─┐ COPY in parallel,
+//!                                    └─ batch 1, 3, 5 … ──▶ PostgreSQL writer B ─┘ commit in order
+//!                                                                  │ after each commit, in order
+//!                                    ┌────────────────┬────────────┴──┬──────────────┐
+//!                                    ▼                ▼               ▼              ▼
+//!                                  Redis          dashboard        monitor        (files)
+//!                                (own thread)    (own thread)   (own thread)
+//! ```
+//!
+//! What each consumer may assume:
+//!
+//! * **PostgreSQL** (the durable record, when there is one) sees every batch first, each
+//!   exactly once and committed in batch order: a writer copies its batch's decisions while
+//!   the other writer's batch is still being written or committed, but it writes accounts,
+//!   analysis rows, offsets and the cut only after the batch before it has committed (the
+//!   baton), so the record's cut only moves forward and a later account state is never
+//!   overwritten by an earlier one.
+//! * **The decisions topic** is sent each batch as soon as the dispatcher has it, and every
+//!   batch is flushed to the broker before its PostgreSQL commit: once a cut is committed
+//!   (a restart resumes after it) its decisions are on the topic (at least once; a restart
+//!   sends what came after the cut again, identically). Without PostgreSQL it is one more
+//!   follower.
+//! * **Followers** (Redis, the dashboard, the monitor, replay files) get every batch, in
+//!   batch order, only after it is committed (with a durable record), each on its own
+//!   thread with a bounded queue: a follower may be behind PostgreSQL, never ahead of it. A
+//!   slow follower fills its queue and then holds the writers back (memory stays bounded);
+//!   Redis never is slow for long (it caches in memory while Redis is away and rebuilds
+//!   from the pipeline's state when it is back).
+//!
+//! A consumer that fails for good stops the pipeline taking input (the stop flag) and the
+//! write path ends with its error; batches already committed stay committed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::kafka::DecisionProducer;
+use crate::postgres::PgSink;
+use crate::Batch;
+
+/// Why a consumer could not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// Worth trying the same batch again after a pause (e.g. a lost connection).
+    #[error("{0} (retrying)")]
+    Retry(String),
+    /// Nothing more can be taken: the pipeline stops.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Whatever takes the pipeline's batches: one verb ([`Consumer::batch`]), framed by
+/// [`Consumer::start`] and [`Consumer::end`]. Runs on a thread of its own.
+pub trait Consumer: Send {
+    /// For messages: which consumer failed.
+    fn name(&self) -> &'static str;
+    /// Before the first batch.
+    fn start(&mut self) -> Result<(), Fault> {
+        Ok(())
+    }
+    /// One batch; batches come in the order the write path promises (module doc).
+    fn batch(&mut self, batch: &Batch) -> Result<(), Fault>;
+    /// About every 100 ms, batches or not (status lines, reconnections).
+    fn tick(&mut self) {}
+    /// After the last batch.
+    fn end(&mut self) -> Result<(), Fault> {
+        Ok(())
+    }
+}
+
+/// Where batches go: the durable record's writers, the decisions topic and the followers.
+pub struct WritePath {
+    /// PostgreSQL writers, one connection each (two let one copy while the other commits);
+    /// none when there is no durable record.
+    pub record: Vec<PgSink>,
+    /// The decisions and dead-letter topics.
+    pub producer: Option<Arc<DecisionProducer>>,
+    /// Everything else, each on its own thread.
+    pub followers: Vec<Box<dyn Consumer>>,
+    /// With a durable record, batches already waiting are merged into one database
+    /// transaction of at most about this many decisions.
+    pub max_batch: usize,
+    /// Set when a consumer fails for good: the sources stop taking input.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Batches a follower's queue holds before the writers wait for it.
+const FOLLOWER_QUEUE: usize = 16;
+/// How often a follower's `tick` runs.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Commits in batch order: the sequence number whose turn it is, or a failure.
+struct Baton {
+    state: Mutex<(u64, bool)>,
+    turn: Condvar,
+}
+
+impl Baton {
+    /// Waits until it is `seq`'s turn; false if a writer failed meanwhile.
+    fn wait_for(&self, seq: u64) -> bool {
+        let mut s = self.state.lock().expect("baton");
+        while s.0 != seq && !s.1 {
+            s = self.turn.wait(s).expect("baton");
+        }
+        !s.1
+    }
+
+    fn pass(&self, seq: u64) {
+        self.state.lock().expect("baton").0 = seq + 1;
+        self.turn.notify_all();
+    }
+
+    fn fail(&self) {
+        self.state.lock().expect("baton").1 = true;
+        self.turn.notify_all();
+    }
+}
+
+impl WritePath {
+    /// Takes batches from `batches` until it is closed and every consumer has ended.
+    pub fn drive(self, batches: Receiver<Batch>) -> Result<(), Fault> {
+        let WritePath {
+            record,
+            producer,
+            mut followers,
+            max_batch,
+            stop,
+        } = self;
+        let durable = !record.is_empty();
+        if let (Some(p), false) = (&producer, durable) {
+            followers.insert(0, Box::new(ProducerFollower(p.clone())));
+        }
+        let failure: Mutex<Option<Fault>> = Mutex::new(None);
+        let fail = |e: Fault| {
+            log::error!("{e}");
+            stop.store(true, Ordering::Relaxed);
+            let mut f = failure.lock().expect("failure");
+            if f.is_none() {
+                *f = Some(e);
+            }
+        };
+        let baton = Baton {
+            state: Mutex::new((0, false)),
+            turn: Condvar::new(),
+        };
+        let (to_followers, from_dispatch): (Vec<_>, Vec<_>) = (0..followers.len())
+            .map(|_| crossbeam_channel::bounded::<Arc<Batch>>(FOLLOWER_QUEUE))
+            .unzip();
+        let (to_writers, writer_queues): (Vec<_>, Vec<_>) = (0..record.len())
+            .map(|_| crossbeam_channel::bounded::<(u64, Arc<Batch>)>(1))
+            .unzip();
+        std::thread::scope(|scope| {
+            let (fail, baton, producer) = (&fail, &baton, &producer);
+            for (mut follower, queue) in followers.into_iter().zip(from_dispatch) {
+                std::thread::Builder::new()
+                    .name(format!("vtpga-{}", follower.name()))
+                    .spawn_scoped(scope, move || {
+                        if let Err(e) = follow(follower.as_mut(), queue) {
+                            fail(e);
+                        }
+                    })
+                    .expect("spawning a consumer thread");
+            }
+            for (mut sink, queue) in record.into_iter().zip(writer_queues) {
+                let followers = to_followers.clone();
+                std::thread::Builder::new()
+                    .name("vtpga-postgres".into())
+                    .spawn_scoped(scope, move || {
+                        for (seq, batch) in queue {
+                            let mut turn = || {
+                                if !baton.wait_for(seq) {
+                                    return false;
+                                }
+                                if let Some(p) = producer {
+                                    // At least once on the topics: nothing of a cut may be
+                                    // undelivered once the cut is committed.
+                                    p.flush_all();
+                                }
+                                true
+                            };
+                            match sink.write_in_turn(&batch, &|| false, &mut turn) {
+                                Ok(true) => {
+                                    forward(&followers, &batch);
+                                    baton.pass(seq);
+                                }
+                                Ok(false) => return,
+                                Err(e) => {
+                                    baton.fail();
+                                    fail(Fault::Fatal(format!(
+                                        "writing a batch to PostgreSQL: {e}"
+                                    )));
+                                    return;
+                                }
+                            }
+                        }
+                    })
+                    .expect("spawning a PostgreSQL writer");
+            }
+            // The dispatcher: this thread.
+            let mut seq = 0u64;
+            loop {
+                let mut batch = match batches.recv_timeout(TICK) {
+                    Ok(b) => b,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                if durable {
+                    // Merge what is already waiting: fewer, larger transactions.
+                    while batch.decisions.len() < max_batch {
+                        match batches.try_recv() {
+                            Ok(more) => batch.merge(more),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                let batch = Arc::new(batch);
+                if !durable {
+                    forward(&to_followers, &batch);
+                    continue;
+                }
+                if let Some(p) = producer {
+                    if let Err(e) = p.send_batch(&batch) {
+                        fail(Fault::Fatal(format!("producing decisions: {e}")));
+                        break;
+                    }
+                }
+                let writer = &to_writers[(seq % to_writers.len() as u64) as usize];
+                if writer.send((seq, batch)).is_err() {
+                    // The writer failed and said why.
+                    break;
+                }
+                seq += 1;
+            }
+            // Closing the queues ends the writers, then (with the writers' copies of the
+            // followers' queues gone) the followers.
+            drop(to_writers);
+            drop(to_followers);
+        });
+        // Whatever the graph still sends after a failure is dropped, so its workers end.
+        for _ in batches {}
+        match failure.into_inner().expect("failure") {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Gives `batch` to every follower, in turn (a follower that ended has said why).
+fn forward(followers: &[Sender<Arc<Batch>>], batch: &Arc<Batch>) {
+    for f in followers {
+        let _ = f.send(batch.clone());
+    }
+}
+
+/// A follower's loop: batches as they come, a tick now and then, retries on `Retry`.
+fn follow(c: &mut dyn Consumer, batches: Receiver<Arc<Batch>>) -> Result<(), Fault> {
+    let name = c.name();
+    let named = |e: Fault| match e {
+        Fault::Retry(m) | Fault::Fatal(m) => Fault::Fatal(format!("{name}: {m}")),
+    };
+    c.start().map_err(named)?;
+    let mut last_tick = std::time::Instant::now();
+    loop {
+        match batches.recv_timeout(TICK) {
+            Ok(batch) => {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match c.batch(&batch) {
+                        Ok(()) => break,
+                        Err(Fault::Retry(m)) => {
+                            log::warn!("{name}: {m}; retrying in {backoff:?}");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => return Err(named(e)),
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_tick.elapsed() >= TICK {
+            c.tick();
+            last_tick = std::time::Instant::now();
+        }
+    }
+    c.end().map_err(named)
+}
+
+/// The decisions topic as a follower (no durable record to flush before).
+struct ProducerFollower(Arc<DecisionProducer>);
+
+impl Consumer for ProducerFollower {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
+        self.0
+            .send_batch(batch)
+            .map_err(|e| Fault::Fatal(format!("producing decisions: {e}")))
+    }
+}
