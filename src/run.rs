@@ -103,7 +103,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub hold: bool,
     /// With PostgreSQL: batches merged into one database transaction, at most (decisions).
-    #[arg(long, env = "VTPGA_PG_MAX_BATCH", default_value_t = 50_000)]
+    #[arg(long, env = "VTPGA_PG_MAX_BATCH", default_value_t = 100_000)]
     pub pg_max_batch: usize,
     /// With PostgreSQL: writer connections. Each writes whole batches (one transaction
     /// each); with two, one copies its batch while the other commits. Commits stay in

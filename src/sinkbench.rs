@@ -35,7 +35,7 @@ pub struct SinkbenchArgs {
     #[arg(long, default_value_t = 500_000)]
     pub count: usize,
     /// Decisions per database transaction (the pipeline's `--pg-max-batch`).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub batch: usize,
     /// PostgreSQL writer connections (the pipeline's `--pg-writers`).
     #[arg(long, default_value_t = 2)]

@@ -443,7 +443,11 @@ fn killed_while_consumers_are_at_different_cuts() {
     }
     assert_eq!(on_topic.len(), TOTAL, "every decision is on the topic");
     for (pos, v) in &on_topic {
-        assert_eq!(replayed.get(pos), Some(v), "decision on the topic at {pos:?}");
+        assert_eq!(
+            replayed.get(pos),
+            Some(v),
+            "decision on the topic at {pos:?}"
+        );
     }
 }
 

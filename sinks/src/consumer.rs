@@ -85,8 +85,9 @@ pub struct WritePath {
     pub producer: Option<Arc<DecisionProducer>>,
     /// Everything else, each on its own thread.
     pub followers: Vec<Box<dyn Consumer>>,
-    /// With a durable record, batches already waiting are merged into one database
-    /// transaction of at most about this many decisions.
+    /// With a durable record, batches that come while every writer is busy are merged
+    /// into one database transaction of at most about this many decisions; beyond that
+    /// the dispatcher waits for a writer (and so holds the graph back).
     pub max_batch: usize,
     /// Set when a consumer fails for good: the sources stop taking input.
     pub stop: Arc<AtomicBool>,
@@ -154,9 +155,9 @@ impl WritePath {
         let (to_followers, from_dispatch): (Vec<_>, Vec<_>) = (0..followers.len())
             .map(|_| crossbeam_channel::bounded::<Arc<Batch>>(FOLLOWER_QUEUE))
             .unzip();
-        let (to_writers, writer_queues): (Vec<_>, Vec<_>) = (0..record.len())
-            .map(|_| crossbeam_channel::bounded::<(u64, Arc<Batch>)>(1))
-            .unzip();
+        // Whichever writer is free takes the next batch (a rendezvous: the dispatcher keeps
+        // merging while both are busy).
+        let (to_writers, writer_queue) = crossbeam_channel::bounded::<(u64, Arc<Batch>)>(0);
         std::thread::scope(|scope| {
             let (fail, baton, producer) = (&fail, &baton, &producer);
             for (mut follower, queue) in followers.into_iter().zip(from_dispatch) {
@@ -169,8 +170,9 @@ impl WritePath {
                     })
                     .expect("spawning a consumer thread");
             }
-            for (mut sink, queue) in record.into_iter().zip(writer_queues) {
+            for mut sink in record {
                 let followers = to_followers.clone();
+                let queue = writer_queue.clone();
                 std::thread::Builder::new()
                     .name("vtpga-postgres".into())
                     .spawn_scoped(scope, move || {
@@ -182,7 +184,7 @@ impl WritePath {
                                 if let Some(p) = producer {
                                     // At least once on the topics: nothing of a cut may be
                                     // undelivered once the cut is committed.
-                                    p.flush_all();
+                                    p.wait_delivered(seq);
                                 }
                                 true
                             };
@@ -204,40 +206,57 @@ impl WritePath {
                     })
                     .expect("spawning a PostgreSQL writer");
             }
-            // The dispatcher: this thread.
+            drop(writer_queue);
+            // The dispatcher: this thread. Each batch goes to the topic as soon as it
+            // comes; for the durable record, batches that come while both writers are busy
+            // are merged into the one waiting (at most about `max_batch` decisions; beyond
+            // that it waits for a writer and so holds the graph back).
             let mut seq = 0u64;
-            loop {
-                let mut batch = match batches.recv_timeout(TICK) {
-                    Ok(b) => b,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+            let mut waiting: Option<Batch> = None;
+            let mut open = true;
+            while open || waiting.is_some() {
+                let full = waiting
+                    .as_ref()
+                    .is_some_and(|w| w.decisions.len() >= max_batch);
+                let mut sel = crossbeam_channel::Select::new();
+                let take = (open && !full).then(|| sel.recv(&batches));
+                let give = waiting.is_some().then(|| sel.send(&to_writers));
+                let op = match sel.select_timeout(TICK) {
+                    Ok(op) => op,
+                    Err(_) => continue,
                 };
-                if durable {
-                    // Merge what is already waiting: fewer, larger transactions.
-                    while batch.decisions.len() < max_batch {
-                        match batches.try_recv() {
-                            Ok(more) => batch.merge(more),
-                            Err(_) => break,
-                        }
+                if Some(op.index()) == give {
+                    let batch = Arc::new(waiting.take().expect("a batch waits"));
+                    if op.send(&to_writers, (seq, batch)).is_err() {
+                        // Every writer has ended: one failed and said why.
+                        break;
                     }
+                    seq += 1;
+                    continue;
                 }
-                let batch = Arc::new(batch);
+                debug_assert_eq!(Some(op.index()), take);
+                let batch = match op.recv(&batches) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        open = false;
+                        continue;
+                    }
+                };
                 if !durable {
-                    forward(&to_followers, &batch);
+                    forward(&to_followers, &Arc::new(batch));
                     continue;
                 }
                 if let Some(p) = producer {
-                    if let Err(e) = p.send_batch(&batch) {
+                    // Numbered as the writers will number the batch it joins.
+                    if let Err(e) = p.send_batch(&batch, seq) {
                         fail(Fault::Fatal(format!("producing decisions: {e}")));
                         break;
                     }
                 }
-                let writer = &to_writers[(seq % to_writers.len() as u64) as usize];
-                if writer.send((seq, batch)).is_err() {
-                    // The writer failed and said why.
-                    break;
+                match waiting.as_mut() {
+                    Some(w) => w.merge(batch),
+                    None => waiting = Some(batch),
                 }
-                seq += 1;
             }
             // Closing the queues ends the writers, then (with the writers' copies of the
             // followers' queues gone) the followers.
@@ -295,7 +314,7 @@ fn follow(c: &mut dyn Consumer, batches: Receiver<Arc<Batch>>) -> Result<(), Fau
     c.end().map_err(named)
 }
 
-/// The decisions topic as a follower (no durable record to flush before).
+/// The decisions topic as a follower (no durable record to wait for it).
 struct ProducerFollower(Arc<DecisionProducer>);
 
 impl Consumer for ProducerFollower {
@@ -303,8 +322,9 @@ impl Consumer for ProducerFollower {
         "kafka"
     }
     fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
+        // Nobody waits for deliveries by batch: one number for all.
         self.0
-            .send_batch(batch)
+            .send_batch(batch, 0)
             .map_err(|e| Fault::Fatal(format!("producing decisions: {e}")))
     }
 }

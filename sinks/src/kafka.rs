@@ -5,8 +5,9 @@
 //! Each record carries a `decided_us` header: the wall-clock µs when its batch reached the
 //! producer, so a reader can measure decision latency from the source record's timestamp.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -29,15 +30,35 @@ pub struct DeliveryStats {
     pub failed: AtomicU64,
 }
 
+/// Records handed to librdkafka and not yet delivered (or failed for good), by the
+/// sequence number of the batch they belong to.
+#[derive(Debug, Default)]
+struct Outstanding {
+    by_batch: Mutex<BTreeMap<u64, u64>>,
+    settled: Condvar,
+}
+
 pub struct DeliveryContext {
     stats: Arc<DeliveryStats>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    /// The sequence number of the record's batch.
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        {
+            let mut by_batch = self.outstanding.by_batch.lock().expect("outstanding");
+            if let Some(n) = by_batch.get_mut(&(batch as u64)) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_batch.remove(&(batch as u64));
+                    self.outstanding.settled.notify_all();
+                }
+            }
+        }
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -62,43 +83,111 @@ pub struct DecisionProducer {
     producer: ThreadedProducer<DeliveryContext>,
     topics: OutputTopics,
     pub stats: Arc<DeliveryStats>,
+    outstanding: Arc<Outstanding>,
 }
 
 impl DecisionProducer {
     pub fn new(config: ClientConfig, topics: OutputTopics) -> Result<Self, KafkaError> {
         let config = producer_defaults(config);
         let stats = Arc::new(DeliveryStats::default());
+        let outstanding = Arc::new(Outstanding::default());
         let producer = config.create_with_context(DeliveryContext {
             stats: stats.clone(),
+            outstanding: outstanding.clone(),
         })?;
         Ok(DecisionProducer {
             producer,
             topics,
             stats,
+            outstanding,
         })
     }
 
     /// Produces every decision of the batch (and every invalid message to the DLQ).
     /// Waits while librdkafka's queue is full (backpressure), never drops.
-    pub fn send_batch(&self, batch: &Batch) -> Result<(), KafkaError> {
+    /// `seq` numbers the batch for [`DecisionProducer::wait_delivered`].
+    pub fn send_batch(&self, batch: &Batch, seq: u64) -> Result<(), KafkaError> {
         // The whole batch was decided when it reached this thread: one clock read.
         let now = now_us();
         let decided = now.to_string();
         let ts = (now / 1000) as i64;
-        let mut json = Vec::with_capacity(512);
-        for d in &batch.decisions {
-            self.send_decision(d, &decided, ts, &mut json)?;
+        let records = batch.decisions.len()
+            + batch
+                .decisions
+                .iter()
+                .filter(|d| d.status == Status::Invalid)
+                .count();
+        if records > 0 {
+            *self
+                .outstanding
+                .by_batch
+                .lock()
+                .expect("outstanding")
+                .entry(seq)
+                .or_default() += records as u64;
         }
-        Ok(())
+        let mut json = Vec::with_capacity(512);
+        let mut sent = 0;
+        let mut result = Ok(());
+        for d in &batch.decisions {
+            match self.send_decision(d, &decided, ts, seq, &mut json) {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if sent < records {
+            // What was not handed over will never be delivered: not waited for.
+            let mut by_batch = self.outstanding.by_batch.lock().expect("outstanding");
+            if let Some(n) = by_batch.get_mut(&seq) {
+                *n = n.saturating_sub((records - sent) as u64);
+                if *n == 0 {
+                    by_batch.remove(&seq);
+                }
+            }
+            self.outstanding.settled.notify_all();
+        }
+        result
     }
 
+    /// Waits, however long the broker is away, until every record of the batches numbered
+    /// up to `seq` is delivered (or refused for good: counted in `stats.failed`). Called
+    /// before the PostgreSQL commit of batch `seq`: once a cut is committed (and so never
+    /// decided again after a restart), its decisions and dead letters are on their topics.
+    /// Later batches, sent meanwhile, are not waited for.
+    pub fn wait_delivered(&self, seq: u64) {
+        let mut by_batch = self.outstanding.by_batch.lock().expect("outstanding");
+        let mut waited = 0u32;
+        while by_batch.first_key_value().is_some_and(|(s, _)| *s <= seq) {
+            let (guard, timeout) = self
+                .outstanding
+                .settled
+                .wait_timeout(by_batch, Duration::from_secs(1))
+                .expect("outstanding");
+            by_batch = guard;
+            if timeout.timed_out() {
+                waited += 1;
+                if waited % 10 == 1 {
+                    log::warn!(
+                        "waiting for the broker to take {} decision record(s)",
+                        self.in_flight()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends the decision (and its dead letter); returns how many records were handed over.
     fn send_decision(
         &self,
         d: &Decision,
         decided: &str,
         ts: i64,
+        seq: u64,
         json: &mut Vec<u8>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<usize, KafkaError> {
         json.clear();
         serde_json::to_writer(&mut *json, &DecisionRecord::of(d))
             .expect("a decision record always serializes");
@@ -107,7 +196,7 @@ impl DecisionProducer {
             value: Some(decided.as_bytes()),
         });
         let key = d.tx.as_ref().map(|tx| tx.id.as_str());
-        let mut record = BaseRecord::to(&self.topics.decisions)
+        let mut record = BaseRecord::with_opaque_to(&self.topics.decisions, seq as usize)
             .payload(&json[..])
             .headers(headers)
             .timestamp(ts);
@@ -138,35 +227,24 @@ impl DecisionProducer {
                     value: Some(t.as_bytes()),
                 });
             let raw: &[u8] = d.raw.as_deref().unwrap_or_default();
-            let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.dlq)
-                .payload(raw)
-                .headers(headers)
-                .timestamp(ts);
-            send_with_backpressure(&self.producer, record)?;
+            let record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.topics.dlq, seq as usize)
+                    .payload(raw)
+                    .headers(headers)
+                    .timestamp(ts);
+            if let Err(e) = send_with_backpressure(&self.producer, record) {
+                // The decision was handed over.
+                log::error!("producing a dead letter: {e}");
+                return Err(e);
+            }
+            return Ok(2);
         }
-        Ok(())
+        Ok(1)
     }
 
     /// Waits until everything produced so far is delivered (or `timeout` passes).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
-    }
-
-    /// Waits, however long the broker is away, until everything produced so far is
-    /// delivered. Called before the PostgreSQL commit of the same batch: once a cut is
-    /// committed (and so never decided again after a restart), its decisions and dead
-    /// letters are on their topics.
-    pub fn flush_all(&self) {
-        let mut waited = 0u32;
-        while let Err(e) = self.producer.flush(Duration::from_secs(1)) {
-            waited += 1;
-            if waited % 10 == 1 {
-                log::warn!(
-                    "waiting for the broker to take {} decision record(s): {e}",
-                    self.in_flight()
-                );
-            }
-        }
     }
 
     /// Messages handed to librdkafka and not yet delivered.
@@ -197,12 +275,12 @@ fn producer_defaults(mut config: ClientConfig) -> ClientConfig {
 /// Sends `record`, waiting while the local queue is full. Any other error is returned.
 pub fn send_with_backpressure<'a, K, P, C>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'a, K, P>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
 ) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
-    C: ProducerContext<DeliveryOpaque = ()> + 'static,
+    C: ProducerContext + 'static,
 {
     loop {
         match producer.send(record) {

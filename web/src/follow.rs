@@ -153,9 +153,7 @@ impl Follower {
                 .iter()
                 .rev()
                 .zip(cached)
-                .filter_map(|((m, _), json)| {
-                    Some((m.clone(), serde_json::from_str(&json?).ok()?))
-                })
+                .filter_map(|((m, _), json)| Some((m.clone(), serde_json::from_str(&json?).ok()?)))
                 .collect();
             self.state.add_records(records);
         }
@@ -215,4 +213,3 @@ pub fn tally_of(name: &str, row: &Value) -> Tally {
         },
     }
 }
-
