@@ -365,7 +365,14 @@ fn redis_outage_mid_run_is_rebuilt() {
         .expect("pipeline starts");
     wait_for_rows(&pg, 5_000, &mut child);
     redis.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Down until at least one more batch is committed (and so given to the Redis sink).
+    let committed: i64 = pg
+        .client()
+        .query_one("SELECT count(*) FROM transactions", &[])
+        .unwrap()
+        .get(0);
+    wait_for_rows(&pg, committed + 1, &mut child);
+    std::thread::sleep(Duration::from_millis(1000));
     redis.start_server();
     let summary = finish(child);
     let line = summary

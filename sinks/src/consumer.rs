@@ -248,7 +248,7 @@ impl WritePath {
                 }
                 if let Some(p) = producer {
                     // Numbered as the writers will number the batch it joins.
-                    if let Err(e) = p.send_batch(&batch, seq) {
+                    if let Err(e) = p.send_batch(&batch, Some(seq)) {
                         fail(Fault::Fatal(format!("producing decisions: {e}")));
                         break;
                     }
@@ -322,9 +322,207 @@ impl Consumer for ProducerFollower {
         "kafka"
     }
     fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
-        // Nobody waits for deliveries by batch: one number for all.
+        // Nobody waits for deliveries by batch.
         self.0
-            .send_batch(batch, 0)
+            .send_batch(batch, None)
             .map_err(|e| Fault::Fatal(format!("producing decisions: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vtpga_dataflow::graph::{Account, Decision};
+    use vtpga_dataflow::{SourcePos, Status};
+
+    /// Records the times of the batches it is given, and fails at a chosen one.
+    struct Recorder {
+        times: Arc<Mutex<Vec<u64>>>,
+        fail_at: Option<u64>,
+        retries_left: u32,
+    }
+
+    impl Consumer for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
+            if self.retries_left > 0 {
+                self.retries_left -= 1;
+                return Err(Fault::Retry("not yet".into()));
+            }
+            if self.fail_at == Some(batch.time) {
+                return Err(Fault::Fatal("refused".into()));
+            }
+            self.times.lock().unwrap().push(batch.time);
+            Ok(())
+        }
+    }
+
+    fn decision(offset: i64, t: u64) -> Decision {
+        Decision {
+            pos: SourcePos {
+                partition: 0,
+                offset,
+            },
+            t,
+            ingest_us: 0,
+            status: Status::Invalid,
+            tx: None,
+            scores: None,
+            reason: Some("bad".into()),
+            raw: Some(b"x".to_vec()),
+            home_band: None,
+        }
+    }
+
+    /// Batch `t` (1-based): `per` decisions and the account of one user with balance `t`.
+    fn batch(t: u64, per: i64) -> Batch {
+        Batch {
+            time: t,
+            decisions: (0..per)
+                .map(|i| decision((t as i64 - 1) * per + i, t))
+                .collect(),
+            accounts: vec![Account {
+                user: "u1".into(),
+                balance_cents: t as i64,
+                credit_used_cents: 0,
+                last_approved_ms: None,
+            }],
+            analyses: Vec::new(),
+        }
+    }
+
+    fn recorder(fail_at: Option<u64>, retries_left: u32) -> (Recorder, Arc<Mutex<Vec<u64>>>) {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        (
+            Recorder {
+                times: times.clone(),
+                fail_at,
+                retries_left,
+            },
+            times,
+        )
+    }
+
+    /// Without a durable record every follower sees every batch, in order; a `Retry` is
+    /// tried again.
+    #[test]
+    fn followers_see_every_batch_in_order() {
+        let (a, a_times) = recorder(None, 0);
+        let (b, b_times) = recorder(None, 2);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for t in 1..=50 {
+            tx.send(batch(t, 3)).unwrap();
+        }
+        drop(tx);
+        let path = WritePath {
+            record: Vec::new(),
+            producer: None,
+            followers: vec![Box::new(a), Box::new(b)],
+            max_batch: 10,
+            stop: Default::default(),
+        };
+        path.drive(rx).expect("drives");
+        let all: Vec<u64> = (1..=50).collect();
+        assert_eq!(*a_times.lock().unwrap(), all);
+        assert_eq!(*b_times.lock().unwrap(), all);
+    }
+
+    /// A follower that fails for good stops the pipeline (the stop flag) and the path ends
+    /// with its error, after taking every batch the graph still sends.
+    #[test]
+    fn a_failing_follower_stops_the_pipeline() {
+        let (a, _) = recorder(Some(7), 0);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for t in 1..=20 {
+            tx.send(batch(t, 1)).unwrap();
+        }
+        drop(tx);
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = WritePath {
+            record: Vec::new(),
+            producer: None,
+            followers: vec![Box::new(a)],
+            max_batch: 10,
+            stop: stop.clone(),
+        };
+        let err = path.drive(rx).expect_err("fails");
+        assert!(err.to_string().contains("recorder: refused"), "{err}");
+        assert!(stop.load(Ordering::Relaxed));
+    }
+
+    /// Two PostgreSQL writers copy in parallel but commit in batch order: the account
+    /// ends with the last batch's state and the cut with the last time, every decision is
+    /// there once, and the follower sees the batches in order, each after its commit.
+    #[test]
+    fn writers_commit_in_batch_order_and_followers_follow() {
+        let pg = vtpga_testkit::Postgres::start();
+        let first = PgSink::new(&pg.url, "test").expect("sink");
+        let second = first.another().expect("second writer");
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        struct Checker {
+            url: String,
+            seen: Arc<Mutex<Vec<(u64, i64)>>>,
+        }
+        impl Consumer for Checker {
+            fn name(&self) -> &'static str {
+                "checker"
+            }
+            fn batch(&mut self, batch: &Batch) -> Result<(), Fault> {
+                // The record's cut when the follower gets the batch.
+                let mut client = crate::postgres::connect(&self.url).expect("connect");
+                let cut: i64 = client
+                    .query_one("SELECT cut_time FROM pipeline_state", &[])
+                    .expect("cut")
+                    .get(0);
+                self.seen.lock().unwrap().push((batch.time, cut));
+                Ok(())
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let feeder = std::thread::spawn(move || {
+            for t in 1..=60 {
+                tx.send(batch(t, 500)).unwrap();
+                if t % 7 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        let path = WritePath {
+            record: vec![first, second],
+            producer: None,
+            followers: vec![Box::new(Checker {
+                url: pg.url.clone(),
+                seen: committed.clone(),
+            })],
+            max_batch: 1_000,
+            stop: Default::default(),
+        };
+        path.drive(rx).expect("drives");
+        feeder.join().unwrap();
+        let mut client = pg.client();
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM transactions),
+                        (SELECT count(DISTINCT (partition, \"offset\")) FROM transactions),
+                        (SELECT balance_cents FROM accounts WHERE user_id = 'u1'),
+                        (SELECT cut_time FROM pipeline_state)",
+                &[],
+            )
+            .unwrap();
+        let (rows, distinct, balance, cut): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!((rows, distinct), (30_000, 30_000));
+        assert_eq!(balance, 60, "the last batch's account state wins");
+        assert_eq!(cut, 60);
+        let seen = committed.lock().unwrap();
+        assert_eq!(seen.last().map(|s| s.0), Some(60));
+        for pair in seen.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "in order: {seen:?}");
+        }
+        for (time, cut) in seen.iter() {
+            assert!(*cut >= *time as i64, "followed before its commit: {seen:?}");
+        }
     }
 }

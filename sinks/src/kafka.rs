@@ -30,6 +30,9 @@ pub struct DeliveryStats {
     pub failed: AtomicU64,
 }
 
+/// The batch number of records nobody waits for.
+const UNTRACKED: usize = usize::MAX;
+
 /// Records handed to librdkafka and not yet delivered (or failed for good), by the
 /// sequence number of the batch they belong to.
 #[derive(Debug, Default)]
@@ -49,7 +52,7 @@ impl ProducerContext for DeliveryContext {
     /// The sequence number of the record's batch.
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
-        {
+        if batch != UNTRACKED {
             let mut by_batch = self.outstanding.by_batch.lock().expect("outstanding");
             if let Some(n) = by_batch.get_mut(&(batch as u64)) {
                 *n = n.saturating_sub(1);
@@ -105,12 +108,18 @@ impl DecisionProducer {
 
     /// Produces every decision of the batch (and every invalid message to the DLQ).
     /// Waits while librdkafka's queue is full (backpressure), never drops.
-    /// `seq` numbers the batch for [`DecisionProducer::wait_delivered`].
-    pub fn send_batch(&self, batch: &Batch, seq: u64) -> Result<(), KafkaError> {
-        // The whole batch was decided when it reached this thread: one clock read.
-        let now = now_us();
-        let decided = now.to_string();
-        let ts = (now / 1000) as i64;
+    /// `seq` numbers the batch for [`DecisionProducer::wait_delivered`]; `None` when
+    /// nobody will wait for it.
+    pub fn send_batch(&self, batch: &Batch, seq: Option<u64>) -> Result<(), KafkaError> {
+        let Some(seq) = seq else {
+            let mut json = Vec::with_capacity(512);
+            let (decided, ts) = Self::decided_now();
+            for d in &batch.decisions {
+                self.send_decision(d, &decided, ts, UNTRACKED, &mut json)?;
+            }
+            return Ok(());
+        };
+        let (decided, ts) = Self::decided_now();
         let records = batch.decisions.len()
             + batch
                 .decisions
@@ -130,7 +139,7 @@ impl DecisionProducer {
         let mut sent = 0;
         let mut result = Ok(());
         for d in &batch.decisions {
-            match self.send_decision(d, &decided, ts, seq, &mut json) {
+            match self.send_decision(d, &decided, ts, seq as usize, &mut json) {
                 Ok(n) => sent += n,
                 Err(e) => {
                     result = Err(e);
@@ -179,13 +188,21 @@ impl DecisionProducer {
         }
     }
 
-    /// Sends the decision (and its dead letter); returns how many records were handed over.
+    /// The `decided_us` header and record timestamp of a batch: the whole batch was
+    /// decided when it reached this thread, so one clock read.
+    fn decided_now() -> (String, i64) {
+        let now = now_us();
+        (now.to_string(), (now / 1000) as i64)
+    }
+
+    /// Sends the decision (and its dead letter) as part of batch `seq`; returns how many
+    /// records were handed over.
     fn send_decision(
         &self,
         d: &Decision,
         decided: &str,
         ts: i64,
-        seq: u64,
+        seq: usize,
         json: &mut Vec<u8>,
     ) -> Result<usize, KafkaError> {
         json.clear();
@@ -196,7 +213,7 @@ impl DecisionProducer {
             value: Some(decided.as_bytes()),
         });
         let key = d.tx.as_ref().map(|tx| tx.id.as_str());
-        let mut record = BaseRecord::with_opaque_to(&self.topics.decisions, seq as usize)
+        let mut record = BaseRecord::with_opaque_to(&self.topics.decisions, seq)
             .payload(&json[..])
             .headers(headers)
             .timestamp(ts);
@@ -228,7 +245,7 @@ impl DecisionProducer {
                 });
             let raw: &[u8] = d.raw.as_deref().unwrap_or_default();
             let record: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.topics.dlq, seq as usize)
+                BaseRecord::with_opaque_to(&self.topics.dlq, seq)
                     .payload(raw)
                     .headers(headers)
                     .timestamp(ts);
