@@ -175,7 +175,7 @@ fn run_graph(
             std::sync::Mutex::new(Some(
                 messages
                     .iter()
-                    .filter(|m| m.pos.partition as usize % workers == index)
+                    .filter(|m| vtpga_ingest::replay::owner(m.pos.partition, workers) == index)
                     .cloned()
                     .collect(),
             ))

@@ -118,6 +118,25 @@ pub enum AnalysisKey {
     DistanceMinute(i64, u8),
 }
 
+impl AnalysisKey {
+    /// The SPEC §7 name of the analysis this row belongs to (one of [`NAMES`]): the one
+    /// place a key's analysis is named.
+    pub fn name(&self) -> &'static str {
+        NAMES[match self {
+            AnalysisKey::Status(_) => 0,
+            AnalysisKey::ValueBand(_) => 1,
+            AnalysisKey::Hour(_) => 2,
+            AnalysisKey::ValueRiskBucket(_) => 3,
+            AnalysisKey::HourRisk(_) => 4,
+            AnalysisKey::State(_) => 5,
+            AnalysisKey::Funds(_) => 6,
+            AnalysisKey::Mode(_) => 7,
+            AnalysisKey::Minute(_) => 8,
+            AnalysisKey::DistanceMinute(..) => 9,
+        }]
+    }
+}
+
 /// What the analyses need of one decision. Built by the decision operator so that the
 /// analysis operator does no rule arithmetic of its own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -317,67 +336,51 @@ pub fn to_json(rows: &BTreeMap<AnalysisKey, Tally>) -> Value {
 
 /// One analysis row in its SPEC §7 shape, with the name of its analysis.
 pub fn row_json(key: &AnalysisKey, t: &Tally) -> (&'static str, Value) {
-    match key {
-        AnalysisKey::Status(s) => (
-            "status_counts",
-            json!({"status": s.as_str(), "count": t.count}),
-        ),
-        AnalysisKey::ValueBand(b) => (
-            "value_histogram",
-            json!({"band": VALUE_BANDS[*b as usize], "approved": t.approved, "rejected": t.rejected}),
-        ),
-        AnalysisKey::Hour(h) => (
-            "hour_histogram",
-            json!({"hour": h, "approved": t.approved, "rejected": t.rejected}),
-        ),
-        AnalysisKey::ValueRiskBucket(b) => (
-            "value_risk_distribution",
+    let row = match key {
+        AnalysisKey::Status(s) => json!({"status": s.as_str(), "count": t.count}),
+        AnalysisKey::ValueBand(b) => {
+            json!({"band": VALUE_BANDS[*b as usize], "approved": t.approved, "rejected": t.rejected})
+        }
+        AnalysisKey::Hour(h) => json!({"hour": h, "approved": t.approved, "rejected": t.rejected}),
+        AnalysisKey::ValueRiskBucket(b) => {
             json!({"bucket": b, "approved": t.approved, "rejected": t.rejected,
-                       "approved_amount_cents": t.approved_amount_cents, "rejected_amount_cents": t.rejected_amount_cents}),
-        ),
-        AnalysisKey::HourRisk(h) => (
-            "hour_risk_outcome",
-            json!({"hour_risk": *h as f64 / 2.0, "approved": t.approved, "rejected": t.rejected}),
-        ),
-        AnalysisKey::State(uf) => (
-            "state_approval",
-            json!({"uf": uf, "approved": t.approved, "rejected": t.rejected}),
-        ),
-        AnalysisKey::Funds(reason) => (
-            "insufficient_funds",
-            json!({"reason": reason.as_str(), "count": t.count, "amount_cents": t.rejected_amount_cents}),
-        ),
-        AnalysisKey::Mode(m) => (
-            "mode_rejections",
-            json!({"mode": m.as_str(), "approved": t.approved, "rejected": t.rejected}),
-        ),
-        AnalysisKey::Minute(m) => (
-            "minute_frequency",
-            json!({"minute": format_minute(*m), "count": t.count}),
-        ),
-        AnalysisKey::DistanceMinute(m, b) => (
-            "distance_band_outcome",
+                       "approved_amount_cents": t.approved_amount_cents, "rejected_amount_cents": t.rejected_amount_cents})
+        }
+        AnalysisKey::HourRisk(h) => {
+            json!({"hour_risk": *h as f64 / 2.0, "approved": t.approved, "rejected": t.rejected})
+        }
+        AnalysisKey::State(uf) => json!({"uf": uf, "approved": t.approved, "rejected": t.rejected}),
+        AnalysisKey::Funds(reason) => {
+            json!({"reason": reason.as_str(), "count": t.count, "amount_cents": t.rejected_amount_cents})
+        }
+        AnalysisKey::Mode(m) => {
+            json!({"mode": m.as_str(), "approved": t.approved, "rejected": t.rejected})
+        }
+        AnalysisKey::Minute(m) => json!({"minute": format_minute(*m), "count": t.count}),
+        AnalysisKey::DistanceMinute(m, b) => {
             json!({"minute": format_minute(*m), "band": DISTANCE_BANDS[*b as usize],
-                       "approved": t.approved, "rejected": t.rejected}),
-        ),
-    }
+                       "approved": t.approved, "rejected": t.rejected})
+        }
+    };
+    (key.name(), row)
 }
 
 /// A row key as stored in a table: (analysis name, key text, minute index or −1).
 /// [`key_from_parts`] is its inverse.
 pub fn key_parts(key: &AnalysisKey) -> (&'static str, String, i64) {
-    match key {
-        AnalysisKey::Status(s) => (NAMES[0], s.as_str().to_owned(), -1),
-        AnalysisKey::ValueBand(b) => (NAMES[1], VALUE_BANDS[*b as usize].to_owned(), -1),
-        AnalysisKey::Hour(h) => (NAMES[2], h.to_string(), -1),
-        AnalysisKey::ValueRiskBucket(b) => (NAMES[3], b.to_string(), -1),
-        AnalysisKey::HourRisk(h) => (NAMES[4], format!("{:.1}", *h as f64 / 2.0), -1),
-        AnalysisKey::State(uf) => (NAMES[5], uf.clone(), -1),
-        AnalysisKey::Funds(s) => (NAMES[6], s.as_str().to_owned(), -1),
-        AnalysisKey::Mode(m) => (NAMES[7], m.as_str().to_owned(), -1),
-        AnalysisKey::Minute(m) => (NAMES[8], String::new(), *m),
-        AnalysisKey::DistanceMinute(m, b) => (NAMES[9], DISTANCE_BANDS[*b as usize].to_owned(), *m),
-    }
+    let (k, minute) = match key {
+        AnalysisKey::Status(s) => (s.as_str().to_owned(), -1),
+        AnalysisKey::ValueBand(b) => (VALUE_BANDS[*b as usize].to_owned(), -1),
+        AnalysisKey::Hour(h) => (h.to_string(), -1),
+        AnalysisKey::ValueRiskBucket(b) => (b.to_string(), -1),
+        AnalysisKey::HourRisk(h) => (format!("{:.1}", *h as f64 / 2.0), -1),
+        AnalysisKey::State(uf) => (uf.clone(), -1),
+        AnalysisKey::Funds(s) => (s.as_str().to_owned(), -1),
+        AnalysisKey::Mode(m) => (m.as_str().to_owned(), -1),
+        AnalysisKey::Minute(m) => (String::new(), *m),
+        AnalysisKey::DistanceMinute(m, b) => (DISTANCE_BANDS[*b as usize].to_owned(), *m),
+    };
+    (key.name(), k, minute)
 }
 
 /// The row key stored as `key_parts` gave it, or `None` for anything else.

@@ -6,6 +6,7 @@ pub mod analyses;
 pub mod graph;
 pub mod model;
 pub mod parse;
+pub mod record;
 pub mod rules;
 
 pub use model::*;

@@ -218,6 +218,15 @@ pub fn epoch_for(times: &[Time], per_cell: usize, limit: u64) -> u64 {
     epoch
 }
 
+/// The wall clock, µs since the Unix epoch: the stamps sources and consumers put on
+/// records (`ingest_us`, `decided_us`, latencies). Nothing in the graph reads it.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -465,7 +465,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The proleptic Gregorian date (y, m, d) of a day count since 1970-01-01 (Howard
 /// Hinnant's `civil_from_days`). Valid for any `z` up to `i64::MAX - 719_468`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097; // [0, 146096]

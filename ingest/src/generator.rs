@@ -231,20 +231,6 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
     (fnv1a64(key.as_bytes()) % p) as i32
 }
 
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// How an event time is written.
 #[derive(Clone, Copy)]
 struct TimeStyle {
@@ -266,7 +252,7 @@ fn format_time(e_ms: i64, style: TimeStyle) -> String {
     let local = e_ms + shift as i64 * 60_000;
     let days = local.div_euclid(86_400_000);
     let ms_of_day = local.rem_euclid(86_400_000);
-    let (y, mo, d) = civil_from_days(days);
+    let (y, mo, d) = vtpga_dataflow::parse::civil_from_days(days);
     let (h, mi, s, ms) = (
         ms_of_day / 3_600_000,
         ms_of_day / 60_000 % 60,

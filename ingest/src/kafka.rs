@@ -40,7 +40,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use vtpga_dataflow::graph::{Body, Incoming};
-use vtpga_dataflow::{SourcePos, Time};
+use vtpga_dataflow::{now_us, SourcePos, Time};
 
 use crate::replay::owner;
 use crate::source::{Feed, Polled};
@@ -625,13 +625,6 @@ fn cached_high_watermark<C: ConsumerContext>(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 impl Feed for KafkaFeed {

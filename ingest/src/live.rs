@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use vtpga_dataflow::graph::{Body, Incoming};
 use vtpga_dataflow::{SourcePos, Time};
@@ -11,13 +11,7 @@ use vtpga_dataflow::{SourcePos, Time};
 use crate::generator::Generator;
 use crate::source::{Feed, Polled};
 
-/// Wall-clock µs since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use vtpga_dataflow::now_us;
 
 pub struct LiveFeed {
     generator: Generator,

@@ -626,14 +626,8 @@ fn is_capital(r: &Region) -> bool {
     CAPITALS.iter().any(|c| c.uf == r.uf && c.name == r.name)
 }
 
-/// Great-circle distance in km (haversine, R = 6371.0 km, as SPEC §6).
-pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * 6371.0 * a.sqrt().min(1.0).asin()
-}
+/// Great-circle distance in km: SPEC §6's, the one the rules use.
+pub use vtpga_dataflow::rules::haversine_km;
 
 /// The point `dist_km` from (lat, lon) along the initial bearing `bearing_deg`.
 fn destination(lat: f64, lon: f64, bearing_deg: f64, dist_km: f64) -> (f64, f64) {

@@ -6,80 +6,12 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use serde::Serialize;
-
 use vtpga_dataflow::analyses::{self, AnalysisKey, Tally};
 use vtpga_dataflow::graph::Decision;
-use vtpga_dataflow::parse::format_utc_ms;
-use vtpga_dataflow::{Status, User};
+use vtpga_dataflow::record::DecisionRecord;
+use vtpga_dataflow::User;
 
 use crate::Batch;
-
-/// The SPEC §8 decision record, as one JSON object.
-#[derive(Serialize)]
-pub struct DecisionRecord<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub t: u64,
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payer_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payee_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amount_cents: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_risk: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hour_risk: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub distance_risk: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub risk: Option<f64>,
-    /// Why an `invalid` message is invalid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-    /// Which reference is unknown, for `unknown_reference`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
-}
-
-impl<'a> DecisionRecord<'a> {
-    pub fn of(d: &'a Decision) -> Self {
-        let tx = d.tx.as_ref();
-        let (error, reason) = match d.status {
-            Status::Invalid => (d.reason.as_deref(), None),
-            _ => (None, d.reason.as_deref()),
-        };
-        DecisionRecord {
-            partition: d.pos.partition,
-            offset: d.pos.offset,
-            t: d.t,
-            status: d.status.as_str(),
-            id: tx.map(|tx| tx.id.as_str()),
-            payer_id: tx.map(|tx| tx.payer.as_str()),
-            payee_id: tx.map(|tx| tx.payee.as_str()),
-            region_id: tx.map(|tx| tx.region.as_str()),
-            mode: tx.map(|tx| tx.mode.as_str()),
-            amount_cents: tx.map(|tx| tx.amount_cents),
-            event_time: tx.map(|tx| format_utc_ms(tx.event_ms)),
-            value_risk: d.scores.map(|s| s.value_risk),
-            hour_risk: d.scores.map(|s| s.hour_risk),
-            distance_risk: d.scores.map(|s| s.distance_risk),
-            risk: d.scores.map(|s| s.risk),
-            error,
-            reason,
-        }
-    }
-}
 
 /// Accumulates batches into the replay outputs.
 pub struct ReplayWriter {
@@ -255,42 +187,6 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vtpga_dataflow::graph::Decision;
-    use vtpga_dataflow::{Mode, SourcePos, Tx};
-
-    #[test]
-    fn record_has_spec_fields() {
-        let d = Decision {
-            pos: SourcePos {
-                partition: 2,
-                offset: 7,
-            },
-            t: 1000,
-            ingest_us: 0,
-            status: Status::Late,
-            tx: Some(Tx {
-                id: "x".into(),
-                payer: "a".into(),
-                payee: "b".into(),
-                region: "r".into(),
-                mode: Mode::Debito,
-                amount_cents: 123,
-                event_ms: 0,
-            }),
-            scores: None,
-            reason: None,
-            raw: None,
-            home_band: None,
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&serde_json::to_string(&DecisionRecord::of(&d)).unwrap()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"partition": 2, "offset": 7, "t": 1000, "status": "late",
-                "id": "x", "payer_id": "a", "payee_id": "b", "region_id": "r", "mode": "debito",
-                "amount_cents": 123, "event_time": "1970-01-01T00:00:00.000Z"})
-        );
-    }
 
     #[test]
     fn csv_quoting() {

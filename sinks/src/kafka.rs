@@ -19,9 +19,9 @@ use rdkafka::ClientContext;
 use vtpga_dataflow::graph::Decision;
 use vtpga_dataflow::Status;
 
-use crate::files::DecisionRecord;
 use crate::monitor::now_us;
 use crate::Batch;
+use vtpga_dataflow::record::DecisionRecord;
 
 /// Delivery outcomes, counted by librdkafka's delivery callbacks.
 #[derive(Debug, Default)]

@@ -3,7 +3,6 @@
 //! current analyses. The embedded job prints it once a second; the dashboard will read it.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
@@ -11,12 +10,7 @@ use vtpga_dataflow::Status;
 
 use crate::Batch;
 
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use vtpga_dataflow::now_us;
 
 /// SPEC §10 "every offset is accounted for": per source partition, every offset from the
 /// first one decided (or the resume point) up to the latest decided is a decision. A gap

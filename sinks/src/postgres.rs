@@ -667,7 +667,7 @@ fn copy_carefully(tx: &mut Transaction<'_>, decisions: &[&Decision]) -> PgResult
 /// Writes a refused decision to `quarantine`: its SPEC §8 record and raw payload as bytes
 /// (nothing in them can be refused) and the store's error.
 fn quarantine(tx: &mut Transaction<'_>, d: &Decision, e: &PgError) -> PgResult<()> {
-    let record = serde_json::to_vec(&crate::files::DecisionRecord::of(d))
+    let record = serde_json::to_vec(&vtpga_dataflow::record::DecisionRecord::of(d))
         .map_err(|e| PgError::Data(format!("serialising a decision record: {e}")))?;
     let error = e.to_string();
     log::error!(

@@ -64,8 +64,8 @@ use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
 use vtpga_dataflow::graph::Decision;
 use vtpga_dataflow::Status;
 
-use crate::files::DecisionRecord;
 use crate::Batch;
+use vtpga_dataflow::record::DecisionRecord;
 
 pub use redis::RedisError;
 
@@ -536,6 +536,41 @@ impl crate::consumer::Consumer for RedisSink {
         self.apply(batch);
         self.publish_stats();
         Ok(())
+    }
+    /// A Redis that came back is rebuilt now, not at the next batch (there may be none
+    /// for a while).
+    fn tick(&mut self) {
+        if self.is_stale() {
+            self.flush();
+            self.publish_stats();
+        }
+    }
+    /// The last chance to leave an up-to-date cache: a Redis that is back (or comes back
+    /// within about 5 s) is rebuilt. Never fails: a cache left stale is said in the log
+    /// and the stats.
+    fn end(&mut self) -> Result<(), crate::consumer::Fault> {
+        let deadline = Instant::now() + MAX_BACKOFF;
+        while self.is_stale() && !self.flush() && Instant::now() < deadline {
+            std::thread::sleep(
+                self.next_attempt
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(50)),
+            );
+        }
+        if self.is_stale() {
+            log::warn!(
+                "redis is still unreachable: the cache is behind PostgreSQL until the next run"
+            );
+        }
+        self.publish_stats();
+        Ok(())
+    }
+}
+
+impl RedisSink {
+    /// Whether Redis lacks something the sink has (down, or a rebuild pending).
+    fn is_stale(&self) -> bool {
+        self.conn.is_none() || self.needs_rebuild
     }
 }
 

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 
 use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
 use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::record::DecisionRecord;
 use vtpga_dataflow::Status;
-use vtpga_sinks::files::DecisionRecord;
 use vtpga_sinks::Batch;
 
 /// How many of the newest decision records the state keeps (and indexes by id).
@@ -960,18 +960,7 @@ pub(crate) fn render_rows<'a>(
 
 /// The name of the analysis a row key belongs to.
 pub fn analysis_name(key: &AnalysisKey) -> &'static str {
-    NAMES[match key {
-        AnalysisKey::Status(_) => 0,
-        AnalysisKey::ValueBand(_) => 1,
-        AnalysisKey::Hour(_) => 2,
-        AnalysisKey::ValueRiskBucket(_) => 3,
-        AnalysisKey::HourRisk(_) => 4,
-        AnalysisKey::State(_) => 5,
-        AnalysisKey::Funds(_) => 6,
-        AnalysisKey::Mode(_) => 7,
-        AnalysisKey::Minute(_) => 8,
-        AnalysisKey::DistanceMinute(..) => 9,
-    }]
+    key.name()
 }
 
 trait ZeroTally {
