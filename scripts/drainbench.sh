@@ -14,26 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 count="${1:-300000}"
 workers="${2:-2}"
-work="$(mktemp -d /tmp/vtpga-drainbench.XXXXXX)"
-chmod 755 "$work" # PostgreSQL runs as its own user (scripts/pg.sh)
-export VTPGA_KAFKA_DIR="$work/kafka"
-export VTPGA_PG_DIR="$work/pg"
-export VTPGA_REDIS_DIR="$work/redis"
+# shellcheck source-path=SCRIPTDIR source=bench-env.sh
+. scripts/bench-env.sh
+bench_env drainbench
+trap bench_cleanup EXIT
 export VTPGA_KAFKA_BROKERS="127.0.0.1:${VTPGA_DRAIN_KAFKA_PORT:-19492}"
-
-if [ -n "${VTPGA_BIN:-}" ]; then
-    bin="$VTPGA_BIN"
-else
-    cargo build --release --quiet
-    bin=target/release/vtpga
-fi
-cleanup() {
-    scripts/kafka.sh stop >/dev/null || true
-    scripts/pg.sh stop >/dev/null || true
-    scripts/redis.sh stop >/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 scripts/kafka.sh start "${VTPGA_KAFKA_BROKERS##*:}" 4 >/dev/null
 eval "$(scripts/pg.sh start "${VTPGA_DRAIN_PG_PORT:-19532}" | tail -1)"

@@ -15,32 +15,19 @@ rates="${1:-1000,10000,50000,max}"
 duration="${2:-10s}"
 workers="${3:-2}"
 port="${VTPGA_LOADTEST_PORT:-19392}"
-work="$(mktemp -d /tmp/vtpga-loadtest.XXXXXX)"
-chmod 755 "$work" # PostgreSQL runs as its own user (scripts/pg.sh)
-export VTPGA_KAFKA_DIR="$work/kafka"
-export VTPGA_PG_DIR="$work/pg"
-export VTPGA_REDIS_DIR="$work/redis"
+# shellcheck source-path=SCRIPTDIR source=bench-env.sh
+. scripts/bench-env.sh
+bench_env loadtest
 export VTPGA_KAFKA_BROKERS="127.0.0.1:$port"
 sinks="${VTPGA_LOADTEST_SINKS:-0}"
 
-if [ -n "${VTPGA_BIN:-}" ]; then
-    bin="$VTPGA_BIN"
-else
-    cargo build --release --quiet
-    bin=target/release/vtpga
-fi
 pipeline_pid=""
 cleanup() {
     if [ -n "$pipeline_pid" ] && kill -0 "$pipeline_pid" 2>/dev/null; then
         kill "$pipeline_pid" 2>/dev/null || true
         wait "$pipeline_pid" 2>/dev/null || true
     fi
-    scripts/kafka.sh stop >/dev/null || true
-    if [ "$sinks" = 1 ]; then
-        scripts/pg.sh stop >/dev/null || true
-        scripts/redis.sh stop >/dev/null || true
-    fi
-    rm -rf "$work"
+    bench_cleanup
 }
 trap cleanup EXIT
 

@@ -107,7 +107,7 @@ where
                 params.epoch_ms,
                 admit,
             );
-            let outputs = graph::build_admitted(admitted, regions, users, params, &resume);
+            let outputs = graph::build(admitted, regions, users, params, &resume);
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)
         });

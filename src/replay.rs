@@ -17,7 +17,7 @@ use vtpga_sinks::consumer::{Consumer, WritePath};
 use vtpga_sinks::files::ReplayFiles;
 use vtpga_sinks::Gather;
 
-use crate::ParamArgs;
+use vtpga::args::ParamArgs;
 use vtpga::cluster::ClusterArgs;
 use vtpga::pipeline::{self, PipelineSpec, Reference, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS};
 

@@ -28,7 +28,7 @@ use vtpga_sinks::Gather;
 use vtpga_web::{LiveState, Observer, WebConfig};
 
 use crate::produce::parse_rate;
-use crate::ParamArgs;
+use vtpga::args::ParamArgs;
 use vtpga::cluster::ClusterArgs;
 use vtpga::kafka::{partition_count, KafkaArgs};
 use vtpga::pipeline::{self, PipelineSpec, Reference};
@@ -95,7 +95,7 @@ pub struct RunArgs {
     #[arg(long, env = "VTPGA_WEB_TOKEN")]
     pub web_token: Option<String>,
     #[command(flatten)]
-    pub web_limits: crate::WebLimitArgs,
+    pub web_limits: vtpga::args::WebLimitArgs,
     /// Do not serve the dashboard.
     #[arg(long, env = "VTPGA_NO_WEB")]
     pub no_web: bool,

@@ -67,6 +67,28 @@ fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
     );
 }
 
+/// A temporary directory with generated data, a private broker with its messages on a
+/// 4-partition topic, a private PostgreSQL seeded with the same reference data, and a
+/// private Redis.
+fn scene(total: usize) -> (tempfile::TempDir, Broker, Postgres, Redis) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    setup(tmp.path(), total, &broker, &pg);
+    (tmp, broker, pg, redis)
+}
+
+/// The pipeline on the scene's services; `piped` keeps its output for [`finish`].
+fn spawn(broker: &Broker, pg: &Postgres, redis: &Redis, piped: bool) -> Child {
+    let out = || if piped { Stdio::piped() } else { Stdio::null() };
+    pipeline_command(broker, pg, redis)
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .expect("pipeline starts")
+}
+
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().expect("pipeline runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -243,12 +265,8 @@ impl Lcg {
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     const TOTAL: usize = 200_000;
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let (tmp, broker, pg, redis) = scene(TOTAL);
     let dir = tmp.path();
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let redis = Redis::start();
-    setup(dir, TOTAL, &broker, &pg);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -260,11 +278,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while kills < 10 {
         assert!(Instant::now() < deadline, "the crash loop took too long");
-        let mut child = pipeline_command(&broker, &pg, &redis)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pipeline starts");
+        let mut child = spawn(&broker, &pg, &redis, false);
         std::thread::sleep(Duration::from_millis(rng.next_ms(500, 2500)));
         match child.try_wait().expect("status") {
             Some(status) => {
@@ -290,13 +304,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     );
     assert!((done as usize) < TOTAL, "the kills came before the end");
     // The last run goes to the end.
-    let summary = finish(
-        pipeline_command(&broker, &pg, &redis)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pipeline starts"),
-    );
+    let summary = finish(spawn(&broker, &pg, &redis, true));
     eprintln!("{kills} kills, {done} rows committed before the last run\n{summary}");
     check_against_replay(dir, &broker, &pg, &redis, TOTAL);
 }
@@ -325,17 +333,9 @@ fn wait_for_rows(pg: &Postgres, rows: i64, child: &mut Child) {
 #[test]
 fn postgres_restart_mid_run_loses_nothing() {
     const TOTAL: usize = 120_000;
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let (tmp, broker, pg, redis) = scene(TOTAL);
     let dir = tmp.path();
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let redis = Redis::start();
-    setup(dir, TOTAL, &broker, &pg);
-    let mut child = pipeline_command(&broker, &pg, &redis)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pipeline starts");
+    let mut child = spawn(&broker, &pg, &redis, true);
     wait_for_rows(&pg, 5_000, &mut child);
     pg.restart(Duration::from_millis(1500));
     let summary = finish(child);
@@ -352,17 +352,9 @@ fn postgres_restart_mid_run_loses_nothing() {
 #[test]
 fn redis_outage_mid_run_is_rebuilt() {
     const TOTAL: usize = 120_000;
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let (tmp, broker, pg, mut redis) = scene(TOTAL);
     let dir = tmp.path();
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let mut redis = Redis::start();
-    setup(dir, TOTAL, &broker, &pg);
-    let mut child = pipeline_command(&broker, &pg, &redis)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pipeline starts");
+    let mut child = spawn(&broker, &pg, &redis, true);
     wait_for_rows(&pg, 5_000, &mut child);
     redis.kill();
     // Down until at least one more batch is committed (and so given to the Redis sink).
@@ -390,17 +382,9 @@ fn redis_outage_mid_run_is_rebuilt() {
 #[test]
 fn killed_while_consumers_are_at_different_cuts() {
     const TOTAL: usize = 120_000;
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let (tmp, broker, pg, redis) = scene(TOTAL);
     let dir = tmp.path();
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let redis = Redis::start();
-    setup(dir, TOTAL, &broker, &pg);
-    let mut child = pipeline_command(&broker, &pg, &redis)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pipeline starts");
+    let mut child = spawn(&broker, &pg, &redis, false);
     wait_for_rows(&pg, 5_000, &mut child);
     // Redis stops answering: its consumer falls behind (then caches in memory) while
     // PostgreSQL goes on committing and the topic goes on taking decisions.
@@ -426,13 +410,7 @@ fn killed_while_consumers_are_at_different_cuts() {
         cached <= cut_at_pause && cut_at_pause < cut,
         "the consumers were at different cuts when killed: Redis at t = {cached}, PostgreSQL at t = {cut}"
     );
-    let summary = finish(
-        pipeline_command(&broker, &pg, &redis)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pipeline starts"),
-    );
+    let summary = finish(spawn(&broker, &pg, &redis, true));
     eprintln!("killed with Redis at t = {cached}, PostgreSQL at t = {cut}\n{summary}");
     check_against_replay(dir, &broker, &pg, &redis, TOTAL);
     // The decisions topic has every decision at least once, each repeat identical.

@@ -36,7 +36,7 @@ mod reference;
 mod tally;
 
 pub use admit::admit;
-use admit::validate;
+pub use admit::validate;
 use decide::decide;
 pub use decide::{LATE_CREDITS, REDECIDED};
 use dedup::dedup;
@@ -251,31 +251,12 @@ pub fn user_row(u: &User) -> UserRow {
     )
 }
 
-/// Builds the decision graph on `messages`, reading the shared reference arrangements.
+/// Builds the decision graph — the one entry point — on messages already through
+/// [`admit`] (rules 1–2) where they entered (`pending`: on their way to the duplicate
+/// check; `invalid_or_late`: decided), reading the shared reference arrangements, and
+/// starting from the state in `resume` (empty for a fresh start). A stream of raw
+/// messages goes through [`validate`] first.
 pub fn build<'s>(
-    messages: StreamVec<'s, Time, Incoming>,
-    regions: RefArranged<'s, RegionVal>,
-    users: RefArranged<'s, UserVal>,
-    params: Params,
-) -> Outputs<'s> {
-    build_resumed(messages, regions, users, params, &Resume::default())
-}
-
-/// [`build`], starting from the state in `resume` rather than from the reference data alone.
-pub fn build_resumed<'s>(
-    messages: StreamVec<'s, Time, Incoming>,
-    regions: RefArranged<'s, RegionVal>,
-    users: RefArranged<'s, UserVal>,
-    params: Params,
-    resume: &Resume,
-) -> Outputs<'s> {
-    let admitted = validate(messages, params);
-    build_admitted(admitted, regions, users, params, resume)
-}
-
-/// [`build_resumed`] on messages already through [`admit`] (rules 1–2) where they entered:
-/// those on their way to the duplicate check, and the decided ones.
-pub fn build_admitted<'s>(
     (pending, invalid_or_late): (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>),
     regions: RefArranged<'s, RegionVal>,
     users: RefArranged<'s, UserVal>,
@@ -371,7 +352,13 @@ mod tests {
                 let (users_in, users) = scope.new_collection::<UserRow, i64>();
                 let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
                 let (regions, users) = arrange_reference(regions, users);
-                let out = build(messages, regions, users, Params::default());
+                let out = build(
+                    validate(messages, Params::default()),
+                    regions,
+                    users,
+                    Params::default(),
+                    &Resume::default(),
+                );
                 out.decisions
                     .inspect(move |d: &Decision| {
                         sink.lock().unwrap().push((d.pos.offset, d.status));
@@ -438,7 +425,13 @@ mod tests {
                 let (users_in, users) = scope.new_collection::<UserRow, i64>();
                 let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
                 let (regions, users) = arrange_reference(regions, users);
-                let out = build(messages, regions, users, Params::default());
+                let out = build(
+                    validate(messages, Params::default()),
+                    regions,
+                    users,
+                    Params::default(),
+                    &Resume::default(),
+                );
                 out.decisions.probe_with(&probe);
                 out.analyses.inner.probe_with(&probe);
                 (regions_in, users_in, msgs)

@@ -63,7 +63,7 @@ pub fn admit(m: Incoming, params: &Params) -> Result<Pending, Decision> {
 /// Rules 1–2 as an operator of their own (for a stream of messages not admitted at its
 /// source).
 #[allow(clippy::result_large_err)]
-pub(super) fn validate<'s>(
+pub fn validate<'s>(
     messages: StreamVec<'s, Time, Incoming>,
     params: Params,
 ) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {

@@ -1,0 +1,79 @@
+//! Flag groups several subcommands share: the rule parameters of SPEC §5 and the bounds
+//! of the dashboard's live state.
+
+use anyhow::Result;
+use clap::Args;
+
+use vtpga_dataflow::Params;
+
+/// The rule parameters of SPEC §5.
+#[derive(Args, Clone, Debug)]
+pub struct ParamArgs {
+    /// Event time may trail arrival by at most this much (rule 2) or lead it by at most
+    /// this much (rule 1).
+    #[arg(long, env = "VTPGA_MAX_DELAY_MS", default_value_t = 1000)]
+    pub max_delay_ms: u64,
+    /// A transaction id seen again within this window is a duplicate (rule 3).
+    #[arg(long, env = "VTPGA_DEDUP_WINDOW_MS", default_value_t = 300_000)]
+    pub dedup_window_ms: u64,
+    /// Transactions whose combined risk exceeds this are rejected (rule 7).
+    #[arg(long, env = "VTPGA_RISK_THRESHOLD", default_value_t = 0.5)]
+    pub risk_threshold: f64,
+    /// Transaction ids the duplicate table is sized for at start (about the ids expected
+    /// within the window, e.g. rate x window); it grows beyond as needed. Sizing it spares
+    /// the pauses of growing a large table while deciding.
+    #[arg(long, env = "VTPGA_DEDUP_CAPACITY", default_value_t = 0)]
+    pub dedup_capacity: usize,
+    /// The graph's time grid in ms (a power of two): a message enters at the start of its
+    /// cell and its decision leaves at the cell's end, so the graph pays per cell rather
+    /// than per millisecond. Decisions are the same for every value; only when they leave
+    /// changes. Default: 1 for `run` (live latency), chosen from the capture for `replay`
+    /// (cells of at most 16,384 messages).
+    #[arg(long, env = "VTPGA_EPOCH_MS", value_parser = epoch_ms)]
+    pub epoch_ms: Option<u64>,
+}
+
+/// A power of two from 1 ms to 2^30 ms.
+fn epoch_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1 << 30 {
+        return Err("must be a power of two from 1 to 1073741824".into());
+    }
+    Ok(v)
+}
+
+impl ParamArgs {
+    pub fn params(&self) -> Result<Params> {
+        if !self.risk_threshold.is_finite() {
+            anyhow::bail!("--risk-threshold must be a finite number");
+        }
+        Ok(Params {
+            max_delay_ms: self.max_delay_ms,
+            dedup_window_ms: self.dedup_window_ms,
+            risk_threshold: self.risk_threshold,
+            dedup_capacity: self.dedup_capacity,
+            epoch_ms: self.epoch_ms.unwrap_or(1),
+        })
+    }
+}
+
+/// Bounds of the dashboard's live state and answers (SPEC §10 "bounded memory").
+#[derive(Args, Clone, Debug)]
+pub struct WebLimitArgs {
+    /// Event-time minutes whose per-minute rows (analyses 9 and 10) the live views keep
+    /// (the newest; PostgreSQL keeps all).
+    #[arg(long, env = "VTPGA_WEB_LIVE_MINUTES", default_value_t = vtpga_web::DEFAULT_LIVE_MINUTES)]
+    pub web_live_minutes: usize,
+    /// Event-stream clients served at once; one more gets 503.
+    #[arg(long, env = "VTPGA_WEB_STREAM_CLIENTS", default_value_t = vtpga_web::DEFAULT_STREAM_CLIENTS)]
+    pub web_stream_clients: usize,
+}
+
+impl WebLimitArgs {
+    pub fn limits(&self) -> vtpga_web::WebLimits {
+        vtpga_web::WebLimits {
+            live_minutes: self.web_live_minutes,
+            stream_clients: self.web_stream_clients,
+        }
+    }
+}
