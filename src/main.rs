@@ -12,7 +12,7 @@ mod sinkbench;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-// Messages are allocated by one worker and often freed by another (or by a sink thread);
+// Messages are allocated by one worker and often freed by another (or by a consumer thread);
 // mimalloc handles such cross-thread frees far better than glibc's malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -100,7 +100,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         },
         sender,
     )?;
-    // Transactions of about `--batch` decisions, as the pipeline's sink thread merges them.
+    // Batches of about `--batch` decisions, as the write path merges them.
     let mut batches: Vec<Batch> = Vec::new();
     for b in receiver.try_iter() {
         match batches.last_mut() {

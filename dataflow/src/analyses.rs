@@ -22,12 +22,17 @@ use crate::rules::{self, DISTANCE_BANDS, VALUE_BANDS};
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Tally {
+    /// Messages counted (the `count` of analyses 1, 7 and 9).
     pub count: i64,
+    /// Approved transactions counted.
     pub approved: i64,
+    /// Rejected transactions counted (`insufficient_*` or `rejected_risk`).
     pub rejected: i64,
+    /// Sum of the approved amounts, in cents.
     /// Sums of amounts are 128-bit (SPEC §7: exact, never wrapping): 64 bits hold only
     /// about 9·10^7 maximum amounts (10^11 cents each).
     pub approved_amount_cents: i128,
+    /// Sum of the rejected amounts, in cents.
     pub rejected_amount_cents: i128,
 }
 
@@ -141,13 +146,21 @@ impl AnalysisKey {
 /// analysis operator does no rule arithmetic of its own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Assessed {
+    /// Whether the status is `approved` (else the outcome is `rejected`).
     pub approved: bool,
+    /// The decision's status, one of the four assessed ones.
     pub status: Status,
+    /// The amount, in cents.
     pub amount_cents: i64,
+    /// The payment mode.
     pub mode: Mode,
+    /// Local hour (UTC−03:00) of the event time, 0–23.
     pub local_hour: u8,
+    /// Event-time minute index (UTC), `floor(E / 60 s)`.
     pub minute: i64,
+    /// The SPEC §6 value risk.
     pub value_risk: f64,
+    /// The SPEC §6 hour risk (0.0, 0.5 or 1.0).
     pub hour_risk: f64,
     /// Band of the payer-home ↔ payee-home distance.
     pub home_band: u8,
@@ -181,10 +194,13 @@ fn add(t: &mut Tally, approved: bool, amount: i64) {
 }
 
 impl TallyBatch {
+    /// Counts one decision of any status (analysis 1).
     pub fn add_status(&mut self, status: Status) {
         self.status[status as usize] += 1;
     }
 
+    /// Adds an assessed decision to analyses 2–10; `region` is its transaction region id,
+    /// joined later with the regions arrangement for analysis 6.
     pub fn add_assessed(&mut self, a: &Assessed, region: &str) {
         let (ok, amt) = (a.approved, a.amount_cents);
         add(

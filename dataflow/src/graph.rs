@@ -48,13 +48,17 @@ use tally::analyses;
 /// refused (decided `invalid` with that error, whatever its bytes hold).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Body {
+    /// Raw message bytes from a source, to be parsed (SPEC §3).
     Raw(Vec<u8>),
+    /// A transaction already parsed; only the time rules of rules 1–2 remain.
     Parsed(Tx),
     /// A record the source does not trust or could not read: the SPEC §4 clock guard
     /// ("record timestamp ahead of the clock"), a capture line whose payload is `null` or
     /// not UTF-8 (SPEC §9). Never parsed, never in rule 3's memory.
     Refused {
+        /// The raw bytes, kept for the dead-letter record.
         raw: Vec<u8>,
+        /// The `error` text of its `invalid` decision.
         error: String,
     },
 }
@@ -62,10 +66,13 @@ pub enum Body {
 /// A message as it enters the graph, at timely time `t`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Incoming {
+    /// Source position (SPEC §4).
     pub pos: SourcePos,
+    /// Arrival time `t`, ms since the Unix epoch (SPEC §4).
     pub t: Time,
     /// Wall-clock µs when the source took the message in (0 in replay); for latency only.
     pub ingest_us: u64,
+    /// The message itself.
     pub body: Body,
 }
 
@@ -77,12 +84,14 @@ pub struct Geo {
 }
 
 impl Geo {
+    /// The point at `lat`, `lon` degrees.
     pub fn new(lat: f64, lon: f64) -> Self {
         Geo {
             lat_bits: lat.to_bits(),
             lon_bits: lon.to_bits(),
         }
     }
+    /// Great-circle distance to `other`, in km (SPEC §6 haversine).
     pub fn km_to(&self, other: &Geo) -> f64 {
         rules::haversine_km(
             f64::from_bits(self.lat_bits),
@@ -96,15 +105,20 @@ impl Geo {
 /// The value of the regions arrangement, keyed by region id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegionVal {
+    /// The region's two-letter state code (analysis 6).
     pub uf: String,
+    /// The region's coordinates.
     pub geo: Geo,
 }
 
 /// The value of the users arrangement, keyed by user id: the user joined with its home region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserVal {
+    /// Coordinates of the user's home region.
     pub home: Geo,
+    /// Opening balance in cents, from the reference data.
     pub balance_cents: Cents,
+    /// Credit limit in cents, from the reference data.
     pub credit_limit_cents: Cents,
 }
 
@@ -112,20 +126,30 @@ pub struct UserVal {
 /// is what stays behind when a message is taken out of a batch in order.)
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Pending {
+    /// Source position (SPEC §4).
     pub pos: SourcePos,
+    /// Arrival time `t`, ms since the Unix epoch (SPEC §4).
     pub t: Time,
+    /// Wall-clock µs when the source took the message in (0 in replay); for latency only.
     pub ingest_us: u64,
+    /// The parsed transaction.
     pub tx: Tx,
 }
 
 /// The decision about one message: SPEC §8's decision record plus what the analyses need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
+    /// Source position (SPEC §4).
     pub pos: SourcePos,
+    /// Arrival time `t`, ms since the Unix epoch (SPEC §4).
     pub t: Time,
+    /// Wall-clock µs when the source took the message in (0 in replay); for latency only.
     pub ingest_us: u64,
+    /// The SPEC §5 status.
     pub status: Status,
+    /// The parsed transaction; `None` when the message did not parse or was refused.
     pub tx: Option<Tx>,
+    /// The SPEC §6 scores, for an assessed message only.
     pub scores: Option<Scores>,
     /// Why: the parse error of an `invalid` message, or which reference is unknown.
     pub reason: Option<String>,
@@ -180,16 +204,22 @@ impl Decision {
 /// A user's runtime state after a timestamp that changed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
+    /// User id.
     pub user: String,
+    /// Balance, in cents.
     pub balance_cents: Cents,
+    /// Credit used, in cents.
     pub credit_used_cents: Cents,
+    /// Event time E of the user's last approval, ms since the Unix epoch; `None` if none.
     pub last_approved_ms: Option<i64>,
 }
 
 /// An approval's credit to its payee, applied at the payee's owner one ms later.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Credit {
+    /// The payee's user id.
     pub payee: Id,
+    /// The approved amount, in cents.
     pub amount_cents: Cents,
     /// The payee's reference data, in case its owner has not yet touched its state.
     pub payee_ref: UserVal,
@@ -202,6 +232,7 @@ pub struct Credit {
 
 /// A reference collection arranged by id, shared by every operator that reads it.
 pub type RefTrace<V> = TraceAgent<ValSpine<String, V, Time, i64>>;
+/// A reference arrangement (of a [`RefTrace`]) in a scope.
 pub type RefArranged<'s, V> = Arranged<'s, RefTrace<V>>;
 
 /// What the graph produces.
@@ -223,7 +254,9 @@ pub struct Outputs<'s> {
 pub struct Resume {
     /// Transaction ids that passed rules 1–2, with the arrival time they were last seen.
     pub seen: Vec<(String, Time)>,
+    /// Every account changed before the resume point, with its state there.
     pub accounts: Vec<Account>,
+    /// The analysis rows accumulated up to the resume point.
     pub analyses: Vec<(AnalysisKey, Tally)>,
 }
 
@@ -232,6 +265,7 @@ pub type RegionRow = (String, RegionVal);
 /// A user as a reference-collection record: `(id, home region id, balance, credit limit)`.
 pub type UserRow = (String, String, Cents, Cents);
 
+/// A region as its reference-collection record.
 pub fn region_row(r: &Region) -> RegionRow {
     (
         r.id.clone(),
@@ -242,6 +276,7 @@ pub fn region_row(r: &Region) -> RegionRow {
     )
 }
 
+/// A user as its reference-collection record.
 pub fn user_row(u: &User) -> UserRow {
     (
         u.id.clone(),

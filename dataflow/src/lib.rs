@@ -2,6 +2,8 @@
 //! the rules and scores (§5–6), and the timely/differential graph that decides
 //! transactions and maintains the ten analyses (§7). No sockets, databases or clocks.
 
+#![warn(missing_docs)]
+
 pub mod analyses;
 pub mod graph;
 pub mod model;

@@ -21,17 +21,23 @@ pub type Cents = i64;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// `pix`: instant payment; spends balance.
     /// (The default only fills a message taken out of a batch; it is never decided on.)
     #[default]
     Pix,
+    /// `debito`: debit payment; spends balance.
     Debito,
+    /// `credito`: credit payment; spends credit limit.
     Credito,
+    /// `boleto`: bank slip payment; spends balance.
     Boleto,
 }
 
 impl Mode {
+    /// The four modes, in declaration order (`mode as usize` indexes it).
     pub const ALL: [Mode; 4] = [Mode::Pix, Mode::Debito, Mode::Credito, Mode::Boleto];
 
+    /// The canonical name, as in outputs (SPEC §3).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Pix => "pix",
@@ -51,18 +57,28 @@ impl Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Rule 1: breaks SPEC §3, or the event time is in the future (E > t + max_delay).
     Invalid,
+    /// Rule 2: t − E > max_delay.
     Late,
+    /// Rule 3: the same `id_transacao` was last seen within `dedup_window`.
     Duplicate,
+    /// Rule 4: payer, payee or region unknown, or payer = payee.
     UnknownReference,
+    /// Rule 5: E is before the payer's last approved event time.
     Stale,
+    /// Rule 6: a `pix`, `debito` or `boleto` amount above the payer's balance.
     InsufficientBalance,
+    /// Rule 6: a `credito` amount above the payer's credit limit − credit used.
     InsufficientLimit,
+    /// Rule 7: risk above `risk_threshold`.
     RejectedRisk,
+    /// Rule 8: passed every rule; the only status with effects.
     Approved,
 }
 
 impl Status {
+    /// The nine statuses in rule order (`status as usize` indexes it).
     pub const ALL: [Status; 9] = [
         Status::Invalid,
         Status::Late,
@@ -75,6 +91,7 @@ impl Status {
         Status::Approved,
     ];
 
+    /// The SPEC §5 name, as in outputs.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Invalid => "invalid",
@@ -89,6 +106,7 @@ impl Status {
         }
     }
 
+    /// The status whose [`Status::as_str`] name is `s`, if any.
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
@@ -108,11 +126,17 @@ impl Status {
 /// A transaction message that passed SPEC §3.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Tx {
+    /// `id_transacao`, exactly as parsed.
     pub id: Id,
+    /// `id_usuario_pagador`: the payer's user id.
     pub payer: Id,
+    /// `id_usuario_recebedor`: the payee's user id.
     pub payee: Id,
+    /// `id_regiao`: the region where the transaction happens.
     pub region: Id,
+    /// `modalidade_pagamento`, canonical.
     pub mode: Mode,
+    /// `valor_transacao` in integer cents, 1 to 100,000,000,000 (SPEC §3).
     pub amount_cents: Cents,
     /// Event time E, ms since the Unix epoch (negative before 1970).
     pub event_ms: i64,
@@ -123,35 +147,50 @@ pub struct Tx {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct SourcePos {
+    /// Kafka partition (0 for sources without partitions).
     pub partition: i32,
+    /// Kafka offset, or the sequence number for sources without partitions.
     pub offset: i64,
 }
 
 /// A region of SPEC §2.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Region {
+    /// Region id.
     pub id: String,
+    /// Two-letter Brazilian state code (one of the 27).
     pub uf: String,
+    /// Region name.
     pub name: String,
+    /// Latitude in degrees (WGS84).
     pub lat: f64,
+    /// Longitude in degrees (WGS84).
     pub lon: f64,
 }
 
 /// A user of SPEC §2, as loaded (runtime state lives in the decision operator).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
+    /// User id.
     pub id: String,
+    /// User name.
     pub name: String,
+    /// Id of the user's home region.
     pub region_id: String,
+    /// Opening balance in cents (>= 0).
     pub balance_cents: Cents,
+    /// Credit limit in cents (>= 0).
     pub credit_limit_cents: Cents,
 }
 
 /// The rule parameters of SPEC §5 and §9.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Params {
+    /// `max_delay` of rules 1–2, in ms (default 1000).
     pub max_delay_ms: u64,
+    /// `dedup_window` of rule 3, in ms (default 300,000).
     pub dedup_window_ms: u64,
+    /// `risk_threshold` of rule 7: a higher risk is rejected (default 0.5).
     pub risk_threshold: f64,
     /// Not a rule: the number of transaction ids (across all workers) the duplicate table
     /// is sized for up front, so that it does not stop to grow while deciding. It grows

@@ -5,7 +5,7 @@
 //! borrowed [`RawValue`] (its exact text), so nothing depends on serde_json's
 //! conversions: numbers keep their literal text (exact money), numbers too large
 //! for an `f64` in unknown fields stay valid JSON, and the depth and lone-surrogate
-//! rules are checked by one small byte scanner ([`check_raw`]) over each value
+//! rules are checked by one small byte scanner (`check_raw`) over each value
 //! that can contain them. Known fields are then validated in a fixed order.
 
 use std::borrow::Cow;
@@ -57,38 +57,69 @@ pub const FIELDS: [&str; 7] = [
 /// the `error` text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// More than [`MAX_PAYLOAD_BYTES`] bytes; holds the size.
     #[error("payload too large: {0} bytes (at most 65536 allowed)")]
     TooLarge(usize),
+    /// Not UTF-8.
     #[error("payload is not valid UTF-8 (bad byte at offset {valid_up_to})")]
-    NotUtf8 { valid_up_to: usize },
+    NotUtf8 {
+        /// Offset of the first bad byte.
+        valid_up_to: usize,
+    },
+    /// Starts with a byte order mark.
     #[error("payload starts with a byte order mark")]
     ByteOrderMark,
+    /// Not JSON text, or trailing garbage; holds the JSON error.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// The top-level value is not an object; holds its kind.
     #[error("top-level JSON value is {0}, expected an object")]
     NotObject(&'static str),
+    /// Nested more than [`MAX_DEPTH`] levels.
     #[error("JSON nested more than 32 levels deep")]
     TooDeep,
+    /// A string holds an unpaired surrogate escape.
     #[error("JSON string contains a lone surrogate escape (unpaired \\uD800-\\uDFFF)")]
     LoneSurrogate,
+    /// One of the seven [`FIELDS`] given more than once.
     #[error("field {0} given more than once")]
     DuplicateField(&'static str),
+    /// One of the seven [`FIELDS`] is missing.
     #[error("missing field {0}")]
     MissingField(&'static str),
+    /// A known field of the wrong JSON type.
     #[error("field {field}: expected {expected}, found {found}")]
     WrongType {
+        /// The field's name.
         field: &'static str,
+        /// The JSON type it must have.
         expected: &'static str,
+        /// The JSON type it has.
         found: &'static str,
     },
+    /// An id field holds the empty string.
     #[error("field {0}: id must not be empty")]
     EmptyId(&'static str),
+    /// `modalidade_pagamento` is none of the four modes after normalisation; holds an excerpt.
     #[error("field modalidade_pagamento: unknown payment mode {0:?} (expected pix, debito, credito or boleto)")]
     UnknownMode(String),
+    /// `data_horario` breaks the SPEC §3 form or range.
     #[error("field data_horario: invalid event time {value:?}: {reason}")]
-    BadTime { value: String, reason: &'static str },
+    BadTime {
+        /// The offending text, shortened.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `valor_transacao` is neither a JSON number nor a decimal string of the SPEC §3 form.
     #[error("field valor_transacao: invalid amount {value:?}: {reason}")]
-    BadAmount { value: String, reason: &'static str },
+    BadAmount {
+        /// The offending text, shortened.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The rounded amount is outside 1 to 100,000,000,000 cents; holds an excerpt of it as given.
     #[error("field valor_transacao: amount {0} is not between 0.01 and 1000000000.00 BRL after rounding to the cent")]
     AmountOutOfRange(String),
 }
@@ -241,7 +272,7 @@ fn string_field(f: usize, raw: &str) -> Result<Cow<'_, str>, ParseError> {
 }
 
 /// The content of a JSON string literal (with its quotes, already checked by
-/// serde_json and by [`check_raw`]). Borrowed unless it has escapes.
+/// serde_json and by `check_raw`). Borrowed unless it has escapes.
 fn decode_string(raw: &str) -> Result<Cow<'_, str>, ParseError> {
     let inner = raw
         .strip_prefix('"')

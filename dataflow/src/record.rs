@@ -11,30 +11,45 @@ use crate::Status;
 /// The SPEC §8 decision record, as one JSON object.
 #[derive(Serialize)]
 pub struct DecisionRecord<'a> {
+    /// Source partition (SPEC §4 source position).
     pub partition: i32,
+    /// Source offset, or sequence number for sources without partitions.
     pub offset: i64,
+    /// Arrival time `t`, ms since the Unix epoch (SPEC §4).
     pub t: u64,
+    /// The SPEC §5 status name.
     pub status: &'static str,
+    /// `id_transacao`, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a str>,
+    /// The payer's user id, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payer_id: Option<&'a str>,
+    /// The payee's user id, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payee_id: Option<&'a str>,
+    /// The transaction region's id, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region_id: Option<&'a str>,
+    /// The canonical payment mode, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// The amount in integer cents, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount_cents: Option<i64>,
+    /// The event time E in RFC 3339 UTC with ms, when the message parsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_time: Option<String>,
+    /// The SPEC §6 value risk, when assessed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_risk: Option<f64>,
+    /// The SPEC §6 hour risk, when assessed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hour_risk: Option<f64>,
+    /// The SPEC §6 distance risk, when assessed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance_risk: Option<f64>,
+    /// The combined SPEC §6 risk, when assessed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<f64>,
     /// Why an `invalid` message is invalid.
@@ -46,6 +61,7 @@ pub struct DecisionRecord<'a> {
 }
 
 impl<'a> DecisionRecord<'a> {
+    /// The record of decision `d`, borrowing its ids and texts.
     pub fn of(d: &'a Decision) -> Self {
         let tx = d.tx.as_ref();
         let (error, reason) = match d.status {

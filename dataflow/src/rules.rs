@@ -23,6 +23,7 @@ pub fn time_rule(t: Time, event_ms: i64, params: &Params) -> Option<TimeVerdict>
     }
 }
 
+/// Why a parsed message fails the time rules (see [`time_rule`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeVerdict {
     /// E > t + max_delay: invalid.
@@ -61,12 +62,17 @@ pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 /// The four scores of SPEC §6.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
+    /// 0 if v <= 1000 BRL, else min(1, (v − 1000) / 9000).
     pub value_risk: f64,
+    /// By local hour: 1.0 for 0–5, 0.5 for 6 and 22–23, 0.0 for 7–21.
     pub hour_risk: f64,
+    /// By payer-home ↔ transaction-region distance: 0 below 50 km, 1 from 1000 km, linear between.
     pub distance_risk: f64,
+    /// 0 if `value_risk` is 0, else 0.5·value + 0.25·hour + 0.25·distance.
     pub risk: f64,
 }
 
+/// SPEC §6 value risk of an amount: 0 up to 1000 BRL, rising linearly to 1 at 10,000 BRL.
 pub fn value_risk(amount_cents: Cents) -> f64 {
     let v = amount_cents as f64 / 100.0;
     if v <= 1000.0 {
@@ -76,6 +82,7 @@ pub fn value_risk(amount_cents: Cents) -> f64 {
     }
 }
 
+/// SPEC §6 hour risk of a local hour: 1.0 for 0–5, 0.5 for 6 and 22–23, 0.0 for 7–21.
 pub fn hour_risk(hour: u8) -> f64 {
     match hour {
         0..=5 => 1.0,
@@ -85,6 +92,7 @@ pub fn hour_risk(hour: u8) -> f64 {
     }
 }
 
+/// SPEC §6 distance risk of `km`: 0 below 50, 1 from 1000, else (km − 50) / 950.
 pub fn distance_risk(km: f64) -> f64 {
     if km < 50.0 {
         0.0
@@ -125,6 +133,7 @@ pub const VALUE_BANDS: [&str; 8] = [
     "10000+",
 ];
 
+/// Analysis 2 band of an amount: its index into [`VALUE_BANDS`].
 pub fn value_band(amount_cents: Cents) -> u8 {
     const UPPER_CENTS: [Cents; 7] = [1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000];
     UPPER_CENTS
@@ -150,6 +159,7 @@ pub fn hour_risk_halves(hour_risk: f64) -> u8 {
 /// Analysis 10 bands of the payer-home ↔ payee-home distance.
 pub const DISTANCE_BANDS: [&str; 4] = ["short", "medium_short", "medium_long", "long"];
 
+/// Analysis 10 band of a distance in km: its index into [`DISTANCE_BANDS`].
 pub fn distance_band(km: f64) -> u8 {
     if km < 50.0 {
         0
@@ -165,9 +175,13 @@ pub fn distance_band(km: f64) -> u8 {
 /// What rules 5–8 read of a payer, and what an approval changes (SPEC §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Funds {
+    /// Balance, in cents.
     pub balance_cents: Cents,
+    /// Credit limit, in cents.
     pub credit_limit_cents: Cents,
+    /// Credit used by approved `credito` payments, in cents.
     pub credit_used_cents: Cents,
+    /// Event time E of the last approval, ms since the Unix epoch; `None` before the first.
     pub last_approved_ms: Option<i64>,
 }
 

@@ -29,7 +29,9 @@ pub struct CaptureRecord {
     /// timestamp" (−1) and any other negative value read as 0, as the Kafka source takes
     /// them: the clamp then gives the partition's previous `t`.
     pub t: u64,
+    /// The Kafka partition the record was consumed from (>= 0).
     pub partition: i32,
+    /// The record's offset in its partition (>= 0).
     pub offset: i64,
     /// The raw message text (for a refused record: what could be read of it).
     pub payload: String,
@@ -81,6 +83,7 @@ impl TryFrom<Line> for CaptureRecord {
 }
 
 impl CaptureRecord {
+    /// The record's SPEC §4 source position: (partition, offset).
     pub fn source_pos(&self) -> SourcePos {
         SourcePos {
             partition: self.partition,
@@ -89,24 +92,37 @@ impl CaptureRecord {
     }
 }
 
+/// An error of a capture file: opening, reading or writing it, or one of its lines.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// The file could not be opened, read, written or flushed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file (or the name given to the reader or writer).
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A line that is not a capture record (SPEC §9), or has a negative partition or
+    /// offset.
     #[error("{}: line {line}: {message}", path.display())]
     Line {
+        /// The file (or the name given to the reader).
         path: PathBuf,
+        /// The 1-based line number.
         line: u64,
+        /// What is wrong with the line.
         message: String,
     },
+    /// A generated payload that is not valid UTF-8, refused by [`CaptureWriter::write`].
     #[error("{}: payload of a message keyed {key:?} (partition {partition}) is not valid UTF-8", path.display())]
     NotUtf8 {
+        /// The file (or the name given to the writer).
         path: PathBuf,
+        /// The message's partition.
         partition: i32,
+        /// The message's Kafka key (the payer id).
         key: String,
     },
 }
@@ -408,18 +424,25 @@ pub fn read_capture_parallel(
     Ok(records)
 }
 
+/// An error of [`generate_dataset`].
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// The output directory could not be created.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The output directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Writing `regions.csv` or `users.csv` failed.
     #[error(transparent)]
     RefData(#[from] RefDataError),
+    /// Writing `capture.jsonl` failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// Fewer than two users were asked for (the number asked).
     #[error("a dataset needs at least two users, not {0}")]
     TooFewUsers(usize),
 }
@@ -427,14 +450,22 @@ pub enum DatasetError {
 /// What [`generate_dataset`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetSummary {
+    /// The `regions.csv` written.
     pub regions_path: PathBuf,
+    /// The `users.csv` written.
     pub users_path: PathBuf,
+    /// The `capture.jsonl` written.
     pub capture_path: PathBuf,
+    /// Regions written: the 27 capitals plus the extra ones.
     pub regions: usize,
+    /// Users written.
     pub users: usize,
+    /// Messages written to the capture.
     pub messages: u64,
     /// Record timestamps of the first and last message.
     pub first_t: Option<u64>,
+    /// Record timestamp of the last message (ms since the Unix epoch); `None` when no
+    /// message was written.
     pub last_t: Option<u64>,
 }
 

@@ -46,6 +46,8 @@ use crate::refdata::{cumulative, haversine_km, pick_weighted};
 /// sum to at most 1; the rest are ordinary messages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GeneratorConfig {
+    /// Seed of every random choice: the same seed and reference data give the same
+    /// messages.
     pub seed: u64,
     /// Nominal arrival rate (messages per second of the generator's clock).
     pub rate_per_sec: f64,
@@ -53,11 +55,19 @@ pub struct GeneratorConfig {
     pub start_ms: u64,
     /// Number of Kafka partitions messages are spread over (by payer id).
     pub partitions: i32,
+    /// Share of `late` messages: E = t − 1,001..=60,000 ms.
     pub late_share: f64,
+    /// Share of `duplicate` messages: the payload of a recent on-time message sent again.
     pub duplicate_share: f64,
+    /// Share of stale pairs: a lead payment, then a payment of the same payer whose E lies
+    /// before the lead's.
     pub stale_share: f64,
+    /// Share of messages with E = t + 1,001..=60,000 ms (`invalid` by SPEC §5 rule 1).
     pub future_share: f64,
+    /// Share of messages that break SPEC §3 (see [`InvalidKind`]).
     pub invalid_share: f64,
+    /// Share of messages with an unknown payer, payee or region, or payer = payee (see
+    /// [`UnknownKind`]).
     pub unknown_share: f64,
     /// Time warp of the internal clock: each message advances it by
     /// `warp / rate_per_sec` seconds. 1.0 for live use.
@@ -138,6 +148,7 @@ impl GeneratorConfig {
 pub struct GenMessage {
     /// Record timestamp (ms since the Unix epoch): the arrival time t.
     pub record_ts: u64,
+    /// The Kafka partition: [`partition_for`] of the key.
     pub partition: i32,
     /// The payer id as intended by the generator: the Kafka key.
     pub key: String,
@@ -151,11 +162,18 @@ pub enum MessageKind {
     /// An ordinary, well-formed, on-time message with known references
     /// (including the lead of a stale pair).
     Normal,
+    /// E = t − 1,001..=60,000 ms: `late`.
     Late,
+    /// The exact payload of a recent on-time message, sent again: `duplicate`.
     Duplicate,
+    /// A payment whose E lies before that of its payer's lead payment just before it:
+    /// `stale` if the lead was approved.
     Stale,
+    /// E = t + 1,001..=60,000 ms: `invalid` (event time in the future).
     Future,
+    /// A SPEC §3 violation of the given kind: `invalid`.
     Invalid(InvalidKind),
+    /// An unknown reference of the given kind: `unknown_reference`.
     Unknown(UnknownKind),
 }
 
@@ -183,7 +201,9 @@ pub enum InvalidKind {
     NotJson,
     /// Random control characters and symbols (valid UTF-8, not JSON).
     Garbage,
+    /// One of the seven fields left out.
     MissingField,
+    /// One field of the wrong JSON type (e.g. `null` for the id, `true` for the amount).
     WrongType,
     /// e.g. `"cash"`, `"pix "` (no trimming).
     BadMode,
@@ -195,6 +215,7 @@ pub enum InvalidKind {
     DuplicatedField,
     /// Valid JSON whose top level is not an object.
     NotObject,
+    /// One of the four ids is the empty string.
     EmptyId,
     /// A leading byte order mark.
     Bom,
@@ -209,9 +230,13 @@ pub enum InvalidKind {
 /// The kinds of unknown-reference message the generator produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnknownKind {
+    /// A payer id that no user has.
     Payer,
+    /// A payee id that no user has.
     Payee,
+    /// A region id that no region has.
     Region,
+    /// The payee is the payer.
     SelfPayment,
 }
 
@@ -433,6 +458,7 @@ impl Generator {
         }
     }
 
+    /// The configuration the generator was built with.
     pub fn config(&self) -> &GeneratorConfig {
         &self.cfg
     }

@@ -48,7 +48,9 @@ use crate::source::{Feed, Polled};
 /// Where a partition starts when no stored offset is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFrom {
+    /// The oldest offset the broker still holds.
     Earliest,
+    /// The end of the partition: only records produced from then on.
     Latest,
 }
 
@@ -68,7 +70,9 @@ impl std::str::FromStr for StartFrom {
 pub struct KafkaSourceConfig {
     /// librdkafka client settings (bootstrap.servers, group.id and any `-X key=value`).
     pub client: Vec<(String, String)>,
+    /// The transactions topic (SPEC §3 `transacoes` by default).
     pub topic: String,
+    /// Where a partition without a stored offset starts.
     pub start: StartFrom,
     /// The next offset to read per partition, where known (stored offsets win over `start`).
     pub offsets: HashMap<i32, i64>,
@@ -116,6 +120,7 @@ pub struct KafkaStats {
 }
 
 impl KafkaStats {
+    /// Zeroed counters, with a lag slot (unknown, −1) for each of `workers` local workers.
     pub fn new(workers: usize) -> Arc<Self> {
         Arc::new(KafkaStats {
             lag: (0..workers).map(|_| AtomicI64::new(-1)).collect(),
@@ -191,6 +196,7 @@ impl BrokerHealth {
         wanted
     }
 
+    /// Whether the broker is currently unreachable (an outage has begun and not ended).
     pub fn is_down(&self) -> bool {
         self.down_since_ms.load(Ordering::SeqCst) > 0
     }
@@ -216,6 +222,7 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
+/// A librdkafka client configuration holding exactly `settings`, in order.
 pub fn client_config(settings: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (k, v) in settings {

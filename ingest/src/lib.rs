@@ -5,6 +5,11 @@
 //! controlled mix of faults (used by `vtpga generate`, the embedded source of
 //! `vtpga run` and the Kafka producer), and the SPEC §9 capture file that replay
 //! reads, with per-partition offsets assigned as a broker would.
+//!
+//! Depends on `vtpga-dataflow` only (of the workspace); may not depend on `vtpga-sinks`
+//! or `vtpga-web`: what comes in knows nothing of where it goes.
+
+#![warn(missing_docs)]
 
 pub mod capture;
 pub mod generator;

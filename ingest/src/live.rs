@@ -13,6 +13,8 @@ use crate::source::{Feed, Polled};
 
 pub use vtpga_dataflow::now_us;
 
+/// The embedded generator as one worker's [`Feed`]: `t` is the wall clock in ms (never
+/// decreasing), the source position (`partition`, sequence number).
 pub struct LiveFeed {
     generator: Generator,
     /// Messages per second for this feed; `None` for as fast as possible.

@@ -36,37 +36,59 @@ pub const USERS_HEADER: [&str; 5] = [
 /// 1-based line number (the header is line 1) and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum RefDataError {
+    /// The file could not be opened, created or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The CSV reader failed on a line (malformed CSV, text that is not UTF-8).
     #[error("{}: line {line}: malformed CSV: {source}", path.display())]
     Csv {
+        /// The file.
         path: PathBuf,
+        /// The 1-based line number.
         line: u64,
+        /// The CSV reader's error.
         #[source]
         source: csv::Error,
     },
+    /// The header row lacks a required column.
     #[error("{}: header lacks the column `{column}` (expected {expected})", path.display())]
     MissingColumn {
+        /// The file.
         path: PathBuf,
+        /// The missing column.
         column: &'static str,
+        /// The required columns, comma-separated.
         expected: String,
     },
+    /// A field's value is wrong (a missing value or empty id, a bad number or one out of
+    /// range, an unknown `uf` or home region).
     #[error("{}: line {line}: field `{field}`: {message}", path.display())]
     Field {
+        /// The file.
         path: PathBuf,
+        /// The 1-based line number.
         line: u64,
+        /// The column.
         field: &'static str,
+        /// What is wrong with the value.
         message: String,
     },
+    /// An id given on a second row.
     #[error("{}: line {line}: duplicate id {id:?} (first on line {first_line})", path.display())]
     DuplicateId {
+        /// The file.
         path: PathBuf,
+        /// The 1-based line number of the repeat.
         line: u64,
+        /// The repeated id.
         id: String,
+        /// The line on which the id first appears.
         first_line: u64,
     },
 }
@@ -673,7 +695,7 @@ pub(crate) fn cumulative(weights: impl IntoIterator<Item = f64>) -> Vec<f64> {
 /// Each town belongs to a capital (chosen with weight by the capital's metro
 /// population), lies 10–250 km from it inland (within a per-state radius and
 /// direction fan, so it stays in the same state) and is named
-/// "<capital> – Interior <n>". Every fourth town (the first included) lies 10–45 km
+/// "`<capital> – Interior <n>`". Every fourth town (the first included) lies 10–45 km
 /// from its capital, so with `extra >= 1` the regions contain pairs in all four
 /// SPEC §7 distance bands (< 50, 50–300, 300–1000, >= 1000 km); the capitals alone
 /// already give the last three (e.g. Recife–João Pessoa ≈ 104 km, São Paulo–Rio

@@ -12,11 +12,14 @@ use crate::capture::CaptureRecord;
 /// clamped.
 #[derive(Default)]
 pub struct Prepared {
+    /// The messages, by partition then offset, each with its clamped arrival time `t`.
     pub messages: Vec<Incoming>,
     /// Records skipped because their source position had been seen before.
     pub redelivered: u64,
 }
 
+/// Sorts the records by source position, keeps the first line of each position and
+/// clamps each partition's record timestamps to be non-decreasing in offset order.
 pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
     // Per partition, by offset: the first line of each position (a stable sort keeps the
     // lines of one position in file order).

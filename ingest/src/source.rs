@@ -19,7 +19,12 @@ use vtpga_dataflow::Time;
 pub enum Polled {
     /// Every future message will have `t >= frontier`. `idle` asks to be polled again
     /// only after a short pause (a live feed with nothing due yet).
-    Open { frontier: Time, idle: bool },
+    Open {
+        /// No later message of the feed has a smaller `t` (ms).
+        frontier: Time,
+        /// Poll again only after a short pause.
+        idle: bool,
+    },
     /// The feed is exhausted.
     Done,
 }
@@ -222,7 +227,9 @@ impl Feed for VecFeed {
 
 /// Ends a feed early when `stop` is set (Ctrl-C).
 pub struct Stoppable<F> {
+    /// The feed that is wrapped.
     pub feed: F,
+    /// Once set, every poll answers [`Polled::Done`].
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -237,7 +244,9 @@ impl<F: Feed> Feed for Stoppable<F> {
 
 /// One of two feeds, chosen at run time.
 pub enum Either<A, B> {
+    /// A feed of the first kind.
     Left(A),
+    /// A feed of the second kind.
     Right(B),
 }
 

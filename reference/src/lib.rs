@@ -17,6 +17,8 @@
 //!
 //! Cost: one sort (O(n log n)) plus hash-map / B-tree look-ups per message.
 
+#![warn(missing_docs)]
+
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -27,30 +29,46 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// A region of SPEC §2 (only the fields §4–7 need).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefRegion {
+    /// §2 `id`; §3 ids are compared exactly.
     pub id: String,
+    /// §2 `uf`, the two-letter state code: the row key of analysis 6 (§7).
     pub uf: String,
+    /// §2 `lat`, degrees (WGS84), for the §6 haversine distance.
     pub lat: f64,
+    /// §2 `lon`, degrees (WGS84), for the §6 haversine distance.
     pub lon: f64,
 }
 
 /// A user of SPEC §2 (only the fields §4–7 need).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefUser {
+    /// §2 `id`.
     pub id: String,
+    /// §2 `region_id`, the home region: §6 distance risk (payer) and analysis 10 (payer
+    /// and payee); rule 4 finds the user unknown while that region is unknown (§11).
     pub region_id: String,
+    /// §2 `balance_cents`: the opening balance, in cents (rule 6 for `pix`, `debito`
+    /// and `boleto`).
     pub balance_cents: i64,
+    /// §2 `credit_limit_cents`, in cents: rule 6 for `credito` compares the amount with
+    /// it minus the credit used (which starts at 0).
     pub credit_limit_cents: i64,
 }
 
 /// A message already past SPEC §3 parsing (parsing is not this crate's job).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefTx {
+    /// §3 `id_transacao`: the rule 3 key and the second key of §4 ledger order.
     pub id: String,
+    /// §3 `id_usuario_pagador`, the payer's user id.
     pub payer: String,
+    /// §3 `id_usuario_recebedor`, the payee's user id.
     pub payee: String,
+    /// §3 `id_regiao`, the transaction region's id.
     pub region: String,
     /// canonical: "pix" | "debito" | "credito" | "boleto"
     pub mode: String,
+    /// §3 `valor_transacao` converted to integer cents.
     pub amount_cents: i64,
     /// E, ms since epoch UTC, may be negative
     pub event_ms: i64,
@@ -61,7 +79,10 @@ pub struct RefTx {
 pub struct RefMsg {
     /// Kafka record timestamp, before clamping.
     pub record_ts: u64,
+    /// §4 source position: the Kafka partition (0 for sources without partitions).
     pub partition: i32,
+    /// §4 source position: the offset within the partition (the sequence number for
+    /// sources without partitions).
     pub offset: i64,
     /// None = failed §3 parsing → status invalid.
     pub tx: Option<RefTx>,
@@ -70,8 +91,11 @@ pub struct RefMsg {
 /// The parameters of §5.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefParams {
+    /// §5 `max_delay` of rules 1 and 2, in ms (default 1000).
     pub max_delay_ms: u64,
+    /// §5 `dedup_window` of rule 3, in ms (default 300,000).
     pub dedup_window_ms: u64,
+    /// §5 `risk_threshold` of rule 7 (default 0.5): a risk strictly above it is rejected.
     pub risk_threshold: f64,
 }
 
@@ -99,9 +123,13 @@ pub struct RefDecision {
 /// The §6 risk scores.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RefScores {
+    /// §6 `value_risk` of the amount, 0–1.
     pub value_risk: f64,
+    /// §6 `hour_risk` of the local hour: 0.0, 0.5 or 1.0.
     pub hour_risk: f64,
+    /// §6 `distance_risk` of the payer's home region ↔ transaction region distance, 0–1.
     pub distance_risk: f64,
+    /// §6 combined `risk`, compared with `risk_threshold` by rule 7.
     pub risk: f64,
 }
 
@@ -119,14 +147,23 @@ pub struct RefOutput {
 }
 
 // Status names (§5).
+/// §5 rule 1: breaks §3, or the event time is in the future (E > t + `max_delay`).
 pub const INVALID: &str = "invalid";
+/// §5 rule 2: t − E > `max_delay`.
 pub const LATE: &str = "late";
+/// §5 rule 3: the same `id_transacao` was last seen at most `dedup_window` earlier.
 pub const DUPLICATE: &str = "duplicate";
+/// §5 rule 4: payer, payee or region unknown, or payer = payee.
 pub const UNKNOWN_REFERENCE: &str = "unknown_reference";
+/// §5 rule 5: E < the payer's `last_approved_event_time`.
 pub const STALE: &str = "stale";
+/// §5 rule 6, modes `pix`, `debito` and `boleto`: amount > the payer's balance.
 pub const INSUFFICIENT_BALANCE: &str = "insufficient_balance";
+/// §5 rule 6, mode `credito`: amount > credit_limit − credit_used.
 pub const INSUFFICIENT_LIMIT: &str = "insufficient_limit";
+/// §5 rule 7: risk > `risk_threshold`.
 pub const REJECTED_RISK: &str = "rejected_risk";
+/// §5 rule 8: no earlier rule applies.
 pub const APPROVED: &str = "approved";
 
 /// The nine statuses, in the order of the §5 table.
@@ -179,6 +216,7 @@ pub const MIN_EVENT_MS: i64 = -62_135_596_800_000;
 pub const MAX_EVENT_MS: i64 = 253_402_300_799_999 + 23 * MS_PER_HOUR + 59 * MS_PER_MINUTE;
 /// §3 amount range, in cents.
 pub const MIN_AMOUNT_CENTS: i64 = 1;
+/// §3 upper bound of the rounded amount, in cents (1,000,000,000.00 BRL), inclusive.
 pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
 /// Earth radius of §6, km.
 pub const EARTH_RADIUS_KM: f64 = 6371.0;

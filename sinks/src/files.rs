@@ -22,6 +22,8 @@ pub struct ReplayWriter {
 }
 
 impl ReplayWriter {
+    /// Creates (or truncates) the decisions file at `decisions`; [`ReplayWriter::finish`]
+    /// writes the other outputs.
     pub fn create(decisions: &Path) -> io::Result<Self> {
         Ok(ReplayWriter {
             decisions: BufWriter::with_capacity(1 << 20, File::create(decisions)?),

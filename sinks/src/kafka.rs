@@ -26,7 +26,9 @@ use vtpga_dataflow::record::DecisionRecord;
 /// Delivery outcomes, counted by librdkafka's delivery callbacks.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
+    /// Records (decisions and dead letters) the broker acknowledged.
     pub delivered: AtomicU64,
+    /// Records whose delivery failed for good (the first ten are logged).
     pub failed: AtomicU64,
 }
 
@@ -41,6 +43,8 @@ struct Outstanding {
     settled: Condvar,
 }
 
+/// The producer's context: counts deliveries in [`DeliveryStats`] and settles the batches
+/// that [`DecisionProducer::wait_delivered`] waits for.
 pub struct DeliveryContext {
     stats: Arc<DeliveryStats>,
     outstanding: Arc<Outstanding>,
@@ -78,18 +82,24 @@ impl ProducerContext for DeliveryContext {
 /// Topic names for the outputs.
 #[derive(Clone, Debug)]
 pub struct OutputTopics {
+    /// The decisions topic: one SPEC §8 decision record per message, keyed by transaction id.
     pub decisions: String,
+    /// The dead-letter topic: the raw payload of each invalid message.
     pub dlq: String,
 }
 
+/// Produces every batch's decisions and dead letters to the [`OutputTopics`].
 pub struct DecisionProducer {
     producer: ThreadedProducer<DeliveryContext>,
     topics: OutputTopics,
+    /// Delivery outcomes so far.
     pub stats: Arc<DeliveryStats>,
     outstanding: Arc<Outstanding>,
 }
 
 impl DecisionProducer {
+    /// A producer with the settings of `config`, plus the defaults the outputs need
+    /// (no delivery timeout, 1 ms linger, 10 MB messages) where `config` does not set them.
     pub fn new(config: ClientConfig, topics: OutputTopics) -> Result<Self, KafkaError> {
         let config = producer_defaults(config);
         let stats = Arc::new(DeliveryStats::default());
@@ -115,7 +125,8 @@ impl DecisionProducer {
             let mut json = Vec::with_capacity(512);
             let (decided, ts) = Self::decided_now();
             for d in &batch.decisions {
-                self.send_decision(d, &decided, ts, UNTRACKED, &mut json)?;
+                self.send_decision(d, &decided, ts, UNTRACKED, &mut json)
+                    .1?;
             }
             return Ok(());
         };
@@ -139,12 +150,11 @@ impl DecisionProducer {
         let mut sent = 0;
         let mut result = Ok(());
         for d in &batch.decisions {
-            match self.send_decision(d, &decided, ts, seq as usize, &mut json) {
-                Ok(n) => sent += n,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+            let (n, outcome) = self.send_decision(d, &decided, ts, seq as usize, &mut json);
+            sent += n;
+            if let Err(e) = outcome {
+                result = Err(e);
+                break;
             }
         }
         if sent < records {
@@ -196,7 +206,8 @@ impl DecisionProducer {
     }
 
     /// Sends the decision (and its dead letter) as part of batch `seq`; returns how many
-    /// records were handed over.
+    /// records were handed over (also when the dead letter then failed: the decision's
+    /// delivery is still awaited) and whether all were.
     fn send_decision(
         &self,
         d: &Decision,
@@ -204,7 +215,7 @@ impl DecisionProducer {
         ts: i64,
         seq: usize,
         json: &mut Vec<u8>,
-    ) -> Result<usize, KafkaError> {
+    ) -> (usize, Result<(), KafkaError>) {
         json.clear();
         serde_json::to_writer(&mut *json, &DecisionRecord::of(d))
             .expect("a decision record always serializes");
@@ -220,7 +231,9 @@ impl DecisionProducer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        send_with_backpressure(&self.producer, record)?;
+        if let Err(e) = send_with_backpressure(&self.producer, record) {
+            return (0, Err(e));
+        }
         if d.status == Status::Invalid {
             let error = d.reason.as_deref().unwrap_or("invalid");
             let partition = d.pos.partition.to_string();
@@ -252,11 +265,11 @@ impl DecisionProducer {
             if let Err(e) = send_with_backpressure(&self.producer, record) {
                 // The decision was handed over.
                 log::error!("producing a dead letter: {e}");
-                return Err(e);
+                return (1, Err(e));
             }
-            return Ok(2);
+            return (2, Ok(()));
         }
-        Ok(1)
+        (1, Ok(()))
     }
 
     /// Waits until everything produced so far is delivered (or `timeout` passes).

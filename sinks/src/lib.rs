@@ -7,6 +7,12 @@
 //! that channel, outside the workers, and consumes whole batches: every consumer implements
 //! [`consumer::Consumer`], and [`consumer::WritePath`] decides which thread gives which
 //! consumer which batch, in which order.
+//!
+//! Depends on `vtpga-dataflow` only (of the workspace); may not depend on `vtpga-ingest`
+//! or `vtpga-web` (the dashboard is a consumer that implements this crate's trait, not
+//! the other way round).
+
+#![warn(missing_docs)]
 
 pub mod consumer;
 pub mod files;
@@ -41,6 +47,7 @@ pub struct Batch {
     pub decisions: Vec<Decision>,
     /// In timestamp order: a later state of a user replaces an earlier one.
     pub accounts: Vec<Account>,
+    /// The changes to analysis rows (SPEC §7) of the batch's timestamps.
     pub analyses: Vec<AnalysisChange>,
 }
 

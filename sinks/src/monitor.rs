@@ -1,6 +1,7 @@
-//! The live view of a running pipeline: counts by status, throughput and decision
-//! latency (from the source taking a message in to its batch leaving the graph), and the
-//! current analyses. The embedded job prints it once a second; the dashboard will read it.
+//! The live view of a running pipeline: counts by status, throughput, decision latency
+//! (from the source taking a message in to its batch being committed, or leaving the
+//! graph without a durable record) and the accounting of source offsets. `vtpga run`
+//! prints it once a second.
 
 use std::collections::BTreeMap;
 
@@ -183,9 +184,12 @@ impl Accounting {
     }
 }
 
+/// Counts by status, decision latency and offset accounting of the decisions observed,
+/// for the status line, the end-of-run summary and the metrics.
 pub struct Monitor {
     /// The offset accounting of every decision observed.
     pub accounting: Accounting,
+    /// Decisions by status, indexed by [`Status`] as `usize` (the SPEC §5 order).
     pub counts: [u64; 9],
     window_counts: u64,
     /// Latency in µs, whole run and the current window.
@@ -207,6 +211,8 @@ impl Default for Monitor {
 }
 
 impl Monitor {
+    /// Counts a batch's decisions, accounts for their offsets and records, as of `now_us`
+    /// (wall-clock µs), the latency of those taken in by a source (`ingest_us` > 0).
     pub fn observe(&mut self, batch: &Batch, now_us: u64) {
         self.accounting
             .observe(&batch.decisions, std::time::Instant::now());
@@ -221,6 +227,7 @@ impl Monitor {
         self.window_counts += batch.decisions.len() as u64;
     }
 
+    /// Decisions observed so far.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -251,6 +258,8 @@ impl Monitor {
         line
     }
 
+    /// The end-of-run report: total, throughput over `seconds`, latency percentiles (ms)
+    /// and counts by status.
     pub fn summary(&self, seconds: f64) -> String {
         format!(
             "decided {} messages in {:.2} s ({:.0} tx/s); latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\nby status: {}",

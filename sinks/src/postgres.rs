@@ -17,7 +17,7 @@
 //!   still refuses is written to `quarantine` with its record, payload and the store's
 //!   error: when a batch fails for a reason other than the connection, it is written
 //!   again with each chunk of decisions under a savepoint, halving the chunks that fail
-//!   down to the single refused rows. The batch commits; [`PgSink::quarantined`] counts.
+//!   down to the single refused rows. The batch commits; [`PgStats::quarantined`] counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,14 +46,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/0004_lean_indexes.sql")),
 ];
 
+/// An error of the PostgreSQL store.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
+    /// The client or the server failed (connection, SQL); a new connection may cure some.
     #[error("PostgreSQL: {}", describe(.0))]
     Db(#[from] postgres::Error),
+    /// Anything else: TLS setup, a record of another source, a row or record that cannot
+    /// be converted. A new connection does not cure it.
     #[error("{0}")]
     Data(String),
 }
 
+/// The result of a PostgreSQL operation.
 pub type PgResult<T> = Result<T, PgError>;
 
 /// The server's own words for an error (code, message, detail), or the client's.
@@ -207,7 +212,9 @@ pub fn load_reference(client: &mut Client) -> PgResult<(Vec<Region>, Vec<User>)>
 /// Where a source partition resumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionResume {
+    /// The next offset to read: one past the highest committed decision's.
     pub next_offset: i64,
+    /// The last arrival time given in the partition, ms (the SPEC §4 clamp goes on from it).
     pub last_t: Time,
 }
 
@@ -216,7 +223,9 @@ pub struct PartitionResume {
 pub struct ResumePoint {
     /// The latest committed cut (every arrival time up to it is fully recorded).
     pub cut_time: Option<Time>,
+    /// The graph's state at the cut: rule 3 memory, accounts and analysis rows.
     pub state: Resume,
+    /// Where each source partition with committed offsets resumes, by partition.
     pub partitions: HashMap<i32, PartitionResume>,
 }
 

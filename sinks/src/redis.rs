@@ -241,6 +241,7 @@ impl RedisSink {
         self.needs_rebuild = true;
     }
 
+    /// What the sink has done so far, and whether it holds a connection now.
     pub fn stats(&self) -> RedisStats {
         RedisStats {
             connected: self.conn.is_some(),

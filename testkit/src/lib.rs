@@ -2,6 +2,10 @@
 //! data directory in a temp dir) and a private redis-server, each on a free loopback port
 //! and stopped by the test that started it (by its data directory's PID file, or by the
 //! child's PID) when dropped.
+//!
+//! A dev-dependency only: no crate's library or the binary may depend on it.
+
+#![warn(missing_docs)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -42,11 +46,15 @@ fn pg_command(program: &str) -> Command {
 /// free port; stopped (by the PID file of its data directory) when dropped.
 pub struct Postgres {
     dir: tempfile::TempDir,
+    /// The loopback port the server listens on.
     pub port: u16,
+    /// The connection URL: user `vtpga` (trust authentication), database `postgres`.
     pub url: String,
 }
 
 impl Postgres {
+    /// Creates a data directory (`initdb`, user `vtpga`, UTF-8) and starts the server on
+    /// a free port; panics if either step fails.
     pub fn start() -> Postgres {
         let dir = tempfile::tempdir().expect("temp dir");
         let _ = Command::new("chown")
@@ -118,6 +126,7 @@ impl Postgres {
             .output();
     }
 
+    /// Stops the server, waits `down_for`, and starts it again on the same port and data.
     pub fn restart(&self, down_for: Duration) {
         self.stop_server();
         std::thread::sleep(down_for);
@@ -129,6 +138,7 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
+    /// A new connection to the server, without TLS.
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls)
             .expect("connect to the test PostgreSQL")
@@ -144,12 +154,16 @@ impl Drop for Postgres {
 /// A private redis-server of this test on a free loopback port; killed when dropped.
 pub struct Redis {
     child: Option<Child>,
+    /// The loopback port the server listens on.
     pub port: u16,
+    /// The connection URL, `redis://127.0.0.1:{port}/`.
     pub url: String,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// Starts a server on a free port, without persistence, and waits until it accepts
+    /// connections.
     pub fn start() -> Redis {
         let mut r = Redis {
             child: None,
@@ -162,7 +176,11 @@ impl Redis {
         r
     }
 
+    /// Starts `redis-server` on this fixture's port (again, after [`Redis::kill`]) and
+    /// waits up to 10 s for it to accept connections.
     pub fn start_server(&mut self) {
+        // One server per fixture: a running one is stopped first.
+        self.kill();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -217,6 +235,7 @@ impl Redis {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// A new connection to the server.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .and_then(|c| c.get_connection())

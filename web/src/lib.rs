@@ -2,8 +2,13 @@
 //! dashboard page (static HTML/JS/CSS embedded in the binary, charts drawn in SVG), a
 //! read-only JSON API, Prometheus metrics, and Server-Sent Events that push every change.
 //!
-//! * **Embedded** ([`spawn_embedded`]): `vtpga run` feeds a [`LiveState`] from its sink
-//!   thread ([`LiveState::observe`] for every batch); the server reads it.
+//! Depends on `vtpga-dataflow` and `vtpga-sinks` (the batch type, the consumer trait, the
+//! stored-record readers); may not depend on `vtpga-ingest`: the dashboard shows what
+//! came out, whatever it came from.
+//!
+//! * **Embedded** ([`spawn_embedded`]): `vtpga run` feeds a [`LiveState`] from a consumer
+//!   thread of its write path ([`Observer`], [`LiveState::observe`] for every committed
+//!   batch); the server reads it.
 //! * **Standalone** ([`run_standalone`]): a follower thread mirrors the Redis cache into a
 //!   `LiveState` (analyses, recent transactions, pushed on every `P:analyses`
 //!   notification); PostgreSQL, when given, answers minute ranges, transactions by id
@@ -57,7 +62,9 @@
 //! event-time minutes (default a day) and the newest [`RECENT_LIMIT`] decisions; at most
 //! [`WebLimits::stream_clients`] event streams are served at once. PostgreSQL keeps
 //! everything. Answers and events are rendered from copies taken under the state's lock,
-//! after it is released: the sink thread never waits for a client.
+//! after it is released: the consumer thread never waits for a client.
+
+#![warn(missing_docs)]
 
 mod assets;
 mod follow;
@@ -718,7 +725,9 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
 
 /// A running server: its address and its thread. [`Server::stop`] ends it.
 pub struct Server {
+    /// The address the server is bound to (the actual port when `listen` asked for 0).
     pub addr: SocketAddr,
+    /// The thread that runs the server's runtime; [`Server::stop`] joins it.
     pub thread: JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
 }

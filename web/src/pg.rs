@@ -163,9 +163,8 @@ impl Drop for Pg {
     }
 }
 
-/// A `transactions` row (selected as [`RECORD_COLUMNS`]) as its SPEC §8 decision record,
+/// A `transactions` row (selected as [`DECISION_COLUMNS`]) as its SPEC §8 decision record,
 /// plus `decided_at_ms`.
-/// A stored decision (SPEC §8 record) with when it was decided.
 fn record(r: &Row) -> Value {
     let mut m = decision_record(r);
     m.insert("decided_at_ms".into(), r.get::<_, i64>(17).into());

@@ -2,7 +2,7 @@
 //! decision records (with an index by transaction id), counters by status, the decision
 //! latency and batch size histograms, and the figures of the pipeline's health.
 //!
-//! In embedded mode the pipeline's sink thread feeds it ([`LiveState::observe`] for every
+//! In embedded mode the pipeline's write path feeds it (a consumer thread) ([`LiveState::observe`] for every
 //! batch); in standalone mode a follower thread mirrors Redis into it (`crate::follow`).
 //! Readers take a short lock; the pusher task of the server turns what changed since its
 //! previous push into one Server-Sent Event ([`LiveState::take_change`]).
@@ -158,7 +158,7 @@ struct Inner {
     per_second: VecDeque<(u64, u64)>,
     consumer_lag: Option<i64>,
     /// Prometheus lines about the pipeline itself (offset accounting, guarded clocks,
-    /// quarantined rows, delivery failures), rendered by its sink thread.
+    /// quarantined rows, delivery failures), rendered by its monitor thread.
     pipeline_metrics: String,
     closed_time: Option<u64>,
     last_batch_at: Option<Instant>,
@@ -174,7 +174,7 @@ struct Inner {
     event_seq: u64,
 }
 
-/// Live state, fed by the pipeline's sink thread (embedded) or by the Redis follower
+/// Live state, fed by the pipeline's write path (embedded) or by the Redis follower
 /// (standalone). Share it as an `Arc`; every method takes `&self`.
 pub struct LiveState {
     inner: Mutex<Inner>,
@@ -258,7 +258,7 @@ impl LiveState {
     }
 
     /// Test builds: fails when called with the state's lock held (rendering JSON under it
-    /// would stall the sink thread).
+    /// would stall the consumer thread).
     fn rendering(&self) {
         #[cfg(test)]
         assert!(
@@ -1082,7 +1082,7 @@ mod tests {
     }
 
     /// SPEC §10 (bounded answers), issue 12 item 9: answers and events are rendered after
-    /// the state's lock is released, so that the sink thread never waits for a client.
+    /// the state's lock is released, so that the consumer thread never waits for a client.
     #[test]
     fn rendering_happens_outside_the_lock() {
         let state = LiveState::new(1);
