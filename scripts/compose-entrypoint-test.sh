@@ -13,18 +13,8 @@ entry="$here/scripts/compose-entrypoint.sh"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-failures=0
-ok() { echo "ok: $*"; }
-fail() {
-    echo "FAIL: $*" >&2
-    failures=$((failures + 1))
-}
-check() { # DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else fail "$what"; fi
-}
-not() { ! "$@"; }
+# shellcheck source-path=SCRIPTDIR source=check-lib.sh
+. "$here/scripts/check-lib.sh"
 
 # A stand-in for vtpga: prints its arguments and the variables the entrypoint sets.
 cat >"$tmp/fake-vtpga" <<'FAKE'
@@ -98,8 +88,4 @@ check "producer: an explicit --seed wins" test "$(grep -c '^arg=--seed' <<<"$out
 run "$secrets" "" seed --seed=42
 check "other commands: no seed added" test "$(grep -c '^arg=--seed' <<<"$out")" = 1
 
-if [ "$failures" -gt 0 ]; then
-    echo "$failures check(s) failed" >&2
-    exit 1
-fi
-echo "all compose entrypoint checks passed"
+checks_done "compose entrypoint"

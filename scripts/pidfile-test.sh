@@ -28,17 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-failures=0
-ok() { echo "ok: $*"; }
-fail() {
-    echo "FAIL: $*" >&2
-    failures=$((failures + 1))
-}
-check() { # DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then ok "$what"; else fail "$what"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=check-lib.sh
+. "$here/scripts/check-lib.sh"
 
 # A process that runs (a zombie does not count: it has exited).
 running() {
@@ -46,7 +37,6 @@ running() {
     state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
     [ -n "$state" ] && [ "$state" != Z ]
 }
-not() { ! "$@"; }
 
 # A long sleep started under ARGV0 (default sleep) that is not any script's process;
 # sets $decoy. A pause first, so that two decoys never share a start time (10 ms ticks).
@@ -141,8 +131,4 @@ else
     echo "skip: redis-server not installed (a real stop not checked)"
 fi
 
-if [ "$failures" -gt 0 ]; then
-    echo "$failures check(s) failed" >&2
-    exit 1
-fi
-echo "all PID-file checks passed"
+checks_done "PID-file"

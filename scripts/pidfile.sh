@@ -8,6 +8,8 @@
 #   pid_ours FILE PROGRAM           # is the PID of FILE alive and still that process?
 #   pid_stop FILE PROGRAM WHAT      # SIGTERM (then SIGKILL) if ours, else only says so;
 #                                   # removes FILE and FILE.owner either way
+#   service_main "$@"               # the `start [PORT]|stop|status` command line of a
+#                                   # service script that defines start, stop and status
 #
 # "Still that process": /proc/PID/exe is PROGRAM (resolved when remembered, so a symlink
 # such as Debian's redis-server -> redis-check-rdb compares right) and its start time
@@ -90,4 +92,18 @@ pid_stop() { # FILE PROGRAM WHAT
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$file" "$file.owner"
+}
+
+# The command line of a service script (scripts/pg.sh, redis.sh): its own start, stop and
+# status functions.
+service_main() {
+    case "${1:-}" in
+    start) shift; start "$@" ;;
+    stop) stop ;;
+    status) status ;;
+    *)
+        echo "usage: $0 start [PORT]|stop|status" >&2
+        exit 2
+        ;;
+    esac
 }

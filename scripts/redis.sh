@@ -83,12 +83,4 @@ status() {
     fi
 }
 
-case "${1:-}" in
-start) shift; start "$@" ;;
-stop) stop ;;
-status) status ;;
-*)
-    echo "usage: $0 start [PORT]|stop|status" >&2
-    exit 2
-    ;;
-esac
+service_main "$@"

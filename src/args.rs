@@ -1,5 +1,5 @@
-//! Flag groups several subcommands share: the rule parameters of SPEC §5 and the bounds
-//! of the dashboard's live state.
+//! Flag groups several subcommands share: the rule parameters of SPEC §5, the generated
+//! reference data and the bounds of the dashboard's live state.
 
 use anyhow::Result;
 use clap::Args;
@@ -76,4 +76,20 @@ impl WebLimitArgs {
             stream_clients: self.web_stream_clients,
         }
     }
+}
+
+/// The generated reference data of SPEC §2 (`vtpga generate`, `vtpga seed`): the same
+/// flags give the same regions and users.
+#[derive(Args, Clone, Debug)]
+pub struct GeneratedRefArgs {
+    /// Generated users.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Generated regions beyond the 27 state capitals.
+    #[arg(long, default_value_t = 100)]
+    pub extra_regions: usize,
+    /// Seed of the generated data (same seed, same data in `generate` and `seed`; for
+    /// `generate` also the messages').
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }

@@ -16,14 +16,8 @@ pub struct GenerateArgs {
     /// Messages in the capture.
     #[arg(long, default_value_t = 200_000)]
     pub count: usize,
-    /// Users.
-    #[arg(long, default_value_t = 10_000)]
-    pub users: usize,
-    /// Regions beyond the 27 state capitals.
-    #[arg(long, default_value_t = 100)]
-    pub extra_regions: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub generated: vtpga::args::GeneratedRefArgs,
     /// Kafka partitions the messages are spread over (by payer).
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -77,9 +71,15 @@ impl FaultArgs {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let cfg = args.faults.config(args.seed, args.partitions)?;
+    let cfg = args.faults.config(args.generated.seed, args.partitions)?;
     let cfg = cfg.spanning(args.count, (args.span_hours * 3_600_000.0) as u64);
-    let summary = generate_dataset(&args.out, args.count, args.users, args.extra_regions, cfg)?;
+    let summary = generate_dataset(
+        &args.out,
+        args.count,
+        args.generated.users,
+        args.generated.extra_regions,
+        cfg,
+    )?;
     println!(
         "wrote {} regions, {} users and {} messages to {}",
         summary.regions,

@@ -17,15 +17,8 @@ pub struct SeedArgs {
     /// PostgreSQL URL, e.g. postgres://vtpga@127.0.0.1:15432/vtpga
     #[arg(long, env = "VTPGA_POSTGRES")]
     pub postgres: String,
-    /// Generated users.
-    #[arg(long, default_value_t = 10_000)]
-    pub users: usize,
-    /// Generated regions beyond the 27 state capitals.
-    #[arg(long, default_value_t = 100)]
-    pub extra_regions: usize,
-    /// Seed of the generated data (same seed, same data as `vtpga generate`).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub generated: vtpga::args::GeneratedRefArgs,
     /// Load these regions instead of generating them (with --users-csv).
     #[arg(long, requires = "users_csv")]
     pub regions_csv: Option<PathBuf>,
@@ -41,8 +34,8 @@ pub fn seed(args: SeedArgs) -> Result<()> {
     let (regions, users) = match (&args.regions_csv, &args.users_csv) {
         (Some(r), Some(u)) => (read_regions(r)?, read_users(u)?),
         _ => {
-            let regions = generate_regions(args.extra_regions, args.seed);
-            let users = generate_users(args.users, &regions, args.seed);
+            let regions = generate_regions(args.generated.extra_regions, args.generated.seed);
+            let users = generate_users(args.generated.users, &regions, args.generated.seed);
             (regions, users)
         }
     };
