@@ -634,6 +634,52 @@ fn cached_high_watermark<C: ConsumerContext>(
         .then_some(high)
 }
 
+/// Idle partitions (read to their end, nothing buffered) promise no message below
+/// `idle_floor` from now on.
+fn raise_idle_floors(parts: &mut [PartitionState], idle_floor: Time) {
+    for part in parts {
+        if part.eof && part.buffer.is_empty() && idle_floor > part.floor {
+            part.floor = idle_floor;
+        }
+    }
+}
+
+/// Moves up to `max` buffered messages to `out` in non-decreasing `t` across partitions:
+/// a message goes once no partition can still deliver anything earlier (a partition with
+/// nothing buffered bounds the others by its frontier). Returns how many went.
+fn merge(parts: &mut [PartitionState], out: &mut Vec<Incoming>, max: usize) -> usize {
+    let mut given = 0;
+    while given < max {
+        let mut best: Option<(Time, usize)> = None;
+        let mut bound = Time::MAX;
+        for (i, part) in parts.iter().enumerate() {
+            match part.buffer.front() {
+                Some(m) => {
+                    if best.is_none_or(|(t, _)| m.t < t) {
+                        best = Some((m.t, i));
+                    }
+                }
+                None => bound = bound.min(part.frontier()),
+            }
+        }
+        let Some((t, i)) = best else { break };
+        if t > bound {
+            break;
+        }
+        let part = &mut parts[i];
+        while given < max {
+            match part.buffer.front() {
+                Some(m) if m.t == t => {
+                    out.push(part.buffer.pop_front().expect("front exists"));
+                    given += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    given
+}
+
 impl Feed for KafkaFeed {
     fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
         if self.parts.is_empty() {
@@ -646,42 +692,8 @@ impl Feed for KafkaFeed {
         let idle_floor = self
             .health
             .floor_limit(now, now.saturating_sub(self.idle_slack_ms));
-        for part in &mut self.parts {
-            if part.eof && part.buffer.is_empty() && idle_floor > part.floor {
-                part.floor = idle_floor;
-            }
-        }
-        // Merge the partition buffers in non-decreasing `t`: a message may go once no
-        // partition can still deliver anything earlier.
-        let mut given = 0;
-        while given < max {
-            let mut best: Option<(Time, usize)> = None;
-            let mut bound = Time::MAX;
-            for (i, part) in self.parts.iter().enumerate() {
-                match part.buffer.front() {
-                    Some(m) => {
-                        if best.is_none_or(|(t, _)| m.t < t) {
-                            best = Some((m.t, i));
-                        }
-                    }
-                    None => bound = bound.min(part.frontier()),
-                }
-            }
-            let Some((t, i)) = best else { break };
-            if t > bound {
-                break;
-            }
-            let part = &mut self.parts[i];
-            while given < max {
-                match part.buffer.front() {
-                    Some(m) if m.t == t => {
-                        out.push(part.buffer.pop_front().expect("front exists"));
-                        given += 1;
-                    }
-                    _ => break,
-                }
-            }
-        }
+        raise_idle_floors(&mut self.parts, idle_floor);
+        let given = merge(&mut self.parts, out, max);
         if self.exit_at_eof && self.parts.iter().all(|p| p.eof && p.buffer.is_empty()) {
             return Polled::Done;
         }
@@ -722,6 +734,112 @@ mod tests {
             next_offset: -1,
             queue: None,
         }
+    }
+
+    /// A buffered message of partition `p` at offset `o` and time `t`.
+    fn buffered(p: i32, o: i64, t: Time) -> Incoming {
+        Incoming {
+            pos: SourcePos {
+                partition: p,
+                offset: o,
+            },
+            t,
+            ingest_us: 0,
+            body: Body::Raw(Vec::new()),
+        }
+    }
+
+    /// Partitions with these buffered (offset, t), none at its end.
+    fn parts(buffers: &[&[(i64, Time)]]) -> Vec<PartitionState> {
+        buffers
+            .iter()
+            .enumerate()
+            .map(|(p, msgs)| {
+                let mut part = partition(0);
+                part.partition = p as i32;
+                part.eof = false;
+                part.buffer = msgs
+                    .iter()
+                    .map(|&(o, t)| buffered(p as i32, o, t))
+                    .collect();
+                if let Some(&(o, t)) = msgs.last() {
+                    part.last_t = t;
+                    part.next_offset = o + 1;
+                }
+                part
+            })
+            .collect()
+    }
+
+    fn given(out: &[Incoming]) -> Vec<(i32, i64, Time)> {
+        out.iter()
+            .map(|m| (m.pos.partition, m.pos.offset, m.t))
+            .collect()
+    }
+
+    /// SPEC §4's ledger order needs the feed's messages in non-decreasing `t` across its
+    /// partitions; each partition's keep their offset order.
+    #[test]
+    fn merge_gives_messages_in_time_order_across_partitions() {
+        let mut ps = parts(&[&[(0, 5), (1, 9), (2, 9)], &[(0, 3), (1, 9), (2, 12)]]);
+        let mut out = Vec::new();
+        assert_eq!(merge(&mut ps, &mut out, 100), 5);
+        assert_eq!(
+            given(&out),
+            vec![(1, 0, 3), (0, 0, 5), (0, 1, 9), (0, 2, 9), (1, 1, 9)]
+        );
+        // t = 12 waits: partition 0, not at its end, may still send t = 9.
+        ps[0].last_t = 12;
+        assert_eq!(merge(&mut ps, &mut out, 100), 1);
+        assert_eq!(given(&out)[5], (1, 2, 12));
+    }
+
+    /// A message waits while a partition with nothing buffered could still deliver an
+    /// earlier one; an idle partition at its end raised to the idle floor lets it go.
+    #[test]
+    fn merge_waits_for_a_partition_that_could_deliver_earlier() {
+        let mut ps = parts(&[&[(0, 10), (1, 20)], &[]]);
+        ps[1].last_t = 4;
+        let mut out = Vec::new();
+        assert_eq!(
+            merge(&mut ps, &mut out, 100),
+            0,
+            "partition 1 may still send t = 4"
+        );
+        ps[1].last_t = 15;
+        assert_eq!(merge(&mut ps, &mut out, 100), 1);
+        assert_eq!(given(&out), vec![(0, 0, 10)]);
+        // Read to its end: the wall-clock floor (minus the slack) raises it, unless it
+        // still has messages buffered.
+        ps[1].eof = true;
+        raise_idle_floors(&mut ps, 25);
+        assert_eq!(ps[1].floor, 25);
+        assert_eq!(
+            ps[0].floor, 0,
+            "a partition with messages buffered keeps its floor"
+        );
+        raise_idle_floors(&mut ps, 20);
+        assert_eq!(ps[1].floor, 25, "a floor never moves back");
+        assert_eq!(merge(&mut ps, &mut out, 100), 1);
+        assert_eq!(given(&out), vec![(0, 0, 10), (0, 1, 20)]);
+    }
+
+    /// At most `max` per call; the rest stays buffered, in order, for the next.
+    #[test]
+    fn merge_gives_at_most_max() {
+        let mut ps = parts(&[&[(0, 1), (1, 1), (2, 1)], &[(0, 2)]]);
+        let mut out = Vec::new();
+        assert_eq!(merge(&mut ps, &mut out, 2), 2);
+        assert_eq!(merge(&mut ps, &mut out, 2), 1);
+        // Partition 0 is empty now and may still send t = 1: t = 2 waits for its end.
+        assert_eq!(merge(&mut ps, &mut out, 2), 0);
+        ps[0].eof = true;
+        raise_idle_floors(&mut ps, 2);
+        assert_eq!(merge(&mut ps, &mut out, 2), 1);
+        assert_eq!(
+            given(&out),
+            vec![(0, 0, 1), (0, 1, 1), (0, 2, 1), (1, 0, 2)]
+        );
     }
 
     fn record(offset: i64, ts: i64) -> Record<'static> {
