@@ -367,14 +367,41 @@ mod tests {
         }
     }
 
+    /// The inputs of a small graph built with default parameters and no resume state:
+    /// regions, users, raw messages (through [`validate`]), and what [`build`] returns.
+    type SmallGraph<'s> = (
+        differential_dataflow::input::InputSession<Time, RegionRow, i64>,
+        differential_dataflow::input::InputSession<Time, UserRow, i64>,
+        timely::dataflow::InputHandleVec<Time, Incoming>,
+        Outputs<'s>,
+    );
+
+    /// Builds [`SmallGraph`] in `scope`.
+    fn small_graph(scope: timely::dataflow::Scope<'_, Time>) -> SmallGraph<'_> {
+        use differential_dataflow::input::Input;
+        use timely::dataflow::operators::Input as _;
+
+        let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
+        let (users_in, users) = scope.new_collection::<UserRow, i64>();
+        let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
+        let (regions, users) = arrange_reference(regions, users);
+        let out = build(
+            validate(messages, Params::default()),
+            regions,
+            users,
+            Params::default(),
+            &Resume::default(),
+        );
+        (regions_in, users_in, msgs, out)
+    }
+
     /// Reference data that changes while messages flow: a user added at t = 10 is unknown
     /// to a message at t = 5 and known to one at t = 15, whichever order the work arrives
     /// in (the lookup of the older message must read the trace as of its own time).
     #[test]
     fn reference_updates_apply_from_their_time_on() {
-        use differential_dataflow::input::Input;
         use std::sync::{Arc, Mutex};
-        use timely::dataflow::operators::{Input as _, Inspect, Probe};
+        use timely::dataflow::operators::{Inspect, Probe};
         use timely::dataflow::ProbeHandle;
 
         let seen: Arc<Mutex<Vec<(i64, Status)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -383,17 +410,7 @@ mod tests {
             let probe = ProbeHandle::<Time>::new();
             let sink = sink.clone();
             let (mut regions_in, mut users_in, mut msgs) = worker.dataflow::<Time, _, _>(|scope| {
-                let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
-                let (users_in, users) = scope.new_collection::<UserRow, i64>();
-                let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
-                let (regions, users) = arrange_reference(regions, users);
-                let out = build(
-                    validate(messages, Params::default()),
-                    regions,
-                    users,
-                    Params::default(),
-                    &Resume::default(),
-                );
+                let (regions_in, users_in, msgs, out) = small_graph(scope);
                 out.decisions
                     .inspect(move |d: &Decision| {
                         sink.lock().unwrap().push((d.pos.offset, d.status));
@@ -449,24 +466,13 @@ mod tests {
     /// following the reference traces instead of reading traces they have released.
     #[test]
     fn reference_data_may_arrive_after_the_last_message() {
-        use differential_dataflow::input::Input;
-        use timely::dataflow::operators::{Input as _, Probe};
+        use timely::dataflow::operators::Probe;
         use timely::dataflow::ProbeHandle;
 
         timely::execute(timely::Config::thread(), |worker| {
             let probe = ProbeHandle::<Time>::new();
             let (mut regions_in, mut users_in, msgs) = worker.dataflow::<Time, _, _>(|scope| {
-                let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
-                let (users_in, users) = scope.new_collection::<UserRow, i64>();
-                let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
-                let (regions, users) = arrange_reference(regions, users);
-                let out = build(
-                    validate(messages, Params::default()),
-                    regions,
-                    users,
-                    Params::default(),
-                    &Resume::default(),
-                );
+                let (regions_in, users_in, msgs, out) = small_graph(scope);
                 out.decisions.probe_with(&probe);
                 out.analyses.inner.probe_with(&probe);
                 (regions_in, users_in, msgs)

@@ -883,6 +883,20 @@ mod tests {
         matches!(r, Err(ParseError::BadTime { .. }))
     }
 
+    /// Each of `texts` is refused as an event time.
+    fn assert_bad_times(texts: &[&str]) {
+        for s in texts {
+            assert!(is_bad_time(parse_event_time(s)), "{s:?}");
+        }
+    }
+
+    /// Each raw `valor_transacao` of `cases` reads as its cents.
+    fn assert_amounts(cases: &[(&str, Cents)]) {
+        for &(raw, cents) in cases {
+            assert_eq!(amount(raw), Ok(cents), "{raw}");
+        }
+    }
+
     // --- the whole message -------------------------------------------------
 
     #[test]
@@ -1307,9 +1321,11 @@ mod tests {
             Ok(E0)
         );
         assert_eq!(parse_event_time("1969-12-31T23:59:59.9999Z"), Ok(-1));
-        assert!(is_bad_time(parse_event_time("2026-11-26T17:03:12.Z")));
-        assert!(is_bad_time(parse_event_time("2026-11-26T17:03:12.")));
-        assert!(is_bad_time(parse_event_time("2026-11-26T17:03:12,5Z")));
+        assert_bad_times(&[
+            "2026-11-26T17:03:12.Z",
+            "2026-11-26T17:03:12.",
+            "2026-11-26T17:03:12,5Z",
+        ]);
     }
 
     #[test]
@@ -1326,15 +1342,17 @@ mod tests {
             parse_event_time("1900-03-01T00:00:00Z"),
             Ok(-2_203_891_200_000)
         );
-        assert!(is_bad_time(parse_event_time("1900-02-29T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2023-02-29T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2100-02-29T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-02-30T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-04-31T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-00-10T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-13-10T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-01-00T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2024-01-32T00:00:00Z")));
+        assert_bad_times(&[
+            "1900-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-13-10T00:00:00Z",
+            "2024-01-00T00:00:00Z",
+            "2024-01-32T00:00:00Z",
+        ]);
         assert_eq!(
             parse_event_time("9999-12-31T23:59:59.999Z"),
             Ok(253_402_300_799_999)
@@ -1347,16 +1365,17 @@ mod tests {
             parse_event_time("2026-11-26T23:59:59Z"),
             Ok(E0 - 345 + ((6 * 60 + 56) * 60 + 47) * 1000)
         );
-        assert!(is_bad_time(parse_event_time("2026-11-26T24:00:00Z")));
-        assert!(is_bad_time(parse_event_time("2026-11-26T23:60:00Z")));
-        assert!(is_bad_time(parse_event_time("2026-11-26T23:59:60Z")));
-        assert!(is_bad_time(parse_event_time("2016-12-31T23:59:60Z")));
+        assert_bad_times(&[
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T23:60:00Z",
+            "2026-11-26T23:59:60Z",
+            "2016-12-31T23:59:60Z",
+        ]);
     }
 
     #[test]
     fn event_time_years() {
-        assert!(is_bad_time(parse_event_time("0000-01-01T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("0000-12-31T23:00:00-03:00")));
+        assert_bad_times(&["0000-01-01T00:00:00Z", "0000-12-31T23:00:00-03:00"]);
         assert_eq!(
             parse_event_time("0001-01-01T00:00:00Z"),
             Ok(-62_135_596_800_000)
@@ -1366,17 +1385,18 @@ mod tests {
             Ok(-62_135_596_740_000)
         );
         // Before 0001-01-01T00:00:00Z once converted to UTC.
-        assert!(is_bad_time(parse_event_time("0001-01-01T00:30:00+01:00")));
-        assert!(is_bad_time(parse_event_time("0001-01-01T00:00:00+00:01")));
+        assert_bad_times(&["0001-01-01T00:30:00+01:00", "0001-01-01T00:00:00+00:01"]);
         // Naive = -03:00, so the earliest naive instant is 03:00 UTC.
         assert_eq!(
             parse_event_time("0001-01-01T00:00:00"),
             Ok(-62_135_596_800_000 + 3 * 3_600_000)
         );
-        assert!(is_bad_time(parse_event_time("10000-01-01T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("999-01-01T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("-001-01-01T00:00:00Z")));
-        assert!(is_bad_time(parse_event_time("+2026-11-26T17:03:12Z")));
+        assert_bad_times(&[
+            "10000-01-01T00:00:00Z",
+            "999-01-01T00:00:00Z",
+            "-001-01-01T00:00:00Z",
+            "+2026-11-26T17:03:12Z",
+        ]);
     }
 
     #[test]
@@ -1439,25 +1459,29 @@ mod tests {
 
     #[test]
     fn amounts_from_numbers() {
-        assert_eq!(amount("152.37"), Ok(15_237));
-        assert_eq!(amount("1"), Ok(100));
-        assert_eq!(amount("0.01"), Ok(1));
-        assert_eq!(amount("1e3"), Ok(100_000));
-        assert_eq!(amount("1E+3"), Ok(100_000));
-        assert_eq!(amount("1.5e2"), Ok(15_000));
-        assert_eq!(amount("15237e-2"), Ok(15_237));
-        assert_eq!(amount("0.0001e4"), Ok(100));
-        assert_eq!(amount("1000000000"), Ok(100_000_000_000));
-        assert_eq!(amount("1000000000.00"), Ok(100_000_000_000));
-        assert_eq!(amount("1.000000000000000000000000001"), Ok(100));
+        assert_amounts(&[
+            ("152.37", 15_237),
+            ("1", 100),
+            ("0.01", 1),
+            ("1e3", 100_000),
+            ("1E+3", 100_000),
+            ("1.5e2", 15_000),
+            ("15237e-2", 15_237),
+            ("0.0001e4", 100),
+            ("1000000000", 100_000_000_000),
+            ("1000000000.00", 100_000_000_000),
+            ("1.000000000000000000000000001", 100),
+        ]);
     }
 
     #[test]
     fn amounts_from_strings() {
-        assert_eq!(amount(r#""152.37""#), Ok(15_237));
-        assert_eq!(amount(r#""1e3""#), Ok(100_000));
-        assert_eq!(amount(r#""007.50""#), Ok(750));
-        assert_eq!(amount(r#""\u0031\u0030""#), Ok(1000));
+        assert_amounts(&[
+            (r#""152.37""#, 15_237),
+            (r#""1e3""#, 100_000),
+            (r#""007.50""#, 750),
+            (r#""\u0031\u0030""#, 1000),
+        ]);
         for s in [
             r#""""#,
             r#"" 1""#,
@@ -1509,14 +1533,16 @@ mod tests {
             amount("0.00499999"),
             Err(ParseError::AmountOutOfRange("0.00499999".into()))
         );
-        assert_eq!(amount("1.234999"), Ok(123));
-        assert_eq!(amount("1.235"), Ok(124));
-        assert_eq!(amount("2.675"), Ok(268));
-        assert_eq!(amount("2.665"), Ok(267));
-        assert_eq!(amount("10.994"), Ok(1099));
-        assert_eq!(amount("10.995"), Ok(1100));
-        assert_eq!(amount(r#""2.675""#), Ok(268));
-        assert_eq!(amount("5e-3"), Ok(1));
+        assert_amounts(&[
+            ("1.234999", 123),
+            ("1.235", 124),
+            ("2.675", 268),
+            ("2.665", 267),
+            ("10.994", 1099),
+            ("10.995", 1100),
+            (r#""2.675""#, 268),
+            ("5e-3", 1),
+        ]);
         assert_eq!(
             amount("4.9e-3"),
             Err(ParseError::AmountOutOfRange("4.9e-3".into()))
@@ -1563,9 +1589,11 @@ mod tests {
                 "{raw}"
             );
         }
-        assert_eq!(amount("1000000000.004"), Ok(100_000_000_000));
-        assert_eq!(amount("999999999.995"), Ok(100_000_000_000));
-        assert_eq!(amount("9.99999999995e8"), Ok(100_000_000_000));
+        assert_amounts(&[
+            ("1000000000.004", 100_000_000_000),
+            ("999999999.995", 100_000_000_000),
+            ("9.99999999995e8", 100_000_000_000),
+        ]);
         // 10^-5001 × 10^5003 = 100 BRL.
         let long = format!("0.{}1e{}", "0".repeat(5000), 5003);
         assert_eq!(parse_amount_cents(&long, false), Ok(10_000));
@@ -1649,36 +1677,39 @@ mod tests {
 
     #[test]
     fn error_texts_are_clear() {
-        assert_eq!(
-            amount("true").unwrap_err().to_string(),
-            "field valor_transacao: expected a number or a numeric string, found a boolean"
-        );
-        assert_eq!(
-            extra(r#""valor_transacao":1"#).unwrap_err().to_string(),
-            "field valor_transacao given more than once"
-        );
-        assert_eq!(
-            parse(&doc(&[("data_horario", None)], ""))
-                .unwrap_err()
-                .to_string(),
-            "missing field data_horario"
-        );
-        assert_eq!(
-            time("2026-11-26T24:00:00Z").unwrap_err().to_string(),
-            "field data_horario: invalid event time \"2026-11-26T24:00:00Z\": hour must be 00-23"
-        );
-        assert_eq!(
-            mode(r#""cartao""#).unwrap_err().to_string(),
-            "field modalidade_pagamento: unknown payment mode \"cartao\" (expected pix, debito, credito or boleto)"
-        );
-        assert_eq!(
-            amount("0").unwrap_err().to_string(),
-            "field valor_transacao: amount 0 is not between 0.01 and 1000000000.00 BRL after rounding to the cent"
-        );
-        assert_eq!(
-            parse("[]").unwrap_err().to_string(),
-            "top-level JSON value is an array, expected an object"
-        );
+        let texts = [
+            (
+                amount("true").unwrap_err(),
+                "field valor_transacao: expected a number or a numeric string, found a boolean",
+            ),
+            (
+                extra(r#""valor_transacao":1"#).unwrap_err(),
+                "field valor_transacao given more than once",
+            ),
+            (
+                parse(&doc(&[("data_horario", None)], "")).unwrap_err(),
+                "missing field data_horario",
+            ),
+            (
+                time("2026-11-26T24:00:00Z").unwrap_err(),
+                "field data_horario: invalid event time \"2026-11-26T24:00:00Z\": hour must be 00-23",
+            ),
+            (
+                mode(r#""cartao""#).unwrap_err(),
+                "field modalidade_pagamento: unknown payment mode \"cartao\" (expected pix, debito, credito or boleto)",
+            ),
+            (
+                amount("0").unwrap_err(),
+                "field valor_transacao: amount 0 is not between 0.01 and 1000000000.00 BRL after rounding to the cent",
+            ),
+            (
+                parse("[]").unwrap_err(),
+                "top-level JSON value is an array, expected an object",
+            ),
+        ];
+        for (e, text) in texts {
+            assert_eq!(e.to_string(), text);
+        }
         let long = mode(&format!("\"{}\"", "x".repeat(1000)))
             .unwrap_err()
             .to_string();

@@ -277,18 +277,15 @@ mod tests {
 
     #[test]
     fn bands_and_buckets() {
-        assert_eq!(value_band(999), 0);
-        assert_eq!(value_band(1_000), 1);
-        assert_eq!(value_band(999_999), 6);
-        assert_eq!(value_band(1_000_000), 7);
-        assert_eq!(value_risk_bucket(0.0), 0);
-        assert_eq!(value_risk_bucket(0.0001), 1);
-        assert_eq!(value_risk_bucket(0.1), 1);
-        assert_eq!(value_risk_bucket(1.0), 10);
-        assert_eq!(distance_band(49.9), 0);
-        assert_eq!(distance_band(50.0), 1);
-        assert_eq!(distance_band(300.0), 2);
-        assert_eq!(distance_band(1000.0), 3);
+        for (cents, band) in [(999, 0), (1_000, 1), (999_999, 6), (1_000_000, 7)] {
+            assert_eq!(value_band(cents), band, "{cents}");
+        }
+        for (risk, bucket) in [(0.0, 0), (0.0001, 1), (0.1, 1), (1.0, 10)] {
+            assert_eq!(value_risk_bucket(risk), bucket, "{risk}");
+        }
+        for (km, band) in [(49.9, 0), (50.0, 1), (300.0, 2), (1000.0, 3)] {
+            assert_eq!(distance_band(km), band, "{km}");
+        }
     }
 
     #[test]
@@ -318,30 +315,24 @@ mod tests {
             ..Params::default()
         };
         let f = funds(1_000, 500, 200);
-        assert_eq!(assess(Mode::Pix, 1_000, 0.0, &f, &p), Status::Approved);
-        assert_eq!(
-            assess(Mode::Debito, 1_001, 0.0, &f, &p),
-            Status::InsufficientBalance
-        );
-        assert_eq!(
-            assess(Mode::Boleto, 1_001, 0.9, &f, &p),
-            Status::InsufficientBalance
-        );
-        assert_eq!(assess(Mode::Credito, 300, 0.0, &f, &p), Status::Approved);
-        assert_eq!(
-            assess(Mode::Credito, 301, 0.0, &f, &p),
-            Status::InsufficientLimit
-        );
-        assert_eq!(
-            assess(Mode::Credito, 2_000, 0.0, &f, &p),
-            Status::InsufficientLimit
-        );
-        assert_eq!(assess(Mode::Pix, 10, 0.5, &f, &p), Status::Approved);
-        assert_eq!(assess(Mode::Pix, 10, 0.51, &f, &p), Status::RejectedRisk);
-        assert_eq!(
-            assess(Mode::Credito, 10, 0.51, &f, &p),
-            Status::RejectedRisk
-        );
+        let cases = [
+            (Mode::Pix, 1_000, 0.0, Status::Approved),
+            (Mode::Debito, 1_001, 0.0, Status::InsufficientBalance),
+            (Mode::Boleto, 1_001, 0.9, Status::InsufficientBalance),
+            (Mode::Credito, 300, 0.0, Status::Approved),
+            (Mode::Credito, 301, 0.0, Status::InsufficientLimit),
+            (Mode::Credito, 2_000, 0.0, Status::InsufficientLimit),
+            (Mode::Pix, 10, 0.5, Status::Approved),
+            (Mode::Pix, 10, 0.51, Status::RejectedRisk),
+            (Mode::Credito, 10, 0.51, Status::RejectedRisk),
+        ];
+        for (mode, cents, risk, want) in cases {
+            assert_eq!(
+                assess(mode, cents, risk, &f, &p),
+                want,
+                "{mode:?} {cents} {risk}"
+            );
+        }
     }
 
     /// Rule 5 and the effects of an approval (SPEC §5).

@@ -522,32 +522,11 @@ pub fn generate_dataset(
 mod tests {
     use super::*;
     use crate::refdata::{generate_regions, generate_users};
+    use crate::testutil::TempDir;
     use std::collections::HashMap;
 
-    /// A scratch directory removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn tmpdir(name: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!(
-            "vtpga-ingest-capture-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
+        crate::testutil::tmpdir("capture", name)
     }
 
     fn msg(partition: i32, ts: u64, payload: &str) -> GenMessage {

@@ -363,6 +363,29 @@ const RECENT_CAP: usize = 64;
 const MAX_ON_TIME_DELAY: i64 = 300;
 /// Duplicates and stale messages keep t − E within this (max_delay is 1000 ms).
 const ON_TIME_LIMIT: i64 = 900;
+/// `modalidade_pagamento` values of [`InvalidKind::BadMode`] messages (JSON strings).
+const BAD_MODES: [&str; 6] = ["cash", "dinheiro", "pix ", " pix", "ted", ""];
+/// `data_horario` values of [`InvalidKind::BadTime`] messages (JSON strings).
+const BAD_TIMES: [&str; 7] = [
+    "2026-13-01T00:00:00",
+    "2025-02-29T10:00:00-03:00",
+    "26/11/2025 14:03:12",
+    "2025-11-26T24:00:00Z",
+    "2025-11-26T14:03:12+0300",
+    "2025-11-26T14:03:60Z",
+    " 2025-11-26T14:03:12Z",
+];
+/// `valor_transacao` values of [`InvalidKind::BadAmount`] messages, as raw JSON.
+const BAD_AMOUNTS: [&str; 8] = [
+    "0",
+    "0.00",
+    "\"0.004\"",
+    "-15.50",
+    "\"-3.00\"",
+    "1000000000.01",
+    "\"12,50\"",
+    "\"R$ 10.00\"",
+];
 
 /// The transaction generator. See the module documentation.
 pub struct Generator {
@@ -887,28 +910,34 @@ impl Generator {
         (MessageKind::Unknown(kind), draft.payer_id, p)
     }
 
+    /// One of `from`, drawn uniformly.
+    fn pick(&mut self, from: &[&'static str]) -> &'static str {
+        from[self.rng.random_range(0..from.len())]
+    }
+
     fn invalid(&mut self, t: u64) -> (MessageKind, String, String) {
         use InvalidKind::*;
-        const KINDS: [InvalidKind; 15] = [
-            Truncated,
-            NotJson,
-            Garbage,
-            MissingField,
-            WrongType,
-            BadMode,
-            BadTime,
-            BadAmount,
-            DuplicatedField,
-            NotObject,
-            EmptyId,
-            Bom,
-            LoneSurrogate,
-            TooDeep,
-            TooLarge,
+        // Each kind with its weight: TooLarge messages are big; make them a fifth as
+        // frequent as the others.
+        const KINDS: [(InvalidKind, f64); 15] = [
+            (Truncated, 1.0),
+            (NotJson, 1.0),
+            (Garbage, 1.0),
+            (MissingField, 1.0),
+            (WrongType, 1.0),
+            (BadMode, 1.0),
+            (BadTime, 1.0),
+            (BadAmount, 1.0),
+            (DuplicatedField, 1.0),
+            (NotObject, 1.0),
+            (EmptyId, 1.0),
+            (Bom, 1.0),
+            (LoneSurrogate, 1.0),
+            (TooDeep, 1.0),
+            (TooLarge, 0.2),
         ];
-        // TooLarge messages are big; make them a fifth as frequent as the others.
-        let weights = cumulative(KINDS.iter().map(|k| if *k == TooLarge { 0.2 } else { 1.0 }));
-        let kind = KINDS[pick_weighted(&mut self.rng, &weights)];
+        let weights = cumulative(KINDS.iter().map(|&(_, w)| w));
+        let kind = KINDS[pick_weighted(&mut self.rng, &weights)].0;
         let mut d = self.draft(t, None, None);
         let key = d.payer_id.clone();
         let payload = match kind {
@@ -974,35 +1003,15 @@ impl Generator {
                 d.render_with("")
             }
             BadMode => {
-                const BAD: [&str; 6] = ["cash", "dinheiro", "pix ", " pix", "ted", ""];
-                d.values[4] = json_str(BAD[self.rng.random_range(0..BAD.len())]);
+                d.values[4] = json_str(self.pick(&BAD_MODES));
                 d.render_with("")
             }
             BadTime => {
-                const BAD: [&str; 7] = [
-                    "2026-13-01T00:00:00",
-                    "2025-02-29T10:00:00-03:00",
-                    "26/11/2025 14:03:12",
-                    "2025-11-26T24:00:00Z",
-                    "2025-11-26T14:03:12+0300",
-                    "2025-11-26T14:03:60Z",
-                    " 2025-11-26T14:03:12Z",
-                ];
-                d.values[5] = json_str(BAD[self.rng.random_range(0..BAD.len())]);
+                d.values[5] = json_str(self.pick(&BAD_TIMES));
                 d.render_with("")
             }
             BadAmount => {
-                const BAD: [&str; 8] = [
-                    "0",
-                    "0.00",
-                    "\"0.004\"",
-                    "-15.50",
-                    "\"-3.00\"",
-                    "1000000000.01",
-                    "\"12,50\"",
-                    "\"R$ 10.00\"",
-                ];
-                d.values[6] = BAD[self.rng.random_range(0..BAD.len())].to_string();
+                d.values[6] = self.pick(&BAD_AMOUNTS).to_string();
                 d.render_with("")
             }
             DuplicatedField => {
@@ -1241,7 +1250,14 @@ mod tests {
             assert_eq!(c.values().sum::<usize>(), 20_000);
         }
         // All shares zero: every message is ordinary.
-        let cfg = GeneratorConfig {
+        let msgs = run(no_faults(), 5000);
+        let c = classify(&msgs, &users, &regions);
+        assert_eq!(c.get("normal"), Some(&5000));
+    }
+
+    /// The default configuration with every fault share zero.
+    fn no_faults() -> GeneratorConfig {
+        GeneratorConfig {
             late_share: 0.0,
             duplicate_share: 0.0,
             stale_share: 0.0,
@@ -1249,22 +1265,14 @@ mod tests {
             invalid_share: 0.0,
             unknown_share: 0.0,
             ..GeneratorConfig::default()
-        };
-        let msgs = run(cfg, 5000);
-        let c = classify(&msgs, &users, &regions);
-        assert_eq!(c.get("normal"), Some(&5000));
+        }
     }
 
     #[test]
     fn every_invalid_kind_is_rejected_by_the_parser() {
         let cfg = GeneratorConfig {
             invalid_share: 1.0,
-            late_share: 0.0,
-            duplicate_share: 0.0,
-            stale_share: 0.0,
-            future_share: 0.0,
-            unknown_share: 0.0,
-            ..GeneratorConfig::default()
+            ..no_faults()
         };
         let msgs = run(cfg, 3000);
         let mut kinds = HashSet::new();
@@ -1314,22 +1322,14 @@ mod tests {
             assert_ne!(tx.payer, tx.payee);
         }
         let share = |x: usize| x as f64 / n as f64;
-        assert!(
-            (0.42..0.48).contains(&share(modes[&Mode::Pix])),
-            "{modes:?}"
-        );
-        assert!(
-            (0.17..0.23).contains(&share(modes[&Mode::Debito])),
-            "{modes:?}"
-        );
-        assert!(
-            (0.22..0.28).contains(&share(modes[&Mode::Credito])),
-            "{modes:?}"
-        );
-        assert!(
-            (0.08..0.12).contains(&share(modes[&Mode::Boleto])),
-            "{modes:?}"
-        );
+        for (mode, range) in [
+            (Mode::Pix, 0.42..0.48),
+            (Mode::Debito, 0.17..0.23),
+            (Mode::Credito, 0.22..0.28),
+            (Mode::Boleto, 0.08..0.12),
+        ] {
+            assert!(range.contains(&share(modes[&mode])), "{modes:?}");
+        }
         assert!(
             (0.03..0.07).contains(&share(non_canonical)),
             "{non_canonical}"

@@ -18,3 +18,5 @@ pub mod live;
 pub mod refdata;
 pub mod replay;
 pub mod source;
+#[cfg(test)]
+mod testutil;

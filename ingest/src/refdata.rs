@@ -281,16 +281,31 @@ fn check_unique(
     Ok(())
 }
 
+/// Reads the table at `path` (columns `wanted`, the first one an id that must be
+/// non-empty and unique): `parse` makes one item of each data row, given the row and
+/// its id, in file order.
+fn read_rows<T>(
+    path: &Path,
+    wanted: &[&'static str],
+    mut parse: impl FnMut(&Row<'_>, String) -> Result<T, RefDataError>,
+) -> Result<Vec<T>, RefDataError> {
+    let table = Table::open(path, wanted)?;
+    let mut out = Vec::new();
+    let mut seen = HashMap::new();
+    table.for_each_row(wanted, |row| {
+        let id = row.id(0)?;
+        check_unique(&mut seen, path, &id, row.line)?;
+        out.push(parse(row, id)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Reads `regions.csv` (`id,uf,name,lat,lon`; columns may come in any order and
 /// extra columns are ignored). Ids must be non-empty and unique, `uf` one of
 /// [`UFS`], `lat` within ±90 and `lon` within ±180.
 pub fn read_regions(path: &Path) -> Result<Vec<Region>, RefDataError> {
-    let table = Table::open(path, &REGIONS_HEADER)?;
-    let mut out = Vec::new();
-    let mut seen = HashMap::new();
-    table.for_each_row(&REGIONS_HEADER, |row| {
-        let id = row.id(0)?;
-        check_unique(&mut seen, path, &id, row.line)?;
+    read_rows(path, &REGIONS_HEADER, |row, id| {
         let uf = row.get(1)?.trim();
         if !UFS.contains(&uf) {
             return Err(row.err(
@@ -302,16 +317,14 @@ pub fn read_regions(path: &Path) -> Result<Vec<Region>, RefDataError> {
         let name = row.get(2)?.to_string();
         let lat = row.degrees(3, 90.0)?;
         let lon = row.degrees(4, 180.0)?;
-        out.push(Region {
+        Ok(Region {
             id,
             uf,
             name,
             lat,
             lon,
-        });
-        Ok(())
-    })?;
-    Ok(out)
+        })
+    })
 }
 
 /// Reads `users.csv` (`id,name,region_id,balance_cents,credit_limit_cents`; any
@@ -319,26 +332,19 @@ pub fn read_regions(path: &Path) -> Result<Vec<Region>, RefDataError> {
 /// unique, and the two amounts integer cents >= 0. Whether `region_id` names a known
 /// region is checked by [`check_user_regions`].
 pub fn read_users(path: &Path) -> Result<Vec<User>, RefDataError> {
-    let table = Table::open(path, &USERS_HEADER)?;
-    let mut out = Vec::new();
-    let mut seen = HashMap::new();
-    table.for_each_row(&USERS_HEADER, |row| {
-        let id = row.id(0)?;
-        check_unique(&mut seen, path, &id, row.line)?;
+    read_rows(path, &USERS_HEADER, |row, id| {
         let name = row.get(1)?.to_string();
         let region_id = row.id(2)?;
         let balance_cents = row.cents(3)?;
         let credit_limit_cents = row.cents(4)?;
-        out.push(User {
+        Ok(User {
             id,
             name,
             region_id,
             balance_cents,
             credit_limit_cents,
-        });
-        Ok(())
-    })?;
-    Ok(out)
+        })
+    })
 }
 
 /// Checks that every user's home region is one of `regions`; the error names the
@@ -366,63 +372,48 @@ pub fn check_user_regions(
 // ---------------------------------------------------------------------------
 // Writing
 
-fn csv_writer(path: &Path) -> Result<csv::Writer<BufWriter<File>>, RefDataError> {
-    let file = File::create(path).map_err(|source| RefDataError::Io {
+/// Writes the table at `path`: the `header` row, then one row per item, the fields
+/// `fields` gives in header order, each written as it displays.
+fn write_rows<T, const N: usize>(
+    path: &Path,
+    header: [&str; N],
+    items: &[T],
+    fields: impl Fn(&T) -> [&dyn std::fmt::Display; N],
+) -> Result<(), RefDataError> {
+    let io_err = |source| RefDataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(csv::Writer::from_writer(BufWriter::new(file)))
-}
-
-fn write_err(path: &Path) -> impl Fn(csv::Error) -> RefDataError + '_ {
-    move |e| RefDataError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
+    };
+    let file = File::create(path).map_err(io_err)?;
+    let mut w = csv::Writer::from_writer(BufWriter::new(file));
+    let e = |e: csv::Error| io_err(e.into());
+    w.write_record(header).map_err(e)?;
+    for item in items {
+        w.write_record(fields(item).map(|f| f.to_string()))
+            .map_err(e)?;
     }
-}
-
-fn flush(path: &Path, mut w: csv::Writer<BufWriter<File>>) -> Result<(), RefDataError> {
-    w.flush().map_err(|source| RefDataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    w.flush().map_err(io_err)
 }
 
 /// Writes `regions.csv`, header row first. Coordinates are written in Rust's
 /// shortest round-trip form, so [`read_regions`] gives back the same values.
 pub fn write_regions(path: &Path, regions: &[Region]) -> Result<(), RefDataError> {
-    let mut w = csv_writer(path)?;
-    let e = write_err(path);
-    w.write_record(REGIONS_HEADER).map_err(&e)?;
-    for r in regions {
-        w.write_record([
-            r.id.as_str(),
-            r.uf.as_str(),
-            r.name.as_str(),
-            &r.lat.to_string(),
-            &r.lon.to_string(),
-        ])
-        .map_err(&e)?;
-    }
-    flush(path, w)
+    write_rows(path, REGIONS_HEADER, regions, |r| {
+        [&r.id, &r.uf, &r.name, &r.lat, &r.lon]
+    })
 }
 
 /// Writes `users.csv`, header row first.
 pub fn write_users(path: &Path, users: &[User]) -> Result<(), RefDataError> {
-    let mut w = csv_writer(path)?;
-    let e = write_err(path);
-    w.write_record(USERS_HEADER).map_err(&e)?;
-    for u in users {
-        w.write_record([
-            u.id.as_str(),
-            u.name.as_str(),
-            u.region_id.as_str(),
-            &u.balance_cents.to_string(),
-            &u.credit_limit_cents.to_string(),
-        ])
-        .map_err(&e)?;
-    }
-    flush(path, w)
+    write_rows(path, USERS_HEADER, users, |u| {
+        [
+            &u.id,
+            &u.name,
+            &u.region_id,
+            &u.balance_cents,
+            &u.credit_limit_cents,
+        ]
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -901,32 +892,11 @@ pub fn generate_users(n: usize, regions: &[Region], seed: u64) -> Vec<User> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use std::collections::HashSet;
 
-    /// A scratch directory removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn tmpdir(name: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!(
-            "vtpga-ingest-refdata-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
+        crate::testutil::tmpdir("refdata", name)
     }
 
     fn hav(a: &Region, b: &Region) -> f64 {
@@ -983,6 +953,33 @@ mod tests {
         }
     }
 
+    /// Reads, with `read`, files `{prefix}{i}.csv` in `d` holding `start` then the `i`-th
+    /// case's row, and checks the field error each gives: (row, line, field, part of
+    /// the message); with `shown`, also that the error's text names file, line and field.
+    fn field_cases<T: std::fmt::Debug, const N: usize>(
+        d: &Path,
+        prefix: &str,
+        start: &str,
+        cases: [(&str, u64, &str, &str); N],
+        read: fn(&Path) -> Result<T, RefDataError>,
+        shown: bool,
+    ) {
+        for (i, (row, line, field, msg)) in cases.into_iter().enumerate() {
+            let p = write(d, &format!("{prefix}{i}.csv"), &format!("{start}{row}"));
+            let e = read(&p).unwrap_err();
+            if shown {
+                let shown = e.to_string();
+                assert!(
+                    shown.contains(&format!("{prefix}{i}.csv: line {line}: field `{field}`")),
+                    "{shown}"
+                );
+            }
+            let (l, f, m) = field_err(e);
+            assert_eq!((l, f), (line, field), "case {row:?}: {m}");
+            assert!(m.contains(msg), "case {row:?}: {m}");
+        }
+    }
+
     #[test]
     fn region_read_errors() {
         let d = tmpdir("bad-regions");
@@ -997,12 +994,7 @@ mod tests {
             (",RJ,Rio,0,0\n", 3, "id", "empty id"),
             ("r2,RJ,Rio,0\n", 3, "lon", "missing value"),
         ];
-        for (i, (row, line, field, msg)) in cases.into_iter().enumerate() {
-            let p = write(&d, &format!("r{i}.csv"), &format!("{h}{ok}{row}"));
-            let (l, f, m) = field_err(read_regions(&p).unwrap_err());
-            assert_eq!((l, f), (line, field), "case {row:?}: {m}");
-            assert!(m.contains(msg), "case {row:?}: {m}");
-        }
+        field_cases(&d, "r", &format!("{h}{ok}"), cases, read_regions, false);
         let p = write(&d, "dup.csv", &format!("{h}{ok}r9,RJ,Rio,0,0\n{ok}"));
         match read_regions(&p).unwrap_err() {
             RefDataError::DuplicateId {
@@ -1055,18 +1047,7 @@ mod tests {
             ("u2,Bia,,1,0\n", 3, "region_id", "empty id"),
             ("\"\",Bia,r001,1,0\n", 3, "id", "empty id"),
         ];
-        for (i, (row, line, field, msg)) in cases.into_iter().enumerate() {
-            let p = write(&d, &format!("u{i}.csv"), &format!("{h}{ok}{row}"));
-            let e = read_users(&p).unwrap_err();
-            let shown = e.to_string();
-            assert!(
-                shown.contains(&format!("u{i}.csv: line {line}: field `{field}`")),
-                "{shown}"
-            );
-            let (l, f, m) = field_err(e);
-            assert_eq!((l, f), (line, field), "case {row:?}: {m}");
-            assert!(m.contains(msg), "case {row:?}: {m}");
-        }
+        field_cases(&d, "u", &format!("{h}{ok}"), cases, read_users, true);
         let p = write(&d, "dup.csv", &format!("{h}{ok}{ok}"));
         let e = read_users(&p).unwrap_err();
         assert_eq!(e.line(), Some(3));

@@ -219,10 +219,7 @@ impl DecisionProducer {
         json.clear();
         serde_json::to_writer(&mut *json, &DecisionRecord::of(d))
             .expect("a decision record always serializes");
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "decided_us",
-            value: Some(decided.as_bytes()),
-        });
+        let headers = record_headers(&[("decided_us", decided)]);
         let key = d.tx.as_ref().map(|tx| tx.id.as_str());
         let mut record = BaseRecord::with_opaque_to(&self.topics.decisions, seq)
             .payload(&json[..])
@@ -239,23 +236,12 @@ impl DecisionProducer {
             let partition = d.pos.partition.to_string();
             let offset = d.pos.offset.to_string();
             let t = d.t.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "error",
-                    value: Some(error.as_bytes()),
-                })
-                .insert(Header {
-                    key: "partition",
-                    value: Some(partition.as_bytes()),
-                })
-                .insert(Header {
-                    key: "offset",
-                    value: Some(offset.as_bytes()),
-                })
-                .insert(Header {
-                    key: "t",
-                    value: Some(t.as_bytes()),
-                });
+            let headers = record_headers(&[
+                ("error", error),
+                ("partition", &partition),
+                ("offset", &offset),
+                ("t", &t),
+            ]);
             let raw: &[u8] = d.raw.as_deref().unwrap_or_default();
             let record: BaseRecord<'_, [u8], [u8], usize> =
                 BaseRecord::with_opaque_to(&self.topics.dlq, seq)
@@ -281,6 +267,18 @@ impl DecisionProducer {
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
+}
+
+/// Record headers with these (key, value) pairs, in order.
+fn record_headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+    pairs
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, &(key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        })
 }
 
 /// The producer settings the decisions and dead letters need, unless given: see the

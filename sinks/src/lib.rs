@@ -165,18 +165,12 @@ fn sink_with<D, A, X>(
                 }
             });
             for (t, mut data) in staged_d {
-                pending
-                    .get_mut(&t)
-                    .expect("slot")
-                    .decisions
-                    .append(&mut data);
+                let batch = pending.get_mut(&t).expect("slot");
+                batch.decisions.append(&mut data);
             }
             for (t, mut data) in staged_a {
-                pending
-                    .get_mut(&t)
-                    .expect("slot")
-                    .accounts
-                    .append(&mut data);
+                let batch = pending.get_mut(&t).expect("slot");
+                batch.accounts.append(&mut data);
             }
             // An analysis change goes with the time it carries, which may be later than
             // its container's: `count_total` emits the changes of several times under one

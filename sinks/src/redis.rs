@@ -836,11 +836,7 @@ mod tests {
 
     /// `d` is cached in `P:tx` as its decision record plus `decided_at_ms`.
     fn assert_tx(conn: &mut Connection, prefix: &str, d: &Decision) {
-        let got: Option<String> = redis::cmd("HGET")
-            .arg(format!("{prefix}:tx"))
-            .arg(member(d))
-            .query(conn)
-            .unwrap();
+        let got: Option<String> = hash_cmd(conn, "HGET", format!("{prefix}:tx"), &member(d));
         let mut got: Value = serde_json::from_str(&got.expect("cached")).expect("JSON record");
         let decided_at = got
             .as_object_mut()
@@ -865,6 +861,52 @@ mod tests {
         let mut members: Vec<String> = recent(conn, prefix).into_iter().map(|(m, _)| m).collect();
         members.sort();
         assert_eq!(fields, members);
+    }
+
+    /// Runs `cmd` (`HGET`, `HDEL`, ...) on hash `key`'s `field`.
+    fn hash_cmd<T: redis::FromRedisValue>(
+        conn: &mut Connection,
+        cmd: &str,
+        key: String,
+        field: &str,
+    ) -> T {
+        redis::cmd(cmd).arg(key).arg(field).query(conn).unwrap()
+    }
+
+    /// `P:time` holds `t`.
+    fn assert_time(conn: &mut Connection, prefix: &str, t: u64) {
+        let time: u64 = redis::cmd("GET")
+            .arg(format!("{prefix}:time"))
+            .query(conn)
+            .unwrap();
+        assert_eq!(time, t);
+    }
+
+    /// A server on a free port, a sink writing to it under `prefix` (recent limit 100)
+    /// that has applied one batch of `n` decisions with `changes`, and its generator.
+    fn started(
+        prefix: &str,
+        n: usize,
+        changes: &[(AnalysisKey, Option<Tally>)],
+    ) -> (Server, RedisSink, Gen) {
+        let server = Server::start(free_port());
+        let mut sink = RedisSink::new(&server.url(), options(prefix, 100)).unwrap();
+        let mut gen = Gen::default();
+        sink.apply(&gen.batch(n, changes));
+        (server, sink, gen)
+    }
+
+    /// Applies a one-decision batch every 250 ms until the sink is connected again (15 s
+    /// at most); returns how many it applied.
+    fn until_connected(sink: &mut RedisSink, gen: &mut Gen) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut i = 0;
+        while !sink.stats().connected && Instant::now() < deadline {
+            i += 1;
+            sleep(Duration::from_millis(250));
+            sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(2), Some(tally(i, 0)))]));
+        }
+        i
     }
 
     fn recent(conn: &mut Connection, prefix: &str) -> Vec<(String, u64)> {
@@ -963,26 +1005,29 @@ mod tests {
         all.extend(b2.decisions.iter());
         let s = sink.stats();
         assert_eq!((s.batches_written, s.rebuilds, s.failures), (2, 1, 0));
-        let removed: bool = redis::cmd("HDEL")
-            .arg(format!("{p}:analysis:hour_risk_outcome"))
-            .arg("marker|-1")
-            .query(&mut conn)
-            .unwrap();
+        let removed: bool = hash_cmd(
+            &mut conn,
+            "HDEL",
+            format!("{p}:analysis:hour_risk_outcome"),
+            "marker|-1",
+        );
         assert!(
             removed,
             "an incremental write rewrote an untouched analysis"
         );
-        let sp: bool = redis::cmd("HEXISTS")
-            .arg(format!("{p}:analysis:state_approval"))
-            .arg("SP|-1")
-            .query(&mut conn)
-            .unwrap();
+        let sp: bool = hash_cmd(
+            &mut conn,
+            "HEXISTS",
+            format!("{p}:analysis:state_approval"),
+            "SP|-1",
+        );
         assert!(!sp, "a retracted row is still cached");
-        let invalid: String = redis::cmd("HGET")
-            .arg(format!("{p}:analysis:status_counts"))
-            .arg("invalid|-1")
-            .query(&mut conn)
-            .unwrap();
+        let invalid: String = hash_cmd(
+            &mut conn,
+            "HGET",
+            format!("{p}:analysis:status_counts"),
+            "invalid|-1",
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&invalid).unwrap(),
             json!({"status": "invalid", "count": 0})
@@ -1009,11 +1054,7 @@ mod tests {
             assert_tx(&mut conn, p, d);
         }
         assert_tx_matches_recent(&mut conn, p);
-        let time: u64 = redis::cmd("GET")
-            .arg(format!("{p}:time"))
-            .query(&mut conn)
-            .unwrap();
-        assert_eq!(time, gen.t);
+        assert_time(&mut conn, p, gen.t);
         assert_eq!(sink.stats().batches_written, 3);
 
         // A seed replaces the rows and rebuilds: the cache follows.
@@ -1105,11 +1146,7 @@ mod tests {
             assert!(cached.contains(entry), "{entry:?} missing from {cached:?}");
         }
         assert_tx_matches_recent(&mut conn, p);
-        let time: u64 = redis::cmd("GET")
-            .arg(format!("{p}:time"))
-            .query(&mut conn)
-            .unwrap();
-        assert_eq!(time, gen.t);
+        assert_time(&mut conn, p, gen.t);
 
         // And it goes on incrementally.
         let b = gen.batch(1, &[(AnalysisKey::Mode(Mode::Boleto), Some(tally(0, 1)))]);
@@ -1120,11 +1157,9 @@ mod tests {
 
     #[test]
     fn redis_hung_server_times_out() {
-        let server = Server::start(free_port());
         let p = "t5";
-        let mut sink = RedisSink::new(&server.url(), options(p, 100)).unwrap();
-        let mut gen = Gen::default();
-        sink.apply(&gen.batch(2, &[(AnalysisKey::Hour(1), Some(tally(1, 1)))]));
+        let (server, mut sink, mut gen) =
+            started(p, 2, &[(AnalysisKey::Hour(1), Some(tally(1, 1)))]);
         assert_eq!(sink.stats().batches_written, 1);
         let signal = |sig: &str| {
             let status = Command::new("kill")
@@ -1145,13 +1180,7 @@ mod tests {
         let s = sink.stats();
         assert!(!s.connected && s.failures == 1, "{s:?}");
 
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut i = 0;
-        while !sink.stats().connected && Instant::now() < deadline {
-            i += 1;
-            sleep(Duration::from_millis(250));
-            sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(2), Some(tally(i, 0)))]));
-        }
+        let i = until_connected(&mut sink, &mut gen);
         assert!(sink.stats().connected, "{:?}", sink.stats());
         assert_eq!(sink.stats().rebuilds, 2);
         let mut conn = server.conn();
@@ -1161,11 +1190,9 @@ mod tests {
 
     #[test]
     fn redis_error_reply_heals_by_rebuild() {
-        let server = Server::start(free_port());
         let p = "t6";
-        let mut sink = RedisSink::new(&server.url(), options(p, 100)).unwrap();
-        let mut gen = Gen::default();
-        sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(1), Some(tally(1, 0)))]));
+        let (server, mut sink, mut gen) =
+            started(p, 1, &[(AnalysisKey::Hour(1), Some(tally(1, 0)))]);
         let mut conn = server.conn();
         // Someone overwrote the recent set with a string: ZADD fails inside EXEC.
         redis::cmd("SET")
@@ -1176,13 +1203,7 @@ mod tests {
         sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(1), Some(tally(2, 0)))]));
         let s = sink.stats();
         assert!(!s.connected && s.failures == 1, "{s:?}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut i = 0;
-        while !sink.stats().connected && Instant::now() < deadline {
-            i += 1;
-            sleep(Duration::from_millis(250));
-            sink.apply(&gen.batch(1, &[(AnalysisKey::Hour(2), Some(tally(i, 0)))]));
-        }
+        let i = until_connected(&mut sink, &mut gen);
         assert_eq!(sink.stats().rebuilds, 2, "{:?}", sink.stats());
         assert_analyses(&mut conn, p, &gen.rows);
         assert_eq!(recent(&mut conn, p).len() as i64, 2 + i);

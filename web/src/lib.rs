@@ -247,20 +247,10 @@ impl App {
             .map(|app: App, q: HashMap<String, String>| app.recent(&q));
         let by_id = warp::path!("api" / "transactions" / String)
             .and(with_app.clone())
-            .then(|id: String, app: App| async move {
-                match decode(&id) {
-                    Some(id) => app.transaction(&id).await,
-                    None => bad_id(),
-                }
-            });
+            .then(|id: String, app: App| async move { app.transaction(&id).await });
         let user = warp::path!("api" / "users" / String)
             .and(with_app.clone())
-            .then(|id: String, app: App| async move {
-                match decode(&id) {
-                    Some(id) => app.user(&id).await,
-                    None => bad_id(),
-                }
-            });
+            .then(|id: String, app: App| async move { app.user(&id).await });
         let healthz =
             warp::path!("healthz").map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
         let health = warp::path!("api" / "health")
@@ -386,7 +376,12 @@ impl App {
         json_reply(StatusCode::OK, &json!(rows))
     }
 
-    async fn transaction(&self, id: &str) -> Response {
+    /// `GET /api/transactions/{id}`, with `encoded` as the path gives it (percent-encoded).
+    async fn transaction(&self, encoded: &str) -> Response {
+        let Some(id) = decode(encoded) else {
+            return bad_id();
+        };
+        let id = id.as_str();
         let live = self.state.by_id(id);
         if !live.is_empty() {
             let live: Vec<&Value> = live.iter().map(|r| &**r).collect();
@@ -415,7 +410,12 @@ impl App {
         )
     }
 
-    async fn user(&self, id: &str) -> Response {
+    /// `GET /api/users/{id}`, with `encoded` as the path gives it (percent-encoded).
+    async fn user(&self, encoded: &str) -> Response {
+        let Some(id) = decode(encoded) else {
+            return bad_id();
+        };
+        let id = id.as_str();
         let Some(pg) = &self.pg else {
             return error(
                 StatusCode::NOT_FOUND,

@@ -542,15 +542,14 @@ impl LiveState {
         drop(inner);
         self.rendering();
         let analyses = analyses::to_json(&rows);
-        let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
-        let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
-        let json = json!({
-            "seq": seq,
-            "analyses": analyses,
-            "transactions": transactions,
-            "health": health,
-        })
-        .to_string();
+        let json = event_json(
+            json!({
+                "seq": seq,
+                "analyses": analyses,
+                "health": health,
+            }),
+            &entries,
+        );
         (seq, json)
     }
 
@@ -635,16 +634,15 @@ impl LiveState {
                 rows.push(row);
             }
         }
-        let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
-        let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
-        let json = json!({
-            "seq": seq,
-            "analyses": analyses_out,
-            "minute_rows": minute_rows,
-            "transactions": transactions,
-            "health": health,
-        })
-        .to_string();
+        let json = event_json(
+            json!({
+                "seq": seq,
+                "analyses": analyses_out,
+                "minute_rows": minute_rows,
+                "health": health,
+            }),
+            &entries,
+        );
         Change { seq, json }
     }
 
@@ -757,6 +755,15 @@ impl LiveState {
         let mut inner = self.lock();
         inner.closed_time = Some(inner.closed_time.map_or(t, |c| c.max(t)));
     }
+}
+
+/// An event's JSON text: the object `event` with the records of `entries`, in their
+/// order, as `transactions`.
+fn event_json(mut event: Value, entries: &[Arc<Entry>]) -> String {
+    let records: Vec<Arc<Value>> = entries.iter().map(|e| e.record()).collect();
+    let transactions: Vec<&Value> = records.iter().map(|v| &**v).collect();
+    event["transactions"] = json!(transactions);
+    event.to_string()
 }
 
 /// Which of the two per-minute analyses `name` is (index into `Inner::minutes`).

@@ -45,34 +45,69 @@ async fn get_json(routes: &Routes, path: &str) -> (StatusCode, Value) {
     (status, serde_json::from_str(&body).expect("JSON body"))
 }
 
+/// GETs `path`, checks that it answers `status` with JSON, and returns the body.
+async fn get_json_as(routes: &Routes, path: &str, status: StatusCode) -> Value {
+    let (got, body) = get_json(routes, path).await;
+    assert_eq!(got, status, "{path}: {body}");
+    body
+}
+
+/// GETs `path` and checks that it answers `status`.
+async fn assert_status(routes: &Routes, path: &str, status: StatusCode) {
+    let (got, _, _) = get(routes, path).await;
+    assert_eq!(got, status, "{path}");
+}
+
+/// GETs `/api/analyses` with each of `auths` as the Authorization header and checks
+/// that it answers `status`.
+async fn analyses_with(routes: &Routes, auths: &[&str], status: StatusCode) {
+    for auth in auths {
+        let (got, _, _) = get_with(routes, "/api/analyses", Some(auth)).await;
+        assert_eq!(got, status, "{auth:?}");
+    }
+}
+
+/// [`assert_status`] for each of `paths`.
+async fn assert_statuses(routes: &Routes, status: StatusCode, paths: &[&str]) {
+    for path in paths {
+        assert_status(routes, path, status).await;
+    }
+}
+
 /// A state fed with two batches (the second changes rows of the first), and the feeder
 /// holding the expected rows.
 fn fed_state() -> (Arc<LiveState>, Feeder) {
     let state = LiveState::new(2);
     let mut feeder = Feeder::default();
-    let b1 = feeder.batch(
-        1000,
-        vec![
-            decision(0, 1000, Status::Approved, "tx-a", 12_345, 1),
-            decision(1, 1000, Status::InsufficientBalance, "tx-b", 500, 1),
-            decision(2, 1000, Status::Invalid, "", 0, 0),
-        ],
-        all_kinds(MINUTE0, 1, 1),
-    );
-    state.observe(&b1, 5_000);
     let mut deltas = all_kinds(MINUTE0 + 1, 2, 0);
     deltas.extend(all_kinds(MINUTE0 + 3, 0, 1));
     deltas.push((AnalysisKey::Hour(14), support::tally(1, 1, 0, 1000, 0)));
-    let b2 = feeder.batch(
-        1001,
-        vec![
-            decision(3, 1001, Status::Approved, "tx-c", 99, 2_000),
-            decision(4, 1001, Status::Duplicate, "tx-a", 12_345, 2_000),
-            decision(5, 1001, Status::Approved, "tx-d", 1, 2_000),
-        ],
-        deltas,
-    );
-    state.observe(&b2, 3_000 + 2_000);
+    // (time, decisions, row deltas, when observed)
+    let batches = [
+        (
+            1000,
+            vec![
+                decision(0, 1000, Status::Approved, "tx-a", 12_345, 1),
+                decision(1, 1000, Status::InsufficientBalance, "tx-b", 500, 1),
+                decision(2, 1000, Status::Invalid, "", 0, 0),
+            ],
+            all_kinds(MINUTE0, 1, 1),
+            5_000,
+        ),
+        (
+            1001,
+            vec![
+                decision(3, 1001, Status::Approved, "tx-c", 99, 2_000),
+                decision(4, 1001, Status::Duplicate, "tx-a", 12_345, 2_000),
+                decision(5, 1001, Status::Approved, "tx-d", 1, 2_000),
+            ],
+            deltas,
+            3_000 + 2_000,
+        ),
+    ];
+    for (time, decisions, deltas, now) in batches {
+        state.observe(&feeder.batch(time, decisions, deltas), now);
+    }
     (state, feeder)
 }
 
@@ -80,12 +115,34 @@ fn routes(state: Arc<LiveState>, token: Option<&str>) -> Routes {
     App::new(state, token.map(str::to_owned), None).routes()
 }
 
+/// The routes (with `token`) over [`fed_state`], and its feeder.
+fn fed_routes(token: Option<&str>) -> (Routes, Feeder) {
+    let (state, feeder) = fed_state();
+    (routes(state, token), feeder)
+}
+
+/// The routes (no token) with `limits` over [`fed_state`], and its feeder.
+fn fed_routes_with(limits: WebLimits) -> (Routes, Feeder) {
+    let (state, feeder) = fed_state();
+    (
+        App::new(state, None, None).with_limits(limits).routes(),
+        feeder,
+    )
+}
+
+/// The text field `field` of each row of the JSON array `rows`.
+fn texts<'a>(rows: &'a Value, field: &str) -> Vec<&'a str> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[field].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn analyses_equal_the_rows_fed() {
-    let (state, feeder) = fed_state();
-    let routes = routes(state, None);
-    let (status, body) = get_json(&routes, "/api/analyses").await;
-    assert_eq!(status, StatusCode::OK);
+    let (routes, feeder) = fed_routes(None);
+    let body = get_json_as(&routes, "/api/analyses", StatusCode::OK).await;
     let expected = to_json(&feeder.rows);
     assert_eq!(body, expected);
     // Real numbers: two approvals, one duplicate, the Hour(14) row summed over batches.
@@ -113,19 +170,17 @@ async fn analyses_equal_the_rows_fed() {
 
 #[tokio::test]
 async fn analysis_errors_and_minute_ranges() {
-    let (state, feeder) = fed_state();
-    let routes = routes(state, None);
-    let (status, body) = get_json(&routes, "/api/analyses/nope").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (routes, feeder) = fed_routes(None);
+    let body = get_json_as(&routes, "/api/analyses/nope", StatusCode::NOT_FOUND).await;
     assert!(body["error"].as_str().unwrap().contains("nope"));
 
     // 17:04 to 17:05 inclusive: only the minute 17:04 has rows.
-    let (status, body) = get_json(
+    let body = get_json_as(
         &routes,
         "/api/analyses/minute_frequency?from=2026-11-26T17:04:00Z&to=2026-11-26T17:05:00Z",
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body["rows"],
         json!([{"minute": "2026-11-26T17:04:00Z", "count": 2}])
@@ -133,12 +188,12 @@ async fn analysis_errors_and_minute_ranges() {
     assert_eq!(body["from"], "2026-11-26T17:04:00Z");
     assert_eq!(body["to"], "2026-11-26T17:05:00Z");
     // An offset, seconds inside the minute, and only one bound.
-    let (status, body) = get_json(
+    let body = get_json_as(
         &routes,
         "/api/analyses/distance_band_outcome?from=2026-11-26T14:05:59.9-03:00",
+        StatusCode::OK,
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body["rows"],
         json!([{"minute": "2026-11-26T17:06:00Z", "band": "medium_short", "approved": 0, "rejected": 1}])
@@ -159,8 +214,7 @@ async fn analysis_errors_and_minute_ranges() {
         "/api/analyses/status_counts?from=2026-11-26T17:04:00Z",
         "/api/analyses/minute_frequency?since=2026-11-26T17:04:00Z",
     ] {
-        let (status, body) = get_json(&routes, bad).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        let body = get_json_as(&routes, bad, StatusCode::BAD_REQUEST).await;
         assert!(body["error"].is_string(), "{bad}");
     }
 }
@@ -169,8 +223,7 @@ async fn analysis_errors_and_minute_ranges() {
 async fn recent_transactions_and_limits() {
     let (state, _) = fed_state();
     let routes = routes(state.clone(), None);
-    let (status, body) = get_json(&routes, "/api/transactions/recent").await;
-    assert_eq!(status, StatusCode::OK);
+    let body = get_json_as(&routes, "/api/transactions/recent", StatusCode::OK).await;
     let ids: Vec<i64> = body
         .as_array()
         .unwrap()
@@ -212,29 +265,25 @@ async fn recent_transactions_and_limits() {
     assert_eq!(rows[499]["offset"], 110);
     let (status, _) = get_json(&routes, "/api/transactions/bulk-109").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = get_json(&routes, "/api/transactions/bulk-110").await;
-    assert_eq!(status, StatusCode::OK);
+    let body = get_json_as(&routes, "/api/transactions/bulk-110", StatusCode::OK).await;
     assert_eq!(body["decisions"][0]["offset"], 110);
 }
 
 #[tokio::test]
 async fn transaction_by_id() {
-    let (state, _) = fed_state();
-    let routes = routes(state, None);
+    let (routes, _) = fed_routes(None);
     // tx-a: approved, then seen again as a duplicate.
-    let (status, body) = get_json(&routes, "/api/transactions/tx-a").await;
-    assert_eq!(status, StatusCode::OK);
+    let body = get_json_as(&routes, "/api/transactions/tx-a", StatusCode::OK).await;
     assert_eq!(body["id"], "tx-a");
     assert_eq!(body["source"], "live");
-    let statuses: Vec<&str> = body["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["status"].as_str().unwrap())
-        .collect();
+    let statuses = texts(&body["decisions"], "status");
     assert_eq!(statuses, ["approved", "duplicate"]);
-    let (status, body) = get_json(&routes, "/api/transactions/unknown-id").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = get_json_as(
+        &routes,
+        "/api/transactions/unknown-id",
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     assert!(body["error"].as_str().unwrap().contains("unknown-id"));
     // Percent-encoded ids are decoded.
     let state = LiveState::new(1);
@@ -255,10 +304,8 @@ async fn transaction_by_id() {
 
 #[tokio::test]
 async fn users_need_postgres_in_embedded_mode() {
-    let (state, _) = fed_state();
-    let routes = routes(state, None);
-    let (status, body) = get_json(&routes, "/api/users/u001").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (routes, _) = fed_routes(None);
+    let body = get_json_as(&routes, "/api/users/u001", StatusCode::NOT_FOUND).await;
     assert!(body["error"].as_str().unwrap().contains("PostgreSQL"));
 }
 
@@ -340,11 +387,9 @@ async fn page_and_assets() {
     );
     let (status, ct, _) = get(&routes, "/assets/favicon.svg").await;
     assert_eq!((status, ct.as_str()), (StatusCode::OK, "image/svg+xml"));
-    let (status, body) = get_json(&routes, "/assets/nope.js").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = get_json_as(&routes, "/assets/nope.js", StatusCode::NOT_FOUND).await;
     assert!(body["error"].is_string());
-    let (status, body) = get_json(&routes, "/no/such/route").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = get_json_as(&routes, "/no/such/route", StatusCode::NOT_FOUND).await;
     assert_eq!(body["status"], 404);
     let resp = warp::test::request()
         .method("POST")
@@ -356,25 +401,24 @@ async fn page_and_assets() {
 
 #[tokio::test]
 async fn token_is_required_on_every_route() {
-    let (state, feeder) = fed_state();
-    let routes = routes(state, Some("s3cret"));
-    for path in [
-        "/api/analyses",
-        "/api/analyses/status_counts",
-        "/api/analyses/nope",
-        "/api/transactions/recent?limit=1",
-        "/api/transactions/tx-a",
-        "/api/users/u001",
-        "/api/health",
-        "/metrics",
-        "/api/stream",
-        "/no/such/route",
+    let (routes, feeder) = fed_routes(Some("s3cret"));
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
     ] {
-        for auth in [
-            None,
-            Some("Bearer wrong"),
-            Some("s3cret"),
-            Some("Basic s3cret"),
+        for path in [
+            "/api/analyses",
+            "/api/analyses/status_counts",
+            "/api/analyses/nope",
+            "/api/transactions/recent?limit=1",
+            "/api/transactions/tx-a",
+            "/api/users/u001",
+            "/api/health",
+            "/metrics",
+            "/api/stream",
+            "/no/such/route",
         ] {
             let (status, ct, body) = get_with(&routes, path, auth).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {auth:?}");
@@ -400,8 +444,7 @@ async fn token_is_required_on_every_route() {
 
 #[tokio::test]
 async fn stream_route_is_an_event_stream() {
-    let (state, _) = fed_state();
-    let routes = routes(state, None);
+    let (routes, _) = fed_routes(None);
     // `filter` gives the response without waiting for the (endless) body.
     let resp = warp::test::request()
         .path("/api/stream")
@@ -568,27 +611,30 @@ fn seeded_analyses_are_served() {
 /// second space or a tab is another token, not a careless spelling of the right one.
 #[tokio::test]
 async fn token_with_surrounding_whitespace_is_refused() {
-    let (state, _) = fed_state();
-    let routes = routes(state, Some("s3cret"));
-    for auth in [
-        "Bearer s3cret ",
-        "Bearer  s3cret",
-        "Bearer s3cret\t",
-        "Bearer \ts3cret",
-        " Bearer s3cret",
-        "Bearer s3cret\u{a0}",
-        "Bearer s3cre",
-        "Bearer s3crett",
-        "Bearers3cret",
-    ] {
-        let (status, _, _) = get_with(&routes, "/api/analyses", Some(auth)).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
-    }
+    let (routes, _) = fed_routes(Some("s3cret"));
+    analyses_with(
+        &routes,
+        &[
+            "Bearer s3cret ",
+            "Bearer  s3cret",
+            "Bearer s3cret\t",
+            "Bearer \ts3cret",
+            " Bearer s3cret",
+            "Bearer s3cret\u{a0}",
+            "Bearer s3cre",
+            "Bearer s3crett",
+            "Bearers3cret",
+        ],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     // The scheme is case-insensitive (RFC 7235 §2.1); the token is not.
-    for auth in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
-        let (status, _, _) = get_with(&routes, "/api/analyses", Some(auth)).await;
-        assert_eq!(status, StatusCode::OK, "{auth:?}");
-    }
+    analyses_with(
+        &routes,
+        &["Bearer s3cret", "bearer s3cret", "BEARER s3cret"],
+        StatusCode::OK,
+    )
+    .await;
     let (status, _, _) = get_with(&routes, "/api/analyses", Some("Bearer S3CRET")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -597,8 +643,7 @@ async fn token_with_surrounding_whitespace_is_refused() {
 /// wrong token (401), not a 400 carrying warp's debug text of the rejection.
 #[tokio::test]
 async fn a_header_that_is_not_text_is_a_wrong_token() {
-    let (state, _) = fed_state();
-    let routes = routes(state, Some("s3cret"));
+    let (routes, _) = fed_routes(Some("s3cret"));
     let resp = warp::test::request()
         .path("/api/analyses")
         .header(
@@ -745,8 +790,7 @@ async fn malformed_escapes_in_ids_are_refused() {
         "/api/transactions/%C3",
         "/api/users/%FF",
     ] {
-        let (status, body) = get_json(&routes, path).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let body = get_json_as(&routes, path, StatusCode::BAD_REQUEST).await;
         assert_eq!(body["status"], 400);
     }
     // Written with their escapes escaped, those ids are found.
@@ -756,8 +800,7 @@ async fn malformed_escapes_in_ids_are_refused() {
         ("/api/transactions/%25zz", "%zz"),
         ("/api/transactions/%01", "\u{1}"),
     ] {
-        let (status, body) = get_json(&routes, path).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
+        let body = get_json_as(&routes, path, StatusCode::OK).await;
         assert_eq!(body["id"], id);
     }
 }
@@ -767,8 +810,7 @@ async fn malformed_escapes_in_ids_are_refused() {
 /// to `/api/health`.
 #[tokio::test]
 async fn healthz_is_a_token_free_liveness_answer() {
-    let (state, _) = fed_state();
-    let routes = routes(state, Some("s3cret"));
+    let (routes, _) = fed_routes(Some("s3cret"));
     let (status, ct, body) = get(&routes, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ct, "application/json");
@@ -791,46 +833,47 @@ async fn healthz_is_a_token_free_liveness_answer() {
 /// token, so that the sign-in form can; every data route still needs it.
 #[tokio::test]
 async fn the_page_loads_without_the_token_and_the_data_does_not() {
-    let (state, _) = fed_state();
-    let routes = routes(state, Some("s3cret"));
-    for path in [
-        "/",
-        "/assets/app.js",
-        "/assets/style.css",
-        "/assets/favicon.svg",
-    ] {
-        let (status, _, _) = get(&routes, path).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
-    }
-    for path in [
-        "/api/analyses",
-        "/api/analyses/status_counts",
-        "/api/transactions/recent",
-        "/api/transactions/tx-a",
-        "/api/users/u001",
-        "/api/health",
-        "/api/stream",
-        "/metrics",
-    ] {
-        let (status, _, _) = get(&routes, path).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
-    }
+    let (routes, _) = fed_routes(Some("s3cret"));
+    assert_statuses(
+        &routes,
+        StatusCode::OK,
+        &[
+            "/",
+            "/assets/app.js",
+            "/assets/style.css",
+            "/assets/favicon.svg",
+        ],
+    )
+    .await;
+    assert_statuses(
+        &routes,
+        StatusCode::UNAUTHORIZED,
+        &[
+            "/api/analyses",
+            "/api/analyses/status_counts",
+            "/api/transactions/recent",
+            "/api/transactions/tx-a",
+            "/api/users/u001",
+            "/api/health",
+            "/api/stream",
+            "/metrics",
+        ],
+    )
+    .await;
 }
 
 /// Issue 12 item 12 (sign-in): a token in a URL ends up in history, proxy and server
 /// logs and Referer headers: the query form is not accepted any more.
 #[tokio::test]
 async fn the_token_is_not_taken_from_the_query() {
-    let (state, _) = fed_state();
-    let routes = routes(state, Some("s3cret"));
+    let (routes, _) = fed_routes(Some("s3cret"));
     for path in [
         "/api/analyses?access_token=s3cret",
         "/api/analyses/status_counts?access_token=s3cret",
         "/api/stream?access_token=s3cret",
         "/metrics?access_token=s3cret",
     ] {
-        let (status, _, _) = get(&routes, path).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_status(&routes, path, StatusCode::UNAUTHORIZED).await;
     }
 }
 
@@ -885,12 +928,10 @@ fn stream_takes_the_token_in_the_header() {
 /// bounded; one more gets 503 with a JSON error, and a client leaving frees its place.
 #[tokio::test]
 async fn stream_clients_are_bounded() {
-    let (state, _) = fed_state();
-    let limits = WebLimits {
+    let (routes, _) = fed_routes_with(WebLimits {
         stream_clients: 2,
         ..WebLimits::default()
-    };
-    let routes = App::new(state, None, None).with_limits(limits).routes();
+    });
     let open = || warp::test::request().path("/api/stream").filter(&routes);
     // `filter` hands the response over with its endless body: the client stays connected
     // until it is dropped.
@@ -913,19 +954,12 @@ async fn stream_clients_are_bounded() {
 /// of the newest `live_minutes` minutes only (fed: minutes 0, 1 and 3 after MINUTE0).
 #[tokio::test]
 async fn live_minutes_bound_the_answers() {
-    let (state, feeder) = fed_state();
-    let limits = WebLimits {
+    let (routes, feeder) = fed_routes_with(WebLimits {
         live_minutes: 2,
         ..WebLimits::default()
-    };
-    let routes = App::new(state, None, None).with_limits(limits).routes();
+    });
     let (_, body) = get_json(&routes, "/api/analyses").await;
-    let minutes: Vec<&str> = body["minute_frequency"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["minute"].as_str().unwrap())
-        .collect();
+    let minutes = texts(&body["minute_frequency"], "minute");
     assert_eq!(minutes, ["2026-11-26T17:04:00Z", "2026-11-26T17:06:00Z"]);
     let all = to_json(&feeder.rows);
     assert_eq!(body["status_counts"], all["status_counts"]);
