@@ -14,7 +14,9 @@ use std::time::Duration;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::Value;
 
-use common::{path_str, read_topic, vtpga, Broker, Consumed, BIN};
+use common::{
+    generate, output_text as text, path_str, read_topic, vtpga, Broker, Consumed, BIN, KAFKA_TO_EOF,
+};
 
 const TOPIC: &str = "transacoes";
 const DECISIONS: &str = "transacoes-decisoes";
@@ -36,15 +38,6 @@ fn cluster_sh(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("bash runs scripts/cluster.sh")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Stops whatever the script started from `state` when the test ends, passed or not.
@@ -128,10 +121,7 @@ fn messages_of(records: &[Consumed]) -> Topic {
 fn broker_with_capture(capture: &Path) -> (Broker, Vec<Consumed>) {
     let broker = Broker::start();
     broker.create_topics(4);
-    vtpga(
-        &["produce", "--capture", path_str(capture), "--quiet"],
-        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
-    );
+    broker.produce_capture(capture);
     let records = read_topic(&broker, TOPIC);
     assert_eq!(records.len(), MESSAGES, "every message is in the topic");
     let partitions: BTreeSet<i32> = records.iter().map(|r| r.partition).collect();
@@ -213,34 +203,17 @@ fn decisions(broker: &Broker, messages: &Topic, what: &str, logs: &str) -> Vec<S
 fn two_processes_of_two_workers_decide_like_one_worker() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir),
-            "--count",
-            &MESSAGES.to_string(),
-            "--users",
-            "500",
-            "--span-hours",
-            "0.2",
-        ],
-        &[],
-    );
+    generate(dir, MESSAGES, 500, &["--span-hours", "0.2"]);
     let capture = dir.join("capture.jsonl");
     let regions = dir.join("regions.csv");
     let users = dir.join("users.csv");
-    let run_args = [
-        "--source",
-        "kafka",
-        "--start",
-        "earliest",
-        "--exit-at-eof",
+    let mut run_args = KAFKA_TO_EOF.to_vec();
+    run_args.extend_from_slice(&[
         "--regions",
         path_str(&regions),
         "--users-csv",
         path_str(&users),
-    ];
+    ]);
 
     // 1 process × 1 worker.
     let (single_broker, records) = broker_with_capture(&capture);

@@ -7,20 +7,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::BIN;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{free_port, spawn_quiet, wait_port, Killed, BIN};
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
@@ -112,14 +105,6 @@ fn json_of(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
     v
 }
 
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not open port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Ends the WebDriver session (and so its browser) when the test ends, even by a panic:
 /// killing chromedriver alone would leave Chromium running.
 struct Session {
@@ -139,15 +124,6 @@ impl Drop for Session {
             let mut answer = [0u8; 1024];
             let _ = stream.read(&mut answer);
         }
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -191,27 +167,21 @@ fn base64_decode(text: &str) -> Vec<u8> {
 #[test]
 fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
     let web = free_port();
-    let _pipeline = Killed(
-        Command::new(BIN)
-            .args([
-                "run",
-                "--rate",
-                "1500",
-                "--count",
-                "9000",
-                "--users",
-                "2000",
-                "--hold",
-                "--web-listen",
-                &format!("127.0.0.1:{web}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("vtpga run starts"),
-    );
+    let _pipeline = Killed(spawn_quiet(
+        Command::new(BIN).args([
+            "run",
+            "--rate",
+            "1500",
+            "--count",
+            "9000",
+            "--users",
+            "2000",
+            "--hold",
+            "--web-listen",
+            &format!("127.0.0.1:{web}"),
+        ]),
+        "vtpga run starts",
+    ));
     wait_port(web, "the dashboard");
     let driver_port = free_port();
     let _driver = Killed(

@@ -21,8 +21,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
 use common::{
-    free_port, path_str, read_topic, redis_status_total, seed, users_in, vtpga, Broker, Postgres,
-    Redis, BIN,
+    free_port, generate, output_text, path_str, position, redis_status_total, seed, spawn_quiet,
+    topic_decisions, users_in, Broker, Killed as Running, Postgres, Redis, BIN,
 };
 
 fn now_ms() -> i64 {
@@ -74,24 +74,21 @@ fn send(p: &BaseProducer, users: &[(String, String)], partition: i32, from: usiz
 
 /// `vtpga run` from Kafka into PostgreSQL until the topic's end, within two minutes.
 fn run_to_eof(broker: &Broker, pg: &Postgres, extra: &[&str]) {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--source",
-            "kafka",
-            "--exit-at-eof",
-            "--no-web",
-            "--postgres",
-            &pg.url,
-        ])
-        .args(extra)
-        .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pipeline starts");
+    let mut child = spawn_quiet(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--source",
+                "kafka",
+                "--exit-at-eof",
+                "--no-web",
+                "--postgres",
+                &pg.url,
+            ])
+            .args(extra)
+            .env("VTPGA_KAFKA_BROKERS", &broker.addr),
+        "pipeline starts",
+    );
     let status = finish_within(&mut child, Duration::from_secs(120));
     assert!(status.success(), "pipeline failed: {status}");
 }
@@ -112,16 +109,27 @@ fn finish_within(child: &mut Child, within: Duration) -> std::process::ExitStatu
     }
 }
 
+/// A private PostgreSQL seeded with `users` generated users (their CSVs in a temporary
+/// directory), and `broker`'s topics created with 2 partitions; returns the directory,
+/// the database and the users.
+fn seeded_pg(
+    broker: &Broker,
+    users: usize,
+) -> (tempfile::TempDir, Postgres, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pg = Postgres::start();
+    broker.create_topics(2);
+    seed(&pg, users, dir.path());
+    let users = users_in(dir.path());
+    (dir, pg, users)
+}
+
 /// Item 6: after a restart, a partition with no stored offset (nothing decided there
 /// yet) is read from its beginning even with `--start latest` (the default).
 #[test]
 fn a_partition_filled_while_the_pipeline_was_down_is_decided_on_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let broker = Broker::start();
-    let pg = Postgres::start();
-    broker.create_topics(2);
-    seed(&pg, 50, dir.path());
-    let users = users_in(dir.path());
+    let (_dir, pg, users) = seeded_pg(&broker, 50);
     let p = producer(&broker);
     send(&p, &users, 0, 0, 20);
     p.flush(Duration::from_secs(30)).expect("flush");
@@ -143,26 +151,13 @@ fn a_partition_filled_while_the_pipeline_was_down_is_decided_on_restart() {
     assert_eq!(per_partition, vec![(0, 20), (1, 15)]);
 }
 
-/// A running pipeline, stopped (by PID) when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits until the decisions topic holds `n` records; returns them as JSON.
 fn decisions(broker: &Broker, n: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
-        let got = read_topic(broker, "transacoes-decisoes");
+        let got = topic_decisions(broker, "transacoes-decisoes");
         if got.len() >= n || Instant::now() > deadline {
-            return got
-                .iter()
-                .map(|r| serde_json::from_slice(&r.payload).expect("decision JSON"))
-                .collect();
+            return got;
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -176,20 +171,9 @@ fn a_broker_outage_with_idle_partitions_decides_nothing_late() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (broker, proxy) = Broker::start_behind_proxy();
     broker.create_topics(2);
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir.path()),
-            "--count",
-            "1",
-            "--users",
-            "50",
-        ],
-        &[],
-    );
+    generate(dir.path(), 1, 50, &[]);
     let users = users_in(dir.path());
-    let pipeline = Running(
+    let pipeline = Running(spawn_quiet(
         Command::new(BIN)
             .args([
                 "run",
@@ -205,14 +189,9 @@ fn a_broker_outage_with_idle_partitions_decides_nothing_late() {
                 "--outage-grace-ms",
                 "10000",
             ])
-            .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pipeline starts"),
-    );
+            .env("VTPGA_KAFKA_BROKERS", &broker.addr),
+        "pipeline starts",
+    ));
     let p = producer(&broker);
     send(&p, &users, 0, 0, 1);
     send(&p, &users, 1, 1, 1);
@@ -274,12 +253,7 @@ fn two_processes_share_one_redis_without_postgres() {
     let zero = spawn(0);
     for child in [zero, one] {
         let out = child.wait_with_output().expect("process ends");
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", output_text(&out));
     }
     assert_eq!(redis_status_total(&redis), count as i64);
 }
@@ -291,27 +265,19 @@ fn two_processes_share_one_redis_without_postgres() {
 /// decided once in PostgreSQL and on the decisions topic.
 #[test]
 fn a_broker_outage_mid_run_loses_no_decision() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let (broker, proxy) = Broker::start_behind_proxy();
-    let pg = Postgres::start();
+    let (_dir, pg, users) = seeded_pg(&broker, 200);
     let redis = Redis::start();
-    broker.create_topics(2);
-    seed(&pg, 200, dir.path());
-    let users = users_in(dir.path());
     let p = producer(&broker);
     let count = 40_000;
     for chunk in 0..count / 1_000 {
         send(&p, &users, (chunk % 2) as i32, chunk * 1_000, 1_000);
         p.flush(Duration::from_secs(60)).expect("flush");
     }
-    let mut pipeline = Running(
-        common::pipeline_command(&broker, &pg, &redis)
-            .args(["--pg-max-batch", "2000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pipeline starts"),
-    );
+    let mut pipeline = Running(spawn_quiet(
+        common::pipeline_command(&broker, &pg, &redis).args(["--pg-max-batch", "2000"]),
+        "pipeline starts",
+    ));
     let mut client = pg.client();
     let stored = |client: &mut postgres::Client| -> i64 {
         client
@@ -340,16 +306,10 @@ fn a_broker_outage_mid_run_loses_no_decision() {
     assert!(late < count as i64, "the outage came before the end");
     assert_eq!(early, late, "no cut committed while the broker was away");
     assert_eq!(stored(&mut client), count as i64);
-    let positions: std::collections::BTreeSet<(i32, i64)> =
-        read_topic(&broker, "transacoes-decisoes")
+    let positions: std::collections::BTreeSet<(i64, i64)> =
+        topic_decisions(&broker, "transacoes-decisoes")
             .iter()
-            .map(|r| {
-                let d: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
-                (
-                    d["partition"].as_i64().expect("partition") as i32,
-                    d["offset"].as_i64().expect("offset"),
-                )
-            })
+            .map(position)
             .collect();
     assert_eq!(positions.len(), count, "every decision is on its topic");
 }

@@ -12,15 +12,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
 use common::{
-    decide_topic, free_port, path_str, read_topic, seed, users_in, vtpga, Broker, Postgres, Redis,
-    BIN,
+    by_position, decide_topic, free_port, parse_decisions, read_topic, replay, spawn_quiet,
+    wait_port, Killed, Services, BIN,
 };
 
 fn now_ms() -> i64 {
@@ -37,16 +37,6 @@ fn event_time(ms: i64) -> String {
 
 /// What a record carries besides its payload: (id, payer, stamped a year ahead).
 type Meta = (Option<String>, Option<String>, bool);
-
-/// A process of the test's own, killed (by PID) when dropped.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What the test produced at one position, to check it afterwards.
 struct Sent {
@@ -121,14 +111,9 @@ fn percent_encode(s: &str) -> String {
 
 #[test]
 fn hostile_records_are_decided_and_recorded_exactly() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ref_dir = dir.path().join("ref");
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let redis = Redis::start();
-    broker.create_topics(2);
-    seed(&pg, 300, &ref_dir);
-    let users = users_in(&ref_dir);
+    let services = Services::start(2, 300);
+    let (broker, pg, redis) = (&services.broker, &services.pg, &services.redis);
+    let (users, ref_dir, dir) = (&services.users, &services.ref_dir, &services.dir);
     let producer: BaseProducer = broker
         .config()
         .set("linger.ms", "5")
@@ -171,6 +156,19 @@ fn hostile_records_are_decided_and_recorded_exactly() {
         .to_string()
         .into_bytes()
     };
+    // A message of (id, payer, payee, region) at `ts`, sent to `partition`.
+    let send_message = |send: &mut dyn FnMut(i32, i64, Option<Vec<u8>>, Meta),
+                        partition: i32,
+                        ts: i64,
+                        (id, payer, payee, region): (String, String, String, String),
+                        future: bool| {
+        send(
+            partition,
+            ts,
+            Some(message(&id, &payer, &payee, &region, ts)),
+            (Some(id), Some(payer), future),
+        );
+    };
     let ordinary = |i: usize| {
         let (payer, region) = &users[i % users.len()];
         let (payee, _) = &users[(i * 7 + 3) % users.len()];
@@ -184,14 +182,7 @@ fn hostile_records_are_decided_and_recorded_exactly() {
     let mut i = 0;
     let mut ordinary_batch = |send: &mut dyn FnMut(i32, i64, Option<Vec<u8>>, Meta), n: usize| {
         for _ in 0..n {
-            let (id, payer, payee, region) = ordinary(i);
-            let ts = now_ms();
-            send(
-                (i % 2) as i32,
-                ts,
-                Some(message(&id, &payer, &payee, &region, ts)),
-                (Some(id), Some(payer), false),
-            );
+            send_message(send, (i % 2) as i32, now_ms(), ordinary(i), false);
             i += 1;
         }
     };
@@ -233,34 +224,22 @@ fn hostile_records_are_decided_and_recorded_exactly() {
             r0.clone(),
         ),
     ];
-    for (n, (id, payer, payee, region)) in hostile.into_iter().enumerate() {
-        let ts = now_ms();
-        send(
-            (n % 2) as i32,
-            ts,
-            Some(message(&id, &payer, &payee, &region, ts)),
-            (Some(id), Some(payer), false),
-        );
+    for (n, tx) in hostile.into_iter().enumerate() {
+        send_message(&mut send, (n % 2) as i32, now_ms(), tx, false);
         ordinary_batch(&mut send, 3);
     }
     // A record without a value, and one stamped a year ahead.
     send(0, now_ms(), None, (None, None, false));
     ordinary_batch(&mut send, 3);
     let year = 365 * 24 * 3_600_000i64;
-    let (id, payer, payee, region) = ("future-1".to_owned(), p0.clone(), q0.clone(), r0.clone());
-    let ts = now_ms() + year;
-    send(
-        1,
-        ts,
-        Some(message(&id, &payer, &payee, &region, ts)),
-        (Some(id), Some(payer), true),
-    );
+    let future = ("future-1".to_owned(), p0.clone(), q0.clone(), r0.clone());
+    send_message(&mut send, 1, now_ms() + year, future, true);
     ordinary_batch(&mut send, 40);
     drop(producer);
     let records = sent.len();
 
     // The pipeline decides the topic to its end and exits 0.
-    decide_topic(&broker, &pg, &redis);
+    decide_topic(broker, pg, redis);
 
     // One PostgreSQL row per record, nothing quarantined, ids byte for byte.
     let mut client = pg.client();
@@ -301,7 +280,7 @@ fn hostile_records_are_decided_and_recorded_exactly() {
     }
 
     // Every other record equals the replay of the trusted records as consumed.
-    let consumed = read_topic(&broker, "transacoes");
+    let consumed = read_topic(broker, "transacoes");
     assert_eq!(consumed.len(), records);
     let mut capture = String::new();
     for r in &consumed {
@@ -321,52 +300,19 @@ fn hostile_records_are_decided_and_recorded_exactly() {
     }
     let capture_path = dir.path().join("trusted.jsonl");
     std::fs::write(&capture_path, capture).expect("capture");
-    let replayed = dir.path().join("replay.jsonl");
-    vtpga(
-        &[
-            "replay",
-            "--input",
-            path_str(&capture_path),
-            "--regions",
-            path_str(&ref_dir.join("regions.csv")),
-            "--users",
-            path_str(&ref_dir.join("users.csv")),
-            "--decisions",
-            path_str(&replayed),
-            "--analyses",
-            path_str(&dir.path().join("replay-analyses.json")),
-        ],
+    let replayed = replay(
+        &capture_path,
+        ref_dir,
+        &dir.path().join("replay.jsonl"),
+        &dir.path().join("replay-analyses.json"),
         &[],
     );
-    let expected: BTreeMap<(i64, i64), Value> = std::fs::read_to_string(&replayed)
-        .expect("replay output")
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("decision JSON");
-            (
-                (
-                    v["partition"].as_i64().unwrap(),
-                    v["offset"].as_i64().unwrap(),
-                ),
-                v,
-            )
-        })
-        .collect();
+    let expected = by_position(parse_decisions(&replayed));
     assert_eq!(expected.len(), records - 1);
-    let actual: BTreeMap<(i64, i64), Value> = vtpga_sinks::postgres::decision_records(&mut client)
-        .expect("stored decisions")
-        .into_iter()
-        .map(|v| {
-            (
-                (
-                    v["partition"].as_i64().unwrap(),
-                    v["offset"].as_i64().unwrap(),
-                ),
-                v,
-            )
-        })
-        .filter(|(k, _)| !sent[&(k.0 as i32, k.1)].future)
-        .collect();
+    let mut actual = by_position(
+        vtpga_sinks::postgres::decision_records(&mut client).expect("stored decisions"),
+    );
+    actual.retain(|k, _| !sent[&(k.0 as i32, k.1)].future);
     assert_eq!(actual.len(), expected.len());
     for (pos, want) in &expected {
         assert_eq!(&actual[pos], want, "decision at {pos:?}");
@@ -403,29 +349,19 @@ fn hostile_records_are_decided_and_recorded_exactly() {
 
     // The API answers with the ids as parsed (standalone: from PostgreSQL).
     let port = free_port();
-    let _web = Kill(
-        Command::new(BIN)
-            .args([
-                "web",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--redis",
-                &redis.url,
-                "--postgres",
-                &pg.url,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("web starts"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "web did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _web = Killed(spawn_quiet(
+        Command::new(BIN).args([
+            "web",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis",
+            &redis.url,
+            "--postgres",
+            &pg.url,
+        ]),
+        "web starts",
+    ));
+    wait_port(port, "web");
     for s in sent.values() {
         let Some(id) = &s.id else { continue };
         if s.future {

@@ -12,7 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::Value;
 
-use common::{path_str, read_topic, vtpga, write_capture, Broker};
+use common::{
+    generate, path_str, read_topic, replay, run_ok, topic_decisions, users_in, vtpga,
+    write_capture, Broker, KAFKA_TO_EOF,
+};
 
 const TOPIC: &str = "transacoes";
 const DECISIONS: &str = "transacoes-decisoes";
@@ -31,20 +34,16 @@ fn run_pipeline_with(
     let w = workers.to_string();
     let regions = dir.join("regions.csv");
     let users = dir.join("users.csv");
-    let mut args = vec![
-        "run",
-        "--source",
-        "kafka",
-        "--start",
-        "earliest",
-        "--exit-at-eof",
+    let mut args = vec!["run"];
+    args.extend_from_slice(&KAFKA_TO_EOF);
+    args.extend_from_slice(&[
         "--regions",
         path_str(&regions),
         "--users-csv",
         path_str(&users),
         "--workers",
         &w,
-    ];
+    ]);
     args.extend_from_slice(extra);
     let out = vtpga(&args, &[("VTPGA_KAFKA_BROKERS", &broker.addr)]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -55,33 +54,15 @@ fn run_pipeline_with(
 fn decisions_equal_replay(workers: usize, extra: &[&str]) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir),
-            "--count",
-            "12000",
-            "--users",
-            "800",
-            "--span-hours",
-            "1",
-            "--seed",
-            &(100 + workers).to_string(),
-        ],
-        &[],
+    generate(
+        dir,
+        12000,
+        800,
+        &["--span-hours", "1", "--seed", &(100 + workers).to_string()],
     );
     let broker = Broker::start();
     broker.create_topics(4);
-    vtpga(
-        &[
-            "produce",
-            "--capture",
-            path_str(&dir.join("capture.jsonl")),
-            "--quiet",
-        ],
-        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
-    );
+    broker.produce_capture(&dir.join("capture.jsonl"));
     let summary = run_pipeline_with(&broker, dir, workers, extra);
     // SPEC §10: every offset is accounted for (per-worker batches interleave; a false gap
     // would show here).
@@ -114,28 +95,13 @@ fn decisions_equal_replay(workers: usize, extra: &[&str]) {
     assert!(partitions.len() > 1, "messages are spread over partitions");
     let capture = dir.join("consumed.jsonl");
     write_capture(&consumed, &capture);
-    let replayed = dir.join("replayed.jsonl");
-    vtpga(
-        &[
-            "replay",
-            "--input",
-            path_str(&capture),
-            "--regions",
-            path_str(&dir.join("regions.csv")),
-            "--users",
-            path_str(&dir.join("users.csv")),
-            "--decisions",
-            path_str(&replayed),
-            "--analyses",
-            path_str(&dir.join("replayed-analyses.json")),
-        ],
+    let mut expected = replay(
+        &capture,
+        dir,
+        &dir.join("replayed.jsonl"),
+        &dir.join("replayed-analyses.json"),
         &[],
     );
-    let mut expected: Vec<String> = std::fs::read_to_string(&replayed)
-        .expect("replay decisions")
-        .lines()
-        .map(String::from)
-        .collect();
     let records = read_topic(&broker, DECISIONS);
     let mut got: Vec<String> = records
         .iter()
@@ -195,37 +161,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The first users of a generated users.csv: (id, region).
-fn some_users(dir: &std::path::Path, n: usize) -> Vec<(String, String)> {
-    std::fs::read_to_string(dir.join("users.csv"))
-        .expect("users.csv")
-        .lines()
-        .skip(1)
-        .take(n)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0].to_owned(), f[2].to_owned())
-        })
-        .collect()
-}
-
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir),
-            "--count",
-            "10",
-            "--users",
-            "50",
-        ],
-        &[],
-    );
-    let users = some_users(dir, 2);
+    generate(dir, 10, 50, &[]);
+    let users = users_in(dir);
     let broker = Broker::start();
     broker.create_topics(2);
     let producer: ThreadedProducer<DefaultProducerContext> = broker
@@ -282,12 +223,9 @@ fn bad_messages_go_to_the_dead_letter_topic() {
 
     run_pipeline(&broker, dir, 2);
 
-    let decisions: HashMap<i64, Value> = read_topic(&broker, DECISIONS)
-        .iter()
-        .map(|r| {
-            let v: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
-            (v["offset"].as_i64().expect("offset"), v)
-        })
+    let decisions: HashMap<i64, Value> = topic_decisions(&broker, DECISIONS)
+        .into_iter()
+        .map(|v| (v["offset"].as_i64().expect("offset"), v))
         .collect();
     let dlq: HashMap<i64, common::Consumed> = read_topic(&broker, DLQ)
         .into_iter()
@@ -357,45 +295,29 @@ fn chrono_like_utc(ms: i64) -> String {
 fn interoperates_with_python_confluent_kafka() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir),
-            "--count",
-            "10",
-            "--users",
-            "200",
-        ],
-        &[],
-    );
+    generate(dir, 10, 200, &[]);
     let broker = Broker::start();
     broker.create_topics(3);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/interop/confluent_client.py"
     );
+    let (users, ids) = (dir.join("users.csv"), dir.join("ids.txt"));
     let python = |mode: &str| {
-        let out = Command::new("python3")
-            .args([
+        let out = run_ok(
+            Command::new("python3").args([
                 script,
                 mode,
                 "--brokers",
                 &broker.addr,
                 "--users",
-                path_str(&dir.join("users.csv")),
+                path_str(&users),
                 "--ids",
-                path_str(&dir.join("ids.txt")),
+                path_str(&ids),
                 "--count",
                 "400",
-            ])
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "confluent_client.py {mode} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            &format!("confluent_client.py {mode}"),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -318,11 +318,11 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs) = capture(steps);
     let ref_regions: Vec<RefRegion> = regions()
         .into_iter()
-        .map(|r| RefRegion {
-            id: r.id,
-            uf: r.uf,
-            lat: r.lat,
-            lon: r.lon,
+        .map(|r| {
+            let Region {
+                id, uf, lat, lon, ..
+            } = r;
+            RefRegion { id, uf, lat, lon }
         })
         .collect();
     let ref_users: Vec<RefUser> = users()

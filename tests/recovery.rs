@@ -22,37 +22,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::{
-    path_str, pipeline_command, read_topic, vtpga, write_capture, Broker, Postgres, Redis, BIN,
+    by_position, generate, parse_decisions, path_str, pipeline_command, position, read_topic,
+    replay, topic_decisions, vtpga, write_capture, Broker, Postgres, Redis, BIN,
 };
 use vtpga_dataflow::analyses::{to_json, AnalysisKey, Tally};
 
 /// Generated data in `dir`, its capture produced to a 4-partition topic, and the database
 /// seeded with the same reference data.
 fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
-    vtpga(
-        &[
-            "generate",
-            "--out",
-            path_str(dir),
-            "--count",
-            &count.to_string(),
-            "--users",
-            "2000",
-            "--span-hours",
-            "0.05",
-        ],
-        &[],
-    );
+    generate(dir, count, 2000, &["--span-hours", "0.05"]);
     broker.create_topics(4);
-    vtpga(
-        &[
-            "produce",
-            "--capture",
-            path_str(&dir.join("capture.jsonl")),
-            "--quiet",
-        ],
-        &[("VTPGA_KAFKA_BROKERS", &broker.addr)],
-    );
+    broker.produce_capture(&dir.join("capture.jsonl"));
     vtpga(
         &[
             "seed",
@@ -112,38 +92,14 @@ fn expected(dir: &Path, broker: &Broker) -> Expected {
     let consumed = read_topic(broker, "transacoes");
     let capture = dir.join("consumed.jsonl");
     write_capture(&consumed, &capture);
-    vtpga(
-        &[
-            "replay",
-            "--input",
-            path_str(&capture),
-            "--regions",
-            path_str(&dir.join("regions.csv")),
-            "--users",
-            path_str(&dir.join("users.csv")),
-            "--decisions",
-            path_str(&dir.join("replay.jsonl")),
-            "--analyses",
-            path_str(&dir.join("replay-analyses.json")),
-            "--balances",
-            path_str(&dir.join("replay-balances.csv")),
-        ],
-        &[],
+    let lines = replay(
+        &capture,
+        dir,
+        &dir.join("replay.jsonl"),
+        &dir.join("replay-analyses.json"),
+        &["--balances", path_str(&dir.join("replay-balances.csv"))],
     );
-    let decisions = std::fs::read_to_string(dir.join("replay.jsonl"))
-        .expect("replay decisions")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("decision JSON"))
-        .map(|v| {
-            (
-                (
-                    v["partition"].as_i64().unwrap(),
-                    v["offset"].as_i64().unwrap(),
-                ),
-                v,
-            )
-        })
-        .collect();
+    let decisions = by_position(parse_decisions(&lines));
     let analyses: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("replay-analyses.json")).expect("replay analyses"),
     )
@@ -196,18 +152,7 @@ fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redi
         "one row per source position, none missing"
     );
     let rows = vtpga_sinks::postgres::decision_records(&mut client).expect("decision rows");
-    let stored: BTreeMap<(i64, i64), Value> = rows
-        .into_iter()
-        .map(|v| {
-            (
-                (
-                    v["partition"].as_i64().unwrap(),
-                    v["offset"].as_i64().unwrap(),
-                ),
-                v,
-            )
-        })
-        .collect();
+    let stored = by_position(rows);
     assert_eq!(stored.len(), total);
     let mut differing = stored
         .iter()
@@ -330,13 +275,23 @@ fn wait_for_rows(pg: &Postgres, rows: i64, child: &mut Child) {
     }
 }
 
+/// Messages of the tests that disturb a run midway.
+const MID_RUN_TOTAL: usize = 120_000;
+
+/// A [`scene`] of [`MID_RUN_TOTAL`] messages and the pipeline on it (`piped` as for
+/// [`spawn`]), once it has committed 5,000 rows.
+fn mid_run(piped: bool) -> (tempfile::TempDir, Broker, Postgres, Redis, Child) {
+    let (tmp, broker, pg, redis) = scene(MID_RUN_TOTAL);
+    let mut child = spawn(&broker, &pg, &redis, piped);
+    wait_for_rows(&pg, 5_000, &mut child);
+    (tmp, broker, pg, redis, child)
+}
+
 #[test]
 fn postgres_restart_mid_run_loses_nothing() {
-    const TOTAL: usize = 120_000;
-    let (tmp, broker, pg, redis) = scene(TOTAL);
+    const TOTAL: usize = MID_RUN_TOTAL;
+    let (tmp, broker, pg, redis, child) = mid_run(true);
     let dir = tmp.path();
-    let mut child = spawn(&broker, &pg, &redis, true);
-    wait_for_rows(&pg, 5_000, &mut child);
     pg.restart(Duration::from_millis(1500));
     let summary = finish(child);
     let retried: u64 = summary
@@ -351,11 +306,9 @@ fn postgres_restart_mid_run_loses_nothing() {
 
 #[test]
 fn redis_outage_mid_run_is_rebuilt() {
-    const TOTAL: usize = 120_000;
-    let (tmp, broker, pg, mut redis) = scene(TOTAL);
+    const TOTAL: usize = MID_RUN_TOTAL;
+    let (tmp, broker, pg, mut redis, mut child) = mid_run(true);
     let dir = tmp.path();
-    let mut child = spawn(&broker, &pg, &redis, true);
-    wait_for_rows(&pg, 5_000, &mut child);
     redis.kill();
     // Down until at least one more batch is committed (and so given to the Redis sink).
     let committed: i64 = pg
@@ -381,11 +334,9 @@ fn redis_outage_mid_run_is_rebuilt() {
 
 #[test]
 fn killed_while_consumers_are_at_different_cuts() {
-    const TOTAL: usize = 120_000;
-    let (tmp, broker, pg, redis) = scene(TOTAL);
+    const TOTAL: usize = MID_RUN_TOTAL;
+    let (tmp, broker, pg, redis, mut child) = mid_run(false);
     let dir = tmp.path();
-    let mut child = spawn(&broker, &pg, &redis, false);
-    wait_for_rows(&pg, 5_000, &mut child);
     // Redis stops answering: its consumer falls behind (then caches in memory) while
     // PostgreSQL goes on committing and the topic goes on taking decisions.
     redis.pause();
@@ -416,12 +367,8 @@ fn killed_while_consumers_are_at_different_cuts() {
     // The decisions topic has every decision at least once, each repeat identical.
     let (replayed, _, _) = expected(dir, &broker);
     let mut on_topic: BTreeMap<(i64, i64), Value> = BTreeMap::new();
-    for r in read_topic(&broker, "transacoes-decisoes") {
-        let v: Value = serde_json::from_slice(&r.payload).expect("decision JSON");
-        let pos = (
-            v["partition"].as_i64().unwrap(),
-            v["offset"].as_i64().unwrap(),
-        );
+    for v in topic_decisions(&broker, "transacoes-decisoes") {
+        let pos = position(&v);
         if let Some(earlier) = on_topic.insert(pos, v.clone()) {
             assert_eq!(earlier, v, "a repeated decision differs at {pos:?}");
         }

@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
-use common::{decide_topic, redis_status_total, seed, users_in, Broker, Postgres, Redis};
+use common::{decide_topic, redis_status_total, Services};
 
 const RECORDS: usize = 200_000;
 
@@ -161,14 +161,9 @@ fn payload(rng: &mut Rng, i: usize, users: &[(String, String)], now_ms: i64) -> 
 
 #[test]
 fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ref_dir = dir.path().join("ref");
-    let broker = Broker::start();
-    let pg = Postgres::start();
-    let redis = Redis::start();
-    broker.create_topics(4);
-    seed(&pg, 500, &ref_dir);
-    let users = users_in(&ref_dir);
+    let services = Services::start(4, 500);
+    let (broker, pg, redis) = (&services.broker, &services.pg, &services.redis);
+    let users = &services.users;
     let producer: BaseProducer = broker
         .config()
         .set("linger.ms", "20")
@@ -184,7 +179,7 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     for i in 0..RECORDS {
         // Event times follow the record timestamps, so most valid messages are on time.
         let ts = start_ms + (i / 200) as i64;
-        let value = payload(&mut rng, i, &users, ts);
+        let value = payload(&mut rng, i, users, ts);
         loop {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("transacoes")
                 .partition((i % 4) as i32)
@@ -205,7 +200,7 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     producer.flush(Duration::from_secs(120)).expect("flush");
     drop(producer);
 
-    decide_topic(&broker, &pg, &redis);
+    decide_topic(broker, pg, redis);
 
     let mut client = pg.client();
     let mut count = |sql: &str| -> i64 { client.query_one(sql, &[]).expect(sql).get(0) };
@@ -228,5 +223,5 @@ fn two_hundred_thousand_hostile_payloads_are_all_decided_and_recorded() {
     assert!(approved > 1_000, "{approved} approved");
 
     // Redis's status counts cover every record.
-    assert_eq!(redis_status_total(&redis), RECORDS as i64);
+    assert_eq!(redis_status_total(redis), RECORDS as i64);
 }

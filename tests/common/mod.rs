@@ -84,12 +84,16 @@ impl Broker {
             addr: format!("127.0.0.1:{advertised}"),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not open port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(port, "tansu");
         broker
+    }
+
+    /// `vtpga produce` of the SPEC §9 capture at `capture` into the transactions topic.
+    pub fn produce_capture(&self, capture: &Path) {
+        vtpga(
+            &["produce", "--capture", path_str(capture), "--quiet"],
+            &[("VTPGA_KAFKA_BROKERS", &self.addr)],
+        );
     }
 
     /// Creates the three topics (default names) with `partitions` partitions.
@@ -114,23 +118,148 @@ impl Drop for Broker {
     }
 }
 
-/// Runs `vtpga` with `args` and extra environment; panics with its output if it fails.
-pub fn vtpga(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("vtpga runs");
-    assert!(
-        out.status.success(),
-        "vtpga {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+/// Waits (at most 30 s) until something listens on loopback `port`; `what` names it.
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process's exit status and output, for a failure message.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+}
+
+/// Runs `command` to its end; panics with its output unless it succeeds (`what` names it
+/// in the message).
+pub fn run_ok(command: &mut Command, what: &str) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} runs: {e}"));
+    assert!(out.status.success(), "{what} failed: {}", output_text(&out));
     out
+}
+
+/// Runs `vtpga` with `args` and extra environment; panics with its output if it fails.
+pub fn vtpga(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_ok(
+        Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null()),
+        &format!("vtpga {args:?}"),
+    )
+}
+
+/// A process of the test's own, killed (by PID) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `command` with `RUST_LOG=warn`, no input and its output discarded; `what` is
+/// the panic message if it cannot start.
+pub fn spawn_quiet(command: &mut Command, what: &str) -> Child {
+    command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(what)
+}
+
+/// `vtpga generate` into `dir`: `count` messages of `users` users, and `extra` flags.
+pub fn generate(dir: &Path, count: usize, users: usize, extra: &[&str]) {
+    let (count, users) = (count.to_string(), users.to_string());
+    let mut args = vec![
+        "generate",
+        "--out",
+        path_str(dir),
+        "--count",
+        &count,
+        "--users",
+        &users,
+    ];
+    args.extend_from_slice(extra);
+    vtpga(&args, &[]);
+}
+
+/// `vtpga replay` of the capture at `input` with the reference data (`regions.csv`,
+/// `users.csv`) of `ref_dir`, writing its decisions to `decisions` and its analyses to
+/// `analyses`, with `extra` flags; returns the decisions' lines.
+pub fn replay(
+    input: &Path,
+    ref_dir: &Path,
+    decisions: &Path,
+    analyses: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let regions = ref_dir.join("regions.csv");
+    let users = ref_dir.join("users.csv");
+    let mut args = vec![
+        "replay",
+        "--input",
+        path_str(input),
+        "--regions",
+        path_str(&regions),
+        "--users",
+        path_str(&users),
+        "--decisions",
+        path_str(decisions),
+        "--analyses",
+        path_str(analyses),
+    ];
+    args.extend_from_slice(extra);
+    vtpga(&args, &[]);
+    std::fs::read_to_string(decisions)
+        .expect("replay decisions")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A decision's source position: (partition, offset).
+pub fn position(decision: &serde_json::Value) -> (i64, i64) {
+    (
+        decision["partition"].as_i64().expect("partition"),
+        decision["offset"].as_i64().expect("offset"),
+    )
+}
+
+/// Decisions keyed by their source position.
+pub fn by_position(
+    decisions: impl IntoIterator<Item = serde_json::Value>,
+) -> std::collections::BTreeMap<(i64, i64), serde_json::Value> {
+    decisions.into_iter().map(|v| (position(&v), v)).collect()
+}
+
+/// Decision lines (JSON text) as values.
+pub fn parse_decisions(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("decision JSON"))
+        .collect()
+}
+
+/// Every record of `topic` (a decisions topic), its payload parsed as JSON.
+pub fn topic_decisions(broker: &Broker, topic: &str) -> Vec<serde_json::Value> {
+    read_topic(broker, topic)
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("decision JSON"))
+        .collect()
 }
 
 /// One record as consumed.
@@ -367,28 +496,27 @@ pub fn users_in(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `vtpga run` flags that read Kafka from the earliest offsets to the topic's end.
+pub const KAFKA_TO_EOF: [&str; 5] = ["--source", "kafka", "--start", "earliest", "--exit-at-eof"];
+
 /// `vtpga run` from Kafka (from the earliest offsets) into PostgreSQL and Redis with 2
 /// workers and no dashboard, until the topic is read to its end.
 pub fn pipeline_command(broker: &Broker, pg: &Postgres, redis: &Redis) -> Command {
     let mut c = Command::new(BIN);
-    c.args([
-        "run",
-        "--source",
-        "kafka",
-        "--start",
-        "earliest",
-        "--exit-at-eof",
-        "--workers",
-        "2",
-        "--no-web",
-        "--postgres",
-        &pg.url,
-        "--redis",
-        &redis.url,
-    ])
-    .env("VTPGA_KAFKA_BROKERS", &broker.addr)
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null());
+    c.arg("run")
+        .args(KAFKA_TO_EOF)
+        .args([
+            "--workers",
+            "2",
+            "--no-web",
+            "--postgres",
+            &pg.url,
+            "--redis",
+            &redis.url,
+        ])
+        .env("VTPGA_KAFKA_BROKERS", &broker.addr)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
     c
 }
 
@@ -439,4 +567,38 @@ pub fn redis_status_total(redis: &Redis) -> i64 {
                 .expect("count")
         })
         .sum()
+}
+
+/// A private broker with `partitions`-partition topics, a private PostgreSQL seeded with
+/// generated users (their CSVs in `ref_dir`, in a temporary directory), and a private
+/// Redis.
+pub struct Services {
+    pub broker: Broker,
+    pub pg: Postgres,
+    pub redis: Redis,
+    /// The seeded users: (id, home region).
+    pub users: Vec<(String, String)>,
+    pub ref_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Services {
+    pub fn start(partitions: i32, users: usize) -> Services {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ref_dir = dir.path().join("ref");
+        let broker = Broker::start();
+        let pg = Postgres::start();
+        let redis = Redis::start();
+        broker.create_topics(partitions);
+        seed(&pg, users, &ref_dir);
+        let users = users_in(&ref_dir);
+        Services {
+            broker,
+            pg,
+            redis,
+            users,
+            ref_dir,
+            dir,
+        }
+    }
 }
