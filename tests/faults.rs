@@ -269,7 +269,9 @@ fn a_broker_outage_mid_run_loses_no_decision() {
     let (_dir, pg, users) = seeded_pg(&broker, 200);
     let redis = Redis::start();
     let p = producer(&broker);
-    let count = 40_000;
+    // Enough that the outage (cut as soon as the first cut is committed) comes well
+    // before the end, however fast the durable path or slow this machine's scheduler.
+    let count = 100_000;
     for chunk in 0..count / 1_000 {
         send(&p, &users, (chunk % 2) as i32, chunk * 1_000, 1_000);
         p.flush(Duration::from_secs(60)).expect("flush");
