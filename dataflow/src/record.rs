@@ -6,9 +6,12 @@ use serde::Serialize;
 
 use crate::graph::Decision;
 use crate::parse::format_utc_ms;
+use crate::rules::Scores;
 use crate::Status;
 
-/// The SPEC §8 decision record, as one JSON object.
+/// The SPEC §8 decision record, as one JSON object. The transaction's fields are there
+/// when the message parsed, the scores when it was assessed: each group whole or not at
+/// all.
 #[derive(Serialize)]
 pub struct DecisionRecord<'a> {
     /// Source partition (SPEC §4 source position).
@@ -19,39 +22,12 @@ pub struct DecisionRecord<'a> {
     pub t: u64,
     /// The SPEC §5 status name.
     pub status: &'static str,
-    /// `id_transacao`, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<&'a str>,
-    /// The payer's user id, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payer_id: Option<&'a str>,
-    /// The payee's user id, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payee_id: Option<&'a str>,
-    /// The transaction region's id, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region_id: Option<&'a str>,
-    /// The canonical payment mode, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'static str>,
-    /// The amount in integer cents, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amount_cents: Option<i64>,
-    /// The event time E in RFC 3339 UTC with ms, when the message parsed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_time: Option<String>,
-    /// The SPEC §6 value risk, when assessed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_risk: Option<f64>,
-    /// The SPEC §6 hour risk, when assessed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hour_risk: Option<f64>,
-    /// The SPEC §6 distance risk, when assessed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub distance_risk: Option<f64>,
-    /// The combined SPEC §6 risk, when assessed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub risk: Option<f64>,
+    /// The parsed transaction's fields.
+    #[serde(flatten)]
+    pub tx: Option<TxFields<'a>>,
+    /// The SPEC §6 scores (`value_risk`, `hour_risk`, `distance_risk`, `risk`).
+    #[serde(flatten)]
+    pub scores: Option<Scores>,
     /// Why an `invalid` message is invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
@@ -60,10 +36,28 @@ pub struct DecisionRecord<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// The fields of a parsed transaction in a [`DecisionRecord`].
+#[derive(Serialize)]
+pub struct TxFields<'a> {
+    /// `id_transacao`, exactly as parsed.
+    pub id: &'a str,
+    /// The payer's user id.
+    pub payer_id: &'a str,
+    /// The payee's user id.
+    pub payee_id: &'a str,
+    /// The transaction region's id.
+    pub region_id: &'a str,
+    /// The canonical payment mode.
+    pub mode: &'static str,
+    /// The amount in integer cents.
+    pub amount_cents: i64,
+    /// The event time E in RFC 3339 UTC with ms.
+    pub event_time: String,
+}
+
 impl<'a> DecisionRecord<'a> {
     /// The record of decision `d`, borrowing its ids and texts.
     pub fn of(d: &'a Decision) -> Self {
-        let tx = d.tx.as_ref();
         let (error, reason) = match d.status {
             Status::Invalid => (d.reason.as_deref(), None),
             _ => (None, d.reason.as_deref()),
@@ -73,17 +67,16 @@ impl<'a> DecisionRecord<'a> {
             offset: d.pos.offset,
             t: d.t,
             status: d.status.as_str(),
-            id: tx.map(|tx| tx.id.as_str()),
-            payer_id: tx.map(|tx| tx.payer.as_str()),
-            payee_id: tx.map(|tx| tx.payee.as_str()),
-            region_id: tx.map(|tx| tx.region.as_str()),
-            mode: tx.map(|tx| tx.mode.as_str()),
-            amount_cents: tx.map(|tx| tx.amount_cents),
-            event_time: tx.map(|tx| format_utc_ms(tx.event_ms)),
-            value_risk: d.scores.map(|s| s.value_risk),
-            hour_risk: d.scores.map(|s| s.hour_risk),
-            distance_risk: d.scores.map(|s| s.distance_risk),
-            risk: d.scores.map(|s| s.risk),
+            tx: d.tx.as_ref().map(|tx| TxFields {
+                id: tx.id.as_str(),
+                payer_id: tx.payer.as_str(),
+                payee_id: tx.payee.as_str(),
+                region_id: tx.region.as_str(),
+                mode: tx.mode.as_str(),
+                amount_cents: tx.amount_cents,
+                event_time: format_utc_ms(tx.event_ms),
+            }),
+            scores: d.scores,
             error,
             reason,
         }
