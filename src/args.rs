@@ -1,5 +1,5 @@
 //! Flag groups several subcommands share: the rule parameters of SPEC §5, the generated
-//! reference data and the bounds of the dashboard's live state.
+//! reference data, and where and how the dashboard is served.
 
 use anyhow::Result;
 use clap::Args;
@@ -92,4 +92,33 @@ pub struct GeneratedRefArgs {
     /// `generate` also the messages').
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// Where the dashboard and the query API listen, and their token (`vtpga run`, embedded;
+/// `vtpga web`, standalone). `vtpga web` also takes `--listen` and `--token`.
+#[derive(Args, Clone, Debug)]
+pub struct WebServeArgs {
+    /// Where the dashboard and the query API listen.
+    #[arg(
+        long = "web-listen",
+        visible_alias = "listen",
+        env = "VTPGA_WEB_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub web_listen: std::net::SocketAddr,
+    /// Bearer token required on every dashboard and API route.
+    #[arg(long = "web-token", visible_alias = "token", env = "VTPGA_WEB_TOKEN")]
+    pub web_token: Option<String>,
+    #[command(flatten)]
+    pub limits: WebLimitArgs,
+}
+
+impl WebServeArgs {
+    /// The server's configuration.
+    pub fn config(&self) -> vtpga_web::WebConfig {
+        vtpga_web::WebConfig {
+            listen: self.web_listen,
+            token: self.web_token.clone(),
+        }
+    }
 }

@@ -77,20 +77,14 @@ enum Command {
 
 #[derive(Args, Clone, Debug)]
 struct WebArgs {
-    /// Where to listen.
-    #[arg(long, env = "VTPGA_WEB_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: std::net::SocketAddr,
-    /// Bearer token required on every route.
-    #[arg(long, env = "VTPGA_WEB_TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    serve: vtpga::args::WebServeArgs,
     /// Redis the pipeline writes to (live analyses and recent transactions).
     #[arg(long, env = "VTPGA_REDIS_URL")]
     redis: String,
     /// PostgreSQL the pipeline writes to (history, users, transactions by id).
     #[arg(long, env = "VTPGA_POSTGRES")]
     postgres: Option<String>,
-    #[command(flatten)]
-    limits: vtpga::args::WebLimitArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,11 +139,8 @@ fn main() -> Result<()> {
         Command::Loadtest(args) => loadtest::loadtest(args),
         Command::Seed(args) => seed::seed(args),
         Command::Web(args) => vtpga_web::run_standalone_with_limits(
-            vtpga_web::WebConfig {
-                listen: args.listen,
-                token: args.token,
-            },
-            args.limits.limits(),
+            args.serve.config(),
+            args.serve.limits.limits(),
             args.redis,
             args.postgres,
         ),

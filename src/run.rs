@@ -25,7 +25,7 @@ use vtpga_sinks::postgres::{self as pg, PgSink, PgStats, ResumePoint};
 use vtpga_sinks::redis::{RedisOptions, RedisSink, RedisStats};
 use vtpga_sinks::Batch;
 use vtpga_sinks::Gather;
-use vtpga_web::{LiveState, Observer, WebConfig};
+use vtpga_web::{LiveState, Observer};
 
 use crate::produce::parse_rate;
 use vtpga::args::ParamArgs;
@@ -88,14 +88,8 @@ pub struct RunArgs {
     /// analyses. Deciding goes on while it is down.
     #[arg(long, env = "VTPGA_REDIS_URL")]
     pub redis: Option<String>,
-    /// Where the dashboard and the query API listen (embedded mode).
-    #[arg(long, env = "VTPGA_WEB_LISTEN", default_value = "127.0.0.1:8080")]
-    pub web_listen: std::net::SocketAddr,
-    /// Bearer token required on every dashboard and API route.
-    #[arg(long, env = "VTPGA_WEB_TOKEN")]
-    pub web_token: Option<String>,
     #[command(flatten)]
-    pub web_limits: vtpga::args::WebLimitArgs,
+    pub web: vtpga::args::WebServeArgs,
     /// Do not serve the dashboard.
     #[arg(long, env = "VTPGA_NO_WEB")]
     pub no_web: bool,
@@ -116,9 +110,10 @@ pub struct RunArgs {
     /// Stop after this many messages (default: run until Ctrl-C).
     #[arg(long, env = "VTPGA_COUNT")]
     pub count: Option<u64>,
-    /// Generated users.
+    /// Users to generate when no reference data is given (no `--postgres`, no
+    /// `--users-csv`). Not `--users`: elsewhere (`replay`, `produce`) that is a CSV path.
     #[arg(long, env = "VTPGA_USERS", default_value_t = 10_000)]
-    pub users: usize,
+    pub generated_users: usize,
     /// Generated regions beyond the 27 state capitals.
     #[arg(long, env = "VTPGA_EXTRA_REGIONS", default_value_t = 100)]
     pub extra_regions: usize,
@@ -177,7 +172,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             (Some(r), Some(u)) => (read_regions(r)?, read_users(u)?),
             _ => {
                 let regions = generate_regions(args.extra_regions, args.seed);
-                let users = generate_users(args.users, &regions, args.seed);
+                let users = generate_users(args.generated_users, &regions, args.seed);
                 (regions, users)
             }
         },
@@ -313,13 +308,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         let state = LiveState::new(total_workers);
         state.seed_analyses(rows);
-        let config = WebConfig {
-            listen: args.web_listen,
-            token: args.web_token.clone(),
-        };
         match vtpga_web::spawn_embedded_with_limits(
-            config,
-            args.web_limits.limits(),
+            args.web.config(),
+            args.web.limits.limits(),
             state.clone(),
             args.postgres.clone(),
         ) {
@@ -330,7 +321,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             Err(e) => {
                 // The dashboard is a view: deciding does not depend on it.
-                log::warn!("dashboard not served: binding {}: {e}", args.web_listen);
+                log::warn!("dashboard not served: binding {}: {e}", args.web.web_listen);
                 None
             }
         }
@@ -377,18 +368,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),
     };
-    let feed_stats = kafka_stats.clone();
     let held = stop.clone();
     let started = Instant::now();
-    pipeline::run(
-        spec,
+    let make_feed = {
+        // The feeds' own handle on the same counters.
+        let kafka_stats = kafka_stats.clone();
         move |index, peers| {
             let feed = match &kafka_source {
                 Some((partitions, source)) => Either::Right(
                     KafkaFeed::new(
                         source,
                         &partitions_for(*partitions, index, peers),
-                        feed_stats.clone(),
+                        kafka_stats.clone(),
                         index % local_workers,
                     )
                     .expect("creating a Kafka consumer with settings already checked"),
@@ -431,9 +422,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 feed,
                 stop: stop.clone(),
             }
-        },
-        path,
-    )?;
+        }
+    };
+    pipeline::run(spec, make_feed, path)?;
     let elapsed = started.elapsed();
     let monitor = monitor.lock().expect("monitor");
     println!("{}", monitor.summary(elapsed.as_secs_f64()));

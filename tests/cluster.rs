@@ -336,7 +336,7 @@ fn cluster_script_reports_failures_and_stops_by_pid() {
             "--",
             "--rate",
             "200",
-            "--users",
+            "--generated-users",
             "200",
         ],
         &[],

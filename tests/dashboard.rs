@@ -174,7 +174,7 @@ fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
             "1500",
             "--count",
             "9000",
-            "--users",
+            "--generated-users",
             "2000",
             "--hold",
             "--web-listen",

@@ -42,7 +42,7 @@ fn message(users: &[(String, String)], i: usize, ts: i64) -> String {
         "id_usuario_recebedor": payee,
         "id_regiao": region,
         "modalidade_pagamento": "pix",
-        "data_horario": vtpga_dataflow::parse::format_utc_ms(ts),
+        "data_horario": vtpga_dataflow::calendar::format_utc_ms(ts),
         "valor_transacao": 1.5,
     })
     .to_string()

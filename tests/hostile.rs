@@ -32,7 +32,7 @@ fn now_ms() -> i64 {
 
 /// `ms` as a SPEC §3 event time (UTC, with milliseconds).
 fn event_time(ms: i64) -> String {
-    vtpga_dataflow::parse::format_utc_ms(ms)
+    vtpga_dataflow::calendar::format_utc_ms(ms)
 }
 
 /// What a record carries besides its payload: (id, payer, stamped a year ahead).

@@ -12,7 +12,7 @@ use serde_json::Value;
 use vtpga::cluster::ClusterArgs;
 use vtpga::pipeline::{self, PipelineSpec, Reference};
 use vtpga_dataflow::analyses;
-use vtpga_dataflow::parse::format_utc_ms;
+use vtpga_dataflow::calendar::format_utc_ms;
 use vtpga_dataflow::{Params, Region, User};
 use vtpga_ingest::capture::CaptureRecord;
 use vtpga_ingest::replay::{for_worker, prepare};

@@ -90,7 +90,7 @@ fn payload(rng: &mut Rng, i: usize, users: &[(String, String)], now_ms: i64) -> 
         json!(payee),
         json!(region),
         json!(*rng.pick(&["pix", "debito", "credito", "boleto"])),
-        json!(vtpga_dataflow::parse::format_utc_ms(now_ms)),
+        json!(vtpga_dataflow::calendar::format_utc_ms(now_ms)),
         json!((rng.below(500_000) as f64) / 100.0 + 0.01),
     ];
     for (f, v) in FIELDS.iter().zip(values) {

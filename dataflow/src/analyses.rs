@@ -12,8 +12,8 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semig
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::calendar::format_minute;
 use crate::model::{Mode, Status};
-use crate::parse::format_minute;
 use crate::rules::{self, DISTANCE_BANDS, VALUE_BANDS};
 
 /// The counters of one analysis row, and the difference type of the analyses collection:

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod analyses;
+pub mod calendar;
 pub mod graph;
 pub mod model;
 pub mod parse;

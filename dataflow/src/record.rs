@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
+use crate::calendar::format_utc_ms;
 use crate::graph::Decision;
-use crate::parse::format_utc_ms;
 use crate::rules::Scores;
 use crate::Status;
 

@@ -277,7 +277,7 @@ fn format_time(e_ms: i64, style: TimeStyle) -> String {
     let local = e_ms + shift as i64 * 60_000;
     let days = local.div_euclid(86_400_000);
     let ms_of_day = local.rem_euclid(86_400_000);
-    let (y, mo, d) = vtpga_dataflow::parse::civil_from_days(days);
+    let (y, mo, d) = vtpga_dataflow::calendar::civil_from_days(days);
     let (h, mi, s, ms) = (
         ms_of_day / 3_600_000,
         ms_of_day / 60_000 % 60,

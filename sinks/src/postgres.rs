@@ -29,8 +29,8 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Transaction};
 
 use vtpga_dataflow::analyses::{key_from_parts, key_parts, AnalysisKey, Tally};
+use vtpga_dataflow::calendar::format_utc_ms;
 use vtpga_dataflow::graph::{Account, Decision, Resume};
-use vtpga_dataflow::parse::format_utc_ms;
 use vtpga_dataflow::{Region, SourcePos, Status, Time, User};
 
 use crate::Batch;
@@ -531,6 +531,20 @@ impl PgSink {
             self.client = Some(connect(&self.url)?);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+/// One writer as a plain consumer: each batch in one transaction, retried until committed.
+/// (The write path drives its writers through [`PgSink::write_in_turn`] instead, so that
+/// two of them can copy at once and still commit in order.)
+impl crate::consumer::Consumer for PgSink {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn batch(&mut self, batch: &Batch) -> Result<(), crate::consumer::Fault> {
+        self.write(batch, &|| false).map_err(|e| {
+            crate::consumer::Fault::Fatal(format!("writing a batch to PostgreSQL: {e}"))
+        })
     }
 }
 

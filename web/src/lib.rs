@@ -350,10 +350,10 @@ impl App {
         let rows = rows.unwrap_or_else(|| self.state.analysis_rows(name, from, to));
         let mut body = json!({"name": name, "source": source, "rows": rows});
         if let Some(f) = from {
-            body["from"] = vtpga_dataflow::parse::format_minute(f).into();
+            body["from"] = vtpga_dataflow::calendar::format_minute(f).into();
         }
         if let Some(t) = to {
-            body["to"] = vtpga_dataflow::parse::format_minute(t).into();
+            body["to"] = vtpga_dataflow::calendar::format_minute(t).into();
         }
         json_reply(StatusCode::OK, &body)
     }

@@ -13,7 +13,7 @@ use postgres::{Client, Row};
 use serde_json::{json, Value};
 
 use vtpga_dataflow::analyses::{key_from_parts, AnalysisKey, Tally};
-use vtpga_dataflow::parse::format_utc_ms;
+use vtpga_dataflow::calendar::format_utc_ms;
 use vtpga_sinks::postgres::{decision_record, tally_at, DECISION_COLUMNS, TALLY_COLUMNS};
 
 use crate::state::render_rows;
