@@ -6,6 +6,7 @@
 
 pub mod analyses;
 pub mod calendar;
+pub mod control;
 pub mod graph;
 pub mod model;
 pub mod parse;

@@ -183,6 +183,82 @@ pub struct User {
     pub credit_limit_cents: Cents,
 }
 
+/// A rule set of SPEC §11: the parameters of rules 1–3 and 7 under a version name. The
+/// initial one is `"default"` (or the `--rules` file); `rules` control records replace it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleSet {
+    /// Its name, carried by every decision it decides (`rules_version`); never reused.
+    pub version: String,
+    /// `risk_threshold` of rule 7 (finite, >= 0).
+    pub risk_threshold: f64,
+    /// `max_delay` of rules 1–2, in ms.
+    pub max_delay_ms: u64,
+    /// `dedup_window` of rule 3, in ms.
+    pub dedup_window_ms: u64,
+}
+
+impl RuleSet {
+    /// The rule set of these parameters, under the name `version`.
+    pub fn of(params: &Params, version: &str) -> Self {
+        RuleSet {
+            version: version.to_owned(),
+            risk_threshold: params.risk_threshold,
+            max_delay_ms: params.max_delay_ms,
+            dedup_window_ms: params.dedup_window_ms,
+        }
+    }
+
+    /// `params` with this rule set's three rule parameters.
+    pub fn apply_to(&self, params: &Params) -> Params {
+        Params {
+            risk_threshold: self.risk_threshold,
+            max_delay_ms: self.max_delay_ms,
+            dedup_window_ms: self.dedup_window_ms,
+            ..*params
+        }
+    }
+}
+
+/// What a control record (SPEC §11) changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// `user`: creates the user, or updates an existing one's name, home region and
+    /// credit limit (its `balance_cents` is then ignored).
+    User(User),
+    /// `user_delete`: the user no longer exists; its state is dropped.
+    UserDelete {
+        /// User id.
+        id: String,
+    },
+    /// `balance_adjustment`: balance += amount (non-zero, either sign).
+    Adjust {
+        /// User id.
+        user_id: String,
+        /// Cents added (negative: an external debit).
+        amount_cents: Cents,
+    },
+    /// `region`: creates or replaces the region.
+    Region(Region),
+    /// `region_delete`: the region becomes unknown.
+    RegionDelete {
+        /// Region id.
+        id: String,
+    },
+    /// `rules`: becomes the rule set in force.
+    Rules(RuleSet),
+}
+
+/// A parsed control record (SPEC §11): its change and optional `effective_from` (ms
+/// since the Unix epoch, the §3 event-time form). It takes effect at
+/// `T = max(t_c, effective_from)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    /// The change.
+    pub change: Change,
+    /// `effective_from`, if given.
+    pub effective_from: Option<i64>,
+}
+
 /// The rule parameters of SPEC §5 and §9.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Params {

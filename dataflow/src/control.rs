@@ -1,0 +1,1 @@
+//! SPEC §11 control records: parsing and field rules (being written).
