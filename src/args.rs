@@ -31,6 +31,11 @@ pub struct ParamArgs {
     /// (cells of at most 16,384 messages).
     #[arg(long, env = "VTPGA_EPOCH_MS", value_parser = epoch_ms)]
     pub epoch_ms: Option<u64>,
+    /// The rule set in force from the start (SPEC §11): a JSON `rules` object without
+    /// `type` (`version`, `risk_threshold`, `max_delay_ms`, `dedup_window_ms`). It
+    /// replaces the three flags above; without it they make the rule set `"default"`.
+    #[arg(long, env = "VTPGA_RULES")]
+    pub rules: Option<std::path::PathBuf>,
 }
 
 /// A power of two from 1 ms to 2^30 ms.
@@ -54,6 +59,26 @@ impl ParamArgs {
             dedup_capacity: self.dedup_capacity,
             epoch_ms: self.epoch_ms.unwrap_or(1),
         })
+    }
+
+    /// The rule set in force from the start: `--rules FILE`, or the flags as `"default"`.
+    pub fn rules(&self) -> Result<vtpga_dataflow::RuleSet> {
+        match &self.rules {
+            None => Ok(vtpga_dataflow::RuleSet::of(&self.params()?, "default")),
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("reading --rules {}: {e}", path.display()))?;
+                vtpga_dataflow::control::parse_rule_set(&bytes)
+                    .map_err(|e| anyhow::anyhow!("--rules {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// The parameters and the initial rule set, the parameters' rule values being the
+    /// rule set's.
+    pub fn params_and_rules(&self) -> Result<(Params, vtpga_dataflow::RuleSet)> {
+        let rules = self.rules()?;
+        Ok((rules.apply_to(&self.params()?), rules))
     }
 }
 

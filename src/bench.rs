@@ -191,6 +191,7 @@ fn run_graph(
             epoch_ms,
             ..Params::default()
         },
+        rules: vtpga_dataflow::RuleSet::of(&Params::default(), "default"),
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
         resume: Default::default(),

@@ -10,10 +10,8 @@ use crossbeam_channel::Sender;
 use differential_dataflow::input::Input;
 use timely::dataflow::ProbeHandle;
 
-use vtpga_dataflow::graph::{
-    self, arrange_reference, region_row, user_row, RegionRow, Resume, UserRow,
-};
-use vtpga_dataflow::{Params, Region, Time, User};
+use vtpga_dataflow::graph::{self, region_row, user_row, RegionRow, Resume, UserRow};
+use vtpga_dataflow::{Params, Region, RuleSet, Time, User};
 use vtpga_ingest::source::{feed_source, Feed};
 use vtpga_sinks::consumer::WritePath;
 use vtpga_sinks::{batch_sink, Batch, Gather};
@@ -34,6 +32,8 @@ pub struct PipelineSpec {
     pub config: timely::Config,
     pub reference: Arc<Reference>,
     pub params: Params,
+    /// The rule set in force from the start (SPEC §11: `"default"`, or `--rules`).
+    pub rules: RuleSet,
     pub gather: Gather,
     /// Messages a source lets into the graph before waiting for them to come out.
     pub max_in_flight: usize,
@@ -73,6 +73,7 @@ where
         config,
         reference,
         params,
+        rules,
         gather,
         max_in_flight,
         resume,
@@ -87,17 +88,15 @@ where
         let (mut regions_in, mut users_in) = worker.dataflow::<Time, _, _>(|scope| {
             let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
             let (users_in, users) = scope.new_collection::<UserRow, i64>();
-            let (regions, users) = arrange_reference(regions, users);
+            // The initial reference data is loaded (the live changes come later, with the
+            // messages).
             let reference_ready = ProbeHandle::<Time>::new();
-            timely::dataflow::operators::Probe::probe_with(
-                regions.stream.clone(),
-                &reference_ready,
-            );
-            timely::dataflow::operators::Probe::probe_with(users.stream.clone(), &reference_ready);
+            timely::dataflow::operators::Probe::probe_with(regions.inner.clone(), &reference_ready);
+            timely::dataflow::operators::Probe::probe_with(users.inner.clone(), &reference_ready);
             // The decision moves straight into its stream: boxing it would only add an
             // allocation per decided message.
             #[allow(clippy::result_large_err)]
-            let admit = move |m| graph::admit(m, &params);
+            let admit = graph::admit;
             let admitted = feed_source(
                 scope,
                 feed,
@@ -107,7 +106,7 @@ where
                 params.epoch_ms,
                 admit,
             );
-            let outputs = graph::build(admitted, regions, users, params, &resume);
+            let outputs = graph::build(admitted, regions, users, params, &rules, &resume);
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)
         });

@@ -52,7 +52,7 @@ pub struct ReplayArgs {
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
-    let mut params = args.params.params()?;
+    let (mut params, rules) = args.params.params_and_rules()?;
     let config = args.cluster.config()?;
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
@@ -102,6 +102,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         config,
         reference,
         params,
+        rules,
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
         resume: Default::default(),

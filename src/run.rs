@@ -137,7 +137,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let rate = parse_rate(&args.rate)?;
-    let params = args.params.params()?;
+    let (params, rules) = args.params.params_and_rules()?;
     let config = args.cluster.config()?;
     let source_name = match args.source {
         SourceKind::Kafka => format!("kafka:{}", args.kafka.topic),
@@ -364,6 +364,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         config,
         reference,
         params,
+        rules,
         gather,
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),

@@ -82,6 +82,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         config: ClusterArgs::single(1).config()?,
         reference: reference.clone(),
         params: Params::default(),
+        rules: vtpga_dataflow::RuleSet::of(&Params::default(), "default"),
         gather: Gather::ToWorkerZero,
         max_in_flight: 2_000_000,
         resume: Default::default(),

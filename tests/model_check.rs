@@ -190,6 +190,7 @@ fn capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>) {
             offset,
             payload,
             refused: None,
+            control: false,
         });
         msgs.push(RefMsg {
             record_ts,
@@ -221,6 +222,7 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
         config: ClusterArgs::single(workers).config().expect("config"),
         reference: reference.clone(),
         params,
+        rules: vtpga_dataflow::RuleSet::of(&params, "default"),
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
         resume: Default::default(),

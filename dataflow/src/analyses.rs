@@ -179,6 +179,7 @@ pub struct TallyBatch {
     funds: [Tally; 2],
     mode: [Tally; 4],
     minutes: Vec<(i64, Tally, [Tally; 4])>,
+    /// Analysis 6, by UF.
     regions: foldhash::HashMap<String, Tally>,
 }
 
@@ -199,9 +200,9 @@ impl TallyBatch {
         self.status[status as usize] += 1;
     }
 
-    /// Adds an assessed decision to analyses 2–10; `region` is its transaction region id,
-    /// joined later with the regions arrangement for analysis 6.
-    pub fn add_assessed(&mut self, a: &Assessed, region: &str) {
+    /// Adds an assessed decision to analyses 2–10; `uf` is its transaction region's UF at
+    /// its time (analysis 6).
+    pub fn add_assessed(&mut self, a: &Assessed, uf: &str) {
         let (ok, amt) = (a.approved, a.amount_cents);
         add(
             &mut self.value_band[rules::value_band(amt) as usize],
@@ -237,22 +238,22 @@ impl TallyBatch {
         let m = &mut self.minutes[slot];
         add(&mut m.1, ok, amt);
         add(&mut m.2[a.home_band as usize], ok, amt);
-        match self.regions.get_mut(region) {
+        match self.regions.get_mut(uf) {
             Some(t) => add(t, ok, amt),
             None => {
                 let mut t = Tally::default();
                 add(&mut t, ok, amt);
-                self.regions.insert(region.to_owned(), t);
+                self.regions.insert(uf.to_owned(), t);
             }
         }
     }
 
-    /// Empties the batch into keyed rows (all but regions) and region rows (keyed by
-    /// region id, to be joined with the regions arrangement for their UF).
+    /// Empties the batch into keyed rows (all but analysis 6) and analysis 6's rows
+    /// (keyed by UF).
     pub fn drain(
         &mut self,
         mut keyed: impl FnMut(AnalysisKey, Tally),
-        mut by_region: impl FnMut(String, Tally),
+        mut by_uf: impl FnMut(String, Tally),
     ) {
         for (i, n) in self.status.iter_mut().enumerate() {
             if *n != 0 {
@@ -317,8 +318,8 @@ impl TallyBatch {
                 &mut keyed,
             );
         }
-        for (region, t) in self.regions.drain() {
-            by_region(region, t);
+        for (uf, t) in self.regions.drain() {
+            by_uf(uf, t);
         }
     }
 }

@@ -25,10 +25,11 @@ use timely::dataflow::operators::ToStream;
 use timely::dataflow::StreamVec;
 
 use crate::analyses::{AnalysisKey, Assessed, Tally};
-use crate::model::{Cents, Id, Params, Region, SourcePos, Status, Time, Tx, User};
+use crate::model::{Cents, Id, Params, Region, RuleSet, SourcePos, Status, Time, Tx, User};
 use crate::rules::{self, Scores};
 
 mod admit;
+mod control;
 mod decide;
 mod dedup;
 mod frontier;
@@ -37,6 +38,9 @@ mod tally;
 
 pub use admit::admit;
 pub use admit::validate;
+pub use control::{
+    ControlIn, ControlOutcome, OutcomeKind, RuleBook, RuleChange, UserEvent, UserEventKind,
+};
 use decide::decide;
 pub use decide::{LATE_CREDITS, REDECIDED};
 use dedup::dedup;
@@ -61,6 +65,26 @@ pub enum Body {
         /// The `error` text of its `invalid` decision.
         error: String,
     },
+    /// A control record (SPEC §11), raw, to be parsed.
+    Control(Vec<u8>),
+    /// A control record its source refused (the clock guard, a `null` payload): it
+    /// changes nothing.
+    ControlRefused {
+        /// The raw bytes, kept for the dead-letter record.
+        raw: Vec<u8>,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What the source lets into the graph: a transaction message that parsed (on its way to
+/// rules 1–3), or a control record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Admitted {
+    /// A transaction message that parsed.
+    Tx(Pending),
+    /// A control record (SPEC §11).
+    Control(ControlIn),
 }
 
 /// A message as it enters the graph, at timely time `t`.
@@ -134,6 +158,9 @@ pub struct Pending {
     pub ingest_us: u64,
     /// The parsed transaction.
     pub tx: Tx,
+    /// The raw payload, kept only while the message could still be decided `invalid` by
+    /// the time rule (its event time is after its arrival time).
+    pub raw: Option<Vec<u8>>,
 }
 
 /// The decision about one message: SPEC §8's decision record plus what the analyses need.
@@ -158,10 +185,15 @@ pub struct Decision {
     /// For an assessed message: the band of the distance between the payer's and the
     /// payee's home regions (analysis 10; the other analyses need only what is above).
     pub home_band: Option<u8>,
+    /// For an assessed message: the UF of its region at its time (analysis 6).
+    pub uf: Option<Id>,
+    /// The version of the rule set in force at its time (SPEC §11).
+    pub rules_version: Id,
 }
 
 impl Decision {
-    fn new(pos: SourcePos, t: Time, ingest_us: u64, status: Status) -> Self {
+    /// A decision with only its position, times and status.
+    pub fn new(pos: SourcePos, t: Time, ingest_us: u64, status: Status) -> Self {
         Decision {
             pos,
             t,
@@ -172,6 +204,8 @@ impl Decision {
             reason: None,
             raw: None,
             home_band: None,
+            uf: None,
+            rules_version: Id::default(),
         }
     }
 
@@ -195,6 +229,7 @@ impl Decision {
     fn of(p: Pending, status: Status, reason: Option<String>) -> Self {
         Decision {
             tx: Some(p.tx),
+            raw: p.raw,
             reason,
             ..Decision::new(p.pos, p.t, p.ingest_us, status)
         }
@@ -212,6 +247,9 @@ pub struct Account {
     pub credit_used_cents: Cents,
     /// Event time E of the user's last approval, ms since the Unix epoch; `None` if none.
     pub last_approved_ms: Option<i64>,
+    /// The user was deleted (SPEC §11): its account is gone (the other fields are 0).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// An approval's credit to its payee, applied at the payee's owner one ms later.
@@ -244,6 +282,9 @@ pub struct Outputs<'s> {
     /// The ten analyses as rows `(key, tally)`; each timestamp retracts and re-inserts
     /// only the rows it touched.
     pub analyses: VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
+    /// What became of each control record (SPEC §11), at the end of the cell of its
+    /// effective time (a record scheduled beyond its arrival's cell also at that cell's end).
+    pub controls: StreamVec<'s, Time, ControlOutcome>,
 }
 
 /// The pipeline's state at a resume point (restored from the durable sink after a restart):
@@ -258,6 +299,10 @@ pub struct Resume {
     pub accounts: Vec<Account>,
     /// The analysis rows accumulated up to the resume point.
     pub analyses: Vec<(AnalysisKey, Tally)>,
+    /// The rule changes applied before the resume point, in the order they applied.
+    pub rules: Vec<RuleChange>,
+    /// Control records accepted before the resume point that take effect after it.
+    pub scheduled: Vec<ControlIn>,
 }
 
 /// A region as a reference-collection record: `(id, value)`.
@@ -286,48 +331,78 @@ pub fn user_row(u: &User) -> UserRow {
     )
 }
 
-/// Builds the decision graph — the one entry point — on messages already through
-/// [`admit`] (rules 1–2) where they entered (`pending`: on their way to the duplicate
-/// check; `invalid_or_late`: decided), reading the shared reference arrangements, and
+/// Builds the decision graph — the one entry point — on what the source admitted (see
+/// [`admit`]: transaction messages that parsed and control records; the messages it
+/// decided `invalid` beside them), the initial reference data (at time 0) and rule set,
 /// starting from the state in `resume` (empty for a fresh start). A stream of raw
 /// messages goes through [`validate`] first.
 pub fn build<'s>(
-    (pending, invalid_or_late): (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>),
-    regions: RefArranged<'s, RegionVal>,
-    users: RefArranged<'s, UserVal>,
+    (admitted, invalid): (StreamVec<'s, Time, Admitted>, StreamVec<'s, Time, Decision>),
+    regions: VecCollection<'s, Time, RegionRow, i64>,
+    users: VecCollection<'s, Time, UserRow, i64>,
     params: Params,
+    rules: &RuleSet,
     resume: &Resume,
 ) -> Outputs<'s> {
-    let scope = pending.scope();
+    use timely::dataflow::operators::{Concat, OkErr};
+    let scope = admitted.scope();
     // Only worker 0 injects the resume state; the exchanges take each part to its owner.
     let mine = scope.index() == 0;
-    let seen = if mine {
-        resume.seen.clone()
-    } else {
-        Vec::new()
+    fn of_mine<T>(mine: bool, v: Vec<T>) -> Vec<T> {
+        if mine {
+            v
+        } else {
+            Vec::new()
+        }
     }
-    .to_stream(scope);
-    let seeded = if mine {
-        resume.accounts.clone()
-    } else {
-        Vec::new()
-    }
-    .to_stream(scope);
-    let prior = if mine {
-        resume.analyses.clone()
-    } else {
-        Vec::new()
-    }
-    .into_iter()
-    .map(|(key, tally)| ((key, ()), 0, tally))
-    .to_stream(scope);
-    let (pending, dup) = dedup(pending, seen, params);
-    let (decided, accounts) = decide(scope, pending, seeded, regions.clone(), users, params);
-    let (decisions, analyses) = analyses([decided, invalid_or_late, dup], regions, prior);
+    let seen = of_mine(mine, resume.seen.clone()).to_stream(scope);
+    let seeded = of_mine(mine, resume.accounts.clone()).to_stream(scope);
+    let prior = of_mine(mine, resume.analyses.clone())
+        .into_iter()
+        .map(|(key, tally)| ((key, ()), 0, tally))
+        .to_stream(scope);
+    let scheduled = of_mine(mine, resume.scheduled.clone()).to_stream(scope);
+    // The control record moves straight into its stream (rare: not worth a box).
+    #[allow(clippy::result_large_err)]
+    let (pending, controls) = admitted.ok_err(|a| match a {
+        Admitted::Tx(p) => Ok(p),
+        Admitted::Control(c) => Err(c),
+    });
+    let live = control::control(
+        controls.concat(scheduled),
+        users,
+        regions,
+        rules,
+        &resume.rules,
+        params,
+    );
+    let book = RuleBook::new(rules.clone(), &resume.rules);
+    let (regions, users) = arrange_reference(live.regions, live.users);
+    let (pending, decided_early) = dedup(
+        pending,
+        invalid,
+        seen,
+        live.rules.clone(),
+        book.clone(),
+        params,
+    );
+    let (decided, accounts) = decide(
+        scope,
+        pending,
+        seeded,
+        regions,
+        users,
+        live.user_events,
+        live.rules,
+        book,
+        params,
+    );
+    let (decisions, analyses) = analyses([decided, decided_early], prior);
     Outputs {
         decisions,
         accounts,
         analyses,
+        controls: live.outcomes,
     }
 }
 
@@ -384,12 +459,12 @@ mod tests {
         let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
         let (users_in, users) = scope.new_collection::<UserRow, i64>();
         let (msgs, messages) = scope.new_input::<Vec<Incoming>>();
-        let (regions, users) = arrange_reference(regions, users);
         let out = build(
-            validate(messages, Params::default()),
+            validate(messages),
             regions,
             users,
             Params::default(),
+            &RuleSet::of(&Params::default(), "default"),
             &Resume::default(),
         );
         (regions_in, users_in, msgs, out)

@@ -31,7 +31,7 @@ const MIN_CENTS: Cents = 1;
 const MAX_CENTS: Cents = 100_000_000_000;
 
 /// 0001-01-01T00:00:00Z in ms since the Unix epoch.
-const MIN_EVENT_MS: i64 = -62_135_596_800_000;
+pub(crate) const MIN_EVENT_MS: i64 = -62_135_596_800_000;
 /// Offset assumed when `data_horario` has none: Brasília, UTC−03:00 (minutes).
 const DEFAULT_OFFSET_MIN: i64 = -180;
 
@@ -128,7 +128,7 @@ pub enum ParseError {
 const EXCERPT_CHARS: usize = 48;
 
 /// The offending value, shortened for an error message.
-fn excerpt(s: &str) -> String {
+pub(crate) fn excerpt(s: &str) -> String {
     match s.char_indices().nth(EXCERPT_CHARS) {
         None => s.to_owned(),
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -155,22 +155,7 @@ fn bad_amount(value: &str, reason: &'static str) -> ParseError {
 
 /// Parse and validate one raw message value (SPEC §3). Never panics on any input.
 pub fn parse_transaction(payload: &[u8]) -> Result<Tx, ParseError> {
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(ParseError::TooLarge(payload.len()));
-    }
-    if payload.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        return Err(ParseError::ByteOrderMark);
-    }
-    let text = std::str::from_utf8(payload).map_err(|e| ParseError::NotUtf8 {
-        valid_up_to: e.valid_up_to(),
-    })?;
-
-    let first = text
-        .bytes()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first != Some(b'{') {
-        return Err(not_an_object(text, first));
-    }
+    let text = object_text(payload)?;
 
     let mut failure = None;
     let mut de = serde_json::Deserializer::from_str(text);
@@ -227,6 +212,31 @@ pub fn parse_transaction(payload: &[u8]) -> Result<Tx, ParseError> {
     })
 }
 
+/// The checks of SPEC §3 that come before the JSON grammar, shared by every payload
+/// read as a JSON object (transactions, control records): at most
+/// [`MAX_PAYLOAD_BYTES`] bytes, no byte order mark, UTF-8, and a top level that starts
+/// as an object. Yields the text.
+#[inline]
+pub(crate) fn object_text(payload: &[u8]) -> Result<&str, ParseError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(ParseError::TooLarge(payload.len()));
+    }
+    if payload.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(ParseError::ByteOrderMark);
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| ParseError::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+
+    let first = text
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(b'{') {
+        return Err(not_an_object(text, first));
+    }
+    Ok(text)
+}
+
 /// The reason for a payload whose first non-whitespace byte is not `{`.
 #[cold]
 fn not_an_object(text: &str, first: Option<u8>) -> ParseError {
@@ -238,7 +248,7 @@ fn not_an_object(text: &str, first: Option<u8>) -> ParseError {
 }
 
 /// The JSON type starting with this byte, for error messages.
-fn json_kind(first: Option<u8>) -> &'static str {
+pub(crate) fn json_kind(first: Option<u8>) -> &'static str {
     match first {
         Some(b'{') => "an object",
         Some(b'[') => "an array",
@@ -273,7 +283,7 @@ fn string_field(f: usize, raw: &str) -> Result<Cow<'_, str>, ParseError> {
 
 /// The content of a JSON string literal (with its quotes, already checked by
 /// serde_json and by `check_raw`). Borrowed unless it has escapes.
-fn decode_string(raw: &str) -> Result<Cow<'_, str>, ParseError> {
+pub(crate) fn decode_string(raw: &str) -> Result<Cow<'_, str>, ParseError> {
     let inner = raw
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
@@ -366,7 +376,7 @@ fn field_index(name: &str) -> Option<usize> {
 /// Checks the text of one well-formed JSON value (as validated by serde_json) that
 /// sits at nesting depth `depth` (its enclosing container's depth): no object or array
 /// deeper than [`MAX_DEPTH`], no string with a lone surrogate escape (keys included).
-fn check_raw(raw: &[u8], mut depth: usize) -> Result<(), ParseError> {
+pub(crate) fn check_raw(raw: &[u8], mut depth: usize) -> Result<(), ParseError> {
     let n = raw.len();
     let mut i = 0;
     while i < n {

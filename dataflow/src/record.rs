@@ -34,6 +34,8 @@ pub struct DecisionRecord<'a> {
     /// Which reference is unknown, for `unknown_reference`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// The version of the rule set in force at `t` (SPEC §11).
+    pub rules_version: &'a str,
 }
 
 /// The fields of a parsed transaction in a [`DecisionRecord`].
@@ -79,6 +81,7 @@ impl<'a> DecisionRecord<'a> {
             scores: d.scores,
             error,
             reason,
+            rules_version: d.rules_version.as_str(),
         }
     }
 }
@@ -111,6 +114,8 @@ mod tests {
             reason: None,
             raw: None,
             home_band: None,
+            uf: None,
+            rules_version: "v7".into(),
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&DecisionRecord::of(&d)).unwrap()).unwrap();
@@ -118,7 +123,8 @@ mod tests {
             v,
             serde_json::json!({"partition": 2, "offset": 7, "t": 1000, "status": "late",
                 "id": "x", "payer_id": "a", "payee_id": "b", "region_id": "r", "mode": "debito",
-                "amount_cents": 123, "event_time": "1970-01-01T00:00:00.000Z"})
+                "amount_cents": 123, "event_time": "1970-01-01T00:00:00.000Z",
+                "rules_version": "v7"})
         );
     }
 }

@@ -10,10 +10,10 @@ const BRASILIA_OFFSET_MS: i64 = -3 * HOUR_MS;
 
 /// Rules 1 (future part) and 2 of SPEC §5, for a message that parsed.
 /// `None` means the message passes both.
-pub fn time_rule(t: Time, event_ms: i64, params: &Params) -> Option<TimeVerdict> {
+pub fn time_rule(t: Time, event_ms: i64, max_delay_ms: u64) -> Option<TimeVerdict> {
     let t = t as i128;
     let e = event_ms as i128;
-    let max_delay = params.max_delay_ms as i128;
+    let max_delay = max_delay_ms as i128;
     if e > t + max_delay {
         Some(TimeVerdict::Future)
     } else if t - e > max_delay {
@@ -235,12 +235,12 @@ mod tests {
 
     #[test]
     fn time_rules_order_future_late() {
-        let p = Params::default();
-        assert_eq!(time_rule(10_000, 11_000, &p), None);
-        assert_eq!(time_rule(10_000, 11_001, &p), Some(TimeVerdict::Future));
-        assert_eq!(time_rule(10_000, 9_000, &p), None);
-        assert_eq!(time_rule(10_000, 8_999, &p), Some(TimeVerdict::Late));
-        assert_eq!(time_rule(10_000, i64::MIN / 2, &p), Some(TimeVerdict::Late));
+        let p = Params::default().max_delay_ms;
+        assert_eq!(time_rule(10_000, 11_000, p), None);
+        assert_eq!(time_rule(10_000, 11_001, p), Some(TimeVerdict::Future));
+        assert_eq!(time_rule(10_000, 9_000, p), None);
+        assert_eq!(time_rule(10_000, 8_999, p), Some(TimeVerdict::Late));
+        assert_eq!(time_rule(10_000, i64::MIN / 2, p), Some(TimeVerdict::Late));
     }
 
     #[test]

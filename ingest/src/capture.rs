@@ -38,7 +38,15 @@ pub struct CaptureRecord {
     /// Why the record is decided `invalid` without being parsed: a `null` payload (a
     /// record without a value) or one that was not UTF-8 (SPEC §9).
     pub refused: Option<String>,
+    /// A record of the control topic (SPEC §9 `"topic"`, §11); source positions are per
+    /// topic.
+    pub control: bool,
 }
+
+/// The control topic's name in a capture line's `"topic"` (SPEC §9, §11).
+pub const CONTROL_TOPIC: &str = "transacoes-controle";
+/// The transaction topic's name (the topic of a line without `"topic"`).
+pub const TRANSACTION_TOPIC: &str = "transacoes";
 
 /// A capture line as written; [`CaptureRecord`] is what it means.
 #[derive(Deserialize)]
@@ -47,6 +55,8 @@ struct Line {
     partition: i32,
     offset: i64,
     payload: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    topic: Option<String>,
 }
 
 /// The error of a capture line whose payload is `null` (SPEC §9).
@@ -59,6 +69,16 @@ impl TryFrom<Line> for CaptureRecord {
     type Error = String;
 
     fn try_from(line: Line) -> Result<Self, String> {
+        let control = match line.topic.as_deref() {
+            None | Some(TRANSACTION_TOPIC) => false,
+            Some(CONTROL_TOPIC) => true,
+            Some(other) => {
+                return Err(format!(
+                    "topic: expected {TRANSACTION_TOPIC:?} or {CONTROL_TOPIC:?}, not {:?}",
+                    other.chars().take(64).collect::<String>()
+                ))
+            }
+        };
         let raw = line.payload.get();
         let (payload, refused) = if raw == "null" {
             (String::new(), Some(NO_VALUE.to_owned()))
@@ -78,6 +98,7 @@ impl TryFrom<Line> for CaptureRecord {
             offset: line.offset,
             payload,
             refused,
+            control,
         })
     }
 }
@@ -186,7 +207,7 @@ impl<W: Write> CaptureWriter<W> {
             key: msg.key.clone(),
         })?;
         let offset = self.next_offset.get(&msg.partition).copied().unwrap_or(0);
-        self.emit(msg.record_ts, msg.partition, offset, payload)?;
+        self.emit(None, msg.record_ts, msg.partition, offset, payload)?;
         Ok(SourcePos {
             partition: msg.partition,
             offset,
@@ -196,11 +217,13 @@ impl<W: Write> CaptureWriter<W> {
     /// Appends a record as it is (e.g. one consumed from Kafka with its real offset).
     /// Later [`write`](Self::write)s to that partition continue after its offset.
     pub fn write_record(&mut self, rec: &CaptureRecord) -> Result<(), CaptureError> {
-        self.emit(rec.t, rec.partition, rec.offset, &rec.payload)
+        let topic = rec.control.then_some(CONTROL_TOPIC);
+        self.emit(topic, rec.t, rec.partition, rec.offset, &rec.payload)
     }
 
     fn emit(
         &mut self,
+        topic: Option<&str>,
         t: u64,
         partition: i32,
         offset: i64,
@@ -208,6 +231,8 @@ impl<W: Write> CaptureWriter<W> {
     ) -> Result<(), CaptureError> {
         #[derive(Serialize)]
         struct Line<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            topic: Option<&'a str>,
             t: u64,
             partition: i32,
             offset: i64,
@@ -217,6 +242,7 @@ impl<W: Write> CaptureWriter<W> {
         serde_json::to_writer(
             &mut self.line,
             &Line {
+                topic,
                 t,
                 partition,
                 offset,
@@ -228,8 +254,10 @@ impl<W: Write> CaptureWriter<W> {
         if let Err(e) = self.out.write_all(&self.line) {
             return Err(self.io(e));
         }
-        let next = self.next_offset.entry(partition).or_insert(0);
-        *next = (*next).max(offset.saturating_add(1));
+        if topic.is_none() {
+            let next = self.next_offset.entry(partition).or_insert(0);
+            *next = (*next).max(offset.saturating_add(1));
+        }
         self.written += 1;
         Ok(())
     }
@@ -578,6 +606,7 @@ mod tests {
             offset: 41,
             payload: "x".into(),
             refused: None,
+            control: false,
         })
         .unwrap();
         assert_eq!(w.write(&msg(1, 6, "y")).unwrap().offset, 42);
@@ -690,6 +719,7 @@ mod tests {
                 offset: 9,
                 payload: "p".into(),
                 refused: None,
+                control: false,
             }]
         );
     }

@@ -24,27 +24,28 @@ pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
     // Per partition, by offset: the first line of each position (a stable sort keeps the
     // lines of one position in file order).
     let mut records: Vec<CaptureRecord> = records.into_iter().collect();
-    records.sort_by_key(|r| (r.partition, r.offset));
+    // Source positions, and the clamping of arrival times, are per topic.
+    records.sort_by_key(|r| (r.control, r.partition, r.offset));
     let mut out = Prepared::default();
     out.messages.reserve(records.len());
-    let mut last: Option<(i32, i64)> = None;
+    let mut last: Option<(bool, i32, i64)> = None;
     let mut t: Time = 0;
     for r in records {
-        if last == Some((r.partition, r.offset)) {
+        if last == Some((r.control, r.partition, r.offset)) {
             out.redelivered += 1;
             continue;
         }
-        if last.map(|(p, _)| p) != Some(r.partition) {
+        if last.map(|(c, p, _)| (c, p)) != Some((r.control, r.partition)) {
             t = 0;
         }
-        last = Some((r.partition, r.offset));
+        last = Some((r.control, r.partition, r.offset));
         t = t.max(r.t);
-        let body = match r.refused {
-            Some(error) => Body::Refused {
-                raw: r.payload.into_bytes(),
-                error,
-            },
-            None => Body::Raw(r.payload.into_bytes()),
+        let raw = r.payload.into_bytes();
+        let body = match (r.refused, r.control) {
+            (Some(error), false) => Body::Refused { raw, error },
+            (None, false) => Body::Raw(raw),
+            (Some(error), true) => Body::ControlRefused { raw, error },
+            (None, true) => Body::Control(raw),
         };
         out.messages.push(Incoming {
             pos: SourcePos {
@@ -108,6 +109,7 @@ mod tests {
             offset,
             payload: format!("{t}"),
             refused: None,
+            control: false,
         }
     }
 

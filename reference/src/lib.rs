@@ -1,4 +1,4 @@
-//! A small, sequential, obviously-correct implementation of SPEC §4–7.
+//! A small, sequential, obviously-correct implementation of SPEC §4–7 and §11.
 //!
 //! It is the oracle that the parallel timely dataflow is compared against,
 //! and the single-threaded baseline of the benchmark. It is written directly
@@ -8,19 +8,26 @@
 //! 1. §4 source positions: walk `msgs` in input order; a (partition, offset)
 //!    seen before is a re-delivery and is ignored entirely.
 //! 2. §4 arrival time: `t = max(record_ts, previous t of that partition)`.
-//! 3. Messages that failed §3 parsing (`tx == None`) are `invalid` at once;
-//!    they have no id and influence nothing else.
-//! 4. §4 ledger order: sort the parsed messages once by
+//! 3. §4 ledger order: sort the messages once by
 //!    (`t`, `id_transacao`, (partition, offset)).
-//! 5. §5 decide each one in ledger order, first rule that applies; §6 scores
-//!    for those reaching rule 6; §7 analyses accumulated on the way.
+//! 4. §11 control records: the same two steps per control partition give
+//!    `t_c`; the effective time is `T = max(t_c, effective_from)`; sort them
+//!    once by (`T`, (partition, offset)).
+//! 5. §11 walk the times τ in ascending order; at each τ: the credits due at τ,
+//!    then the changes with `T = τ`, then the messages with `t = τ` in ledger
+//!    order.
+//! 6. §5 decide each message, first rule that applies, under the rule set in
+//!    force at its `t` (§11); messages that failed §3 parsing (`tx == None`)
+//!    are `invalid` and influence nothing else; §6 scores for those reaching
+//!    rule 6; §7 analyses accumulated on the way.
 //!
-//! Cost: one sort (O(n log n)) plus hash-map / B-tree look-ups per message.
+//! Cost: two sorts (O(n log n)) plus hash-map / B-tree look-ups per message,
+//! and a scan of the rule-set history per rule 3 look-up.
 
 #![warn(missing_docs)]
 
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 // ---------------------------------------------------------------------------
 // Public API
@@ -118,6 +125,9 @@ pub struct RefDecision {
     pub status: &'static str,
     /// Some exactly for assessed statuses.
     pub scores: Option<RefScores>,
+    /// §11 `rules_version`: the version of the rule set in force at `t` (every
+    /// decision has one, `invalid` ones included).
+    pub rules_version: String,
 }
 
 /// The §6 risk scores.
@@ -138,12 +148,93 @@ pub struct RefScores {
 pub struct RefOutput {
     /// Keyed by (partition, offset).
     pub decisions: BTreeMap<(i32, i64), RefDecision>,
-    /// Every user: (balance_cents, credit_used_cents).
+    /// Every user existing at the end: (balance_cents, credit_used_cents). A deleted
+    /// user is not here; a re-created one has the state of its new life (§11).
     pub balances: BTreeMap<String, (i64, i64)>,
-    /// Users that have one: last_approved_event_time (ms since epoch UTC).
+    /// Users existing at the end that have one: last_approved_event_time (ms since
+    /// epoch UTC).
     pub last_approved: BTreeMap<String, i64>,
     /// The SPEC §8 "Analyses JSON": one object whose keys are the ten analysis names.
     pub analyses: Value,
+    /// §11: the source positions (control partition, offset) of the control records
+    /// that were invalid and changed nothing.
+    pub invalid_controls: BTreeSet<(i32, i64)>,
+    /// §11: the users existing at the end, by id, with their home region and credit
+    /// limit then; `balance_cents` is the balance at the end (as in `balances`), not
+    /// the opening one.
+    pub users: BTreeMap<String, RefUser>,
+    /// §11: the regions existing at the end, by id.
+    pub regions: BTreeMap<String, RefRegion>,
+    /// §11: the rule sets in the order they came into force, as (T, version): the
+    /// initial one first, at T = 0, then every valid `rules` change.
+    pub rules: Vec<(u64, String)>,
+}
+
+/// A rule set of SPEC §11: the parameters of rules 1–3 and 7 under a version name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefRules {
+    /// §11 `version`: non-empty, never used before; carried by every decision it
+    /// decides (`rules_version`).
+    pub version: String,
+    /// §5 `risk_threshold` of rule 7 (finite, >= 0).
+    pub risk_threshold: f64,
+    /// §5 `max_delay` of rules 1 and 2, in ms.
+    pub max_delay_ms: u64,
+    /// §5 `dedup_window` of rule 3, in ms.
+    pub dedup_window_ms: u64,
+}
+
+/// What a control record of SPEC §11 changes (the `type` of its table), already past
+/// parsing (typed or CDC form alike). A change that still breaks the §11 field rules
+/// (an empty id, a negative opening balance or credit limit, an unknown `uf`, a
+/// latitude or longitude out of range, a zero adjustment, an empty version, a risk
+/// threshold not finite or below 0) is invalid like a record that failed parsing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefChange {
+    /// `user`: creates a user that does not exist (opening balance `balance_cents`,
+    /// credit used 0, no last approval), or gives an existing one the new home region
+    /// and credit limit (its `balance_cents` is then ignored).
+    User(RefUser),
+    /// `user_delete` of this id: the user and its state are gone. Deleting a user that
+    /// does not exist changes nothing and is not invalid (the SPEC lists no such
+    /// error; the same holds for [`RefChange::RegionDelete`]).
+    UserDelete(String),
+    /// `balance_adjustment`: balance += `amount_cents` (non-zero, either sign; the
+    /// balance may go below zero). Invalid if the user does not exist at T. The SPEC is
+    /// silent on a balance past the range of i64 cents: it stops at the bound (saturates),
+    /// as the dataflow's does.
+    Adjust {
+        /// §11 `user_id`.
+        user_id: String,
+        /// §11 `amount_cents`, added to the balance.
+        amount_cents: i64,
+    },
+    /// `region`: creates or replaces the region.
+    Region(RefRegion),
+    /// `region_delete` of this id: the region becomes unknown; users whose home it is
+    /// keep existing with their state, but rule 4 finds them unknown meanwhile.
+    RegionDelete(String),
+    /// `rules`: becomes the rule set in force at T. Invalid if its version was used
+    /// before (the initial one included), "before" meaning earlier in the order the
+    /// changes apply: (T, partition, offset).
+    Rules(RefRules),
+}
+
+/// One consumed control record (SPEC §11, the control topic).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefControl {
+    /// Kafka record timestamp, before clamping (clamped per control partition as §4
+    /// clamps messages: `t_c`).
+    pub record_ts: u64,
+    /// Control source position: the partition of the control topic.
+    pub partition: i32,
+    /// Control source position: the offset within that partition. A position seen
+    /// again is a re-delivery and is ignored.
+    pub offset: i64,
+    /// `effective_from`, ms since epoch UTC, if given: T = max(t_c, effective_from).
+    pub effective_from: Option<i64>,
+    /// None = failed parsing (field rules, unknown type…) → the record is invalid.
+    pub change: Option<RefChange>,
 }
 
 // Status names (§5).
@@ -404,6 +495,130 @@ struct Account {
     last_approved: Option<i64>,
 }
 
+impl Account {
+    /// §2 / §11: a user as it is created: its opening balance, credit used 0, no
+    /// last approval.
+    fn opened(u: &RefUser) -> Self {
+        Account {
+            home_region: u.region_id.clone(),
+            balance: u.balance_cents,
+            credit_limit: u.credit_limit_cents,
+            credit_used: 0,
+            last_approved: None,
+        }
+    }
+}
+
+/// The 27 codes of §2 `uf`.
+const UFS: [&str; 27] = [
+    "AC", "AL", "AP", "AM", "BA", "CE", "DF", "ES", "GO", "MA", "MT", "MS", "MG", "PA", "PB", "PR",
+    "PE", "PI", "RJ", "RN", "RS", "RO", "RR", "SC", "SP", "SE", "TO",
+];
+
+/// Does this (already parsed) change still break the §11 field rules? A well-formed
+/// [`RefChange`] never does; like [`breaks_section3`], this only keeps the oracle
+/// literal: such a record is invalid.
+fn breaks_field_rules(change: &RefChange) -> bool {
+    match change {
+        RefChange::User(u) => {
+            u.id.is_empty()
+                || u.region_id.is_empty()
+                || u.balance_cents < 0
+                || u.credit_limit_cents < 0
+        }
+        RefChange::UserDelete(id) | RefChange::RegionDelete(id) => id.is_empty(),
+        RefChange::Adjust {
+            user_id,
+            amount_cents,
+        } => user_id.is_empty() || *amount_cents == 0,
+        RefChange::Region(r) => {
+            r.id.is_empty()
+                || !UFS.contains(&r.uf.as_str())
+                || !(-90.0..=90.0).contains(&r.lat)
+                || !(-180.0..=180.0).contains(&r.lon)
+        }
+        RefChange::Rules(r) => {
+            r.version.is_empty() || !r.risk_threshold.is_finite() || r.risk_threshold < 0.0
+        }
+    }
+}
+
+/// A message in §4 ledger order: (t, id_transacao, source position, transaction).
+type LedgerEntry<'a> = (u64, &'a str, (i32, i64), Option<&'a RefTx>);
+
+/// §11: the rule set in force at `t`: the last one, in the order they came into
+/// force, whose T <= t (changes at T = t apply before the messages at t).
+fn rules_at(history: &[(u64, RefRules)], t: u64) -> &RefRules {
+    &history
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= t)
+        .expect("the initial rule set is in force from T = 0")
+        .1
+}
+
+/// §11: applies one control record's change at its effective time `at`, in the
+/// order of the table. Returns false, having changed nothing, when the record is
+/// invalid.
+fn apply_change(
+    change: Option<&RefChange>,
+    at: u64,
+    accounts: &mut HashMap<String, Account>,
+    regions: &mut HashMap<String, RefRegion>,
+    history: &mut Vec<(u64, RefRules)>,
+) -> bool {
+    // Failed parsing (field rules, unknown type): invalid.
+    let Some(change) = change else {
+        return false;
+    };
+    if breaks_field_rules(change) {
+        return false;
+    }
+    match change {
+        // `user`: an existing user gets the new home region and credit limit
+        // (balance_cents ignored); otherwise it is created afresh.
+        RefChange::User(u) => match accounts.get_mut(&u.id) {
+            Some(a) => {
+                a.home_region = u.region_id.clone();
+                a.credit_limit = u.credit_limit_cents;
+            }
+            None => {
+                accounts.insert(u.id.clone(), Account::opened(u));
+            }
+        },
+        // `user_delete`: the user and its state are dropped (none: nothing to drop).
+        RefChange::UserDelete(id) => {
+            accounts.remove(id);
+        }
+        // `balance_adjustment`: invalid if the user does not exist at T.
+        RefChange::Adjust {
+            user_id,
+            amount_cents,
+        } => {
+            let Some(a) = accounts.get_mut(user_id) else {
+                return false;
+            };
+            a.balance = a.balance.saturating_add(*amount_cents);
+        }
+        // `region`: creates or replaces.
+        RefChange::Region(r) => {
+            regions.insert(r.id.clone(), r.clone());
+        }
+        // `region_delete`: the region becomes unknown; its users keep their state.
+        RefChange::RegionDelete(id) => {
+            regions.remove(id);
+        }
+        // `rules`: invalid if its version was used before (the initial one included).
+        RefChange::Rules(r) => {
+            if history.iter().any(|(_, used)| used.version == r.version) {
+                return false;
+            }
+            history.push((at, r.clone()));
+        }
+    }
+    true
+}
+
 /// Does this (already parsed) transaction still break §3? A well-formed
 /// [`RefTx`] never does; this only keeps the oracle literal to rule 1.
 fn breaks_section3(tx: &RefTx) -> bool {
@@ -599,40 +814,51 @@ impl Analyses {
 }
 
 /// Decide every message (SPEC §4–5), score the assessed ones (§6) and build
-/// the ten analyses (§7).
+/// the ten analyses (§7), with fixed reference data and rules: [`run_live`] without
+/// control records, under the initial rule set `"default"` of these parameters.
 pub fn run(
     regions: &[RefRegion],
     users: &[RefUser],
     msgs: &[RefMsg],
     params: &RefParams,
 ) -> RefOutput {
-    // Reference data. A repeated id: the later row wins.
-    let regions: HashMap<&str, &RefRegion> = regions.iter().map(|r| (r.id.as_str(), r)).collect();
+    let initial = RefRules {
+        version: "default".to_string(),
+        risk_threshold: params.risk_threshold,
+        max_delay_ms: params.max_delay_ms,
+        dedup_window_ms: params.dedup_window_ms,
+    };
+    run_live(regions, users, msgs, &[], &initial)
+}
+
+/// Decide every message (SPEC §4–5) while the reference data and rules change by
+/// control records (§11), score the assessed ones (§6) and build the ten analyses
+/// (§7). `initial` is the rule set in force from the start (T = 0).
+pub fn run_live(
+    regions: &[RefRegion],
+    users: &[RefUser],
+    msgs: &[RefMsg],
+    controls: &[RefControl],
+    initial: &RefRules,
+) -> RefOutput {
+    // Reference data in force from the start. A repeated id: the later row wins.
+    let mut regions: HashMap<String, RefRegion> =
+        regions.iter().map(|r| (r.id.clone(), r.clone())).collect();
     let mut accounts: HashMap<String, Account> = users
         .iter()
-        .map(|u| {
-            (
-                u.id.clone(),
-                Account {
-                    home_region: u.region_id.clone(),
-                    balance: u.balance_cents,
-                    credit_limit: u.credit_limit_cents,
-                    credit_used: 0,
-                    last_approved: None,
-                },
-            )
-        })
+        .map(|u| (u.id.clone(), Account::opened(u)))
         .collect();
 
     let mut decisions: BTreeMap<(i32, i64), RefDecision> = BTreeMap::new();
     let mut analyses = Analyses::default();
 
     // §4: first occurrence of each source position, arrival-time clamping per
-    // partition in input (= offset) order. Unparsed messages are invalid now.
+    // partition in input (= offset) order.
     let mut seen_positions: HashSet<(i32, i64)> = HashSet::new();
     let mut partition_t: HashMap<i32, u64> = HashMap::new();
-    // (t, id, position, tx)
-    let mut ledger: Vec<(u64, &str, (i32, i64), &RefTx)> = Vec::new();
+    // (t, id, position, tx). An unparsed message has no id: it is put first among the
+    // messages of its t, which changes nothing since it influences nothing.
+    let mut ledger: Vec<LedgerEntry<'_>> = Vec::new();
     for m in msgs {
         let pos = (m.partition, m.offset);
         if !seen_positions.insert(pos) {
@@ -641,183 +867,190 @@ pub fn run(
         let prev = partition_t.entry(m.partition).or_insert(0);
         let t = m.record_ts.max(*prev);
         *prev = t;
-        match &m.tx {
-            None => {
-                decisions.insert(
-                    pos,
-                    RefDecision {
-                        t,
-                        status: INVALID,
-                        scores: None,
-                    },
-                );
-                analyses.count_status(INVALID);
-            }
-            Some(tx) => ledger.push((t, tx.id.as_str(), pos, tx)),
-        }
+        let id = m.tx.as_ref().map_or("", |tx| tx.id.as_str());
+        ledger.push((t, id, pos, m.tx.as_ref()));
     }
-
     // §4 ledger order: ascending (t, id_transacao [UTF-8 bytes], source position).
     ledger.sort_by(|a, b| (a.0, a.1.as_bytes(), a.2).cmp(&(b.0, b.1.as_bytes(), b.2)));
 
+    // §11 control records: first occurrence of each control position, t_c clamped per
+    // control partition in input order exactly as §4; T = max(t_c, effective_from).
+    let mut seen_controls: HashSet<(i32, i64)> = HashSet::new();
+    let mut control_partition_t: HashMap<i32, u64> = HashMap::new();
+    // (T, position, change)
+    let mut changes: Vec<(u64, (i32, i64), Option<&RefChange>)> = Vec::new();
+    for c in controls {
+        let pos = (c.partition, c.offset);
+        if !seen_controls.insert(pos) {
+            continue; // re-delivery: applied once, from its first occurrence
+        }
+        let prev = control_partition_t.entry(c.partition).or_insert(0);
+        let t_c = c.record_ts.max(*prev);
+        *prev = t_c;
+        // A negative effective_from is before every t_c: it counts as 0.
+        let from = c
+            .effective_from
+            .map_or(0, |ms| u64::try_from(ms).unwrap_or(0));
+        changes.push((t_c.max(from), pos, c.change.as_ref()));
+    }
+    // §11: changes with the same T apply in the order of their control source
+    // positions (partition, then offset).
+    changes.sort_by_key(|&(at, pos, _)| (at, pos));
+
+    // The rule sets in the order they came into force: (T, rule set).
+    let mut history: Vec<(u64, RefRules)> = vec![(0, initial.clone())];
+    let mut invalid_controls: BTreeSet<(i32, i64)> = BTreeSet::new();
     // Duplicate memory: id → t of the last message with that id that passed rules 1–2.
     let mut last_seen: HashMap<&str, u64> = HashMap::new();
-    // Approved payee credits of the current t, not yet visible (§5 effects).
-    let mut pending_t: u64 = 0;
-    let mut pending_credits: Vec<(&str, i64)> = Vec::new();
+    // Approved payee credits by the time they are due (t + 1; u128 so that an approval
+    // at t = u64::MAX has a due time too): (payee id, amount).
+    let mut due_credits: BTreeMap<u128, Vec<(&str, i64)>> = BTreeMap::new();
 
-    let max_delay = params.max_delay_ms as i128;
-    let window = params.dedup_window_ms as i128;
-
-    for &(t, id, pos, tx) in &ledger {
-        // Credits of an earlier t become visible before the first message of a later t.
-        if t > pending_t {
-            for (payee, amount) in pending_credits.drain(..) {
-                accounts
-                    .get_mut(payee)
-                    .expect("payee checked at approval")
-                    .balance += amount;
-            }
-            pending_t = t;
-        }
-
-        let e = tx.event_ms as i128;
-        let t_wide = t as i128;
-
-        // Rule 1: invalid (breaks §3, or event time in the future).
-        if breaks_section3(tx) || e > t_wide + max_delay {
-            decisions.insert(
-                pos,
-                RefDecision {
-                    t,
-                    status: INVALID,
-                    scores: None,
-                },
-            );
-            analyses.count_status(INVALID);
-            continue;
-        }
-        // Rule 2: late.
-        if t_wide - e > max_delay {
-            decisions.insert(
-                pos,
-                RefDecision {
-                    t,
-                    status: LATE,
-                    scores: None,
-                },
-            );
-            analyses.count_status(LATE);
-            continue;
-        }
-        // Rule 3: duplicate. Every message passing rules 1–2 refreshes last-seen.
-        let previous = last_seen.insert(id, t);
-        if let Some(t_prev) = previous {
-            if t_wide - t_prev as i128 <= window {
-                decisions.insert(
-                    pos,
-                    RefDecision {
-                        t,
-                        status: DUPLICATE,
-                        scores: None,
-                    },
-                );
-                analyses.count_status(DUPLICATE);
-                continue;
-            }
-        }
-        // Rule 4: unknown reference (a user whose home region is unknown counts as unknown).
-        let region = regions.get(tx.region.as_str()).copied();
-        let payer_home = accounts
-            .get(&tx.payer)
-            .and_then(|a| regions.get(a.home_region.as_str()).copied());
-        let payee_home = accounts
-            .get(&tx.payee)
-            .and_then(|a| regions.get(a.home_region.as_str()).copied());
-        let (region, payer_home, payee_home) = match (region, payer_home, payee_home) {
-            (Some(r), Some(ph), Some(qh)) if tx.payer != tx.payee => (r, ph, qh),
-            _ => {
-                decisions.insert(
-                    pos,
-                    RefDecision {
-                        t,
-                        status: UNKNOWN_REFERENCE,
-                        scores: None,
-                    },
-                );
-                analyses.count_status(UNKNOWN_REFERENCE);
-                continue;
-            }
+    let mut next_change = 0;
+    let mut next_msg = 0;
+    loop {
+        // τ: the earliest time at which something is left to happen.
+        let tau = [
+            due_credits.keys().next().copied(),
+            changes.get(next_change).map(|c| u128::from(c.0)),
+            ledger.get(next_msg).map(|m| u128::from(m.0)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(tau) = tau else {
+            break;
         };
-        let payer = accounts
-            .get_mut(&tx.payer)
-            .expect("payer checked in rule 4");
-        // Rule 5: stale.
-        if payer.last_approved.is_some_and(|last| tx.event_ms < last) {
+
+        // 1. The credits due at τ, to the account that has the payee's id now; if no
+        // user has it, the credit is dropped. (This cannot happen: the payee existed
+        // at the approval at τ − 1, after that τ's changes, and no change comes between
+        // the messages of τ − 1 and the credits of τ. The drop is kept literal.)
+        for (payee, amount) in due_credits.remove(&tau).unwrap_or_default() {
+            if let Some(account) = accounts.get_mut(payee) {
+                account.balance += amount;
+            }
+        }
+
+        // 2. The changes with T = τ, in (partition, offset) order.
+        while let Some(&(at, pos, change)) = changes.get(next_change) {
+            if u128::from(at) != tau {
+                break;
+            }
+            next_change += 1;
+            if !apply_change(change, at, &mut accounts, &mut regions, &mut history) {
+                invalid_controls.insert(pos);
+            }
+        }
+
+        // 3. The messages with t = τ, in ledger order.
+        while let Some(&(t, id, pos, tx)) = ledger.get(next_msg) {
+            if u128::from(t) != tau {
+                break;
+            }
+            next_msg += 1;
+            // §11: the rule set in force at t decides it.
+            let rules = rules_at(&history, t);
+            let (status, scores) = 'rules: {
+                // Failed §3 parsing: invalid; it influences nothing else.
+                let Some(tx) = tx else {
+                    break 'rules (INVALID, None);
+                };
+                let e = tx.event_ms as i128;
+                let t_wide = t as i128;
+                let max_delay = rules.max_delay_ms as i128;
+
+                // Rule 1: invalid (breaks §3, or event time in the future).
+                if breaks_section3(tx) || e > t_wide + max_delay {
+                    break 'rules (INVALID, None);
+                }
+                // Rule 2: late.
+                if t_wide - e > max_delay {
+                    break 'rules (LATE, None);
+                }
+                // Rule 3: duplicate iff t − t' <= dedup_window as of t' (§11). Every
+                // message passing rules 1–2 refreshes last-seen.
+                let previous = last_seen.insert(id, t);
+                if let Some(t_prev) = previous {
+                    let window = rules_at(&history, t_prev).dedup_window_ms as i128;
+                    if t_wide - t_prev as i128 <= window {
+                        break 'rules (DUPLICATE, None);
+                    }
+                }
+                // Rule 4: unknown reference, looked up as of t (a user whose home
+                // region is unknown counts as unknown).
+                let region = regions.get(tx.region.as_str());
+                let payer_home = accounts
+                    .get(&tx.payer)
+                    .and_then(|a| regions.get(a.home_region.as_str()));
+                let payee_home = accounts
+                    .get(&tx.payee)
+                    .and_then(|a| regions.get(a.home_region.as_str()));
+                let (region, payer_home, payee_home) = match (region, payer_home, payee_home) {
+                    (Some(r), Some(ph), Some(qh)) if tx.payer != tx.payee => (r, ph, qh),
+                    _ => break 'rules (UNKNOWN_REFERENCE, None),
+                };
+                let payer = accounts
+                    .get_mut(&tx.payer)
+                    .expect("payer checked in rule 4");
+                // Rule 5: stale.
+                if payer.last_approved.is_some_and(|last| tx.event_ms < last) {
+                    break 'rules (STALE, None);
+                }
+                // §6 scores of every message reaching rule 6.
+                let d_tx = haversine_km(payer_home.lat, payer_home.lon, region.lat, region.lon);
+                let sc = scores(tx.amount_cents, tx.event_ms, d_tx);
+                // Rules 6–8, rule 7 with the risk_threshold as of t.
+                let is_credit = tx.mode == "credito";
+                let status = if !is_credit && tx.amount_cents > payer.balance {
+                    INSUFFICIENT_BALANCE
+                } else if is_credit && tx.amount_cents > payer.credit_limit - payer.credit_used {
+                    INSUFFICIENT_LIMIT
+                } else if sc.risk > rules.risk_threshold {
+                    REJECTED_RISK
+                } else {
+                    APPROVED
+                };
+                if status == APPROVED {
+                    if is_credit {
+                        payer.credit_used += tx.amount_cents;
+                    } else {
+                        payer.balance -= tx.amount_cents;
+                    }
+                    payer.last_approved = Some(tx.event_ms);
+                    // The payee's credit is due at t + 1 (visible only to a greater t).
+                    due_credits
+                        .entry(u128::from(t) + 1)
+                        .or_default()
+                        .push((tx.payee.as_str(), tx.amount_cents));
+                }
+                analyses.add_assessed(&Assessed {
+                    status,
+                    amount_cents: tx.amount_cents,
+                    event_ms: tx.event_ms,
+                    mode: &tx.mode,
+                    region_uf: &region.uf,
+                    scores: sc,
+                    payer_payee_home_km: haversine_km(
+                        payer_home.lat,
+                        payer_home.lon,
+                        payee_home.lat,
+                        payee_home.lon,
+                    ),
+                });
+                (status, Some(sc))
+            };
+            analyses.count_status(status);
             decisions.insert(
                 pos,
                 RefDecision {
                     t,
-                    status: STALE,
-                    scores: None,
+                    status,
+                    scores,
+                    rules_version: rules.version.clone(),
                 },
             );
-            analyses.count_status(STALE);
-            continue;
         }
-        // §6 scores of every message reaching rule 6.
-        let d_tx = haversine_km(payer_home.lat, payer_home.lon, region.lat, region.lon);
-        let sc = scores(tx.amount_cents, tx.event_ms, d_tx);
-        // Rules 6–8.
-        let is_credit = tx.mode == "credito";
-        let status = if !is_credit && tx.amount_cents > payer.balance {
-            INSUFFICIENT_BALANCE
-        } else if is_credit && tx.amount_cents > payer.credit_limit - payer.credit_used {
-            INSUFFICIENT_LIMIT
-        } else if sc.risk > params.risk_threshold {
-            REJECTED_RISK
-        } else {
-            APPROVED
-        };
-        if status == APPROVED {
-            if is_credit {
-                payer.credit_used += tx.amount_cents;
-            } else {
-                payer.balance -= tx.amount_cents;
-            }
-            payer.last_approved = Some(tx.event_ms);
-            pending_credits.push((tx.payee.as_str(), tx.amount_cents));
-        }
-        decisions.insert(
-            pos,
-            RefDecision {
-                t,
-                status,
-                scores: Some(sc),
-            },
-        );
-        analyses.count_status(status);
-        analyses.add_assessed(&Assessed {
-            status,
-            amount_cents: tx.amount_cents,
-            event_ms: tx.event_ms,
-            mode: &tx.mode,
-            region_uf: &region.uf,
-            scores: sc,
-            payer_payee_home_km: haversine_km(
-                payer_home.lat,
-                payer_home.lon,
-                payee_home.lat,
-                payee_home.lon,
-            ),
-        });
-    }
-    // End of input: every pending credit becomes part of the final state.
-    for (payee, amount) in pending_credits.drain(..) {
-        accounts
-            .get_mut(payee)
-            .expect("payee checked at approval")
-            .balance += amount;
     }
 
     let balances = accounts
@@ -828,11 +1061,29 @@ pub fn run(
         .iter()
         .filter_map(|(id, a)| a.last_approved.map(|e| (id.clone(), e)))
         .collect();
+    let users = accounts
+        .iter()
+        .map(|(id, a)| {
+            (
+                id.clone(),
+                RefUser {
+                    id: id.clone(),
+                    region_id: a.home_region.clone(),
+                    balance_cents: a.balance,
+                    credit_limit_cents: a.credit_limit,
+                },
+            )
+        })
+        .collect();
     RefOutput {
         decisions,
         balances,
         last_approved,
         analyses: analyses.into_json(),
+        invalid_controls,
+        users,
+        regions: regions.into_iter().collect(),
+        rules: history.into_iter().map(|(at, r)| (at, r.version)).collect(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Unit tests of the reference implementation: exact expected values from the SPEC.
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// 2026-01-15T15:00:00Z = 12:00 local (UTC−03:00), hour_risk 0.
 const T0: u64 = 1_768_489_200_000;
@@ -436,7 +436,8 @@ fn redelivered_position_ignored_entirely() {
                 hour_risk: 0.0,
                 distance_risk: 0.0,
                 risk: 0.0
-            })
+            }),
+            rules_version: "default".into(),
         }
     );
     // the clamp was not raised by the ignored re-delivery's timestamp
@@ -462,7 +463,8 @@ fn unparsed_first_occurrence_wins_over_later_parsed_redelivery() {
         RefDecision {
             t: T0,
             status: INVALID,
-            scores: None
+            scores: None,
+            rules_version: "default".into(),
         }
     );
     assert_eq!(bal(&out, "a"), (1000, 0));
@@ -702,7 +704,8 @@ fn risk_formula_in_run() {
                 hour_risk: 1.0,
                 distance_risk: 1.0,
                 risk: 0.75
-            })
+            }),
+            rules_version: "default".into(),
         }
     );
     assert_eq!(
@@ -1013,4 +1016,1079 @@ fn deterministic_under_input_interleaving_of_partitions() {
     assert_eq!(bal(&a, "a"), (100, 0));
     assert_eq!(bal(&a, "b"), (50, 0));
     assert_eq!(bal(&a, "c"), (250, 0));
+}
+
+// ---------------------------------------------------------------------------
+// SPEC §11: live changes
+// ---------------------------------------------------------------------------
+
+fn rules(version: &str, risk_threshold: f64, max_delay_ms: u64, dedup_window_ms: u64) -> RefRules {
+    RefRules {
+        version: version.into(),
+        risk_threshold,
+        max_delay_ms,
+        dedup_window_ms,
+    }
+}
+
+/// The rule set of `RefParams::default()` under the name "default".
+fn default_rules() -> RefRules {
+    rules("default", 0.5, 1000, 300_000)
+}
+
+fn ctl(partition: i32, offset: i64, record_ts: u64, change: RefChange) -> RefControl {
+    RefControl {
+        record_ts,
+        partition,
+        offset,
+        effective_from: None,
+        change: Some(change),
+    }
+}
+
+fn ctl_from(
+    partition: i32,
+    offset: i64,
+    record_ts: u64,
+    effective_from: i64,
+    change: RefChange,
+) -> RefControl {
+    RefControl {
+        effective_from: Some(effective_from),
+        ..ctl(partition, offset, record_ts, change)
+    }
+}
+
+fn user(id: &str, region: &str, balance: i64, limit: i64) -> RefChange {
+    RefChange::User(RefUser {
+        id: id.into(),
+        region_id: region.into(),
+        balance_cents: balance,
+        credit_limit_cents: limit,
+    })
+}
+
+fn adjust(user_id: &str, amount_cents: i64) -> RefChange {
+    RefChange::Adjust {
+        user_id: user_id.into(),
+        amount_cents,
+    }
+}
+
+fn region(id: &str, uf: &str, lat: f64, lon: f64) -> RefChange {
+    RefChange::Region(RefRegion {
+        id: id.into(),
+        uf: uf.into(),
+        lat,
+        lon,
+    })
+}
+
+fn new_rules(version: &str, risk_threshold: f64, max_delay_ms: u64, window: u64) -> RefChange {
+    RefChange::Rules(rules(version, risk_threshold, max_delay_ms, window))
+}
+
+fn live(users: &[RefUser], msgs: &[RefMsg], controls: &[RefControl]) -> RefOutput {
+    run_live(&regions(), users, msgs, controls, &default_rules())
+}
+
+fn ver(out: &RefOutput, partition: i32, offset: i64) -> &str {
+    &out.decisions[&(partition, offset)].rules_version
+}
+
+fn rule_log(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+    list.iter().map(|&(at, v)| (at, v.to_string())).collect()
+}
+
+fn positions(list: &[(i32, i64)]) -> BTreeSet<(i32, i64)> {
+    list.iter().copied().collect()
+}
+
+// --- reading the SPEC's hand-computed example (tests/data/live_changes) ---
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`, the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400); // [0, 399]
+    let mp = i64::from((m + 9) % 12); // March = 0
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1; // [0, 365]
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
+    era * 146_097 + doe - 719_468
+}
+
+/// ms since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`, the only §3 form the example uses.
+fn iso_ms(s: &str) -> i64 {
+    let b = s.as_bytes();
+    assert!(
+        b.len() == 24
+            && [
+                (4, b'-'),
+                (7, b'-'),
+                (10, b'T'),
+                (13, b':'),
+                (16, b':'),
+                (19, b'.'),
+                (23, b'Z')
+            ]
+            .iter()
+            .all(|&(i, c)| b[i] == c),
+        "not YYYY-MM-DDTHH:MM:SS.mmmZ: {s}"
+    );
+    let n = |from: usize, to: usize| -> i64 {
+        assert!(b[from..to].iter().all(u8::is_ascii_digit), "{s}");
+        s[from..to].parse().unwrap()
+    };
+    let (y, mo, d) = (n(0, 4), n(5, 7) as u32, n(8, 10) as u32);
+    let days = days_from_civil(y, mo, d);
+    assert_eq!(civil_from_days(days), (y, mo, d), "not a real date: {s}");
+    let (h, mi, sec) = (n(11, 13), n(14, 16), n(17, 19));
+    assert!(h < 24 && mi < 60 && sec < 60, "{s}");
+    ((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + n(20, 23)
+}
+
+/// §3 amount in cents from the decimal text of a plain non-negative decimal (the
+/// example's form), rounding half away from zero; None if out of the §3 range.
+fn amount_cents(v: &Value) -> Option<i64> {
+    // The workspace's serde_json keeps a number's text (arbitrary_precision).
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    assert!(digits(int) && (frac.is_empty() || digits(frac)), "{text}");
+    let digit = |i: usize| frac.as_bytes().get(i).map_or(0, |c| i64::from(c - b'0'));
+    let truncated = int.parse::<i64>().ok()? * 100 + digit(0) * 10 + digit(1);
+    let cents = truncated + i64::from(digit(2) >= 5);
+    (MIN_AMOUNT_CENTS..=MAX_AMOUNT_CENTS)
+        .contains(&cents)
+        .then_some(cents)
+}
+
+/// A §3 transaction payload; None if it is not one.
+fn parse_tx(payload: &str) -> Option<RefTx> {
+    let v: Value = serde_json::from_str(payload).ok()?;
+    let id = |k: &str| {
+        v.get(k)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let mode = id("modalidade_pagamento")?;
+    if !matches!(mode.as_str(), "pix" | "debito" | "credito" | "boleto") {
+        return None;
+    }
+    Some(RefTx {
+        id: id("id_transacao")?,
+        payer: id("id_usuario_pagador")?,
+        payee: id("id_usuario_recebedor")?,
+        region: id("id_regiao")?,
+        mode,
+        amount_cents: amount_cents(v.get("valor_transacao")?)?,
+        event_ms: iso_ms(v.get("data_horario")?.as_str()?),
+    })
+}
+
+/// A §11 change of the given `type` from the object holding its fields; None if a
+/// required field is missing or of the wrong type, or the type is unknown.
+fn typed_change(ty: &str, v: &Value) -> Option<RefChange> {
+    let id = |k: &str| {
+        v.get(k)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let int = |k: &str| v.get(k)?.as_i64();
+    let uint = |k: &str| v.get(k)?.as_u64();
+    let num = |k: &str| v.get(k)?.as_f64();
+    let has_name = || v.get("name").is_some_and(Value::is_string);
+    Some(match ty {
+        "user" if has_name() => RefChange::User(RefUser {
+            id: id("id")?,
+            region_id: id("region_id")?,
+            balance_cents: int("balance_cents").filter(|&c| c >= 0)?,
+            credit_limit_cents: int("credit_limit_cents").filter(|&c| c >= 0)?,
+        }),
+        "user_delete" => RefChange::UserDelete(id("id")?),
+        "balance_adjustment" => RefChange::Adjust {
+            user_id: id("user_id")?,
+            amount_cents: int("amount_cents").filter(|&c| c != 0)?,
+        },
+        "region" if has_name() => RefChange::Region(RefRegion {
+            id: id("id")?,
+            uf: id("uf")?,
+            lat: num("lat")?,
+            lon: num("lon")?,
+        }),
+        "region_delete" => RefChange::RegionDelete(id("id")?),
+        "rules" => RefChange::Rules(RefRules {
+            version: id("version")?,
+            risk_threshold: num("risk_threshold")?,
+            max_delay_ms: uint("max_delay_ms")?,
+            dedup_window_ms: uint("dedup_window_ms")?,
+        }),
+        _ => return None,
+    })
+}
+
+/// A §11 control payload, typed or Debezium form (with or without the
+/// `schema`/`payload` envelope): (effective_from, change).
+fn parse_control(payload: &str) -> (Option<i64>, Option<RefChange>) {
+    let Ok(v) = serde_json::from_str::<Value>(payload) else {
+        return (None, None);
+    };
+    let effective_from = v.get("effective_from").and_then(Value::as_str).map(iso_ms);
+    let cdc = match v.get("payload") {
+        Some(inner) if inner.get("op").is_some() => inner,
+        _ => &v,
+    };
+    let change = match cdc.get("op").and_then(Value::as_str) {
+        Some(op) => {
+            let table = cdc
+                .get("source")
+                .and_then(|s| s.get("table"))
+                .and_then(Value::as_str);
+            let (ty, delete) = match table {
+                Some("users") => ("user", "user_delete"),
+                Some("regions") => ("region", "region_delete"),
+                _ => ("", ""),
+            };
+            match op {
+                "c" | "u" | "r" => cdc.get("after").and_then(|a| typed_change(ty, a)),
+                "d" => cdc.get("before").and_then(|b| typed_change(delete, b)),
+                _ => None,
+            }
+        }
+        None => v
+            .get("type")
+            .and_then(Value::as_str)
+            .and_then(|ty| typed_change(ty, &v)),
+    };
+    (effective_from, change)
+}
+
+/// The rows of a CSV file without quoting, header checked and dropped.
+fn csv_rows(text: &str, header: &str) -> Vec<Vec<String>> {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header));
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn live_changes_hand_computed_example() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/live_changes");
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
+    };
+    let regions: Vec<RefRegion> = csv_rows(&read("regions.csv"), "id,uf,name,lat,lon")
+        .into_iter()
+        .map(|r| RefRegion {
+            id: r[0].clone(),
+            uf: r[1].clone(),
+            lat: r[3].parse().unwrap(),
+            lon: r[4].parse().unwrap(),
+        })
+        .collect();
+    let users: Vec<RefUser> = csv_rows(
+        &read("users.csv"),
+        "id,name,region_id,balance_cents,credit_limit_cents",
+    )
+    .into_iter()
+    .map(|u| RefUser {
+        id: u[0].clone(),
+        region_id: u[2].clone(),
+        balance_cents: u[3].parse().unwrap(),
+        credit_limit_cents: u[4].parse().unwrap(),
+    })
+    .collect();
+    let mut msgs = Vec::new();
+    let mut controls = Vec::new();
+    let mut ids: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    for line in read("capture.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        let rec: Value = serde_json::from_str(line).unwrap();
+        let record_ts = rec["t"].as_u64().unwrap();
+        let partition = i32::try_from(rec["partition"].as_i64().unwrap()).unwrap();
+        let offset = rec["offset"].as_i64().unwrap();
+        let payload = rec["payload"].as_str();
+        match rec.get("topic").and_then(Value::as_str) {
+            Some("transacoes-controle") => {
+                let (effective_from, change) = payload.map_or((None, None), parse_control);
+                controls.push(RefControl {
+                    record_ts,
+                    partition,
+                    offset,
+                    effective_from,
+                    change,
+                });
+            }
+            None | Some("transacoes") => {
+                let tx = payload.and_then(parse_tx);
+                if let Some(tx) = &tx {
+                    ids.insert((partition, offset), tx.id.clone());
+                }
+                msgs.push(RefMsg {
+                    record_ts,
+                    partition,
+                    offset,
+                    tx,
+                });
+            }
+            Some(other) => panic!("unknown topic {other}"),
+        }
+    }
+    assert_eq!((msgs.len(), controls.len()), (17, 17));
+
+    let out = run_live(&regions, &users, &msgs, &controls, &default_rules());
+
+    let expected: Value = serde_json::from_str(&read("expected.json")).unwrap();
+    let decisions = expected["decisions"].as_array().unwrap();
+    assert_eq!(out.decisions.len(), decisions.len());
+    for d in decisions {
+        let pos = (
+            i32::try_from(d["partition"].as_i64().unwrap()).unwrap(),
+            d["offset"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            ids.get(&pos).map(String::as_str),
+            d["id"].as_str(),
+            "{pos:?}"
+        );
+        let got = &out.decisions[&pos];
+        assert_eq!(
+            (got.status, got.rules_version.as_str()),
+            (
+                d["status"].as_str().unwrap(),
+                d["rules_version"].as_str().unwrap()
+            ),
+            "decision {pos:?} ({})",
+            d["id"]
+        );
+    }
+    let balances: BTreeMap<String, (i64, i64)> = expected["balances"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, b)| (id.clone(), (b[0].as_i64().unwrap(), b[1].as_i64().unwrap())))
+        .collect();
+    assert_eq!(out.balances, balances);
+    // Row order carries no meaning (§8): compare by uf.
+    let by_uf = |rows: &Value| -> BTreeMap<String, (i64, i64)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["uf"].as_str().unwrap().to_string(),
+                    (
+                        r["approved"].as_i64().unwrap(),
+                        r["rejected"].as_i64().unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_uf(&out.analyses["state_approval"]),
+        by_uf(&expected["analyses"]["state_approval"])
+    );
+    assert_eq!(
+        out.invalid_controls,
+        positions(&[(0, 10), (0, 11), (0, 12)])
+    );
+    // The users at the end are those of the balances (E was deleted last).
+    assert!(out.users.keys().eq(balances.keys()));
+}
+
+// --- focused tests ---
+
+#[test]
+fn run_is_run_live_without_controls_under_default() {
+    let us = abc(1000);
+    let msgs = [
+        m(0, 0, T0, pix("1", "a", "b", 100, T0)),
+        unparsed(0, 1, T0 + 1),
+        m(0, 2, T0 + 2, pix("1", "a", "b", 100, T0 + 2)),
+    ];
+    let out = go(&us, &msgs);
+    assert_eq!(out, live(&us, &msgs, &[]));
+    assert_eq!(statuses(&out), [APPROVED, INVALID, DUPLICATE]);
+    assert!(out.decisions.values().all(|d| d.rules_version == "default"));
+    assert_eq!(out.rules, rule_log(&[(0, "default")]));
+    assert!(out.invalid_controls.is_empty());
+    let regions_in: BTreeMap<String, RefRegion> =
+        regions().into_iter().map(|r| (r.id.clone(), r)).collect();
+    assert_eq!(out.regions, regions_in);
+    assert_eq!(out.users.len(), 3);
+    assert_eq!(
+        out.users["a"],
+        RefUser {
+            id: "a".into(),
+            region_id: "r_sp".into(),
+            balance_cents: 900,
+            credit_limit_cents: 0
+        }
+    );
+    // Another initial rule set names every decision.
+    let named = run_live(
+        &regions(),
+        &us,
+        &msgs,
+        &[],
+        &rules("mine", 0.5, 1000, 300_000),
+    );
+    assert!(named.decisions.values().all(|d| d.rules_version == "mine"));
+    assert_eq!(statuses(&named), statuses(&out));
+}
+
+#[test]
+fn delete_with_a_credit_due_at_the_same_time_lands_the_credit_then_wipes() {
+    // a → b approved at T0: b's credit is due at T0 + 1. At T0 + 1 b is deleted and
+    // created again (offsets 0, 1). The credit lands first, on the old b, which the
+    // delete then wipes: the new b has its opening balance only.
+    let msgs = [m(0, 0, T0, pix("1", "a", "b", 300, T0))];
+    let out = live(
+        &abc(1000),
+        &msgs,
+        &[
+            ctl(0, 0, T0 + 1, RefChange::UserDelete("b".into())),
+            ctl(0, 1, T0 + 1, user("b", "r_sp", 0, 0)),
+        ],
+    );
+    assert_eq!(st(&out, 0, 0), APPROVED);
+    assert_eq!(bal(&out, "a"), (700, 0));
+    assert_eq!(bal(&out, "b"), (0, 0));
+    assert!(out.invalid_controls.is_empty());
+
+    // Without the re-creation b is gone, and its money with it.
+    let gone = live(
+        &abc(1000),
+        &msgs,
+        &[ctl(0, 0, T0 + 1, RefChange::UserDelete("b".into()))],
+    );
+    assert!(!gone.balances.contains_key("b"));
+    assert!(!gone.users.contains_key("b"));
+    assert_eq!(gone.balances.len(), 2);
+}
+
+#[test]
+fn a_credit_is_never_due_to_a_missing_user() {
+    // §11 drops a credit whose payee does not exist when it is due. With credits due
+    // at t + 1 this cannot happen: the changes at t apply before the messages at t
+    // (so an approval at t had its payee existing after all of t's changes), and the
+    // credits due at t + 1 apply before the changes at t + 1; no change comes in
+    // between. What can be tested is either side of that gap:
+    // a delete at t makes the payee unknown to the payment at t (no credit at all) …
+    let at_t = live(
+        &abc(1000),
+        &[m(0, 0, T0, pix("1", "a", "b", 300, T0))],
+        &[ctl(0, 0, T0, RefChange::UserDelete("b".into()))],
+    );
+    assert_eq!(st(&at_t, 0, 0), UNKNOWN_REFERENCE);
+    assert_eq!(bal(&at_t, "a"), (1000, 0));
+    // … the same with an effective_from landing exactly on t …
+    let from_t = live(
+        &abc(1000),
+        &[m(0, 0, T0, pix("1", "a", "b", 300, T0))],
+        &[ctl_from(
+            0,
+            0,
+            T0 - 500,
+            T0 as i64,
+            RefChange::UserDelete("b".into()),
+        )],
+    );
+    assert_eq!(st(&from_t, 0, 0), UNKNOWN_REFERENCE);
+    // … and a credit due after the last input still lands on the payee, which exists.
+    let end = live(
+        &abc(1000),
+        &[m(0, 0, T0, pix("1", "a", "b", 300, T0))],
+        &[ctl(0, 0, T0 - 10, adjust("c", 1))],
+    );
+    assert_eq!(bal(&end, "b"), (1300, 0));
+    assert_eq!(bal(&end, "c"), (1001, 0));
+}
+
+#[test]
+fn recreation_starts_fresh() {
+    let us = users(&[("a", "r_sp", 1000, 500), ("b", "r_sp", 0, 0)]);
+    let out = live(
+        &us,
+        &[
+            m(
+                0,
+                0,
+                T0,
+                txe("1", "a", "b", "r_sp", "credito", 200, T0 as i64),
+            ),
+            m(0, 1, T0 + 1, pix("2", "a", "b", 100, T0 + 1)),
+            // After re-creation: no last approval (an older E is not stale), a new
+            // opening balance, credit used 0 under the new limit.
+            m(0, 2, T0 + 20, pix("3", "a", "b", 50, T0 - 100)),
+            m(
+                0,
+                3,
+                T0 + 21,
+                txe("4", "a", "b", "r_sp", "credito", 71, T0 as i64 + 21),
+            ),
+            m(
+                0,
+                4,
+                T0 + 22,
+                txe("5", "a", "b", "r_sp", "credito", 70, T0 as i64 + 22),
+            ),
+        ],
+        &[
+            ctl(0, 0, T0 + 10, RefChange::UserDelete("a".into())),
+            ctl(0, 1, T0 + 10, user("a", "r_rj", 50, 70)),
+        ],
+    );
+    assert_eq!(
+        statuses(&out),
+        [APPROVED, APPROVED, APPROVED, INSUFFICIENT_LIMIT, APPROVED]
+    );
+    assert_eq!(bal(&out, "a"), (0, 70));
+    assert_eq!(out.last_approved["a"], T0 as i64 + 22);
+    assert_eq!(
+        out.users["a"],
+        RefUser {
+            id: "a".into(),
+            region_id: "r_rj".into(),
+            balance_cents: 0,
+            credit_limit_cents: 70
+        }
+    );
+    // b got 200 (credito), 100, 50 and 70.
+    assert_eq!(bal(&out, "b"), (420, 0));
+}
+
+#[test]
+fn adjustments_of_either_sign_apply_before_a_payment_at_the_same_t() {
+    let us = users(&[
+        ("a", "r_sp", 100, 0),
+        ("b", "r_sp", 0, 0),
+        ("c", "r_sp", 0, 0),
+    ]);
+    let out = live(
+        &us,
+        &[
+            // a has 100 + 50 at T0.
+            m(0, 0, T0, pix("1", "a", "b", 150, T0)),
+            // b has 150 (credit at T0 + 1) − 60 = 90 at T0 + 10.
+            m(0, 1, T0 + 10, pix("2", "b", "a", 91, T0 + 10)),
+            m(0, 2, T0 + 10, pix("3", "b", "a", 90, T0 + 10)),
+            // b has 0 − 5 at T0 + 20: below zero, an external debit.
+            m(0, 3, T0 + 20, pix("4", "b", "a", 1, T0 + 20)),
+        ],
+        &[
+            ctl(0, 0, T0, adjust("a", 50)),
+            ctl(0, 1, T0 + 10, adjust("b", -60)),
+            ctl(0, 2, T0 + 20, adjust("b", -5)),
+            // invalid: unknown user, zero amount; a balance past i64 stops at the bound
+            ctl(0, 3, T0 + 30, adjust("zz", 5)),
+            ctl(0, 4, T0 + 30, adjust("a", 0)),
+            ctl(0, 5, T0 + 30, adjust("c", i64::MAX)),
+            ctl(0, 6, T0 + 30, adjust("c", 1)),
+            // created earlier at the same T (partition order): valid
+            ctl(0, 7, T0 + 40, user("n", "r_sp", 0, 0)),
+            ctl(1, 0, T0 + 40, adjust("n", 7)),
+            // deleted earlier at the same T: invalid
+            ctl(0, 8, T0 + 50, RefChange::UserDelete("n".into())),
+            ctl(1, 1, T0 + 50, adjust("n", 1)),
+        ],
+    );
+    assert_eq!(
+        statuses(&out),
+        [
+            APPROVED,
+            INSUFFICIENT_BALANCE,
+            APPROVED,
+            INSUFFICIENT_BALANCE
+        ]
+    );
+    assert_eq!(bal(&out, "a"), (90, 0));
+    assert_eq!(bal(&out, "b"), (-5, 0));
+    assert_eq!(bal(&out, "c"), (i64::MAX, 0));
+    assert!(!out.balances.contains_key("n"));
+    assert_eq!(out.invalid_controls, positions(&[(0, 3), (0, 4), (1, 1)]));
+}
+
+#[test]
+fn limit_lowered_below_the_credit_in_use() {
+    let us = users(&[("a", "r_sp", 1000, 1000), ("b", "r_sp", 0, 0)]);
+    let cr = |id: &str, amount: i64, t: u64| txe(id, "a", "b", "r_sp", "credito", amount, t as i64);
+    let out = live(
+        &us,
+        &[
+            m(0, 0, T0, cr("1", 800, T0)),
+            // limit 500 < 800 used: no credit left
+            m(0, 1, T0 + 5, cr("2", 1, T0 + 5)),
+            // the record's balance_cents (999,999) is ignored: a still has 1000
+            m(0, 2, T0 + 6, pix("3", "a", "b", 1000, T0 + 6)),
+            m(0, 3, T0 + 7, pix("4", "a", "b", 1, T0 + 7)),
+            // limit 900: 100 left
+            m(0, 4, T0 + 8, cr("5", 101, T0 + 8)),
+            m(0, 5, T0 + 9, cr("6", 100, T0 + 9)),
+        ],
+        &[
+            ctl(0, 0, T0 + 5, user("a", "r_sp", 999_999, 500)),
+            ctl(0, 1, T0 + 8, user("a", "r_sp", 0, 900)),
+        ],
+    );
+    assert_eq!(
+        statuses(&out),
+        [
+            APPROVED,
+            INSUFFICIENT_LIMIT,
+            APPROVED,
+            INSUFFICIENT_BALANCE,
+            INSUFFICIENT_LIMIT,
+            APPROVED
+        ]
+    );
+    assert_eq!(bal(&out, "a"), (0, 900));
+    assert_eq!(out.users["a"].credit_limit_cents, 900);
+    assert_eq!(out.users["a"].balance_cents, 0);
+}
+
+#[test]
+fn region_move_changes_uf_and_distances_from_its_t() {
+    let us = users(&[("a", "r_sp", 10_000_000, 0), ("b", "r_sp", 0, 0)]);
+    // 2000 BRL: value risk 1/9 > 0, so the distance risk shows in the risk.
+    let big = |id: &str, t: u64| txe(id, "a", "b", "r_sp2", "pix", 200_000, t as i64);
+    let out = live(
+        &us,
+        &[
+            m(0, 0, T0 + 9, big("1", T0 + 9)),
+            m(0, 1, T0 + 10, big("2", T0 + 10)),
+            m(0, 2, T0 + 20, big("3", T0 + 20)),
+        ],
+        &[
+            // r_sp2 moves to Rio (replaced, same id) at T0 + 10 …
+            ctl(0, 0, T0 + 10, region("r_sp2", "RJ", -22.91, -43.17)),
+            // … and a's home moves to r_rj at T0 + 20.
+            ctl(0, 1, T0 + 20, user("a", "r_rj", 0, 0)),
+        ],
+    );
+    assert_eq!(statuses(&out), [APPROVED; 3]);
+    let dr = |p: i32, o: i64| out.decisions[&(p, o)].scores.unwrap().distance_risk;
+    assert_eq!(
+        dr(0, 0),
+        distance_risk(haversine_km(-23.55, -46.63, -23.55, -46.0))
+    );
+    assert_eq!(
+        dr(0, 1),
+        distance_risk(haversine_km(-23.55, -46.63, -22.91, -43.17))
+    );
+    assert_eq!(
+        dr(0, 2),
+        distance_risk(haversine_km(-22.91, -43.17, -22.91, -43.17))
+    );
+    assert!(dr(0, 0) > 0.0 && dr(0, 1) > dr(0, 0) && dr(0, 2) == 0.0);
+    assert_eq!(
+        out.analyses["state_approval"],
+        json!([
+            {"uf": "RJ", "approved": 2, "rejected": 0},
+            {"uf": "SP", "approved": 1, "rejected": 0},
+        ])
+    );
+    // Analysis 10 uses the payer's home as of t: r_sp ↔ r_sp, then r_rj ↔ r_sp.
+    assert_eq!(
+        out.analyses["distance_band_outcome"],
+        json!([
+            {"minute": minute_label(T0 as i64), "band": "short", "approved": 2, "rejected": 0},
+            {"minute": minute_label(T0 as i64), "band": "medium_long", "approved": 1, "rejected": 0},
+        ])
+    );
+    assert_eq!(out.regions["r_sp2"].uf, "RJ");
+    assert_eq!(out.users["a"].region_id, "r_rj");
+}
+
+#[test]
+fn region_delete_then_recreate_keeps_the_users_state() {
+    let us = users(&[
+        ("a", "r_sp", 1000, 0),
+        ("c", "r_sp", 0, 0),
+        ("d", "r_rj", 1000, 100),
+    ]);
+    let cr = |id: &str, amount: i64, t: u64| txe(id, "d", "a", "r_sp", "credito", amount, t as i64);
+    let out = live(
+        &us,
+        &[
+            m(0, 0, T0, cr("1", 40, T0)),
+            // r_rj unknown: d as payer, d as payee, a transaction in r_rj
+            m(0, 1, T0 + 10, pix("2", "d", "a", 10, T0 + 10)),
+            m(0, 2, T0 + 11, pix("3", "a", "d", 10, T0 + 11)),
+            m(
+                0,
+                3,
+                T0 + 12,
+                txe("4", "a", "c", "r_rj", "pix", 10, T0 as i64 + 12),
+            ),
+            // r_rj back: d's last approval and credit used are still there
+            m(0, 4, T0 + 20, pix("5", "d", "a", 10, T0 - 1)),
+            m(0, 5, T0 + 21, cr("6", 61, T0 + 21)),
+            m(0, 6, T0 + 22, cr("7", 60, T0 + 22)),
+            m(0, 7, T0 + 23, pix("8", "a", "d", 10, T0 + 23)),
+        ],
+        &[
+            ctl(0, 0, T0 + 10, RefChange::RegionDelete("r_rj".into())),
+            // deleting a region that does not exist: nothing, not invalid
+            ctl(0, 1, T0 + 15, RefChange::RegionDelete("r_nowhere".into())),
+            ctl(0, 2, T0 + 20, region("r_rj", "RJ", -22.91, -43.17)),
+        ],
+    );
+    assert_eq!(
+        statuses(&out),
+        [
+            APPROVED,
+            UNKNOWN_REFERENCE,
+            UNKNOWN_REFERENCE,
+            UNKNOWN_REFERENCE,
+            STALE,
+            INSUFFICIENT_LIMIT,
+            APPROVED,
+            APPROVED
+        ]
+    );
+    assert_eq!(bal(&out, "d"), (1010, 100));
+    assert_eq!(out.last_approved["d"], T0 as i64 + 22);
+    assert!(out.regions.contains_key("r_rj"));
+    assert!(out.invalid_controls.is_empty());
+
+    // Still deleted at the end: the region is gone, the user is not.
+    let deleted = live(
+        &us,
+        &[],
+        &[ctl(0, 0, T0, RefChange::RegionDelete("r_rj".into()))],
+    );
+    assert!(!deleted.regions.contains_key("r_rj"));
+    assert_eq!(deleted.users["d"].region_id, "r_rj");
+    assert_eq!(bal(&deleted, "d"), (1000, 0));
+}
+
+#[test]
+fn rules_as_of_t_for_delay_threshold_and_version() {
+    let us = users(&[
+        ("a", "r_sp", 10_000_000, 0),
+        ("b", "r_sp", 0, 0),
+        ("c", "r_sp", 1000, 0),
+    ]);
+    // 2000 BRL at noon at home: risk 1/18 > 0.
+    let big = |id: &str, t: u64| txe(id, "a", "b", "r_sp", "pix", 200_000, t as i64);
+    let out = live(
+        &us,
+        &[
+            m(0, 0, T0 + 9, pix("1", "c", "b", 1, T0 + 9 - 500)),
+            m(0, 1, T0 + 10, pix("2", "c", "b", 1, T0 + 10 - 500)),
+            m(0, 2, T0 + 10, pix("3", "c", "b", 1, T0 + 10 + 11)),
+            m(0, 3, T0 + 10, pix("4", "c", "b", 1, T0 + 10 + 10)),
+            unparsed(1, 0, T0 + 9),
+            unparsed(1, 1, T0 + 10),
+            m(2, 0, T0 + 9, big("5", T0 + 9)),
+            m(2, 1, T0 + 11, big("6", T0 + 11)),
+        ],
+        &[ctl(0, 0, T0 + 10, new_rules("v2", 0.0, 10, 300_000))],
+    );
+    assert_eq!(st(&out, 0, 0), APPROVED);
+    assert_eq!(st(&out, 0, 1), LATE);
+    assert_eq!(st(&out, 0, 2), INVALID);
+    assert_eq!(st(&out, 0, 3), APPROVED);
+    assert_eq!(st(&out, 1, 0), INVALID);
+    assert_eq!(st(&out, 1, 1), INVALID);
+    assert_eq!(st(&out, 2, 0), APPROVED);
+    assert_eq!(st(&out, 2, 1), REJECTED_RISK);
+    let versions: Vec<&str> = [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+    ]
+    .iter()
+    .map(|&(p, o)| ver(&out, p, o))
+    .collect();
+    assert_eq!(
+        versions,
+        ["default", "v2", "v2", "v2", "default", "v2", "default", "v2"]
+    );
+    assert_eq!(out.rules, rule_log(&[(0, "default"), (T0 + 10, "v2")]));
+}
+
+#[test]
+fn rule_3_window_is_the_one_in_force_at_the_earlier_sighting() {
+    let x = |id: &str, t: u64| pix(id, "a", "b", 1, t);
+    let out = run_live(
+        &regions(),
+        &abc(1000),
+        &[
+            // x first seen under a 100 ms window; v2 (10 ms) comes between.
+            m(0, 0, T0, x("x", T0)),
+            m(0, 1, T0 + 100, x("x", T0 + 100)), // 100 <= 100 (as of T0): duplicate
+            m(0, 2, T0 + 111, x("x", T0 + 111)), // 11 > 10 (as of T0 + 100)
+            // y first seen under v2.
+            m(1, 0, T0 + 60, x("y", T0 + 60)),
+            m(1, 1, T0 + 70, x("y", T0 + 70)), // 10 <= 10
+            m(1, 2, T0 + 81, x("y", T0 + 81)), // 11 > 10
+            // z last seen under v2 at T0 + 150; v3 (1000 ms) in force at T0 + 200
+            m(2, 0, T0 + 150, x("z", T0 + 150)),
+            m(2, 1, T0 + 200, x("z", T0 + 200)), // 50 > 10 (as of T0 + 150)
+            m(2, 2, T0 + 700, x("z", T0 + 700)), // 500 <= 1000 (as of T0 + 200)
+        ],
+        &[
+            ctl(0, 0, T0 + 50, new_rules("v2", 0.5, 1000, 10)),
+            ctl(0, 1, T0 + 200, new_rules("v3", 0.5, 1000, 1000)),
+        ],
+        &rules("default", 0.5, 1000, 100),
+    );
+    let got: Vec<&str> = [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
+    .iter()
+    .map(|&(p, o)| st(&out, p, o))
+    .collect();
+    assert_eq!(
+        got,
+        [
+            APPROVED, DUPLICATE, APPROVED, APPROVED, DUPLICATE, APPROVED, APPROVED, APPROVED,
+            DUPLICATE
+        ]
+    );
+    assert_eq!(ver(&out, 0, 1), "v2");
+    assert_eq!(ver(&out, 2, 1), "v3");
+}
+
+#[test]
+fn effective_from_in_the_past_and_in_the_future() {
+    let us = users(&[("a", "r_sp", 0, 0), ("b", "r_sp", 0, 0)]);
+    let out = live(
+        &us,
+        &[
+            unparsed(0, 0, T0 + 9),
+            unparsed(0, 1, T0 + 10),
+            unparsed(0, 2, T0 + 20),
+            unparsed(0, 3, T0 + 99),
+            unparsed(0, 4, T0 + 100),
+            m(1, 0, T0 + 49, pix("1", "a", "b", 100, T0 + 49)),
+            m(1, 1, T0 + 50, pix("2", "a", "b", 100, T0 + 50)),
+        ],
+        &[
+            // in the past: T = t_c
+            ctl_from(
+                0,
+                0,
+                T0 + 10,
+                T0 as i64 - 1000,
+                new_rules("v2", 0.5, 1000, 300_000),
+            ),
+            // negative: T = t_c
+            ctl_from(0, 1, T0 + 20, -5, new_rules("v3", 0.5, 1000, 300_000)),
+            // in the future: T = effective_from, after v3 although published earlier
+            // than the message at T0 + 99
+            ctl_from(
+                0,
+                2,
+                T0 + 30,
+                T0 as i64 + 100,
+                new_rules("v4", 0.5, 1000, 300_000),
+            ),
+            // a future adjustment: a has no money until T0 + 50
+            ctl_from(1, 0, T0, T0 as i64 + 50, adjust("a", 100)),
+        ],
+    );
+    let versions: Vec<&str> = (0..5).map(|o| ver(&out, 0, o)).collect();
+    assert_eq!(versions, ["default", "v2", "v3", "v3", "v4"]);
+    assert_eq!(
+        out.rules,
+        rule_log(&[
+            (0, "default"),
+            (T0 + 10, "v2"),
+            (T0 + 20, "v3"),
+            (T0 + 100, "v4")
+        ])
+    );
+    assert_eq!(st(&out, 1, 0), INSUFFICIENT_BALANCE);
+    assert_eq!(st(&out, 1, 1), APPROVED);
+    assert_eq!(bal(&out, "a"), (0, 0));
+}
+
+#[test]
+fn same_t_changes_on_two_partitions_apply_in_partition_then_offset_order() {
+    // Input order: partition 1 first; application order: partition 0 first.
+    let out = live(
+        &abc(1000),
+        &[
+            m(0, 0, T0 + 10, pix("1", "a", "b", 1, T0 + 10)),
+            m(0, 1, T0 + 20, pix("2", "a", "n", 1, T0 + 20)),
+            m(0, 2, T0 + 30, pix("3", "a", "c", 1, T0 + 30)),
+        ],
+        &[
+            ctl(1, 0, T0 + 10, RefChange::UserDelete("b".into())),
+            ctl(1, 1, T0 + 20, user("n", "r_sp", 5, 0)),
+            ctl(1, 2, T0 + 30, new_rules("v3", 0.5, 1000, 300_000)),
+            ctl(0, 7, T0 + 10, user("b", "r_rj", 5, 0)),
+            // deleting n before it exists: nothing, and not invalid
+            ctl(0, 8, T0 + 20, RefChange::UserDelete("n".into())),
+            ctl(0, 9, T0 + 30, new_rules("v2", 0.5, 1000, 300_000)),
+            ctl(0, 10, T0 + 30, new_rules("v4", 0.5, 1000, 300_000)),
+        ],
+    );
+    // b: updated by (0, 7), then deleted by (1, 0).
+    assert_eq!(st(&out, 0, 0), UNKNOWN_REFERENCE);
+    assert!(!out.balances.contains_key("b"));
+    // n: (0, 8) deletes nothing, then (1, 1) creates it.
+    assert_eq!(st(&out, 0, 1), APPROVED);
+    assert_eq!(bal(&out, "n"), (6, 0));
+    // rules: (0, 9) v2, (0, 10) v4, (1, 2) v3.
+    assert_eq!(ver(&out, 0, 2), "v3");
+    assert_eq!(
+        out.rules,
+        rule_log(&[
+            (0, "default"),
+            (T0 + 30, "v2"),
+            (T0 + 30, "v4"),
+            (T0 + 30, "v3")
+        ])
+    );
+    assert!(out.invalid_controls.is_empty());
+}
+
+#[test]
+fn a_reused_version_is_invalid() {
+    let us = users(&[("a", "r_sp", 10_000_000, 0), ("b", "r_sp", 0, 0)]);
+    // 2000 BRL at noon at home: risk 1/18, approved under 0.5, rejected under 0.0.
+    let big = |id: &str, t: u64| txe(id, "a", "b", "r_sp", "pix", 200_000, t as i64);
+    let out = live(
+        &us,
+        &[
+            m(0, 0, T0 + 10, big("1", T0 + 10)),
+            m(0, 1, T0 + 30, big("2", T0 + 30)),
+            m(0, 2, T0 + 100, big("3", T0 + 100)),
+        ],
+        &[
+            // the initial version reused
+            ctl(0, 0, T0 + 10, new_rules("default", 0.0, 1000, 300_000)),
+            ctl(0, 1, T0 + 20, new_rules("v2", 0.5, 1000, 300_000)),
+            // v2 reused, with other parameters: they do not apply
+            ctl(0, 2, T0 + 30, new_rules("v2", 0.0, 1000, 300_000)),
+            // invalid for its threshold: v3 is not used by it …
+            ctl(0, 3, T0 + 40, new_rules("v3", -1.0, 1000, 300_000)),
+            // … so this v3 is valid
+            ctl(0, 4, T0 + 50, new_rules("v3", 0.5, 1000, 300_000)),
+            // "before" is application order: published first (t_c = T0 + 5) but
+            // effective at T0 + 100, after (2, 0)'s v9 at T0 + 60
+            ctl_from(
+                1,
+                0,
+                T0 + 5,
+                T0 as i64 + 100,
+                new_rules("v9", 0.5, 1000, 300_000),
+            ),
+            ctl(2, 0, T0 + 60, new_rules("v9", 0.0, 1000, 300_000)),
+        ],
+    );
+    assert_eq!(
+        out.invalid_controls,
+        positions(&[(0, 0), (0, 2), (0, 3), (1, 0)])
+    );
+    assert_eq!(
+        out.rules,
+        rule_log(&[
+            (0, "default"),
+            (T0 + 20, "v2"),
+            (T0 + 50, "v3"),
+            (T0 + 60, "v9")
+        ])
+    );
+    assert_eq!((st(&out, 0, 0), ver(&out, 0, 0)), (APPROVED, "default"));
+    assert_eq!((st(&out, 0, 1), ver(&out, 0, 1)), (APPROVED, "v2"));
+    assert_eq!((st(&out, 0, 2), ver(&out, 0, 2)), (REJECTED_RISK, "v9"));
+}
+
+#[test]
+fn invalid_control_records_change_nothing() {
+    let nan_rules = new_rules("vn", f64::NAN, 1000, 300_000);
+    let out = live(
+        &abc(1000),
+        &[m(0, 0, T0 + 100, pix("1", "a", "b", 1000, T0 + 100))],
+        &[
+            RefControl {
+                change: None,
+                ..ctl(0, 0, T0, RefChange::UserDelete("a".into()))
+            },
+            ctl(0, 1, T0, region("r_new", "XX", 0.0, 0.0)),
+            ctl(0, 2, T0, region("r_sp", "SP", 91.0, 0.0)),
+            ctl(0, 3, T0, region("r_sp", "SP", 0.0, -180.5)),
+            ctl(0, 4, T0, user("n", "r_sp", -1, 0)),
+            ctl(0, 5, T0, user("a", "r_sp", 0, -1)),
+            ctl(0, 6, T0, user("", "r_sp", 0, 0)),
+            ctl(0, 7, T0, RefChange::UserDelete(String::new())),
+            ctl(0, 8, T0, RefChange::RegionDelete(String::new())),
+            ctl(0, 9, T0, nan_rules),
+            ctl(0, 10, T0, new_rules("", 0.5, 1000, 300_000)),
+        ],
+    );
+    assert_eq!(out.invalid_controls, (0..=10).map(|o| (0, o)).collect());
+    // Everything else is as without the control records.
+    let mut without = go(
+        &abc(1000),
+        &[m(0, 0, T0 + 100, pix("1", "a", "b", 1000, T0 + 100))],
+    );
+    assert_eq!(st(&without, 0, 0), APPROVED);
+    without.invalid_controls = out.invalid_controls.clone();
+    assert_eq!(out, without);
+}
+
+#[test]
+fn control_arrival_times_are_clamped_per_partition_and_redeliveries_ignored() {
+    let out = live(
+        &abc(1000),
+        &[
+            // control positions are apart from message positions
+            unparsed(0, 0, T0),
+            unparsed(0, 1, T0 + 99),
+            unparsed(0, 2, T0 + 100),
+        ],
+        &[
+            ctl(0, 0, T0 + 100, adjust("a", 10)),
+            // record_ts goes back: t_c is clamped to T0 + 100
+            ctl(0, 1, T0, new_rules("v2", 0.5, 1000, 300_000)),
+            // a re-delivery of (0, 0), other content and timestamp: ignored
+            ctl(0, 0, T0 + 200, adjust("a", 1000)),
+            RefControl {
+                change: None,
+                ..ctl(0, 1, T0 + 300, adjust("a", 1))
+            },
+            // another control partition has its own clock
+            ctl(1, 0, T0, new_rules("v3", 0.5, 1000, 300_000)),
+        ],
+    );
+    assert_eq!(
+        out.rules,
+        rule_log(&[(0, "default"), (T0, "v3"), (T0 + 100, "v2")])
+    );
+    let versions: Vec<&str> = (0..3).map(|o| ver(&out, 0, o)).collect();
+    assert_eq!(versions, ["v3", "v3", "v2"]);
+    assert_eq!(bal(&out, "a"), (1010, 0));
+    assert!(out.invalid_controls.is_empty());
 }

@@ -373,6 +373,8 @@ mod tests {
             reason: Some("bad".into()),
             raw: Some(b"x".to_vec()),
             home_band: None,
+            uf: None,
+            rules_version: "default".into(),
         }
     }
 
@@ -388,8 +390,10 @@ mod tests {
                 balance_cents: t as i64,
                 credit_used_cents: 0,
                 last_approved_ms: None,
+                deleted: false,
             }],
             analyses: Vec::new(),
+            controls: Vec::new(),
         }
     }
 

@@ -7,8 +7,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use vtpga_dataflow::analyses::{self, AnalysisKey, Tally};
-use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::graph::{Decision, OutcomeKind};
 use vtpga_dataflow::record::DecisionRecord;
+use vtpga_dataflow::Change;
 use vtpga_dataflow::User;
 
 use crate::Batch;
@@ -18,17 +19,24 @@ pub struct ReplayWriter {
     decisions: BufWriter<File>,
     rows: BTreeMap<AnalysisKey, Tally>,
     accounts: HashMap<String, (i64, i64)>,
+    /// The users that exist, with their opening balances (the initial ones, then as the
+    /// live changes create and delete them, SPEC §11).
+    users: BTreeMap<String, i64>,
     counts: [u64; 9],
 }
 
 impl ReplayWriter {
     /// Creates (or truncates) the decisions file at `decisions`; [`ReplayWriter::finish`]
     /// writes the other outputs.
-    pub fn create(decisions: &Path) -> io::Result<Self> {
+    pub fn create(decisions: &Path, users: &[User]) -> io::Result<Self> {
         Ok(ReplayWriter {
             decisions: BufWriter::with_capacity(1 << 20, File::create(decisions)?),
             rows: BTreeMap::new(),
             accounts: HashMap::new(),
+            users: users
+                .iter()
+                .map(|u| (u.id.clone(), u.balance_cents))
+                .collect(),
             counts: [0; 9],
         })
     }
@@ -39,7 +47,22 @@ impl ReplayWriter {
         for d in &batch.decisions {
             self.counts[d.status as usize] += 1;
         }
+        for c in &batch.controls {
+            match &c.kind {
+                OutcomeKind::Applied(Change::User(u)) => {
+                    self.users.insert(u.id.clone(), u.balance_cents);
+                }
+                OutcomeKind::Applied(Change::UserDelete { id }) => {
+                    self.users.remove(id);
+                }
+                _ => {}
+            }
+        }
         for a in &batch.accounts {
+            if a.deleted {
+                self.accounts.remove(&a.user);
+                continue;
+            }
             match self.accounts.get_mut(&a.user) {
                 Some(v) => *v = (a.balance_cents, a.credit_used_cents),
                 None => {
@@ -93,13 +116,12 @@ impl ReplayWriter {
         Ok(())
     }
 
-    /// Writes the analyses JSON and, if asked, the balances of every user (reference order
-    /// by id), and returns the count of decisions by status.
+    /// Writes the analyses JSON and, if asked, the balances of every user that exists at
+    /// the end (in the byte order of ids), and returns the count of decisions by status.
     pub fn finish(
         mut self,
         analyses_path: &Path,
         balances_path: Option<&Path>,
-        users: &[User],
     ) -> io::Result<[u64; 9]> {
         self.decisions.flush()?;
         let mut out = BufWriter::new(File::create(analyses_path)?);
@@ -109,15 +131,9 @@ impl ReplayWriter {
         if let Some(path) = balances_path {
             let mut out = BufWriter::new(File::create(path)?);
             writeln!(out, "id,balance_cents,credit_used_cents")?;
-            let mut ids: Vec<&User> = users.iter().collect();
-            ids.sort_by(|a, b| a.id.as_bytes().cmp(b.id.as_bytes()));
-            for u in ids {
-                let (balance, used) = self
-                    .accounts
-                    .get(&u.id)
-                    .copied()
-                    .unwrap_or((u.balance_cents, 0));
-                writeln!(out, "{},{},{}", csv_field(&u.id), balance, used)?;
+            for (id, opening) in &self.users {
+                let (balance, used) = self.accounts.get(id).copied().unwrap_or((*opening, 0));
+                writeln!(out, "{},{},{}", csv_field(id), balance, used)?;
             }
             out.flush()?;
         }
@@ -131,7 +147,6 @@ pub struct ReplayFiles {
     writer: Option<ReplayWriter>,
     analyses: std::path::PathBuf,
     balances: Option<std::path::PathBuf>,
-    users: Vec<User>,
     /// Decisions by status, once ended.
     pub counts: std::sync::Arc<std::sync::Mutex<[u64; 9]>>,
 }
@@ -146,10 +161,9 @@ impl ReplayFiles {
         users: Vec<User>,
     ) -> io::Result<Self> {
         Ok(ReplayFiles {
-            writer: Some(ReplayWriter::create(decisions)?),
+            writer: Some(ReplayWriter::create(decisions, &users)?),
             analyses: analyses.to_owned(),
             balances: balances.map(Path::to_owned),
-            users,
             counts: Default::default(),
         })
     }
@@ -168,7 +182,7 @@ impl crate::consumer::Consumer for ReplayFiles {
     fn end(&mut self) -> Result<(), crate::consumer::Fault> {
         let writer = self.writer.take().expect("ended once");
         let counts = writer
-            .finish(&self.analyses, self.balances.as_deref(), &self.users)
+            .finish(&self.analyses, self.balances.as_deref())
             .map_err(|e| crate::consumer::Fault::Fatal(format!("writing the outputs: {e}")))?;
         if let Ok(mut c) = self.counts.lock() {
             *c = counts;

@@ -30,7 +30,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use vtpga_dataflow::analyses::{AnalysisKey, Tally};
-use vtpga_dataflow::graph::{Account, Decision, Outputs};
+use vtpga_dataflow::graph::{Account, ControlOutcome, Decision, Outputs};
 use vtpga_dataflow::Time;
 
 /// One change to an analysis row, as `count_total` emits it: the row, and +1 or −1.
@@ -49,6 +49,8 @@ pub struct Batch {
     pub accounts: Vec<Account>,
     /// The changes to analysis rows (SPEC §7) of the batch's timestamps.
     pub analyses: Vec<AnalysisChange>,
+    /// What became of the control records whose outcome is at these times (SPEC §11).
+    pub controls: Vec<ControlOutcome>,
 }
 
 impl Batch {
@@ -58,6 +60,7 @@ impl Batch {
         self.decisions.append(&mut later.decisions);
         self.accounts.append(&mut later.accounts);
         self.analyses.append(&mut later.analyses);
+        self.controls.append(&mut later.controls);
     }
 }
 
@@ -82,7 +85,7 @@ pub fn batch_sink(
         // A worker's own outputs stay where they are: no per-record copy into an exchange.
         Gather::PerWorker => sink_with(
             outputs,
-            (Pipeline, Pipeline, Pipeline),
+            (Pipeline, Pipeline, Pipeline, Pipeline),
             false,
             sender,
             probe,
@@ -93,6 +96,7 @@ pub fn batch_sink(
                 Exchange::new(|_: &Decision| 0),
                 Exchange::new(|_: &Account| 0),
                 Exchange::new(|_: &AnalysisRecord| 0),
+                Exchange::new(|_: &ControlOutcome| 0),
             ),
             true,
             sender,
@@ -106,9 +110,9 @@ type AnalysisRecord = ((AnalysisKey, Tally), Time, isize);
 
 /// The sink, with how each of its three inputs reaches it, and whether it sorts each
 /// batch's decisions.
-fn sink_with<D, A, X>(
+fn sink_with<D, A, X, C>(
     outputs: Outputs<'_>,
-    (d_pact, a_pact, x_pact): (D, A, X),
+    (d_pact, a_pact, x_pact, c_pact): (D, A, X, C),
     sort: bool,
     sender: Sender<Batch>,
     probe: &ProbeHandle<Time>,
@@ -116,11 +120,13 @@ fn sink_with<D, A, X>(
     D: ParallelizationContract<Time, Vec<Decision>>,
     A: ParallelizationContract<Time, Vec<Account>>,
     X: ParallelizationContract<Time, Vec<AnalysisRecord>>,
+    C: ParallelizationContract<Time, Vec<ControlOutcome>>,
 {
     let Outputs {
         decisions,
         accounts,
         analyses,
+        controls,
     } = outputs;
     let scope = decisions.scope();
     let analyses: StreamVec<'_, Time, AnalysisRecord> = analyses_stream(analyses);
@@ -128,6 +134,7 @@ fn sink_with<D, A, X>(
     let mut d_in = builder.new_input(decisions, d_pact);
     let mut a_in = builder.new_input(accounts, a_pact);
     let mut x_in = builder.new_input(analyses, x_pact);
+    let mut c_in = builder.new_input(controls, c_pact);
     // An output that carries no data: its frontier is that of the three inputs, so one
     // probe on it observes everything the sink observed.
     let (_done_out, done) = builder.new_output::<Vec<()>>();
@@ -164,6 +171,16 @@ fn sink_with<D, A, X>(
                     staged_x.push((t, std::mem::take(data)));
                 }
             });
+            let mut staged_c = Vec::new();
+            c_in.for_each(|cap, data| {
+                if let Some(t) = slot(&cap) {
+                    staged_c.push((t, std::mem::take(data)));
+                }
+            });
+            for (t, mut data) in staged_c {
+                let batch = pending.get_mut(&t).expect("slot");
+                batch.controls.append(&mut data);
+            }
             for (t, mut data) in staged_d {
                 let batch = pending.get_mut(&t).expect("slot");
                 batch.decisions.append(&mut data);
@@ -196,6 +213,7 @@ fn sink_with<D, A, X>(
                 let mut batch = entry.remove();
                 if sort {
                     batch.decisions.sort_unstable_by_key(|d| (d.t, d.pos));
+                    batch.controls.sort_unstable_by_key(|c| (c.at, c.pos));
                 }
                 match out.as_mut() {
                     None => out = Some(batch),
@@ -204,6 +222,7 @@ fn sink_with<D, A, X>(
                         o.decisions.append(&mut batch.decisions);
                         o.accounts.append(&mut batch.accounts);
                         o.analyses.append(&mut batch.analyses);
+                        o.controls.append(&mut batch.controls);
                     }
                 }
             }
@@ -244,10 +263,12 @@ mod tests {
                     let (a_in, accounts) = scope.new_input::<Vec<Account>>();
                     let (x_in, analyses) =
                         scope.new_input::<Vec<((AnalysisKey, Tally), Time, isize)>>();
+                    let (_, controls) = scope.new_input::<Vec<ControlOutcome>>();
                     let outputs = Outputs {
                         decisions,
                         accounts,
                         analyses: analyses.as_collection(),
+                        controls,
                     };
                     batch_sink(outputs, Gather::PerWorker, sender, &probe);
                     (d_in, a_in, x_in)

@@ -297,6 +297,8 @@ mod tests {
             reason: None,
             raw: None,
             home_band: None,
+            uf: None,
+            rules_version: "default".into(),
         }
     }
 

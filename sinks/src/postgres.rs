@@ -288,6 +288,7 @@ pub fn load_resume(
             balance_cents: r.get(1),
             credit_used_cents: r.get(2),
             last_approved_ms: r.get(3),
+            deleted: false,
         })
         .collect();
     // Rule 3 looks back `dedup_window` from any later message (t > cut).
@@ -326,6 +327,8 @@ pub fn load_resume(
             seen,
             accounts,
             analyses,
+            rules: Vec::new(),
+            scheduled: Vec::new(),
         },
         partitions,
     })
@@ -1016,6 +1019,8 @@ mod tests {
             reason: Some("payer".into()),
             raw: None,
             home_band: None,
+            uf: None,
+            rules_version: "default".into(),
         }
     }
 

@@ -781,6 +781,8 @@ mod tests {
                 reason,
                 raw: None,
                 home_band: None,
+                uf: None,
+                rules_version: "default".into(),
             }
         }
 
@@ -809,6 +811,7 @@ mod tests {
                 decisions,
                 accounts: Vec::new(),
                 analyses,
+                controls: Vec::new(),
             }
         }
     }

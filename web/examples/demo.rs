@@ -139,6 +139,8 @@ fn main() -> anyhow::Result<()> {
                 reason: None,
                 raw: None,
                 home_band: None,
+                uf: None,
+                rules_version: "default".into(),
             });
         }
         let mut deltas: Vec<(AnalysisKey, Tally)> = Vec::new();
@@ -165,6 +167,7 @@ fn main() -> anyhow::Result<()> {
                 decisions,
                 accounts: Vec::new(),
                 analyses: changes,
+                controls: Vec::new(),
             },
             now_us(),
         );

@@ -300,6 +300,8 @@ impl LiveState {
                     reason: d.reason.clone(),
                     raw: None,
                     home_band: None,
+                    uf: None,
+                    rules_version: d.rules_version.clone(),
                 };
                 (
                     d.tx.as_ref().map(|tx| tx.id.to_string()),
@@ -1023,6 +1025,7 @@ mod tests {
             decisions: Vec::new(),
             accounts: Vec::new(),
             analyses,
+            controls: Vec::new(),
         }
     }
 

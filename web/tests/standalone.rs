@@ -222,6 +222,7 @@ fn standalone_reads_redis_and_postgres() {
         balance_cents: 987_654,
         credit_used_cents: 1_234,
         last_approved_ms: Some(MINUTE0 * 60_000 + 59_000),
+        deleted: false,
     }];
     pg_sink.write(&batch, &|| false).expect("pg write");
     redis_sink.apply(&batch);

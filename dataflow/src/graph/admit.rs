@@ -1,22 +1,23 @@
-//! Rules 1–2 (SPEC §3–4): parse, then the future/late time rules.
-
-// Per-worker maps keyed by ids: a fast hasher (their iteration order is never used).
+//! What a source lets in: SPEC §3 parsing of a transaction message, or a control record
+//! (SPEC §11) parsed. The time rules (1–2) need the rule set in force at the message's
+//! time: they are `Dedup`'s.
 
 use timely::dataflow::operators::OkErr;
 use timely::dataflow::StreamVec;
 
-use crate::model::{Params, Status, Time};
+use crate::control::parse_control;
+use crate::model::{Status, Time};
 use crate::parse::parse_transaction;
-use crate::rules::{self, TimeVerdict};
 
 use super::*;
 
-/// Rules 1–2 for one message: parse (§3), then the future/late time rules. `Ok` is on
-/// its way to the duplicate check; `Err` is its decision.
+/// Parses one message (§3): `Ok` is on its way to rules 1–3 (a transaction that parsed)
+/// or to the live changes (a control record, whatever parsing made of it); `Err` is the
+/// decision of a message that did not parse or that its source refused.
 // The `Err` side is the decision itself, moved straight into its stream: boxing it would
 // only add an allocation per decided message.
 #[allow(clippy::result_large_err)]
-pub fn admit(m: Incoming, params: &Params) -> Result<Pending, Decision> {
+pub fn admit(m: Incoming) -> Result<Admitted, Decision> {
     let (tx, raw) = match m.body {
         Body::Parsed(tx) => (tx, None),
         Body::Refused { raw, error } => {
@@ -36,36 +37,41 @@ pub fn admit(m: Incoming, params: &Params) -> Result<Pending, Decision> {
                 })
             }
         },
+        Body::Control(raw) => {
+            let parsed = parse_control(&raw).map_err(|e| e.to_string());
+            return Ok(Admitted::Control(ControlIn {
+                pos: m.pos,
+                t: m.t,
+                raw,
+                parsed,
+            }));
+        }
+        Body::ControlRefused { raw, error } => {
+            return Ok(Admitted::Control(ControlIn {
+                pos: m.pos,
+                t: m.t,
+                raw,
+                parsed: Err(error),
+            }))
+        }
     };
-    match rules::time_rule(m.t, tx.event_ms, params) {
-        None => Ok(Pending {
-            pos: m.pos,
-            t: m.t,
-            ingest_us: m.ingest_us,
-            tx,
-        }),
-        Some(TimeVerdict::Future) => Err(Decision {
-            reason: Some(format!(
-                "event time is more than {} ms after arrival time",
-                params.max_delay_ms
-            )),
-            raw,
-            tx: Some(tx),
-            ..Decision::new(m.pos, m.t, m.ingest_us, Status::Invalid)
-        }),
-        Some(TimeVerdict::Late) => Err(Decision {
-            tx: Some(tx),
-            ..Decision::new(m.pos, m.t, m.ingest_us, Status::Late)
-        }),
-    }
+    // Only a message whose event time is after its arrival time can be found in the
+    // future by rule 1: only its payload is kept for the dead-letter record.
+    let raw = raw.filter(|_| tx.event_ms > m.t as i64);
+    Ok(Admitted::Tx(Pending {
+        pos: m.pos,
+        t: m.t,
+        ingest_us: m.ingest_us,
+        tx,
+        raw,
+    }))
 }
 
-/// Rules 1–2 as an operator of their own (for a stream of messages not admitted at its
+/// [`admit`] as an operator of its own (for a stream of messages not admitted at its
 /// source).
 #[allow(clippy::result_large_err)]
 pub fn validate<'s>(
     messages: StreamVec<'s, Time, Incoming>,
-    params: Params,
-) -> (StreamVec<'s, Time, Pending>, StreamVec<'s, Time, Decision>) {
-    messages.ok_err(move |m: Incoming| admit(m, &params))
+) -> (StreamVec<'s, Time, Admitted>, StreamVec<'s, Time, Decision>) {
+    messages.ok_err(admit)
 }

@@ -43,7 +43,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::model::{Params, Status, Time};
+use crate::model::{Params, SourcePos, Status, Time};
 use crate::rules;
 
 use super::reference::*;
@@ -52,7 +52,7 @@ use super::*;
 /// A user's funds before its first change: from the state at the resume point if it has
 /// one, else from its reference data (the credit limit is always the reference's).
 fn initial_funds(r: &UserVal, resumed: Option<Account>) -> rules::Funds {
-    match resumed {
+    match resumed.filter(|a| !a.deleted) {
         Some(a) => rules::Funds {
             balance_cents: a.balance_cents,
             credit_limit_cents: r.credit_limit_cents,
@@ -123,7 +123,7 @@ fn owner_hash(id: &str) -> u64 {
 
 /// What execution found for one message (what its decision record needs besides the
 /// message itself).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Outcome {
     status: Status,
     scores: Option<Scores>,
@@ -132,13 +132,15 @@ struct Outcome {
     /// The payer's funds just before this message, as executed (for a message that read
     /// them): what a late credit to the payer is checked against.
     before: Option<rules::Funds>,
+    /// The UF of the message's region at its time (for an assessed message).
+    uf: Option<Id>,
 }
 
 impl Final {
     fn new(funds: rules::Funds) -> Self {
         Final {
-            funds,
-            exec: funds,
+            funds: Some(funds),
+            exec: Some(funds),
             touched: None,
         }
     }
@@ -152,15 +154,18 @@ impl Outcome {
             home_band: None,
             reason: None,
             before: None,
+            uf: None,
         }
     }
 
-    fn decision(self, p: Pending) -> Decision {
+    fn decision(self, p: Pending, rules_version: &str) -> Decision {
         // A stale message is not assessed (SPEC §5): no scores in its record.
         let assessed = self.status != Status::Stale;
         Decision {
             scores: self.scores.filter(|_| assessed),
             home_band: self.home_band.filter(|_| assessed),
+            uf: self.uf.filter(|_| assessed),
+            rules_version: Id::from(rules_version),
             ..Decision::of(p, self.status, self.reason.map(str::to_owned))
         }
     }
@@ -181,14 +186,16 @@ struct FinalDue {
     at: Time,
     payee: Id,
     amount_cents: Cents,
+    payee_ref: UserVal,
 }
 
-/// A user's final state (SPEC §2), owned by exactly one worker.
+/// A user's final state (SPEC §2), owned by exactly one worker. `None` while the user
+/// has no state there: deleted (SPEC §11) and not yet touched since it was created again.
 struct Final {
     /// As of `final_upto`.
-    funds: rules::Funds,
+    funds: Option<rules::Funds>,
     /// As of `exec_upto`: what execution decides with.
-    exec: rules::Funds,
+    exec: Option<rules::Funds>,
     /// The last finalization (its number) that changed this user: reported once each.
     touched: Option<u64>,
 }
@@ -242,6 +249,14 @@ struct Ledger {
     payer_msgs: HashMap<CompactString, VecDeque<u64>>,
     km: DistanceMemo,
     order: Vec<(Time, u64, u32)>,
+    /// The rule sets in force over time.
+    book: RuleBook,
+    /// Changes of this worker's users' states (SPEC §11) not final yet, in the order they
+    /// apply; those before `exec_upto` are applied in execution.
+    events: BTreeMap<(Time, SourcePos), UserEvent>,
+    /// The times of the deletions among `events`, by user: a late credit re-decides only
+    /// the payments of the user it reached, not those of a later one with its id.
+    deletions: HashMap<CompactString, Vec<Time>>,
 }
 
 impl Ledger {
@@ -249,9 +264,85 @@ impl Ledger {
         owner_hash(id) % self.peers == self.me
     }
 
-    /// The executed funds of `user`.
+    /// The executed funds of `user` (made from `reference` if it has none).
     fn exec_funds(&mut self, user: &str, reference: &UserVal) -> &mut rules::Funds {
-        &mut Self::final_slot(&mut self.users, &mut self.resumed, user, reference).exec
+        Self::exec_of(&mut self.users, &mut self.resumed, user, reference)
+    }
+
+    fn exec_of<'a>(
+        users: &'a mut RefIndex<UserVal, Option<Final>>,
+        resumed: &mut HashMap<CompactString, Account>,
+        user: &str,
+        reference: &UserVal,
+    ) -> &'a mut rules::Funds {
+        let slot = users.state_of(user);
+        match slot {
+            None => {
+                let f = Final::new(initial_funds(reference, resumed.remove(user)));
+                slot.insert(f).exec.as_mut().expect("just made")
+            }
+            Some(f) => f.exec.get_or_insert_with(|| initial_funds(reference, None)),
+        }
+    }
+
+    /// The first deletion of `user` at or after `at` that is not final.
+    fn deleted_from(&self, user: &str, at: Time) -> Option<Time> {
+        self.deletions
+            .get(user)?
+            .iter()
+            .copied()
+            .filter(|&d| d >= at)
+            .min()
+    }
+
+    /// Applies, in execution, the change `e` of a user's state.
+    fn apply_exec_event(&mut self, e: &UserEvent) {
+        match e.kind {
+            UserEventKind::Delete => {
+                if let Some(f) = self.users.state_of(&e.user) {
+                    f.exec = None;
+                }
+                self.resumed.remove(e.user.as_str());
+            }
+            UserEventKind::Adjust {
+                amount_cents,
+                opening_cents,
+                limit_cents,
+            } => {
+                let reference = UserVal {
+                    home: Geo::new(0.0, 0.0),
+                    balance_cents: opening_cents,
+                    credit_limit_cents: limit_cents,
+                };
+                let funds = self.exec_funds(&e.user, &reference);
+                // Past the range of i64 cents a balance stops at the bound (SPEC silent).
+                funds.balance_cents = funds.balance_cents.saturating_add(amount_cents);
+            }
+        }
+    }
+
+    /// Applies, in execution and in time order, the credits and the changes of users'
+    /// states at times from `from` through `upto` (at one time, the credits first).
+    fn apply_exec_through(&mut self, mut from: Time, upto: Time) {
+        while let Some(at) = self
+            .events
+            .range((from, SourcePos::default())..)
+            .map(|((at, _), _)| *at)
+            .next()
+            .filter(|&at| at <= upto)
+        {
+            self.apply_exec_credits(from, at);
+            let due: Vec<UserEvent> = self
+                .events
+                .range((at, SourcePos::default())..(at + 1, SourcePos::default()))
+                .map(|(_, e)| e.clone())
+                .collect();
+            for e in &due {
+                self.apply_exec_event(e);
+            }
+            from = at + 1;
+        }
+        self.apply_exec_credits(from, upto);
     }
 
     /// A credit from another worker, applying at `at`.
@@ -300,11 +391,18 @@ impl Ledger {
     ) {
         let (mut shift_balance, mut shift_credit) = (delta, 0 as Cents);
         let mut last: Option<Option<i64>> = None;
+        // The change reaches the user's payments up to its deletion, if it was deleted.
+        let deleted = self.deleted_from(user, at);
         let numbers: Vec<u64> = match self.payer_msgs.get(user) {
             Some(list) => {
                 let base = self.base;
                 let first = list.partition_point(|&n| self.window[(n - base) as usize].0.t < at);
-                list.range(first..).copied().collect()
+                list.range(first..)
+                    .copied()
+                    .take_while(|&n| {
+                        deleted.is_none_or(|d| self.window[(n - base) as usize].0.t < d)
+                    })
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -328,7 +426,7 @@ impl Ledger {
                     p.tx.amount_cents,
                     scores.risk,
                     &funds,
-                    &self.params,
+                    &self.book.params_at(p.t, &self.params),
                 )
             };
             let was = o.status == Status::Approved;
@@ -388,6 +486,10 @@ impl Ledger {
                 ));
             }
         }
+        if deleted.is_some_and(|d| d < self.exec_upto) {
+            // Executed past its deletion: the state it changed is gone.
+            return;
+        }
         let funds = self.exec_funds(user, reference);
         funds.balance_cents += shift_balance;
         funds.credit_used_cents += shift_credit;
@@ -444,11 +546,11 @@ impl Ledger {
             }
             self.pend.retain(|p| p.t >= bound);
         }
-        let mut applied_through = from; // credits before this time are applied
+        let mut applied_through = from; // credits and changes before this time are applied
         for i in start..self.window.len() {
             let t = self.window[i].0.t;
             if t >= applied_through {
-                self.apply_exec_credits(applied_through, t);
+                self.apply_exec_through(applied_through, t);
                 applied_through = t + 1;
             }
             let outcome = self.decide_one(i);
@@ -456,7 +558,7 @@ impl Ledger {
         }
         let end = bound.max(self.exec_upto);
         if end > applied_through {
-            self.apply_exec_credits(applied_through, end - 1);
+            self.apply_exec_through(applied_through, end - 1);
         }
         self.exec_upto = end;
     }
@@ -473,26 +575,29 @@ impl Ledger {
             )
         };
         // Rule 4: every reference must be known.
-        let region = self.regions.get(&region_id, t, |r| r.geo);
+        let region = self
+            .regions
+            .get(&region_id, t, |r| (r.geo, Id::from(r.uf.as_str())));
         let payee = self.users.get(&payee_id, t, |u| *u);
-        let payer = match (region, payee) {
+        let payer = match (&region, payee) {
             (Some(_), Some(_)) => self.users.get_with_state(&payer_id, t),
             _ => None,
         };
-        let (Some(region), Some(payee), Some((payer, slot))) = (region, payee, payer) else {
+        let known = (region.is_some(), payee.is_some());
+        let (Some((region, uf)), Some(payee), Some((payer, slot))) = (region, payee, payer) else {
             // Which reference, not its id: the id is in the record already, exactly as
             // parsed (SPEC §8), however long or odd it is.
-            let what = match (region, payee) {
-                (None, _) => "unknown region",
-                (Some(_), None) => "unknown payee",
-                (Some(_), Some(_)) => "unknown payer",
+            let what = match known {
+                (false, _) => "unknown region",
+                (true, false) => "unknown payee",
+                (true, true) => "unknown payer",
             };
             return Outcome {
                 reason: Some(what),
                 ..Outcome::plain(Status::UnknownReference)
             };
         };
-        let params = self.params;
+        let params = self.book.params_at(t, &self.params);
         let (mode, amount_cents, event_ms) = {
             let tx = &self.window[i].0.tx;
             (tx.mode, tx.amount_cents, tx.event_ms)
@@ -502,13 +607,19 @@ impl Ledger {
         let hour = rules::local_hour(event_ms);
         let scores = rules::scores(amount_cents, hour, self.km.km(&payer.home, &region));
         let home_band = rules::distance_band(self.km.km(&payer.home, &payee.home));
-        let state = slot.get_or_insert_with(|| {
-            Final::new(initial_funds(
-                &payer,
-                self.resumed.remove(payer_id.as_str()),
-            ))
-        });
-        let funds = &mut state.exec;
+        let funds = match slot {
+            None => slot
+                .insert(Final::new(initial_funds(
+                    &payer,
+                    self.resumed.remove(payer_id.as_str()),
+                )))
+                .exec
+                .as_mut()
+                .expect("just made"),
+            Some(f) => f.exec.get_or_insert_with(|| initial_funds(&payer, None)),
+        };
+        // The credit limit is the user's as of now (SPEC §11: a `user` record changes it).
+        funds.credit_limit_cents = payer.credit_limit_cents;
         let before = Some(*funds);
         let status = if rules::is_stale(event_ms, funds) {
             Status::Stale
@@ -558,6 +669,7 @@ impl Ledger {
             home_band: Some(home_band),
             reason: None,
             before,
+            uf: Some(uf),
         }
     }
 
@@ -577,6 +689,7 @@ impl Ledger {
             let next_credit = [
                 self.final_due.front().map(|d| d.at),
                 self.incoming.keys().next().copied(),
+                self.events.keys().next().map(|(at, _)| *at),
             ]
             .into_iter()
             .flatten()
@@ -601,7 +714,7 @@ impl Ledger {
                     .state_of(&d.payee)
                     .as_mut()
                     .expect("execution applied this credit: its payee has state");
-                f.funds.balance_cents += d.amount_cents;
+                Self::final_funds(f, &d.payee_ref).balance_cents += d.amount_cents;
                 Self::touch(f, mark, &d.payee, &mut touched);
             }
             if let Some(credits) = self.incoming.remove(&t) {
@@ -612,8 +725,55 @@ impl Ledger {
                         &c.payee,
                         &c.payee_ref,
                     );
-                    f.funds.balance_cents += c.amount_cents * diff as Cents;
+                    Self::final_funds(f, &c.payee_ref).balance_cents +=
+                        c.amount_cents * diff as Cents;
                     Self::touch(f, mark, &c.payee, &mut touched);
+                }
+            }
+            // Then the changes of users' states at this time, in source order.
+            while let Some(entry) = self.events.first_entry() {
+                if entry.key().0 != t {
+                    break;
+                }
+                let e = entry.remove();
+                match e.kind {
+                    UserEventKind::Delete => {
+                        if let Some(times) = self.deletions.get_mut(e.user.as_str()) {
+                            times.retain(|&d| d != t);
+                            if times.is_empty() {
+                                self.deletions.remove(e.user.as_str());
+                            }
+                        }
+                        // Reported even for a user never touched here: its account may be
+                        // in a store from before a restart.
+                        let f = self.users.state_of(&e.user).get_or_insert(Final {
+                            funds: None,
+                            exec: None,
+                            touched: None,
+                        });
+                        f.funds = None;
+                        Self::touch(f, mark, &e.user, &mut touched);
+                    }
+                    UserEventKind::Adjust {
+                        amount_cents,
+                        opening_cents,
+                        limit_cents,
+                    } => {
+                        let reference = UserVal {
+                            home: Geo::new(0.0, 0.0),
+                            balance_cents: opening_cents,
+                            credit_limit_cents: limit_cents,
+                        };
+                        let f = Self::final_slot(
+                            &mut self.users,
+                            &mut self.resumed,
+                            &e.user,
+                            &reference,
+                        );
+                        let funds = Self::final_funds(f, &reference);
+                        funds.balance_cents = funds.balance_cents.saturating_add(amount_cents);
+                        Self::touch(f, mark, &e.user, &mut touched);
+                    }
                 }
             }
             while self.window.front().is_some_and(|(p, _)| p.t == t) {
@@ -629,22 +789,44 @@ impl Ledger {
                 }
                 self.base += 1;
                 if outcome.status == Status::Approved {
+                    // The reference is read only to make the state of a payer created
+                    // again after a deletion (SPEC §11).
+                    let fresh = self
+                        .users
+                        .state_of(&p.tx.payer)
+                        .as_ref()
+                        .is_some_and(|f| f.funds.is_none());
+                    let payer_ref = if fresh {
+                        self.users.get(&p.tx.payer, t, |u| *u)
+                    } else {
+                        None
+                    };
                     let f = self
                         .users
                         .state_of(&p.tx.payer)
                         .as_mut()
                         .expect("an approved payer has state");
-                    rules::approve(p.tx.mode, p.tx.amount_cents, p.tx.event_ms, &mut f.funds);
+                    let funds = match payer_ref {
+                        Some(r) => Self::final_funds(f, &r),
+                        None => f.funds.as_mut().expect("an approved payer has final state"),
+                    };
+                    rules::approve(p.tx.mode, p.tx.amount_cents, p.tx.event_ms, funds);
                     Self::touch(f, mark, &p.tx.payer, &mut touched);
                     if self.owns(&p.tx.payee) {
+                        let payee_ref = self
+                            .users
+                            .get(&p.tx.payee, t, |u| *u)
+                            .expect("an approved payee is known at its time");
                         self.final_due.push_back(FinalDue {
                             at: t + 1,
                             payee: p.tx.payee.clone(),
                             amount_cents: p.tx.amount_cents,
+                            payee_ref,
                         });
                     }
                 }
-                decisions.push((cell, outcome.decision(p)));
+                let version = self.book.as_of(p.t).version.clone();
+                decisions.push((cell, outcome.decision(p, &version)));
             }
         }
         self.flush_accounts(current, &mut touched, &mut accounts);
@@ -661,6 +843,14 @@ impl Ledger {
         users
             .state_of(user)
             .get_or_insert_with(|| Final::new(initial_funds(reference, resumed.remove(user))))
+    }
+
+    /// The final funds of a user that has state in execution: made from `reference` if
+    /// the user was deleted and created again since (a new user starts from its opening
+    /// balance; execution made its state the same way).
+    fn final_funds<'a>(f: &'a mut Final, reference: &UserVal) -> &'a mut rules::Funds {
+        f.funds
+            .get_or_insert_with(|| initial_funds(reference, None))
     }
 
     fn touch(f: &mut Final, mark: u64, user: &str, touched: &mut Vec<CompactString>) {
@@ -683,15 +873,23 @@ impl Ledger {
                 .state_of(&user)
                 .as_ref()
                 .expect("a changed user has state");
-            accounts.push((
-                t,
-                Account {
-                    balance_cents: f.funds.balance_cents,
-                    credit_used_cents: f.funds.credit_used_cents,
-                    last_approved_ms: f.funds.last_approved_ms,
+            let account = match &f.funds {
+                Some(funds) => Account {
+                    balance_cents: funds.balance_cents,
+                    credit_used_cents: funds.credit_used_cents,
+                    last_approved_ms: funds.last_approved_ms,
                     user: user.into(),
+                    deleted: false,
                 },
-            ));
+                None => Account {
+                    balance_cents: 0,
+                    credit_used_cents: 0,
+                    last_approved_ms: None,
+                    user: user.into(),
+                    deleted: true,
+                },
+            };
+            accounts.push((t, account));
         }
     }
 
@@ -702,6 +900,7 @@ impl Ledger {
             self.pend.iter().map(|p| p.t).min(),
             self.incoming.keys().next().copied(),
             self.final_due.front().map(|d| d.at),
+            self.events.keys().next().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -742,12 +941,17 @@ fn follow(held: &mut Option<Capability<Time>>, t: Option<Time>) {
 
 /// Rules 4–8 at the payer's owner; credits go around a +1 ms feedback edge (see the
 /// module's documentation for how many milliseconds one round decides).
+// Each input is a stream of its own (their frontiers say what is complete).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decide<'s>(
     scope: Scope<'s, Time>,
     pending: StreamVec<'s, Time, Pending>,
     seeded: StreamVec<'s, Time, Account>,
     regions: RefArranged<'s, RegionVal>,
     users: RefArranged<'s, UserVal>,
+    user_events: StreamVec<'s, Time, UserEvent>,
+    rule_changes: StreamVec<'s, Time, RuleChange>,
+    book: RuleBook,
     params: Params,
 ) -> (StreamVec<'s, Time, Decision>, StreamVec<'s, Time, Account>) {
     let (loop_handle, credits) = scope.feedback::<Vec<Credit>>(1);
@@ -764,6 +968,11 @@ pub(super) fn decide<'s>(
     let mut region_batches = builder.new_input(regions.stream, Pipeline);
     let mut user_batches = builder.new_input(users.stream, Pipeline);
     let mut seeded_in = builder.new_input(seeded, Exchange::new(|a: &Account| a.user.hashed()));
+    let mut events_in = builder.new_input(
+        user_events,
+        Exchange::new(|e: &UserEvent| owner_hash(&e.user)),
+    );
+    let mut rules_in = builder.new_input(rule_changes, Pipeline);
     let (decision_out, decisions) = builder.new_output();
     let (credit_out, credit_stream) = builder.new_output();
     let (account_out, accounts) = builder.new_output();
@@ -800,8 +1009,12 @@ pub(super) fn decide<'s>(
         payer_msgs: HashMap::new(),
         km: DistanceMemo::default(),
         order: Vec::new(),
+        book,
+        events: BTreeMap::new(),
+        deletions: HashMap::new(),
     };
-    // Frontier indexes: messages, credits, regions, users, resume accounts.
+    // Frontier indexes: messages, credits, regions, users, resume accounts, user events,
+    // rule changes.
     const CREDITS: usize = 1;
     builder.build(move |_caps| {
         // Capabilities: for decisions and accounts at the earliest time not final; for
@@ -816,6 +1029,28 @@ pub(super) fn decide<'s>(
                     ledger
                         .resumed
                         .insert(CompactString::from(a.user.as_str()), a);
+                }
+            });
+            rules_in.for_each(|_, data| {
+                for c in data.drain(..) {
+                    ledger.book.insert(c);
+                }
+            });
+            events_in.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    // Its change may be reported as an account at its time.
+                    hold_at(&mut outputs, &cap, t, 0);
+                    hold_at(&mut account_cap, &cap, t, 2);
+                    for e in data.drain(..) {
+                        if e.kind == UserEventKind::Delete {
+                            ledger
+                                .deletions
+                                .entry(CompactString::from(e.user.as_str()))
+                                .or_default()
+                                .push(e.at);
+                        }
+                        ledger.events.insert((e.at, e.pos), e);
+                    }
                 }
             });
             // Reference data is reloaded as soon as it changes, not when a message first
@@ -847,7 +1082,7 @@ pub(super) fn decide<'s>(
                 }
             });
             ledger.settle();
-            let bound = [0, 2, 3, 4]
+            let bound = [0, 2, 3, 4, 5, 6]
                 .into_iter()
                 .map(|i| frontier_time(&frontiers[i]))
                 .min()
@@ -910,6 +1145,9 @@ pub(super) fn decide<'s>(
             .min();
             ledger.regions.compact(least);
             ledger.users.compact(least);
+            if let Some(least) = least {
+                ledger.book.forget_before(least.min(ledger.final_upto));
+            }
         }
     });
     credit_stream.connect_loop(loop_handle);

@@ -84,17 +84,29 @@ pub(super) struct Slot<V, S> {
     state: S,
 }
 
-/// A worker's view of a replicated reference arrangement: a hash index of its contents
-/// (refreshed whenever the arrangement publishes updates) for queries at or after its
-/// latest update, and the trace itself for older queries (only possible while reference
-/// data is changing). Each key's slot also holds the operator's state for that key, so
+/// A key's values over time: `(τ, value from τ on)`, in time order.
+type Timeline<V> = Vec<(Time, Option<V>)>;
+
+/// A worker's view of a replicated reference arrangement: a hash index of its current
+/// contents, and for the keys that changed at a time a query may still ask before, their
+/// timeline. The index is built once from the whole trace; after that only the keys of
+/// the batches the arrangement publishes are read again (live changes, SPEC §11, cost per
+/// change, not per reference row). A query for a key without a timeline is one probe
+/// whatever its time. Each key's slot also holds the operator's state for that key, so
 /// one probe finds both; refreshing the values keeps the states.
 pub(super) struct RefIndex<V: differential_dataflow::ExchangeData, S = ()> {
     trace: RefTrace<V>,
     /// Ids up to 24 bytes are stored inline, so a probe compares keys without a pointer chase.
     index: HashMap<CompactString, Slot<V, S>>,
-    latest: Option<Time>,
+    /// Keys whose value changed after the compaction frontier.
+    history: HashMap<CompactString, Timeline<V>>,
+    /// Keys of the batches observed since the last refresh.
+    changed: Vec<String>,
+    /// The index holds the whole trace (after the first refresh).
+    built: bool,
     stale: bool,
+    /// No query asks about a time before this.
+    least: Time,
     /// The reader will ask nothing more: the trace is released, and no longer read.
     released: bool,
 }
@@ -104,15 +116,28 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         RefIndex {
             trace,
             index: HashMap::new(),
-            latest: None,
+            history: HashMap::new(),
+            changed: Vec::new(),
+            built: false,
             stale: true,
+            least: 0,
             released: false,
         }
     }
 
-    /// Notes batches the arrangement published.
+    /// Notes batches the arrangement published, and which keys they change.
     pub(super) fn observe(&mut self, spans: &[SpanOf<RefTrace<V>>]) {
-        self.stale |= spans.iter().any(|span| span.has_updates());
+        use differential_dataflow::trace::Navigable;
+        for batch in spans.iter().filter_map(|span| span.inner.as_ref()) {
+            self.stale = true;
+            if self.built {
+                let mut cursor = batch.cursor();
+                while let Some(k) = cursor.get_key(batch) {
+                    self.changed.push(k.clone());
+                    cursor.step_key(batch);
+                }
+            }
+        }
     }
 
     pub(super) fn cursor(&mut self) -> RefCursor<V> {
@@ -125,7 +150,71 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         differential_dataflow::trace::cursor::cursor_list(batches)
     }
 
-    /// Reloads the current values if the arrangement changed since the last load.
+    /// The timeline of the key the cursor is at.
+    fn timeline(
+        cursor: &mut <RefCursor<V> as CursorPair>::C,
+        storage: &<RefCursor<V> as CursorPair>::St,
+    ) -> Timeline<V> {
+        let mut updates: Vec<(Time, V, i64)> = Vec::new();
+        while let Some(v) = cursor.get_val(storage) {
+            cursor.map_times(storage, |time, diff| {
+                updates.push((*time, v.clone(), *diff))
+            });
+            cursor.step_val(storage);
+        }
+        let mut times: Vec<Time> = updates.iter().map(|u| u.0).collect();
+        times.sort_unstable();
+        times.dedup();
+        let mut timeline: Timeline<V> = Vec::with_capacity(times.len());
+        for tau in times {
+            // The value as of τ: the one whose updates up to τ sum to a positive count.
+            let mut counts: Vec<(&V, i64)> = Vec::new();
+            for (time, v, diff) in &updates {
+                if *time <= tau {
+                    match counts.iter_mut().find(|(w, _)| *w == v) {
+                        Some((_, c)) => *c += diff,
+                        None => counts.push((v, *diff)),
+                    }
+                }
+            }
+            let value = counts
+                .into_iter()
+                .find(|(_, c)| *c > 0)
+                .map(|(v, _)| v.clone());
+            if timeline.last().is_none_or(|(_, last)| *last != value) {
+                timeline.push((tau, value));
+            }
+        }
+        timeline
+    }
+
+    /// Records `key`'s timeline: its current value in the index, and the timeline itself
+    /// while a query may still ask about a time before its last change.
+    fn record(&mut self, key: &str, timeline: Timeline<V>) {
+        let current = timeline.last().and_then(|(_, v)| v.clone());
+        match self.index.get_mut(key) {
+            Some(slot) => slot.val = current,
+            None => {
+                if current.is_some() {
+                    self.index.insert(
+                        CompactString::from(key),
+                        Slot {
+                            val: current,
+                            state: S::default(),
+                        },
+                    );
+                }
+            }
+        }
+        if timeline.last().is_some_and(|(tau, _)| *tau > self.least) {
+            self.history.insert(CompactString::from(key), timeline);
+        } else {
+            self.history.remove(key);
+        }
+    }
+
+    /// Reloads what changed since the last load: everything the first time, then the
+    /// keys of the batches observed.
     pub(super) fn refresh(&mut self) {
         // A released trace may not be read (differential asserts it), and nothing would
         // read the values: the reference data can still be arriving when the reader is
@@ -133,87 +222,59 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         if !self.stale || self.released {
             return;
         }
-        for slot in self.index.values_mut() {
-            slot.val = None;
-        }
-        self.latest = None;
         let (mut cursor, storage) = self.cursor();
-        while let Some(k) = cursor.get_key(&storage) {
-            while let Some(v) = cursor.get_val(&storage) {
-                let mut count = 0i64;
-                let latest = &mut self.latest;
-                cursor.map_times(&storage, |time, diff| {
-                    count += *diff;
-                    *latest = (*latest).max(Some(*time));
-                });
-                if count > 0 {
-                    match self.index.get_mut(k.as_str()) {
-                        Some(slot) => slot.val = Some(v.clone()),
-                        None => {
-                            self.index.insert(
-                                CompactString::from(k.as_str()),
-                                Slot {
-                                    val: Some(v.clone()),
-                                    state: S::default(),
-                                },
-                            );
-                        }
-                    }
-                }
-                cursor.step_val(&storage);
+        if !self.built {
+            while let Some(k) = cursor.get_key(&storage) {
+                let key = k.clone();
+                let timeline = Self::timeline(&mut cursor, &storage);
+                self.record(&key, timeline);
+                cursor.step_key(&storage);
             }
-            cursor.step_key(&storage);
+            self.built = true;
+        } else {
+            let mut changed = std::mem::take(&mut self.changed);
+            changed.sort_unstable();
+            changed.dedup();
+            for key in changed {
+                cursor.seek_key(&storage, &key);
+                let timeline = if cursor.get_key(&storage) == Some(&key) {
+                    Self::timeline(&mut cursor, &storage)
+                } else {
+                    Vec::new()
+                };
+                self.record(&key, timeline);
+            }
         }
         self.stale = false;
     }
 
-    /// The value of `key` as of time `t`, read from the trace (for `t` before the latest
-    /// update, when the index's current values do not apply).
-    pub(super) fn value_at(&mut self, key: &str, t: Time) -> Option<V> {
-        let (mut cursor, storage) = self.cursor();
-        let key = key.to_owned();
-        cursor.seek_key(&storage, &key);
-        if cursor.get_key(&storage) != Some(&key) {
-            return None;
-        }
-        while let Some(v) = cursor.get_val(&storage) {
-            let mut count = 0i64;
-            cursor.map_times(&storage, |time, diff| {
-                if *time <= t {
-                    count += *diff;
-                }
-            });
-            if count > 0 {
-                return Some(v.clone());
-            }
-            cursor.step_val(&storage);
-        }
-        None
-    }
-
-    /// `read` of the value of `key` as of time `t`; the caller has seen the arrangement's
-    /// frontier pass `t`.
+    /// `read` of the value of `key` as of time `t` (updates at `t` included); the caller
+    /// has seen the arrangement's frontier pass `t`.
     pub(super) fn get<R>(&mut self, key: &str, t: Time, read: impl FnOnce(&V) -> R) -> Option<R> {
         self.refresh();
-        if self.latest.is_none_or(|latest| latest <= t) {
-            return self.index.get(key)?.val.as_ref().map(read);
+        if let Some(timeline) = self.history.get(key) {
+            let i = timeline.partition_point(|(tau, _)| *tau <= t);
+            return i
+                .checked_sub(1)
+                .and_then(|i| timeline[i].1.as_ref())
+                .map(read);
         }
-        self.value_at(key, t).as_ref().map(read)
+        self.index.get(key)?.val.as_ref().map(read)
     }
 
     /// The value of `key` as of time `t` with the state kept for it: one probe when the
-    /// current values apply. `None` (and no slot made) for a key without a value at `t`.
+    /// key has no recent change. `None` for a key without a value at `t`.
     pub(super) fn get_with_state(&mut self, key: &str, t: Time) -> Option<(V, &mut S)>
     where
         V: Copy,
     {
         self.refresh();
-        if self.latest.is_none_or(|latest| latest <= t) {
-            let slot = self.index.get_mut(key)?;
-            return Some((slot.val?, &mut slot.state));
+        if self.history.contains_key(key) {
+            let val = self.get(key, t, |v| *v)?;
+            return Some((val, self.state_of(key)));
         }
-        let val = self.value_at(key, t)?;
-        Some((val, self.state_of(key)))
+        let slot = self.index.get_mut(key)?;
+        Some((slot.val?, &mut slot.state))
     }
 
     /// The state kept for `key`, whether or not it has a value now.
@@ -236,7 +297,29 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
             return;
         }
         self.released = least.is_none();
+        if let Some(least) = least {
+            if least > self.least {
+                self.least = least;
+                if !self.history.is_empty() {
+                    self.history
+                        .retain(|_, timeline| timeline.last().is_some_and(|(tau, _)| *tau > least));
+                }
+            }
+        }
         self.trace
             .set_logical_compaction(Antichain::from_iter(least).borrow());
     }
+}
+
+/// The cursor and storage types of a [`RefCursor`].
+pub(super) trait CursorPair {
+    /// The cursor.
+    type C;
+    /// What it reads.
+    type St;
+}
+
+impl<C, St> CursorPair for (C, St) {
+    type C = C;
+    type St = St;
 }

@@ -18,7 +18,6 @@ use crate::analyses::{AnalysisKey, Tally, TallyBatch};
 use crate::model::Time;
 
 use super::frontier::ready;
-use super::reference::*;
 use super::*;
 
 /// Pre-aggregates decisions per timestamp into analysis rows (`Tally`), and accumulates
@@ -28,18 +27,15 @@ use super::*;
 /// records them; the analyses restored at a resume point join the rows at time 0.
 #[allow(clippy::type_complexity)]
 pub(super) fn analyses<'s>(
-    decisions: [StreamVec<'s, Time, Decision>; 3],
-    regions: RefArranged<'s, RegionVal>,
+    decisions: [StreamVec<'s, Time, Decision>; 2],
     prior: StreamVec<'s, Time, ((AnalysisKey, ()), Time, Tally)>,
 ) -> (
     StreamVec<'s, Time, Decision>,
     VecCollection<'s, Time, (AnalysisKey, Tally), isize>,
 ) {
-    let mut builder = OperatorBuilder::new("Tally".to_owned(), regions.stream.scope());
+    let mut builder = OperatorBuilder::new("Tally".to_owned(), prior.scope());
     let mut inputs = decisions.map(|stream| builder.new_input(stream, Pipeline));
-    let mut region_batches = builder.new_input(regions.stream, Pipeline);
     let mut prior_in = builder.new_input(prior, Pipeline);
-    let mut region_index: RefIndex<RegionVal> = RefIndex::new(regions.trace);
     let (pass_out, passed) = builder.new_output();
     let (keyed_out, keyed) = builder.new_output();
     let mut pass_out =
@@ -50,14 +46,12 @@ pub(super) fn analyses<'s>(
         _,
         timely::container::CapacityContainerBuilder<Vec<((AnalysisKey, ()), Time, Tally)>>,
     >::from(keyed_out);
-    // Frontier indexes: the decision inputs, then the regions, then the prior rows.
-    const REGIONS: usize = 3;
+    // Frontier indexes: the decision inputs, then the prior rows.
+    const PRIOR: usize = 2;
     builder.build(move |_caps| {
         let mut batches: BTreeMap<Time, (Capability<Time>, TallyBatch)> = BTreeMap::new();
         let mut states: Vec<(AnalysisKey, Tally)> = Vec::new();
         move |frontiers| {
-            region_batches.for_each(|_, spans| region_index.observe(spans));
-            region_index.refresh();
             let mut keyed_h = keyed_out.activate();
             prior_in.for_each(|cap, data| keyed_h.session(&cap).give_container(data));
             let mut pass_h = pass_out.activate();
@@ -69,31 +63,27 @@ pub(super) fn analyses<'s>(
                             .or_insert_with(|| (cap.delayed(&t, 1), TallyBatch::default()));
                         for d in data.iter() {
                             batch.add_status(d.status);
-                            if let (Some(a), Some(tx)) = (d.assessed(), &d.tx) {
-                                batch.add_assessed(&a, &tx.region);
+                            if let (Some(a), Some(uf)) = (d.assessed(), &d.uf) {
+                                batch.add_assessed(&a, uf);
                             }
                         }
                     }
                     pass_h.session(&cap).give_container(data);
                 });
             }
-            // A batch can go once the regions are known through its time; more decisions
-            // at that time may follow, and make another batch (tallies add up).
+            // A batch can go at once; more decisions at that time may follow, and make
+            // another batch (tallies add up).
             while let Some(entry) = batches.first_entry() {
                 let t = *entry.key();
-                if !ready(&frontiers[REGIONS..REGIONS + 1], &t) {
+                if !ready(&frontiers[PRIOR..PRIOR + 1], &t) {
                     break;
                 }
                 let (cap, mut batch) = entry.remove();
                 let mut keyed_s = keyed_h.session(&cap);
                 batch.drain(
                     |k, tally| keyed_s.give(((k, ()), t, tally)),
-                    |region, tally| {
-                        // Decide assessed the transaction only after finding its region
-                        // in this same arrangement at this same time.
-                        let uf = region_index
-                            .get(&region, t, |r| r.uf.clone())
-                            .expect("an assessed transaction's region is known at its time");
+                    |uf, tally| {
+                        // Decide found the UF of the transaction's region as of its time.
                         match states
                             .iter_mut()
                             .find(|(k, _)| matches!(k, AnalysisKey::State(u) if *u == uf))
@@ -107,11 +97,6 @@ pub(super) fn analyses<'s>(
                     keyed_s.give(((k, ()), t, tally));
                 }
             }
-            let least_decision = frontiers[..REGIONS]
-                .iter()
-                .filter_map(|f| f.frontier().iter().min().copied())
-                .min();
-            region_index.compact(batches.keys().next().copied().or(least_decision));
         }
     });
     // Rows are already (key, ()) pairs: arranged by key as they come, then accumulated.

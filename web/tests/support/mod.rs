@@ -54,6 +54,8 @@ pub fn decision(
         reason: (status == Status::Invalid).then(|| "not JSON".to_owned()),
         raw: None,
         home_band: None,
+        uf: None,
+        rules_version: "default".into(),
     }
 }
 
@@ -122,6 +124,7 @@ impl Feeder {
             decisions,
             accounts: Vec::new(),
             analyses: adds,
+            controls: Vec::new(),
         }
     }
 }
