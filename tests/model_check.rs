@@ -3,7 +3,7 @@
 //! decided by 1, 2 and 3 workers, must give the reference's decisions, scores, balances
 //! and analyses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -17,7 +17,10 @@ use vtpga_dataflow::{Params, Region, User};
 use vtpga_ingest::capture::CaptureRecord;
 use vtpga_ingest::replay::{for_worker, prepare};
 use vtpga_ingest::source::VecFeed;
-use vtpga_reference::{RefMsg, RefParams, RefRegion, RefTx, RefUser};
+use vtpga_dataflow::control::{control_json, parse_control};
+use vtpga_dataflow::graph::OutcomeKind;
+use vtpga_dataflow::{Change, ControlRecord, RuleSet};
+use vtpga_reference::{RefChange, RefControl, RefMsg, RefRegion, RefRules, RefTx, RefUser};
 use vtpga_sinks::{Batch, Gather};
 
 /// Small parameters so that random steps cross their boundaries often.
@@ -74,6 +77,70 @@ struct Step {
     amount: i64,
     /// E − t.
     skew: i64,
+    /// A control record (SPEC §11) instead of a message.
+    ctl: Option<Ctl>,
+}
+
+/// A control record of the model: which change, about whom, with which values.
+#[derive(Clone, Debug)]
+struct Ctl {
+    /// Control partition (its own clock, as a message partition has).
+    partition: i32,
+    kind: u8,
+    who: u8,
+    region: u8,
+    cents: i64,
+    limit: i64,
+    version: u8,
+    rules: (u8, u8, u8),
+    /// `effective_from` relative to the record's timestamp.
+    effective: Option<i64>,
+}
+
+fn ctl() -> impl Strategy<Value = Ctl> {
+    (
+        0..2i32,
+        0..9u8,
+        0..6u8,
+        0..5u8,
+        prop_oneof![
+            Just(1i64),
+            Just(-1),
+            Just(40_000),
+            Just(-50_000),
+            Just(100_000),
+            Just(0),
+            -2_000_000..2_000_000i64
+        ],
+        prop_oneof![Just(0i64), Just(50_000), Just(1_500_000), 0..3_000_000i64],
+        0..5u8,
+        (0..4u8, 0..3u8, 0..4u8),
+        prop::option::weighted(
+            0.3,
+            prop_oneof![Just(-3i64), Just(0), Just(1), Just(2), Just(WINDOW as i64), 1..30i64]
+        ),
+    )
+        .prop_map(
+            |(partition, kind, who, region, cents, limit, version, rules, effective)| Ctl {
+                partition,
+                kind,
+                who,
+                region,
+                cents,
+                limit,
+                version,
+                rules,
+                effective,
+            },
+        )
+}
+
+/// A step that is a control record one time in `1 / p`.
+fn live_step() -> impl Strategy<Value = Step> {
+    (step(), prop::option::weighted(0.2, ctl())).prop_map(|(mut s, c)| {
+        s.ctl = c;
+        s
+    })
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -120,6 +187,7 @@ fn step() -> impl Strategy<Value = Step> {
         .prop_map(
             |(dt, partition, redeliver, invalid, id, payer, payee, region, mode, amount, skew)| {
                 Step {
+                    ctl: None,
                     dt,
                     partition,
                     redeliver,
@@ -141,20 +209,160 @@ const PEOPLE: [&str; 6] = ["A", "B", "C", "D", "E", "Z"];
 const REGIONS: [&str; 5] = ["r1", "r2", "r3", "r4", "r9"];
 const MODES: [&str; 4] = ["pix", "debito", "credito", "boleto"];
 
-/// The capture (as a Kafka consumer would have recorded it) and the same messages for
-/// the reference. Record timestamps go up and down a little per partition, so clamping
-/// matters; positions are sometimes re-delivered.
+/// The control record of a step and the reference's reading of it (`None`: it does not
+/// parse, so it is invalid), with its payload as the control topic would carry it.
+fn control_payload(c: &Ctl, record_ts: u64) -> (String, Option<RefChange>, Option<i64>) {
+    let who = PEOPLE[c.who as usize];
+    let region = REGIONS[c.region as usize];
+    let effective_from = c.effective.map(|d| record_ts as i64 + d);
+    let user = |balance: i64| User {
+        id: who.into(),
+        name: format!("{who}-{}", c.version),
+        region_id: region.into(),
+        balance_cents: balance,
+        credit_limit_cents: c.limit,
+    };
+    let change = match c.kind {
+        0 => Some(Change::User(user(c.cents.abs()))),
+        1 => Some(Change::UserDelete { id: who.into() }),
+        2 => Some(Change::Adjust {
+            user_id: who.into(),
+            amount_cents: c.cents,
+        }),
+        3 => {
+            let (uf, lat, lon) = [
+                ("SP", -23.55, -46.63),
+                ("RJ", -22.90, -43.17),
+                ("AM", -3.12, -60.02),
+                ("SP", -23.60, -46.70),
+                ("RJ", -23.0, -43.5),
+            ][c.version as usize];
+            Some(Change::Region(Region {
+                id: region.into(),
+                uf: uf.into(),
+                name: region.into(),
+                lat,
+                lon,
+            }))
+        }
+        4 => Some(Change::RegionDelete { id: region.into() }),
+        5 | 8 => Some(Change::Rules(RuleSet {
+            version: ["v1", "v2", "v3", "default", "v1"][c.version as usize].into(),
+            risk_threshold: [0.0, 0.3, 0.5, 0.9][c.rules.0 as usize],
+            max_delay_ms: [1, 3, 10][c.rules.1 as usize],
+            dedup_window_ms: [0, 2, 6, 20][c.rules.2 as usize],
+        })),
+        _ => None,
+    };
+    let payload = match (c.kind, change) {
+        (_, Some(change)) => control_json(&ControlRecord {
+            change,
+            effective_from,
+        }),
+        // A Debezium change event of the users table (with the envelope one time in two).
+        (7, None) => {
+            let event = if c.cents < 0 {
+                serde_json::json!({"op": "d", "source": {"table": "users"}, "before": {"id": who}})
+            } else {
+                let u = user(c.cents);
+                serde_json::json!({"op": if c.limit % 2 == 0 { "c" } else { "u" },
+                    "source": {"table": "users"},
+                    "after": {"id": u.id, "name": u.name, "region_id": u.region_id,
+                        "balance_cents": u.balance_cents, "credit_limit_cents": u.credit_limit_cents}})
+            };
+            if c.version % 2 == 0 {
+                serde_json::json!({"schema": {}, "payload": event}).to_string()
+            } else {
+                event.to_string()
+            }
+        }
+        // A user record without its fields: invalid.
+        _ => format!("{{\"type\": \"user\", \"id\": \"{who}\"}}"),
+    };
+    let parsed = parse_control(payload.as_bytes()).ok();
+    let effective_from = parsed.as_ref().and_then(|r| r.effective_from);
+    let change = parsed.map(|r| match r.change {
+        Change::User(u) => RefChange::User(RefUser {
+            id: u.id,
+            region_id: u.region_id,
+            balance_cents: u.balance_cents,
+            credit_limit_cents: u.credit_limit_cents,
+        }),
+        Change::UserDelete { id } => RefChange::UserDelete(id),
+        Change::Adjust {
+            user_id,
+            amount_cents,
+        } => RefChange::Adjust {
+            user_id,
+            amount_cents,
+        },
+        Change::Region(r) => RefChange::Region(RefRegion {
+            id: r.id,
+            uf: r.uf,
+            lat: r.lat,
+            lon: r.lon,
+        }),
+        Change::RegionDelete { id } => RefChange::RegionDelete(id),
+        Change::Rules(r) => RefChange::Rules(RefRules {
+            version: r.version,
+            risk_threshold: r.risk_threshold,
+            max_delay_ms: r.max_delay_ms,
+            dedup_window_ms: r.dedup_window_ms,
+        }),
+    });
+    (payload, change, effective_from)
+}
+
+/// What a capture holds, for the reference: a message or a control record.
+#[derive(Clone)]
+enum Item {
+    Msg(RefMsg),
+    Ctl(RefControl),
+}
+
+/// The capture (as a Kafka consumer would have recorded it) and the same messages and
+/// control records for the reference. Record timestamps go up and down a little per
+/// partition, so clamping matters; positions are sometimes re-delivered.
 fn capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>) {
+    let (records, msgs, _) = live_capture(steps);
+    (records, msgs)
+}
+
+/// [`capture`] with the control records.
+fn live_capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>, Vec<RefControl>) {
     let mut records: Vec<CaptureRecord> = Vec::new();
-    let mut msgs: Vec<RefMsg> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
     let mut offsets = [0i64; 4];
+    let mut ctl_offsets = [0i64; 2];
     let mut t = BASE_T;
     for s in steps {
         t += s.dt;
         if let Some(i) = s.redeliver.filter(|_| !records.is_empty()) {
             let i = i % records.len();
             records.push(records[i].clone());
-            msgs.push(msgs[i].clone());
+            items.push(items[i].clone());
+            continue;
+        }
+        if let Some(c) = &s.ctl {
+            let record_ts = t - (c.partition as u64 % 2) * 2;
+            let offset = ctl_offsets[c.partition as usize];
+            ctl_offsets[c.partition as usize] += 1;
+            let (payload, change, effective_from) = control_payload(c, record_ts);
+            records.push(CaptureRecord {
+                t: record_ts,
+                partition: c.partition,
+                offset,
+                payload,
+                refused: None,
+                control: true,
+            });
+            items.push(Item::Ctl(RefControl {
+                record_ts,
+                partition: c.partition,
+                offset,
+                effective_from,
+                change,
+            }));
             continue;
         }
         // Partition clocks lag behind each other: record_ts may go backwards.
@@ -192,23 +400,32 @@ fn capture(steps: &[Step]) -> (Vec<CaptureRecord>, Vec<RefMsg>) {
             refused: None,
             control: false,
         });
-        msgs.push(RefMsg {
+        items.push(Item::Msg(RefMsg {
             record_ts,
             partition: s.partition,
             offset,
             tx: (!s.invalid).then_some(tx),
-        });
+        }));
     }
-    (records, msgs)
+    let (mut msgs, mut controls) = (Vec::new(), Vec::new());
+    for item in items {
+        match item {
+            Item::Msg(m) => msgs.push(m),
+            Item::Ctl(c) => controls.push(c),
+        }
+    }
+    (records, msgs, controls)
 }
 
-/// (t, status, scores) of one decision.
-type Seen = (u64, String, Option<[f64; 4]>);
+/// (t, status, scores, rules version) of one decision.
+type Seen = (u64, String, Option<[f64; 4]>, String);
 
 struct Observed {
     decisions: BTreeMap<(i32, i64), Seen>,
     balances: BTreeMap<String, (i64, i64)>,
     analyses: Value,
+    /// Control positions that changed nothing.
+    invalid_controls: BTreeSet<(i32, i64)>,
 }
 
 fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> Observed {
@@ -234,11 +451,14 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
     )
     .expect("pipeline runs");
     let mut decisions = BTreeMap::new();
-    let mut balances: BTreeMap<String, (i64, i64)> = reference
+    // The users that exist, with their opening balances; the accounts decisions changed.
+    let mut users: BTreeMap<String, i64> = reference
         .users
         .iter()
-        .map(|u| (u.id.clone(), (u.balance_cents, 0)))
+        .map(|u| (u.id.clone(), u.balance_cents))
         .collect();
+    let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut invalid_controls = BTreeSet::new();
     let mut rows = BTreeMap::new();
     let mut last_time = 0;
     for batch in receiver.try_iter() {
@@ -250,19 +470,53 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
                 .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
             let previous = decisions.insert(
                 (d.pos.partition, d.pos.offset),
-                (d.t, d.status.as_str().to_owned(), scores),
+                (
+                    d.t,
+                    d.status.as_str().to_owned(),
+                    scores,
+                    d.rules_version.to_string(),
+                ),
             );
             assert!(previous.is_none(), "one decision per source position");
         }
+        for c in batch.controls {
+            match c.kind {
+                OutcomeKind::Applied(Change::User(u)) => {
+                    users.insert(u.id, u.balance_cents);
+                }
+                OutcomeKind::Applied(Change::UserDelete { id }) => {
+                    users.remove(&id);
+                }
+                OutcomeKind::Rejected { .. } => {
+                    assert!(
+                        invalid_controls.insert((c.pos.partition, c.pos.offset)),
+                        "one outcome per control position"
+                    );
+                }
+                _ => {}
+            }
+        }
         for a in batch.accounts {
-            balances.insert(a.user, (a.balance_cents, a.credit_used_cents));
+            if a.deleted {
+                accounts.remove(&a.user);
+            } else {
+                accounts.insert(a.user, (a.balance_cents, a.credit_used_cents));
+            }
         }
         analyses::apply_changes(&mut rows, batch.analyses);
     }
+    let balances = users
+        .into_iter()
+        .map(|(id, opening)| {
+            let account = accounts.get(&id).copied().unwrap_or((opening, 0));
+            (id, account)
+        })
+        .collect();
     Observed {
         decisions,
         balances,
         analyses: analyses::to_json(&rows),
+        invalid_controls,
     }
 }
 
@@ -317,7 +571,7 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
 /// The dataflow with 1, 2 and 3 workers, deciding one millisecond per cell and `epoch_ms`
 /// per cell, against the reference.
 fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
-    let (records, msgs) = capture(steps);
+    let (records, msgs, controls) = live_capture(steps);
     let ref_regions: Vec<RefRegion> = regions()
         .into_iter()
         .map(|r| {
@@ -336,11 +590,13 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
             credit_limit_cents: u.credit_limit_cents,
         })
         .collect();
-    let expected = vtpga_reference::run(
+    let expected = vtpga_reference::run_live(
         &ref_regions,
         &ref_users,
         &msgs,
-        &RefParams {
+        &controls,
+        &RefRules {
+            version: "default".into(),
             max_delay_ms: MAX_DELAY,
             dedup_window_ms: WINDOW,
             risk_threshold: 0.5,
@@ -364,7 +620,15 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
             epoch_ms
         );
         for (pos, want) in &expected.decisions {
-            let (t, status, scores) = &got.decisions[pos];
+            let (t, status, scores, version) = &got.decisions[pos];
+            prop_assert_eq!(
+                version.as_str(),
+                want.rules_version.as_str(),
+                "rules_version of {:?}, {} workers, epoch {} ms",
+                pos,
+                workers,
+                epoch_ms
+            );
             prop_assert_eq!(*t, want.t, "t of {:?}, {} workers", pos, workers);
             prop_assert_eq!(
                 status.as_str(),
@@ -403,6 +667,13 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
             "analyses, {} workers",
             workers
         );
+        prop_assert_eq!(
+            &got.invalid_controls,
+            &expected.invalid_controls,
+            "invalid control records, {} workers, epoch {} ms",
+            workers,
+            epoch_ms
+        );
     }
     Ok(())
 }
@@ -413,6 +684,20 @@ proptest! {
     #[test]
     fn dataflow_matches_reference(
         steps in prop::collection::vec(step(), 1..80),
+        epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
+    ) {
+        check_with(&steps, epoch_ms)?;
+    }
+
+    /// The same with live changes (SPEC §11) among the messages: users created before
+    /// and after their first payment, deleted with credits due at the same time and
+    /// created again, adjusted at the exact time of a payment, limits lowered below the
+    /// credit in use, regions moved and deleted, rule sets whose window boundary falls
+    /// between two sightings of an id (and reused versions), `effective_from` in the past
+    /// and the future, changes at one time on two control partitions, Debezium events.
+    #[test]
+    fn dataflow_matches_reference_with_live_changes(
+        steps in prop::collection::vec(live_step(), 1..80),
         epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
     ) {
         check_with(&steps, epoch_ms)?;
@@ -444,6 +729,7 @@ proptest! {
                     mode: [0, 1, 2][mode as usize],
                     amount,
                     skew: 0,
+                    ctl: None,
                 };
                 payer = payee;
                 step
@@ -468,6 +754,7 @@ fn pay(dt: u64, partition: i32, id: u8, payer: u8, payee: u8, amount: i64) -> St
         mode: 0,
         amount,
         skew: 0,
+        ctl: None,
     }
 }
 
@@ -507,6 +794,7 @@ fn same_t_debits_follow_ledger_order() {
         mode: 0,
         amount,
         skew: 0,
+        ctl: None,
     };
     // C has 500.00: "t-b" (400.00) arrives first but "t-a" (300.00) is first in ledger order.
     let steps = vec![s(1, 40_000), s(0, 30_000)];
@@ -528,4 +816,50 @@ fn a_payment_that_needs_another_workers_credit_gets_it() {
     for _ in 0..20 {
         check_with(&steps, 4096).expect("matches the reference");
     }
+}
+
+/// A control step: `kind` as in [`control_payload`], about person `who`, `dt` ms after the
+/// last step, on control partition 0.
+fn change(dt: u64, kind: u8, who: u8, region: u8, cents: i64) -> Step {
+    Step {
+        ctl: Some(Ctl {
+            partition: 0,
+            kind,
+            who,
+            region,
+            cents,
+            limit: 0,
+            version: 0,
+            rules: (0, 0, 0),
+            effective: None,
+        }),
+        ..pay(dt, 0, 0, 0, 1, 1)
+    }
+}
+
+/// A credit from another worker that reaches a user after its owner executed past the
+/// user's deletion: it changes the payments of the deleted user (the one at t + 1 is
+/// approved with it), not those of the user created again with the same id (whose first
+/// payment has only its opening balance). Whether the credit comes late depends on the
+/// threads' timing; the result must not.
+#[test]
+fn a_late_credit_stops_at_its_users_deletion() {
+    let steps = vec![
+        // A (rich) pays E (nothing) 100.00 at t.
+        pay(0, 0, 0, 0, 4, 10_000),
+        // E pays B 50.00 at t + 1: only A's credit makes it possible.
+        pay(1, 2, 1, 4, 1, 5_000),
+        // E is deleted at t + 2 and created again at t + 3 with nothing.
+        change(1, 1, 4, 1, 0),
+        change(1, 0, 4, 1, 0),
+        // The new E pays B 50.00 at t + 4: it has nothing.
+        pay(1, 2, 2, 4, 1, 5_000),
+    ];
+    for _ in 0..30 {
+        check_with(&steps, 4096).expect("matches the reference");
+    }
+    let (records, _) = capture(&steps);
+    let got = run_dataflow(records, 3, params(4096));
+    let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
+    assert_eq!(statuses, ["approved", "approved", "insufficient_balance"]);
 }
