@@ -55,6 +55,11 @@ pub struct ControlOutcome {
     pub t: Time,
     /// Its effective time `T` (`t_c` for a record that did not parse).
     pub at: Time,
+    /// This outcome is at the end of the record's arrival cell: a store that commits the
+    /// control topic's offsets counts the record as consumed with it. (Each record has
+    /// exactly one such outcome: `Scheduled`, or its final one when `T` is in the same
+    /// cell as `t_c`.)
+    pub arrived: bool,
     /// What happened.
     pub kind: OutcomeKind,
 }
@@ -282,6 +287,7 @@ fn route<'s>(
                                 pos: c.pos,
                                 t: c.t,
                                 at: c.t,
+                                arrived: true,
                                 kind: OutcomeKind::Rejected { raw: c.raw, error },
                             });
                             continue;
@@ -297,6 +303,7 @@ fn route<'s>(
                             pos: c.pos,
                             t: c.t,
                             at,
+                            arrived: true,
                             kind: OutcomeKind::Scheduled(record.clone()),
                         });
                     }
@@ -450,6 +457,7 @@ fn users_op<'s>(
                         pos: k.pos,
                         t: k.t,
                         at: k.at,
+                        arrived: params.cell_end(k.at) == params.cell_end(k.t),
                         kind,
                     };
                     match k.change {
@@ -625,6 +633,7 @@ fn regions_op<'s>(
                         pos: k.pos,
                         t: k.t,
                         at: k.at,
+                        arrived: params.cell_end(k.at) == params.cell_end(k.t),
                         kind: OutcomeKind::Applied(change),
                     });
                 }
@@ -685,6 +694,7 @@ fn rules_op<'s>(
                         pos: k.pos,
                         t: k.t,
                         at: k.at,
+                        arrived: params.cell_end(k.at) == params.cell_end(k.t),
                         kind,
                     });
                 }
