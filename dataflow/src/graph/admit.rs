@@ -44,6 +44,7 @@ pub fn admit(m: Incoming) -> Result<Admitted, Decision> {
                 t: m.t,
                 raw,
                 parsed,
+                resumed: false,
             }));
         }
         Body::ControlRefused { raw, error } => {
@@ -52,6 +53,7 @@ pub fn admit(m: Incoming) -> Result<Admitted, Decision> {
                 t: m.t,
                 raw,
                 parsed: Err(error),
+                resumed: false,
             }))
         }
     };

@@ -44,6 +44,10 @@ pub struct ControlIn {
     pub raw: Vec<u8>,
     /// The record, or why it is not one.
     pub parsed: Result<ControlRecord, String>,
+    /// Accepted before a restart and still to take effect (from the durable store): its
+    /// arrival was recorded then, so it is not reported as `Scheduled` again.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// What became of a control record (SPEC §11), for the stores and the dashboard.
@@ -297,7 +301,7 @@ fn route<'s>(
                         Some(from) if from > 0 && from as u64 > c.t => from as u64,
                         _ => c.t,
                     };
-                    if at > end {
+                    if at > end && !c.resumed {
                         let out = cap.delayed(&end, 3);
                         outcome_h.session(&out).give(ControlOutcome {
                             pos: c.pos,
