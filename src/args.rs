@@ -1,5 +1,6 @@
 //! Flag groups several subcommands share: the rule parameters of SPEC §5, the generated
-//! reference data, and where and how the dashboard is served.
+//! reference data, where and how the dashboard is served, and the generated control
+//! records of SPEC §11.
 
 use anyhow::Result;
 use clap::Args;
@@ -145,5 +146,57 @@ impl WebServeArgs {
             listen: self.web_listen,
             token: self.web_token.clone(),
         }
+    }
+}
+
+/// Generated control records (SPEC §11) mixed into generated transactions: `vtpga
+/// generate` (capture lines of the control topic), `vtpga produce` (published to the
+/// control topic) and the embedded generator of `vtpga run`.
+#[derive(Args, Clone, Debug)]
+pub struct ControlRateArgs {
+    /// Generated control records per second of arrival time (user creations, updates,
+    /// deletions and re-creations, balance adjustments, region changes, new rule sets, a
+    /// few invalid ones for the dead-letter path); 0 for none.
+    #[arg(long, env = "VTPGA_CONTROL_RATE", default_value_t = 0.0, value_parser = control_rate)]
+    pub control_rate: f64,
+    /// Partitions of the control topic the generated control records are spread over, by
+    /// entity id (`produce` lets the producer's partitioner place them by that key).
+    #[arg(
+        long,
+        env = "VTPGA_CONTROL_PARTITIONS",
+        default_value_t = vtpga_ingest::changes::DEFAULT_CONTROL_PARTITIONS,
+        value_parser = clap::value_parser!(i32).range(1..=1024)
+    )]
+    pub control_partitions: i32,
+}
+
+/// A finite rate >= 0.
+fn control_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err("must be a finite number >= 0".into());
+    }
+    Ok(v)
+}
+
+impl ControlRateArgs {
+    /// The control generator's configuration (`None` at rate 0): seeded with `seed`,
+    /// its own clock starting at `start_ms`, its names tagged with `tag` (empty for
+    /// `gen-1`, `un000001`, …; a live source gives
+    /// [`vtpga_ingest::changes::ControlConfig::tag_for_seed`]).
+    pub fn config(
+        &self,
+        seed: u64,
+        start_ms: u64,
+        tag: String,
+    ) -> Option<vtpga_ingest::changes::ControlConfig> {
+        (self.control_rate > 0.0).then(|| vtpga_ingest::changes::ControlConfig {
+            seed,
+            rate_per_sec: self.control_rate,
+            start_ms,
+            partitions: self.control_partitions,
+            tag,
+            ..Default::default()
+        })
     }
 }

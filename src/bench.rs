@@ -1,6 +1,8 @@
 //! `vtpga bench`: pushes pre-generated messages through the graph with 1 and 2 workers,
 //! (a) already parsed and (b) as raw JSON, and runs the sequential reference on the
-//! same input, printing messages per second for each.
+//! same input, printing messages per second for each. With `--control-every N` one
+//! generated control record (SPEC §11) comes after every N messages, in the graph's input
+//! and in the reference's (`run_live`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,9 +11,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
+use vtpga_dataflow::control::parse_control;
 use vtpga_dataflow::graph::{Body, Incoming};
+use vtpga_dataflow::model::Change;
 use vtpga_dataflow::parse::parse_transaction;
 use vtpga_dataflow::{Params, SourcePos};
+use vtpga_ingest::changes::{ControlConfig, ControlGenerator, GenControl};
 use vtpga_ingest::generator::{Generator, GeneratorConfig};
 use vtpga_ingest::refdata::{generate_regions, generate_users};
 use vtpga_ingest::source::{Feed, Polled, VecFeed};
@@ -48,12 +53,61 @@ pub struct BenchArgs {
     /// chosen from the generated messages, as `replay` does (1 gives the live timing).
     #[arg(long)]
     pub epoch_ms: Option<u64>,
+    /// One generated control record (SPEC §11: user, region and rule changes, a few
+    /// invalid) after every N messages, in the graph's input and the reference's; 0 for
+    /// none.
+    #[arg(long, default_value_t = 0)]
+    pub control_every: usize,
 }
 
 struct Input {
     raw: Vec<Incoming>,
     parsed: Vec<Incoming>,
     reference_msgs: Vec<vtpga_reference::RefMsg>,
+    reference_controls: Vec<vtpga_reference::RefControl>,
+    /// Control records meant to be refused (the dead-letter path).
+    invalid_controls: usize,
+}
+
+/// A generated control record as the sequential reference takes it.
+fn ref_control(c: &GenControl) -> vtpga_reference::RefControl {
+    use vtpga_reference::{RefChange, RefRegion, RefRules, RefUser};
+    let parsed = parse_control(&c.payload).ok();
+    vtpga_reference::RefControl {
+        record_ts: c.record_ts,
+        partition: c.partition,
+        offset: c.offset,
+        effective_from: parsed.as_ref().and_then(|p| p.effective_from),
+        change: parsed.map(|p| match p.change {
+            Change::User(u) => RefChange::User(RefUser {
+                id: u.id,
+                region_id: u.region_id,
+                balance_cents: u.balance_cents,
+                credit_limit_cents: u.credit_limit_cents,
+            }),
+            Change::UserDelete { id } => RefChange::UserDelete(id),
+            Change::Adjust {
+                user_id,
+                amount_cents,
+            } => RefChange::Adjust {
+                user_id,
+                amount_cents,
+            },
+            Change::Region(r) => RefChange::Region(RefRegion {
+                id: r.id,
+                uf: r.uf,
+                lat: r.lat,
+                lon: r.lon,
+            }),
+            Change::RegionDelete { id } => RefChange::RegionDelete(id),
+            Change::Rules(r) => RefChange::Rules(RefRules {
+                version: r.version,
+                risk_threshold: r.risk_threshold,
+                max_delay_ms: r.max_delay_ms,
+                dedup_window_ms: r.dedup_window_ms,
+            }),
+        }),
+    }
 }
 
 fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
@@ -63,13 +117,44 @@ fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
         ..GeneratorConfig::default()
     };
     let partitions = cfg.partitions;
+    let mut controls = (args.control_every > 0).then(|| {
+        ControlGenerator::new(
+            ControlConfig {
+                seed: args.seed,
+                ..ControlConfig::default()
+            },
+            &reference.regions,
+            &reference.users,
+        )
+    });
     let mut generator = Generator::new(cfg, reference.regions.clone(), reference.users.clone());
     let mut offsets = vec![0i64; partitions as usize];
     let mut raw = Vec::with_capacity(args.count);
     let mut parsed = Vec::with_capacity(args.count);
     let mut reference_msgs = Vec::with_capacity(args.count);
-    for _ in 0..args.count {
+    let mut reference_controls = Vec::new();
+    let mut invalid_controls = 0;
+    for i in 0..args.count {
         let m = generator.next_message();
+        // A control record at the time of every N-th message, before it.
+        if let Some(g) = controls.as_mut() {
+            if (i + 1) % args.control_every == 0 {
+                let c = g.next_at(m.record_ts);
+                invalid_controls += usize::from(c.kind.is_invalid());
+                reference_controls.push(ref_control(&c));
+                let control = Incoming {
+                    pos: SourcePos {
+                        partition: c.partition,
+                        offset: c.offset,
+                    },
+                    t: c.record_ts,
+                    ingest_us: 0,
+                    body: Body::Control(c.payload),
+                };
+                parsed.push(control.clone());
+                raw.push(control);
+            }
+        }
         let offset = &mut offsets[m.partition as usize];
         let pos = SourcePos {
             partition: m.partition,
@@ -107,6 +192,8 @@ fn build_input(args: &BenchArgs, reference: &Reference) -> Input {
         raw,
         parsed,
         reference_msgs,
+        reference_controls,
+        invalid_controls,
     }
 }
 
@@ -255,14 +342,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             credit_limit_cents: u.credit_limit_cents,
         })
         .collect();
+    let initial_rules = {
+        let p = vtpga_reference::RefParams::default();
+        vtpga_reference::RefRules {
+            version: "default".to_owned(),
+            risk_threshold: p.risk_threshold,
+            max_delay_ms: p.max_delay_ms,
+            dedup_window_ms: p.dedup_window_ms,
+        }
+    };
     let mut reference_best = f64::MAX;
     for _ in 0..args.repeat {
         let started = Instant::now();
-        let out = vtpga_reference::run(
+        let out = vtpga_reference::run_live(
             &ref_regions,
             &ref_users,
             &input.reference_msgs,
-            &Default::default(),
+            &input.reference_controls,
+            &initial_rules,
         );
         reference_best = reference_best.min(started.elapsed().as_secs_f64());
         std::hint::black_box(out);
@@ -277,8 +374,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             vtpga::pipeline::AUTO_EPOCH_LIMIT_MS,
         )
     });
+    let controls = match input.reference_controls.len() {
+        0 => "no control records".to_owned(),
+        n => format!(
+            "{n} control records (one per {} messages, {} of them invalid)",
+            args.control_every, input.invalid_controls
+        ),
+    };
     println!(
-        "vtpga bench: {} messages, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}",
+        "vtpga bench: {} messages, {controls}, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}",
         args.count, args.arrival_rate, args.users, epoch_ms, args.repeat
     );
     println!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use vtpga_ingest::capture::generate_dataset;
+use vtpga_ingest::capture::generate_dataset_with_controls;
 use vtpga_ingest::generator::GeneratorConfig;
 
 #[derive(Args, Clone, Debug)]
@@ -26,6 +26,8 @@ pub struct GenerateArgs {
     pub span_hours: f64,
     #[command(flatten)]
     pub faults: FaultArgs,
+    #[command(flatten)]
+    pub controls: vtpga::args::ControlRateArgs,
 }
 
 /// The share of each kind of faulty message (`vtpga generate` and `vtpga produce`).
@@ -73,15 +75,25 @@ impl FaultArgs {
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let cfg = args.faults.config(args.generated.seed, args.partitions)?;
     let cfg = cfg.spanning(args.count, (args.span_hours * 3_600_000.0) as u64);
-    let summary = generate_dataset(
+    // The capture is reproducible: rule versions `gen-1`, … and users `un000001`, ….
+    let controls = args
+        .controls
+        .config(args.generated.seed, cfg.start_ms, String::new());
+    let summary = generate_dataset_with_controls(
         &args.out,
         args.count,
         args.generated.users,
         args.generated.extra_regions,
         cfg,
+        controls,
     )?;
+    let controls = if summary.controls > 0 {
+        format!(" (and {} control records)", summary.controls)
+    } else {
+        String::new()
+    };
     println!(
-        "wrote {} regions, {} users and {} messages to {}",
+        "wrote {} regions, {} users and {} messages{controls} to {}",
         summary.regions,
         summary.users,
         summary.messages,

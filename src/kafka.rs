@@ -19,6 +19,14 @@ pub struct KafkaArgs {
     /// The transactions topic (SPEC §3).
     #[arg(long, env = "VTPGA_KAFKA_TOPIC", default_value = "transacoes")]
     pub topic: String,
+    /// The control topic (SPEC §11): live changes of users, regions and rule sets. Empty:
+    /// read none.
+    #[arg(
+        long,
+        env = "VTPGA_KAFKA_CONTROL_TOPIC",
+        default_value = "transacoes-controle"
+    )]
+    pub control_topic: String,
     /// Where decisions are produced.
     #[arg(
         long,

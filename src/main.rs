@@ -1,6 +1,7 @@
 //! `vtpga`: the VT.PGA transaction approval pipeline.
 
 mod bench;
+mod control;
 mod generate;
 mod loadtest;
 mod produce;
@@ -73,6 +74,9 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Create the transactions, decisions and dead-letter topics if they are missing.
     Topics(TopicsArgs),
+    /// Publish control records (SPEC §11: rule sets, users, adjustments, regions) to the
+    /// control topic.
+    Control(control::ControlArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,10 +149,12 @@ fn main() -> Result<()> {
             args.postgres,
         ),
         Command::Sinkbench(args) => sinkbench::sinkbench(args),
+        Command::Control(args) => control::control(args),
         Command::Topics(args) => vtpga::kafka::create_topics(
             &args.kafka,
             &[
                 vtpga::kafka::TopicSpec::input(&args.kafka.topic, args.max_clock_skew_ms),
+                vtpga::kafka::TopicSpec::input(&args.kafka.control_topic, args.max_clock_skew_ms),
                 vtpga::kafka::TopicSpec::plain(&args.kafka.decisions_topic),
                 vtpga::kafka::TopicSpec::plain(&args.kafka.dlq_topic),
             ],

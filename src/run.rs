@@ -133,15 +133,25 @@ pub struct RunArgs {
     pub params: ParamArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Live changes mixed into the generated stream (generator source only).
+    #[command(flatten)]
+    pub control: vtpga::args::ControlRateArgs,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
     let rate = parse_rate(&args.rate)?;
-    let (params, rules) = args.params.params_and_rules()?;
+    let (params, mut rules) = args.params.params_and_rules()?;
     let config = args.cluster.config()?;
     let source_name = match args.source {
         SourceKind::Kafka => format!("kafka:{}", args.kafka.topic),
         SourceKind::Generator => "generator".to_owned(),
+    };
+    // The control topic's offsets are recorded under a source name of their own.
+    let control_source = match args.source {
+        SourceKind::Kafka if !args.kafka.control_topic.is_empty() => {
+            Some(format!("kafka:{}", args.kafka.control_topic))
+        }
+        _ => None,
     };
     // The durable store first: with it, reference data and the resume point come from it.
     let mut resume_point = ResumePoint::default();
@@ -156,14 +166,18 @@ pub fn run(args: RunArgs) -> Result<()> {
                     redact(url)
                 );
             }
-            resume_point = pg::load_resume(&mut client, &source_name, params.dedup_window_ms)?;
+            // The rule set the database started with stays the initial one (SPEC §11).
+            rules = pg::initial_rules(&mut client, &rules)?;
+            resume_point = pg::load_resume(&mut client, &source_name, control_source.as_deref())?;
             if let Some(cut) = resume_point.cut_time {
                 eprintln!(
-                    "resuming after t = {cut}: {} account(s), {} id(s) in the duplicate window, {} analysis row(s), {} partition offset(s)",
+                    "resuming after t = {cut}: {} account(s), {} id(s) in the duplicate window, {} analysis row(s), {} partition offset(s), {} rule change(s), {} scheduled change(s)",
                     resume_point.state.accounts.len(),
                     resume_point.state.seen.len(),
                     resume_point.state.analyses.len(),
-                    resume_point.partitions.len()
+                    resume_point.partitions.len() + resume_point.control_partitions.len(),
+                    resume_point.state.rules.len(),
+                    resume_point.state.scheduled.len()
                 );
             }
             (regions, users)
@@ -177,6 +191,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
         },
     };
+    // The parameters' rule values are those of the initial rule set.
+    let params = rules.apply_to(&params);
     if users.len() < 2 {
         bail!("at least 2 users are needed, not {}", users.len());
     }
@@ -209,6 +225,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         SourceKind::Kafka => {
             let partitions =
                 partition_count(&args.kafka, &args.kafka.topic, Duration::from_secs(10))?;
+            // Live changes (SPEC §11): the control topic's partitions, if it is there.
+            let control = match args.kafka.control_topic.as_str() {
+                "" => None,
+                topic => match partition_count(&args.kafka, topic, Duration::from_secs(10)) {
+                    Ok(n) => Some((topic.to_owned(), n)),
+                    Err(e) => {
+                        log::warn!(
+                            "kafka: no control topic {topic} ({e:#}): reference data and rules \
+                             will not change while running"
+                        );
+                        None
+                    }
+                },
+            };
             let producer = DecisionProducer::new(
                 args.kafka.client_config()?,
                 OutputTopics {
@@ -220,6 +250,17 @@ pub fn run(args: RunArgs) -> Result<()> {
             let source = KafkaSourceConfig {
                 client: args.kafka.consumer_settings()?,
                 topic: args.kafka.topic.clone(),
+                control_topic: control.as_ref().map(|(topic, _)| topic.clone()),
+                control_offsets: resume_point
+                    .control_partitions
+                    .iter()
+                    .map(|(p, r)| (*p, r.next_offset))
+                    .collect(),
+                control_last_t: resume_point
+                    .control_partitions
+                    .iter()
+                    .map(|(p, r)| (*p, r.last_t))
+                    .collect(),
                 // Once the database holds this source's record, a partition without a
                 // stored offset has had nothing decided yet: what arrived there while the
                 // pipeline was down must be read, whatever `--start` says.
@@ -261,7 +302,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 args.kafka.decisions_topic,
                 args.kafka.dlq_topic
             );
-            Some((partitions, source, producer))
+            let control_partitions = control.map_or(0, |(_, n)| n);
+            Some(((partitions, control_partitions), source, producer))
         }
     };
     let kafka_stats = KafkaStats::new(local_workers);
@@ -277,8 +319,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     // order (sinks::consumer).
     let mut record = Vec::new();
     if let Some(url) = &args.postgres {
-        let first = PgSink::new(url, &source_name)
+        let mut first = PgSink::new(url, &source_name)
             .with_context(|| format!("connecting the PostgreSQL sink to {}", redact(url)))?;
+        if let Some(control) = &control_source {
+            first = first.with_control_source(control);
+        }
         for _ in 1..args.pg_writers {
             record.push(first.another().with_context(|| {
                 format!("connecting another PostgreSQL writer to {}", redact(url))
@@ -308,6 +353,31 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         let state = LiveState::new(total_workers);
         state.seed_analyses(rows);
+        // The rule set in force and what is still to take effect (SPEC §11).
+        state.seed_rules(&rules, &resume_point.state.rules);
+        let pending: Vec<_> = resume_point
+            .state
+            .scheduled
+            .iter()
+            .filter_map(|c| {
+                let record = c.parsed.clone().ok()?;
+                let from = record
+                    .effective_from
+                    .filter(|&f| f > 0)
+                    .map_or(0, |f| f as u64);
+                Some(vtpga_dataflow::graph::ControlOutcome {
+                    pos: c.pos,
+                    t: c.t,
+                    at: c.t.max(from),
+                    arrived: true,
+                    kind: vtpga_dataflow::graph::OutcomeKind::Scheduled(record),
+                })
+            })
+            .collect();
+        state.seed_pending(&pending);
+        if args.postgres.is_none() {
+            state.seed_users(reference.users.clone());
+        }
         match vtpga_web::spawn_embedded_with_limits(
             args.web.config(),
             args.web.limits.limits(),
@@ -376,10 +446,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         let kafka_stats = kafka_stats.clone();
         move |index, peers| {
             let feed = match &kafka_source {
-                Some((partitions, source)) => Either::Right(
+                Some(((partitions, control_partitions), source)) => Either::Right(
                     KafkaFeed::new(
                         source,
                         &partitions_for(*partitions, index, peers),
+                        &partitions_for(*control_partitions, index, peers),
                         kafka_stats.clone(),
                         index % local_workers,
                     )
@@ -400,23 +471,41 @@ pub fn run(args: RunArgs) -> Result<()> {
                         feed_reference.regions.clone(),
                         feed_reference.users.clone(),
                     );
-                    Either::Left(
-                        LiveFeed::new(
-                            generator,
-                            rate.map(|r| r / peers as f64),
-                            if limit == u64::MAX {
-                                u64::MAX
-                            } else {
-                                share(limit)
-                            },
-                            stop.clone(),
-                            index as i32,
-                        )
-                        .starting_at(
-                            generator_offsets.get(&(index as i32)).copied().unwrap_or(0),
-                            min_t,
-                        ),
+                    let feed = LiveFeed::new(
+                        generator,
+                        rate.map(|r| r / peers as f64),
+                        if limit == u64::MAX {
+                            u64::MAX
+                        } else {
+                            share(limit)
+                        },
+                        stop.clone(),
+                        index as i32,
                     )
+                    .starting_at(
+                        generator_offsets.get(&(index as i32)).copied().unwrap_or(0),
+                        min_t,
+                    );
+                    // Live changes (SPEC §11) from one generator only (worker 0): one
+                    // stream of changes, whose rule set versions are never reused; its
+                    // names carry the message seed, so a restart makes new ones.
+                    let control = args.control.config(
+                        seed,
+                        min_t,
+                        vtpga_ingest::changes::ControlConfig::tag_for_seed(seed),
+                    );
+                    match (index, control) {
+                        (0, Some(cfg)) => {
+                            let changes = vtpga_ingest::changes::ControlGenerator::new(
+                                cfg,
+                                &feed_reference.regions,
+                                &feed_reference.users,
+                            );
+                            let rate = args.control.control_rate;
+                            Either::Left(feed.with_controls(changes, rate))
+                        }
+                        _ => Either::Left(feed),
+                    }
                 }
             };
             Stoppable {

@@ -14,12 +14,13 @@ use serde_json::Value;
 
 use common::{
     generate, path_str, read_topic, replay, run_ok, topic_decisions, users_in, vtpga,
-    write_capture, Broker, KAFKA_TO_EOF,
+    write_capture, write_live_capture, Broker, KAFKA_TO_EOF,
 };
 
 const TOPIC: &str = "transacoes";
 const DECISIONS: &str = "transacoes-decisoes";
 const DLQ: &str = "transacoes-dlq";
+const CONTROL: &str = "transacoes-controle";
 
 fn run_pipeline(broker: &Broker, dir: &std::path::Path, workers: usize) -> String {
     run_pipeline_with(broker, dir, workers, &[])
@@ -333,4 +334,175 @@ fn interoperates_with_python_confluent_kafka() {
         .collect();
     assert_eq!(counts.values().sum::<u64>(), 400, "{report}");
     assert!(!counts.contains_key("invalid"), "{report}");
+}
+
+/// SPEC §11 through Kafka: control records on the control topic (typed ones from this
+/// test, Debezium change events from the third-party Python client) change users, regions
+/// and the rule set while transactions flow; the decisions topic equals `vtpga replay` of
+/// the transactions and control records as consumed, every invalid control record is on
+/// the dead-letter topic with its error, and the Debezium events took effect.
+#[test]
+fn live_changes_through_kafka_equal_replay() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    generate(dir, 6000, 300, &["--span-hours", "1", "--seed", "31"]);
+    let users = users_in(dir);
+    let broker = Broker::start();
+    broker.create_topics(3);
+    let capture = dir.join("capture.jsonl");
+    broker.produce_capture(&capture);
+    // The record timestamps the capture spans: the changes fall among its messages.
+    let times: Vec<i64> = std::fs::read_to_string(&capture)
+        .expect("capture")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("line")["t"]
+                .as_i64()
+                .expect("t")
+        })
+        .collect();
+    let (first, last) = (
+        *times.iter().min().expect("messages"),
+        *times.iter().max().expect("messages"),
+    );
+    let at = |fraction: f64| first + ((last - first) as f64 * fraction) as i64;
+    let (u0, r0) = (&users[0].0, &users[0].1);
+    let (u3, u4) = (&users[3].0, &users[4].0);
+    let valid: Vec<(i64, String)> = vec![
+        (at(0.1), r#"{"type":"rules","version":"kafka-v2","risk_threshold":0.3,"max_delay_ms":1000,"dedup_window_ms":300000}"#.to_owned()),
+        (at(0.2), format!(r#"{{"type":"balance_adjustment","user_id":"{u0}","amount_cents":-100000}}"#)),
+        (at(0.3), format!(r#"{{"type":"user","id":"kafka-new","name":"N","region_id":"{r0}","balance_cents":900000,"credit_limit_cents":0}}"#)),
+        (at(0.4), format!(r#"{{"type":"user_delete","id":"{u3}"}}"#)),
+        (at(0.5), format!(r#"{{"type":"user","id":"{u4}","name":"x","region_id":"{r0}","balance_cents":1,"credit_limit_cents":0}}"#)),
+        (at(0.6), format!(r#"{{"type":"region","id":"{r0}","uf":"AC","name":"moved","lat":-9.97,"lon":-67.81}}"#)),
+        (at(0.7), r#"{"type":"rules","version":"kafka-v3","risk_threshold":0.8,"max_delay_ms":2000,"dedup_window_ms":1000,"effective_from":"2099-01-01T00:00:00.000Z"}"#.to_owned()),
+    ];
+    let invalid: Vec<(i64, String)> = vec![
+        (at(0.15), r#"{"type":"balance_adjustment","user_id":"nobody-at-all","amount_cents":5}"#.to_owned()),
+        (at(0.25), r#"{"type":"rules","version":"default","risk_threshold":0.1,"max_delay_ms":1,"dedup_window_ms":1}"#.to_owned()),
+        (at(0.35), r#"{"type":"user","id":"half"}"#.to_owned()),
+        (at(0.45), r#"{"type":"teleport","id":"x"}"#.to_owned()),
+        (at(0.55), "not json at all".to_owned()),
+    ];
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        broker.config().create().expect("producer");
+    let mut all: Vec<&(i64, String)> = valid.iter().chain(&invalid).collect();
+    all.sort();
+    for (i, (ts, payload)) in all.iter().enumerate() {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(CONTROL)
+            .partition((i % 2) as i32)
+            .timestamp(*ts)
+            .payload(payload.as_bytes());
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/confluent_client.py"
+    );
+    let ids = dir.join("ids.txt");
+    let users_csv = dir.join("users.csv");
+    let stamp = at(0.65).to_string();
+    run_ok(
+        Command::new("python3").args([
+            script,
+            "debezium",
+            "--brokers",
+            &broker.addr,
+            "--users",
+            path_str(&users_csv),
+            "--ids",
+            path_str(&ids),
+            "--timestamp-ms",
+            &stamp,
+        ]),
+        "confluent_client.py debezium",
+    );
+
+    let summary = run_pipeline(&broker, dir, 2);
+
+    let consumed = read_topic(&broker, TOPIC);
+    let controls = read_topic(&broker, CONTROL);
+    assert_eq!(controls.len(), valid.len() + invalid.len() + 4, "{summary}");
+    let live = dir.join("consumed-live.jsonl");
+    write_live_capture(&consumed, &controls, &live);
+    let balances = dir.join("replayed-balances.csv");
+    let mut expected = replay(
+        &live,
+        dir,
+        &dir.join("replayed.jsonl"),
+        &dir.join("replayed-analyses.json"),
+        &["--balances", path_str(&balances)],
+    );
+    let mut got: Vec<String> = read_topic(&broker, DECISIONS)
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).expect("decisions are JSON text"))
+        .collect();
+    assert_eq!(
+        got.len(),
+        consumed.len(),
+        "one decision per message\n{summary}"
+    );
+    expected.sort();
+    got.sort();
+    assert!(
+        got == expected,
+        "decisions from Kafka differ from the replay of the consumed records: first difference {:?}",
+        got.iter().zip(&expected).find(|(a, b)| a != b)
+    );
+    // The rule sets decided what they were in force for.
+    let versions: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).expect("record")["rules_version"]
+                .as_str()
+                .expect("rules_version")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        ["default", "kafka-v2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        "kafka-v3 takes effect in 2099"
+    );
+    // Every invalid control record is a dead letter, with its error; nothing else of the
+    // control topic is.
+    let dead: Vec<common::Consumed> = read_topic(&broker, DLQ)
+        .into_iter()
+        .filter(|r| r.header("topic") == Some(CONTROL))
+        .collect();
+    let mut dead_payloads: Vec<String> = dead
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).expect("text"))
+        .collect();
+    let mut want: Vec<String> = invalid.iter().map(|(_, p)| p.clone()).collect();
+    dead_payloads.sort();
+    want.sort();
+    assert_eq!(dead_payloads, want);
+    for r in &dead {
+        assert!(
+            r.header("error").is_some_and(|e| !e.is_empty()),
+            "a dead letter says why"
+        );
+    }
+    // The Debezium events took effect: the user they created exists, the one they
+    // deleted does not (and neither does the one the typed record deleted).
+    let balances = std::fs::read_to_string(&balances).expect("balances");
+    let ids: Vec<&str> = balances
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().expect("id"))
+        .collect();
+    assert!(
+        ids.contains(&"dbz-new") && ids.contains(&"kafka-new"),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&users[2].0.as_str()), "deleted by Debezium");
+    assert!(
+        !ids.contains(&u3.as_str()),
+        "deleted by a user_delete record"
+    );
 }

@@ -13,13 +13,13 @@ use vtpga::cluster::ClusterArgs;
 use vtpga::pipeline::{self, PipelineSpec, Reference};
 use vtpga_dataflow::analyses;
 use vtpga_dataflow::calendar::format_utc_ms;
+use vtpga_dataflow::control::{control_json, parse_control};
+use vtpga_dataflow::graph::OutcomeKind;
+use vtpga_dataflow::{Change, ControlRecord, RuleSet};
 use vtpga_dataflow::{Params, Region, User};
 use vtpga_ingest::capture::CaptureRecord;
 use vtpga_ingest::replay::{for_worker, prepare};
 use vtpga_ingest::source::VecFeed;
-use vtpga_dataflow::control::{control_json, parse_control};
-use vtpga_dataflow::graph::OutcomeKind;
-use vtpga_dataflow::{Change, ControlRecord, RuleSet};
 use vtpga_reference::{RefChange, RefControl, RefMsg, RefRegion, RefRules, RefTx, RefUser};
 use vtpga_sinks::{Batch, Gather};
 
@@ -117,7 +117,14 @@ fn ctl() -> impl Strategy<Value = Ctl> {
         (0..4u8, 0..3u8, 0..4u8),
         prop::option::weighted(
             0.3,
-            prop_oneof![Just(-3i64), Just(0), Just(1), Just(2), Just(WINDOW as i64), 1..30i64]
+            prop_oneof![
+                Just(-3i64),
+                Just(0),
+                Just(1),
+                Just(2),
+                Just(WINDOW as i64),
+                1..30i64
+            ],
         ),
     )
         .prop_map(

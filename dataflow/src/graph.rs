@@ -75,6 +75,9 @@ pub enum Body {
         /// Why.
         error: String,
     },
+    /// Not a record: the end of a source's input; the message's `t` is the greatest
+    /// arrival time the source gave.
+    End,
 }
 
 /// What the source lets into the graph: a transaction message that parsed (on its way to
@@ -85,6 +88,8 @@ pub enum Admitted {
     Tx(Pending),
     /// A control record (SPEC §11).
     Control(ControlIn),
+    /// The end of a source's input, with the greatest arrival time it gave.
+    End(Time),
 }
 
 /// A message as it enters the graph, at timely time `t`.
@@ -364,12 +369,19 @@ pub fn build<'s>(
     let scheduled = of_mine(mine, resume.scheduled.clone()).to_stream(scope);
     // The control record moves straight into its stream (rare: not worth a box).
     #[allow(clippy::result_large_err)]
-    let (pending, controls) = admitted.ok_err(|a| match a {
+    let (pending, others): (_, StreamVec<'s, Time, Admitted>) = admitted.ok_err(|a| match a {
         Admitted::Tx(p) => Ok(p),
-        Admitted::Control(c) => Err(c),
+        other => Err(other),
+    });
+    #[allow(clippy::result_large_err)]
+    let (controls, ends) = others.ok_err(|a| match a {
+        Admitted::Control(c) => Ok(c),
+        Admitted::End(t) => Err(t),
+        Admitted::Tx(_) => unreachable!("transactions went the other way"),
     });
     let live = control::control(
         controls.concat(scheduled),
+        ends,
         users,
         regions,
         rules,

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vtpga_dataflow::model::SourcePos;
 
+use crate::changes::{ControlConfig, ControlGenerator, GenControl};
 use crate::generator::{GenMessage, Generator, GeneratorConfig};
 use crate::refdata::{self, RefDataError};
 
@@ -488,8 +489,10 @@ pub struct DatasetSummary {
     pub regions: usize,
     /// Users written.
     pub users: usize,
-    /// Messages written to the capture.
+    /// Transaction messages written to the capture.
     pub messages: u64,
+    /// Control records (SPEC §11) written to the capture, on the control topic.
+    pub controls: u64,
     /// Record timestamps of the first and last message.
     pub first_t: Option<u64>,
     /// Record timestamp of the last message (ms since the Unix epoch); `None` when no
@@ -509,6 +512,36 @@ pub fn generate_dataset(
     extra_regions: usize,
     cfg: GeneratorConfig,
 ) -> Result<DatasetSummary, DatasetError> {
+    generate_dataset_with_controls(dir, count, users, extra_regions, cfg, None)
+}
+
+/// A generated control record as a capture line of the control topic.
+fn control_line(rec: GenControl) -> CaptureRecord {
+    CaptureRecord {
+        t: rec.record_ts,
+        partition: rec.partition,
+        offset: rec.offset,
+        // The generator writes JSON text, always UTF-8.
+        payload: String::from_utf8(rec.payload).expect("generated control records are UTF-8"),
+        refused: None,
+        control: true,
+    }
+}
+
+/// [`generate_dataset`], with the control records of a [`ControlGenerator`] of
+/// `controls` (over the same regions and users) mixed in on its own clock: before each
+/// transaction message, every control record due at or before its record timestamp, as a
+/// line of the control topic (SPEC §9 `"topic"`). Its `start_ms` is normally the
+/// transactions' (`cfg.start_ms`); the last transaction message ends the stream of both.
+/// With `None` the capture is exactly [`generate_dataset`]'s.
+pub fn generate_dataset_with_controls(
+    dir: &Path,
+    count: usize,
+    users: usize,
+    extra_regions: usize,
+    cfg: GeneratorConfig,
+    controls: Option<ControlConfig>,
+) -> Result<DatasetSummary, DatasetError> {
     if users < 2 {
         return Err(DatasetError::TooFewUsers(users));
     }
@@ -524,23 +557,32 @@ pub fn generate_dataset(
     refdata::write_regions(&regions_path, &regions)?;
     refdata::write_users(&users_path, &user_list)?;
     let (n_regions, n_users) = (regions.len(), user_list.len());
+    let mut control_generator = controls.map(|c| ControlGenerator::new(c, &regions, &user_list));
     let mut generator = Generator::new(cfg, regions, user_list);
     let mut writer = CaptureWriter::create(&capture_path)?;
     let (mut first_t, mut last_t) = (None, None);
+    let mut n_controls = 0u64;
     for _ in 0..count {
         let msg = generator.next_message();
+        if let Some(c) = control_generator.as_mut() {
+            while c.next_due() <= msg.record_ts {
+                writer.write_record(&control_line(c.next_message()))?;
+                n_controls += 1;
+            }
+        }
         first_t.get_or_insert(msg.record_ts);
         last_t = Some(msg.record_ts);
         writer.write(&msg)?;
     }
-    let messages = writer.finish()?;
+    let written = writer.finish()?;
     Ok(DatasetSummary {
         regions_path,
         users_path,
         capture_path,
         regions: n_regions,
         users: n_users,
-        messages,
+        messages: written - n_controls,
+        controls: n_controls,
         first_t,
         last_t,
     })
@@ -801,5 +843,71 @@ mod tests {
             generate_dataset(&d2, 10, 1, 0, GeneratorConfig::default()),
             Err(DatasetError::TooFewUsers(1))
         ));
+    }
+
+    #[test]
+    fn dataset_with_controls_interleaves_them_by_time() {
+        let base = tmpdir("controls");
+        let cfg = GeneratorConfig::default().spanning(3000, 3_600_000);
+        let controls = ControlConfig {
+            rate_per_sec: 0.5,
+            start_ms: cfg.start_ms,
+            ..ControlConfig::default()
+        };
+        let s = generate_dataset_with_controls(
+            &base.join("a"),
+            3000,
+            200,
+            5,
+            cfg.clone(),
+            Some(controls.clone()),
+        )
+        .unwrap();
+        assert_eq!(s.messages, 3000);
+        // One hour at 0.5 per second.
+        assert!((1700..=1900).contains(&s.controls), "{}", s.controls);
+        let recs = read_capture(&s.capture_path).unwrap();
+        assert_eq!(recs.len() as u64, s.messages + s.controls);
+        // Arrival times never decrease in file order, controls included.
+        assert!(recs.windows(2).all(|w| w[0].t <= w[1].t));
+        let mut next: HashMap<(bool, i32), i64> = HashMap::new();
+        for r in &recs {
+            let n = next.entry((r.control, r.partition)).or_insert(0);
+            assert_eq!(r.offset, *n);
+            *n += 1;
+            if r.control {
+                assert!((0..2).contains(&r.partition));
+            }
+        }
+        let text = std::fs::read_to_string(&s.capture_path).unwrap();
+        let control_lines = text
+            .lines()
+            .filter(|l| l.starts_with(r#"{"topic":"transacoes-controle","#))
+            .count();
+        assert_eq!(control_lines as u64, s.controls);
+        // The transaction lines are those of the same dataset without controls, and a
+        // second run writes the same bytes.
+        let plain = generate_dataset(&base.join("b"), 3000, 200, 5, cfg.clone()).unwrap();
+        let plain_text = std::fs::read_to_string(&plain.capture_path).unwrap();
+        let without: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(r#"{"topic""#))
+            .collect();
+        assert_eq!(without, plain_text.lines().collect::<Vec<_>>());
+        let again =
+            generate_dataset_with_controls(&base.join("c"), 3000, 200, 5, cfg, Some(controls))
+                .unwrap();
+        assert_eq!(
+            std::fs::read(&s.capture_path).unwrap(),
+            std::fs::read(&again.capture_path).unwrap()
+        );
+        // Replay's preparation reads them as control records.
+        let prepared = crate::replay::prepare(recs);
+        let n = prepared
+            .messages
+            .iter()
+            .filter(|m| matches!(m.body, vtpga_dataflow::graph::Body::Control(_)))
+            .count();
+        assert_eq!(n as u64, s.controls);
     }
 }

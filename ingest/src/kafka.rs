@@ -72,6 +72,12 @@ pub struct KafkaSourceConfig {
     pub client: Vec<(String, String)>,
     /// The transactions topic (SPEC §3 `transacoes` by default).
     pub topic: String,
+    /// The control topic (SPEC §11 `transacoes-controle`), if live changes are read.
+    pub control_topic: Option<String>,
+    /// The next offset to read per control partition, where known.
+    pub control_offsets: HashMap<i32, i64>,
+    /// The last arrival time given per control partition before a restart.
+    pub control_last_t: HashMap<i32, Time>,
     /// Where a partition without a stored offset starts.
     pub start: StartFrom,
     /// The next offset to read per partition, where known (stored offsets win over `start`).
@@ -269,6 +275,8 @@ fn now_ms() -> Time {
 
 struct PartitionState {
     partition: i32,
+    /// A partition of the control topic (its records are control records, SPEC §11).
+    control: bool,
     /// The last `t` given to a message of this partition (the SPEC §4 clamp).
     last_t: Time,
     /// The time promised while idle: no later message gets a `t` below it.
@@ -325,6 +333,7 @@ pub fn check_consumer_settings(config: &KafkaSourceConfig) -> Result<(), KafkaEr
 pub struct KafkaFeed {
     consumer: Option<Arc<BaseConsumer<LagContext>>>,
     topic: String,
+    control_topic: String,
     parts: Vec<PartitionState>,
     idle_slack_ms: u64,
     exit_at_eof: bool,
@@ -339,25 +348,43 @@ pub struct KafkaFeed {
 }
 
 impl KafkaFeed {
-    /// Assigns `partitions` of the topic to a new consumer for local worker `slot`.
+    /// Assigns `partitions` of the topic, and `control_partitions` of the control topic,
+    /// to a new consumer for local worker `slot`.
     pub fn new(
         config: &KafkaSourceConfig,
         partitions: &[i32],
+        control_partitions: &[i32],
         stats: Arc<KafkaStats>,
         slot: usize,
     ) -> Result<Self, KafkaError> {
-        let mut parts: Vec<PartitionState> = partitions
-            .iter()
-            .map(|&partition| PartitionState {
+        let control_topic = config.control_topic.clone().unwrap_or_default();
+        let state = |partition: i32, control: bool| {
+            let (offsets, last_t) = if control {
+                (&config.control_offsets, &config.control_last_t)
+            } else {
+                (&config.offsets, &config.last_t)
+            };
+            PartitionState {
                 partition,
-                last_t: config.last_t.get(&partition).copied().unwrap_or(0),
+                control,
+                last_t: last_t.get(&partition).copied().unwrap_or(0),
                 floor: config.min_t,
                 buffer: VecDeque::new(),
                 eof: false,
                 held: false,
-                next_offset: config.offsets.get(&partition).copied().unwrap_or(-1),
+                next_offset: offsets.get(&partition).copied().unwrap_or(-1),
                 queue: None,
-            })
+            }
+        };
+        let controls = if config.control_topic.is_some() {
+            control_partitions
+        } else {
+            &[]
+        };
+        let mut parts: Vec<PartitionState> = partitions
+            .iter()
+            .map(|&p| state(p, false))
+            .chain(controls.iter().map(|&p| state(p, true)))
             .collect();
         let health = Arc::new(BrokerHealth::default());
         let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -369,30 +396,43 @@ impl KafkaFeed {
                     health: health.clone(),
                 })?;
             let mut tpl = TopicPartitionList::new();
+            let topic_of = |p: &PartitionState| {
+                if p.control {
+                    control_topic.clone()
+                } else {
+                    config.topic.clone()
+                }
+            };
             for p in &parts {
-                let offset = match config.offsets.get(&p.partition) {
+                let stored = if p.control {
+                    &config.control_offsets
+                } else {
+                    &config.offsets
+                };
+                let offset = match stored.get(&p.partition) {
                     Some(&o) => Offset::Offset((o - config.resume_rewind.max(0)).max(0)),
                     None => match config.start {
                         StartFrom::Earliest => Offset::Beginning,
                         StartFrom::Latest => Offset::End,
                     },
                 };
-                tpl.add_partition_offset(&config.topic, p.partition, offset)?;
+                tpl.add_partition_offset(&topic_of(p), p.partition, offset)?;
             }
             consumer.assign(&tpl)?;
             let consumer = Arc::new(consumer);
             for p in &mut parts {
-                p.queue = consumer.split_partition_queue(&config.topic, p.partition);
+                let topic = topic_of(p);
+                p.queue = consumer.split_partition_queue(&topic, p.partition);
                 if p.queue.is_none() {
                     return Err(KafkaError::Subscription(format!(
                         "no queue for partition {} of {}",
-                        p.partition, config.topic
+                        p.partition, topic
                     )));
                 }
             }
             spawn_outage_probe(
                 consumer.clone(),
-                config.topic.clone(),
+                topic_of(&parts[0]),
                 parts[0].partition,
                 health.clone(),
                 config.outage_grace_ms,
@@ -403,6 +443,7 @@ impl KafkaFeed {
         Ok(KafkaFeed {
             consumer,
             topic: config.topic.clone(),
+            control_topic,
             parts,
             idle_slack_ms: config.idle_slack_ms,
             exit_at_eof: config.exit_at_eof,
@@ -469,7 +510,12 @@ impl KafkaFeed {
             // A partition whose messages have all been taken, up to the high watermark
             // its latest fetch reported, is caught up now: waiting for librdkafka's
             // partition-EOF event would cost another (empty) fetch round trip.
-            if let Some(high) = cached_high_watermark(consumer, &self.topic, part.partition) {
+            let topic = if part.control {
+                &self.control_topic
+            } else {
+                &self.topic
+            };
+            if let Some(high) = cached_high_watermark(consumer, topic, part.partition) {
                 if part.next_offset >= 0 {
                     lag += (high - part.next_offset).max(0);
                     if part.next_offset >= high {
@@ -577,13 +623,16 @@ fn take(part: &mut PartitionState, msg: Record<'_>, guard: Guard, stats: &KafkaS
         };
         let t = previous.max(part.floor);
         part.floor = t;
+        let raw = msg.payload.unwrap_or_default().to_vec();
+        let error = CLOCK_GUARD_ERROR.to_owned();
         part.buffer.push_back(Incoming {
             pos,
             t,
             ingest_us: now_us(),
-            body: Body::Refused {
-                raw: msg.payload.unwrap_or_default().to_vec(),
-                error: CLOCK_GUARD_ERROR.to_owned(),
+            body: if part.control {
+                Body::ControlRefused { raw, error }
+            } else {
+                Body::Refused { raw, error }
             },
         });
         return;
@@ -598,10 +647,15 @@ fn take(part: &mut PartitionState, msg: Record<'_>, guard: Guard, stats: &KafkaS
         pos,
         t,
         ingest_us: now_us(),
-        body: match msg.payload {
-            Some(payload) => Body::Raw(payload.to_vec()),
+        body: match (msg.payload, part.control) {
+            (Some(payload), false) => Body::Raw(payload.to_vec()),
+            (Some(payload), true) => Body::Control(payload.to_vec()),
             // As replay decides a capture line whose payload is null.
-            None => Body::Refused {
+            (None, false) => Body::Refused {
+                raw: Vec::new(),
+                error: crate::capture::NO_VALUE.to_owned(),
+            },
+            (None, true) => Body::ControlRefused {
                 raw: Vec::new(),
                 error: crate::capture::NO_VALUE.to_owned(),
             },
@@ -726,6 +780,7 @@ mod tests {
     fn partition(last_t: Time) -> PartitionState {
         PartitionState {
             partition: 3,
+            control: false,
             last_t,
             floor: 0,
             buffer: VecDeque::new(),

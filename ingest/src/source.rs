@@ -12,8 +12,8 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use vtpga_dataflow::graph::Incoming;
-use vtpga_dataflow::Time;
+use vtpga_dataflow::graph::{Body, Incoming};
+use vtpga_dataflow::{SourcePos, Time};
 
 /// What a poll found.
 pub enum Polled {
@@ -83,6 +83,8 @@ where
         let mut feed_frontier: Time = 0;
         let mut feed_idle = false;
         let mut feed_done = false;
+        // The greatest arrival time given (for the end-of-input marker).
+        let mut last_t: Time = 0;
         // (time, count) of messages given and not yet known to be through the graph.
         let mut in_flight: VecDeque<(Time, usize)> = VecDeque::new();
         let mut in_flight_count = 0usize;
@@ -138,6 +140,7 @@ where
                 refused.clear();
                 while let Some(mut m) = buffer.pop_front() {
                     m.t = m.t.max(floor);
+                    last_t = last_t.max(m.t);
                     let end = m.t | mask;
                     last_end = end;
                     match admit(m) {
@@ -169,6 +172,21 @@ where
             let next = match buffer.front() {
                 Some(m) => cell_start(m.t.max(floor)),
                 None if feed_done => {
+                    // The end of this source's input, with the greatest arrival time it
+                    // gave: changes that take effect after the input's end stay pending
+                    // (SPEC §11; see `graph::control`).
+                    let end = Incoming {
+                        pos: SourcePos {
+                            partition: -1,
+                            offset: -1,
+                        },
+                        t: last_t,
+                        ingest_us: 0,
+                        body: Body::End,
+                    };
+                    if let Ok(a) = admit(end) {
+                        ok_h.session(&caps[0]).give(a);
+                    }
                     capabilities = None;
                     return;
                 }

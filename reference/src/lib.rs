@@ -896,6 +896,16 @@ pub fn run_live(
     // §11: changes with the same T apply in the order of their control source
     // positions (partition, then offset).
     changes.sort_by_key(|&(at, pos, _)| (at, pos));
+    // A change that takes effect after the end of the input (the greatest arrival time of
+    // any record) changes no message: it is not applied, and stays pending (the SPEC is
+    // silent; a durable pipeline keeps it for its next run).
+    let end = ledger
+        .iter()
+        .map(|m| m.0)
+        .chain(control_partition_t.values().copied())
+        .max()
+        .unwrap_or(0);
+    changes.retain(|&(at, _, _)| at <= end);
 
     // The rule sets in the order they came into force: (T, rule set).
     let mut history: Vec<(u64, RefRules)> = vec![(0, initial.clone())];

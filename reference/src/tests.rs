@@ -2092,3 +2092,24 @@ fn control_arrival_times_are_clamped_per_partition_and_redeliveries_ignored() {
     assert_eq!(bal(&out, "a"), (1010, 0));
     assert!(out.invalid_controls.is_empty());
 }
+
+/// A change that takes effect after the end of the input (the greatest arrival time of any
+/// record) is not applied, and is not judged: it stays pending. One at the last arrival
+/// time is applied.
+#[test]
+fn changes_after_the_end_of_the_input_stay_pending() {
+    let us = users(&[("a", "r_sp", 100, 0), ("b", "r_sp", 0, 0)]);
+    let out = live(
+        &us,
+        &[m(0, 0, T0 + 10, pix("1", "a", "b", 50, T0 + 10))],
+        &[
+            // at the last arrival time (T0 + 10): applied
+            ctl_from(0, 0, T0, (T0 + 10) as i64, adjust("a", 7)),
+            // after it: neither applied nor invalid
+            ctl_from(0, 1, T0, (T0 + 11) as i64, adjust("a", 1_000)),
+            ctl_from(0, 2, T0, (T0 + 99) as i64, adjust("nobody", 1)),
+        ],
+    );
+    assert_eq!(bal(&out, "a"), (57, 0));
+    assert!(out.invalid_controls.is_empty());
+}

@@ -21,7 +21,12 @@ use vtpga_dataflow::Status;
 
 use crate::monitor::now_us;
 use crate::Batch;
+use vtpga_dataflow::graph::{ControlOutcome, OutcomeKind};
 use vtpga_dataflow::record::DecisionRecord;
+
+/// The `topic` header of a control record's dead letter (SPEC §11): the dead-letter
+/// topic holds both transaction messages (no `topic` header) and control records.
+pub const CONTROL_TOPIC_HEADER: &str = "transacoes-controle";
 
 /// Delivery outcomes, counted by librdkafka's delivery callbacks.
 #[derive(Debug, Default)]
@@ -128,6 +133,9 @@ impl DecisionProducer {
                 self.send_decision(d, &decided, ts, UNTRACKED, &mut json)
                     .1?;
             }
+            for c in &batch.controls {
+                self.send_rejected_control(c, ts, UNTRACKED)?;
+            }
             return Ok(());
         };
         let (decided, ts) = Self::decided_now();
@@ -136,6 +144,11 @@ impl DecisionProducer {
                 .decisions
                 .iter()
                 .filter(|d| d.status == Status::Invalid)
+                .count()
+            + batch
+                .controls
+                .iter()
+                .filter(|c| matches!(c.kind, OutcomeKind::Rejected { .. }))
                 .count();
         if records > 0 {
             *self
@@ -155,6 +168,17 @@ impl DecisionProducer {
             if let Err(e) = outcome {
                 result = Err(e);
                 break;
+            }
+        }
+        if result.is_ok() {
+            for c in &batch.controls {
+                match self.send_rejected_control(c, ts, seq as usize) {
+                    Ok(n) => sent += n,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
             }
         }
         if sent < records {
@@ -256,6 +280,37 @@ impl DecisionProducer {
             return (2, Ok(()));
         }
         (1, Ok(()))
+    }
+
+    /// Sends a control record that changed nothing (SPEC §11) to the dead-letter topic,
+    /// with its error, topic, position and arrival time as headers; returns how many
+    /// records were handed over (0 for any other outcome).
+    fn send_rejected_control(
+        &self,
+        c: &ControlOutcome,
+        ts: i64,
+        seq: usize,
+    ) -> Result<usize, KafkaError> {
+        let OutcomeKind::Rejected { raw, error } = &c.kind else {
+            return Ok(0);
+        };
+        let partition = c.pos.partition.to_string();
+        let offset = c.pos.offset.to_string();
+        let t = c.t.to_string();
+        let headers = record_headers(&[
+            ("error", error),
+            ("topic", CONTROL_TOPIC_HEADER),
+            ("partition", &partition),
+            ("offset", &offset),
+            ("t", &t),
+        ]);
+        let record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topics.dlq, seq)
+                .payload(&raw[..])
+                .headers(headers)
+                .timestamp(ts);
+        send_with_backpressure(&self.producer, record)?;
+        Ok(1)
     }
 
     /// Waits until everything produced so far is delivered (or `timeout` passes).

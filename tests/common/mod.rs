@@ -391,6 +391,29 @@ pub fn write_capture(records: &[Consumed], path: &Path) {
     std::fs::write(path, text).expect("writing the capture");
 }
 
+/// [`write_capture`] of the transactions and, as `"topic": "transacoes-controle"` lines
+/// (SPEC §9), the control records consumed.
+pub fn write_live_capture(records: &[Consumed], controls: &[Consumed], path: &Path) {
+    write_capture(records, path);
+    let mut text = std::fs::read_to_string(path).expect("reading the capture back");
+    for r in controls {
+        let payload =
+            String::from_utf8(r.payload.clone()).expect("the capture format holds text payloads");
+        text.push_str(
+            &serde_json::json!({
+                "topic": "transacoes-controle",
+                "t": r.timestamp,
+                "partition": r.partition,
+                "offset": r.offset,
+                "payload": payload,
+            })
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("writing the capture");
+}
+
 /// A TCP proxy on loopback that can cut every connection (a broker outage as the
 /// clients see it: connections reset, new ones closed at once) and restore service.
 pub struct Proxy {

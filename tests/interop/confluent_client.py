@@ -7,6 +7,11 @@ talking to the VT.PGA pipeline.
   verify:  reads the decisions topic from the beginning and checks that every id in --ids
            has exactly one decision, with a status of SPEC §5 other than invalid or late.
            Prints `status NAME=COUNT` lines; exits 1 on any failure.
+  debezium: publishes SPEC §11 Debezium change events (as a CDC connector of the bank's
+           `users` and `regions` tables would: with and without the schema envelope) to the
+           control topic, stamped --timestamp-ms: a user created (`dbz-new`, home the first
+           region of --users), the second user of --users updated (limit 0) and the third
+           deleted, a region re-created with new coordinates. Writes nothing else.
 """
 import argparse
 import csv
@@ -101,17 +106,55 @@ def verify(args):
     return 0
 
 
+def debezium(args):
+    with open(args.users, newline="") as f:
+        users = list(csv.DictReader(f))
+    first, second, third = users[0], users[1], users[2]
+    events = [
+        {"schema": {"type": "struct"}, "payload": {
+            "op": "c", "source": {"table": "users", "db": "bank"},
+            "before": None,
+            "after": {"id": "dbz-new", "name": "Nova", "region_id": first["region_id"],
+                      "balance_cents": 123456, "credit_limit_cents": 5000}}},
+        {"op": "u", "source": {"table": "users"},
+         "before": None,
+         "after": {"id": second["id"], "name": second["name"], "region_id": second["region_id"],
+                   "balance_cents": int(second["balance_cents"]), "credit_limit_cents": 0}},
+        {"op": "d", "source": {"table": "users"}, "before": {"id": third["id"]}, "after": None},
+        {"schema": {}, "payload": {
+            "op": "r", "source": {"table": "regions"},
+            "after": {"id": first["region_id"], "uf": "SP", "name": "moved",
+                      "lat": -23.0, "lon": -46.0}}},
+    ]
+    producer = Producer({"bootstrap.servers": args.brokers, "linger.ms": 5})
+    errors = []
+    for i, event in enumerate(events):
+        key = (event.get("payload", event).get("after") or event.get("payload", event)["before"])["id"]
+        producer.produce(args.control_topic, key=key, value=json.dumps(event).encode(),
+                         timestamp=args.timestamp_ms + i,
+                         on_delivery=lambda err, _msg: err and errors.append(err))
+        producer.poll(0)
+    left = producer.flush(30)
+    if left or errors:
+        print(f"produce failed: {left} undelivered, errors {errors[:3]}", file=sys.stderr)
+        return 1
+    print(f"produced {len(events)} change events")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["produce", "verify"])
+    parser.add_argument("mode", choices=["produce", "verify", "debezium"])
     parser.add_argument("--brokers", required=True)
     parser.add_argument("--users", required=True)
     parser.add_argument("--ids", required=True)
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--topic", default="transacoes")
     parser.add_argument("--decisions", default="transacoes-decisoes")
+    parser.add_argument("--control-topic", default="transacoes-controle")
+    parser.add_argument("--timestamp-ms", type=int, default=0)
     args = parser.parse_args()
-    return produce(args) if args.mode == "produce" else verify(args)
+    return {"produce": produce, "verify": verify, "debezium": debezium}[args.mode](args)
 
 
 if __name__ == "__main__":

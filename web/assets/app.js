@@ -1,5 +1,6 @@
-// VT.PGA dashboard: keeps the ten analyses, the recent transactions and the health figures
-// from the Server-Sent Events of /api/stream, and draws every chart in plain SVG.
+// VT.PGA dashboard: keeps the ten analyses, the recent transactions, the rule set in force,
+// the latest reference changes (SPEC §11) and the health figures from the Server-Sent Events
+// of /api/stream, and draws every chart in plain SVG.
 // With a token on the server, a sign-in form asks for it once per tab: it is kept in
 // sessionStorage and sent as "Authorization: Bearer", never in a URL (URLs end up in
 // histories, logs and Referer headers). EventSource cannot send headers, so the stream is
@@ -32,6 +33,8 @@
   var MINUTES_LINE = 120;   // minutes shown by chart 9
   var MINUTES_BARS = 20;    // minutes shown by chart 10
   var TABLE_ROWS = 30;
+  var CONTROL_ROWS = 200;   // reference changes kept (the server keeps as many)
+  var RULES_POLL_MS = 15000; // standalone: the rule set is read from /api/rules
 
   var TOKEN_KEY = "vtpga.token";
   var RECONNECT_MS = 2000;
@@ -49,6 +52,13 @@
   var recentSeen = {};      // "partition:offset" -> true
   var freshKeys = {};
   var health = null;
+  var rules = null;         // {in_force, pending}
+  var rulesVersion = null;  // the version drawn last (to flash a change)
+  var rulesTimer = null;    // standalone: polling /api/rules
+  var standalone = false;   // the stream carries no live changes (a Redis mirror)
+  var controls = [];        // reference changes, newest first
+  var controlsSeen = {};    // "partition:offset" -> true
+  var freshControls = {};
   var lastSeq = 0;
   var scheduled = false;
   NAMES.forEach(function (n) { rows[n] = new Map(); });
@@ -112,10 +122,52 @@
     dirty.__recent = true;
   }
 
+  // A control record's position identifies it: it is applied or rejected once.
+  function addControls(list, replace) {
+    if (replace) { controls = []; controlsSeen = {}; }
+    var fresh = [];
+    for (var i = list.length - 1; i >= 0; i--) {   // oldest first
+      var c = list[i], k = txKey(c);
+      if (controlsSeen[k]) continue;
+      controlsSeen[k] = true;
+      fresh.push(c);
+      if (!replace) freshControls[k] = true;
+    }
+    controls = fresh.reverse().concat(controls);
+    if (controls.length > CONTROL_ROWS) {
+      controls.slice(CONTROL_ROWS).forEach(function (c) { delete controlsSeen[txKey(c)]; });
+      controls.length = CONTROL_ROWS;
+    }
+    dirty.__controls = true;
+  }
+
+  function setRules(r) {
+    rules = r ? { in_force: r.in_force, pending: r.pending || [] } : null;
+    dirty.__rules = true;
+  }
+
+  // Standalone, the stream carries no rules (the server reads them from PostgreSQL).
+  function fetchRules() {
+    fetch("/api/rules", { headers: authHeaders(), cache: "no-store" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (b) { if (b && b.in_force) { setRules(b); schedule(); } })
+      .catch(function () { /* shown as unknown */ });
+  }
+
   function onSnapshot(d) {
     lastSeq = d.seq || 0;
     NAMES.forEach(function (n) { setAnalysis(n, (d.analyses || {})[n]); });
     addTransactions(d.transactions || [], true);
+    addControls(d.controls || [], true);
+    clearInterval(rulesTimer);
+    rulesTimer = null;
+    standalone = d.rules === null;
+    if (d.rules) setRules(d.rules);
+    else {
+      setRules(null);
+      fetchRules();
+      rulesTimer = setInterval(fetchRules, RULES_POLL_MS);
+    }
     health = d.health; dirty.__health = true;
     schedule();
   }
@@ -128,6 +180,8 @@
     var mr = d.minute_rows || {};
     Object.keys(mr).forEach(function (n) { if (rows[n]) upsertRows(n, mr[n]); });
     if (d.transactions && d.transactions.length) addTransactions(d.transactions, false);
+    if (d.controls && d.controls.length) addControls(d.controls, false);
+    if (d.rules) setRules(d.rules);
     if (d.health) { health = d.health; dirty.__health = true; }
     schedule();
   }
@@ -161,6 +215,8 @@
     token = null;
     try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* nothing kept */ }
     clearTimeout(retryTimer);
+    clearInterval(rulesTimer);
+    rulesTimer = null;
     var open = stream;
     stream = null;          // so that the aborted read does not reconnect
     if (open) open.abort();
@@ -286,6 +342,20 @@
     return sec + "s";
   }
   function hhmm(minute) { return minute.slice(11, 16); }
+  function when(msSinceEpoch) {
+    if (msSinceEpoch == null) return "–";
+    if (!msSinceEpoch) return "from the start";
+    var d = new Date(msSinceEpoch);
+    return isNaN(d.getTime()) ? String(msSinceEpoch) : d.toISOString().replace("T", " ").slice(0, 23) + "Z";
+  }
+  function span(msLength) {
+    if (msLength == null) return "–";
+    if (msLength >= 3600000 && msLength % 3600000 === 0) return fmt(msLength / 3600000) + " h";
+    if (msLength >= 60000 && msLength % 60000 === 0) return fmt(msLength / 60000) + " min";
+    if (msLength >= 1000 && msLength % 1000 === 0) return fmt(msLength / 1000) + " s";
+    return fmt(msLength) + " ms";
+  }
+  function short(s, n) { s = String(s); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
 
   // ---- SVG helpers ----
   function niceMax(v) {
@@ -637,11 +707,67 @@
         '</td><td class="num">' + (t.amount_cents != null ? brlExact(t.amount_cents) : "–") +
         '</td><td><span class="badge ' + esc(t.status) + '">' + esc(t.status.replace(/_/g, " ")) +
         '</span></td><td class="num hide-sm">' + f(t.value_risk) + '</td><td class="num hide-sm">' + f(t.hour_risk) +
-        '</td><td class="num hide-sm">' + f(t.distance_risk) + '</td><td class="num">' + risk + "</td></tr>";
+        '</td><td class="num hide-sm">' + f(t.distance_risk) + '</td><td class="num">' + risk +
+        '</td><td class="mono hide-sm">' + esc(t.rules_version != null ? short(t.rules_version, 16) : "–") + "</td></tr>";
     }).join("");
-    tbody.innerHTML = html || '<tr><td colspan="9" style="color:var(--muted);text-align:center;padding:18px">waiting for transactions…</td></tr>';
+    tbody.innerHTML = html || '<tr><td colspan="10" style="color:var(--muted);text-align:center;padding:18px">waiting for transactions…</td></tr>';
     freshKeys = {};
     document.getElementById("tx-sub").textContent = "Newest first, updated live · " + fmt(recent.length) + " kept, " + Math.min(TABLE_ROWS, recent.length) + " shown";
+  }
+
+  function drawRules() {
+    var set = function (id, v) { document.getElementById(id).textContent = v; };
+    var f = rules && rules.in_force;
+    set("rules-version", f ? short(f.version, 40) : "–");
+    document.getElementById("rules-version").title = f ? f.version : "";
+    set("rules-since", f ? "in force since " + when(f.effective_ms) +
+      (f.partition != null ? " · control " + f.partition + ":" + f.offset : " · initial set") : "not known");
+    set("rules-threshold", f ? String(f.risk_threshold) : "–");
+    set("rules-delay", f ? span(f.max_delay_ms) : "–");
+    set("rules-window", f ? span(f.dedup_window_ms) : "–");
+    var pend = rules ? rules.pending : [];
+    document.getElementById("rules-pending").innerHTML = pend.length ? pend.slice(0, 5).map(function (p) {
+      return '<span><span class="badge scheduled">pending</span> ' + esc(short(p.version, 24)) + " from " + esc(when(p.effective_ms)) +
+        " · risk " + esc(String(p.risk_threshold)) + " · delay " + esc(span(p.max_delay_ms)) + " · window " + esc(span(p.dedup_window_ms)) + "</span>";
+    }).join("") + (pend.length > 5 ? "<span>+" + (pend.length - 5) + " more</span>" : "") : "";
+    var card = document.getElementById("rules-card");
+    if (f && rulesVersion !== null && rulesVersion !== f.version) {
+      card.classList.remove("rules-changed");
+      void card.offsetWidth;   // restart the animation
+      card.classList.add("rules-changed");
+    }
+    rulesVersion = f ? f.version : null;
+  }
+
+  function controlDetail(c) {
+    if (c.outcome === "rejected") return c.error || "";
+    var v = c.values || {};
+    switch (c.type) {
+      case "user": return (v.name || "") + " · region " + (v.region_id || "") + " · opening " + brlExact(v.balance_cents) + " · limit " + brlExact(v.credit_limit_cents);
+      case "balance_adjustment": return (v.amount_cents > 0 ? "+" : "") + brlExact(v.amount_cents);
+      case "region": return (v.name || "") + " · " + (v.uf || "") + " · " + v.lat + ", " + v.lon;
+      case "rules": return "risk " + v.risk_threshold + " · delay " + span(v.max_delay_ms) + " · window " + span(v.dedup_window_ms);
+    }
+    return "";
+  }
+
+  function drawControls() {
+    var tbody = document.querySelector("#controls tbody");
+    var html = controls.map(function (c) {
+      var k = txKey(c), cls = freshControls[k] ? ' class="fresh"' : "";
+      var rejected = c.outcome === "rejected", detail = controlDetail(c);
+      return "<tr" + cls + ' title="' + esc(JSON.stringify(c)) + '"><td class="mono">' + esc(when(c.effective_ms)) +
+        '</td><td><span class="badge ' + (rejected ? "refused" : esc(c.outcome)) + '">' + esc(c.outcome) +
+        "</span></td><td>" + esc(c.type ? c.type.replace(/_/g, " ") : "–") +
+        '</td><td class="mono">' + esc(c.id != null ? short(c.id, 24) : "–") +
+        '</td><td class="hide-sm' + (rejected ? " err" : "") + '">' + esc(short(detail, 160)) + "</td></tr>";
+    }).join("");
+    tbody.innerHTML = html || '<tr><td colspan="5" style="color:var(--muted);text-align:center;padding:18px">' +
+      (standalone ? "shown by the pipeline's own dashboard (this server mirrors Redis)" : "no reference changes yet…") + "</td></tr>";
+    freshControls = {};
+    var refused = controls.filter(function (c) { return c.outcome === "rejected"; }).length;
+    document.getElementById("controls-sub").textContent = "Newest first, updated live · " + fmt(controls.length) + " kept" +
+      (refused ? ", " + fmt(refused) + " refused" : "");
   }
 
   function drawHealth() {
@@ -661,7 +787,8 @@
     status_counts: drawStatus, value_histogram: drawValueHistogram, hour_histogram: drawHourHistogram,
     value_risk_distribution: drawValueRisk, hour_risk_outcome: drawHourRisk, state_approval: drawStates,
     insufficient_funds: drawFunds, mode_rejections: drawModes, minute_frequency: drawMinuteFrequency,
-    distance_band_outcome: drawDistance, __recent: drawRecent, __health: drawHealth
+    distance_band_outcome: drawDistance, __recent: drawRecent, __health: drawHealth,
+    __rules: drawRules, __controls: drawControls
   };
 
   function schedule() {
@@ -688,6 +815,8 @@
 
   NAMES.forEach(function (n) { dirty[n] = true; });
   dirty.__recent = true;
+  dirty.__rules = true;
+  dirty.__controls = true;
   schedule();
   connect();
 })();

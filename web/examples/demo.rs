@@ -6,13 +6,16 @@
 //!
 //! Event time runs 20 times faster than the wall clock, so the per-minute charts fill up
 //! within a minute. The numbers are made up (statuses drawn at random); the rows are
-//! accumulated with the real `TallyBatch` and fed as `count_total` changes.
+//! accumulated with the real `TallyBatch` and fed as `count_total` changes. Every few
+//! seconds a made-up control record (SPEC §11) is applied or refused, and every 30 s a new
+//! rule set is announced, pending for 10 s, then in force.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vtpga_dataflow::analyses::{AnalysisKey, Assessed, Tally, TallyBatch};
-use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::graph::{ControlOutcome, Decision, OutcomeKind};
+use vtpga_dataflow::model::{Change, ControlRecord, RuleSet, User};
 use vtpga_dataflow::rules;
 use vtpga_dataflow::{Mode, SourcePos, Status, Tx};
 use vtpga_sinks::monitor::now_us;
@@ -64,8 +67,13 @@ fn main() -> anyhow::Result<()> {
     let start_ms = (now_us() / 1000) as i64 - 3 * 3_600_000;
     let mut offset = 0i64;
     let tick = Duration::from_millis(10);
+    let mut control_offset = 0i64;
+    let mut version = "default".to_owned();
+    let mut next_rules: Option<(u64, RuleSet, SourcePos, u64)> = None;
+    let mut ticks = 0u64;
     loop {
         std::thread::sleep(tick);
+        ticks += 1;
         let n = (rate * tick.as_secs_f64() * (0.6 + 0.8 * rng.unit())).round() as usize;
         let now = now_us();
         let t = now / 1000;
@@ -140,8 +148,78 @@ fn main() -> anyhow::Result<()> {
                 raw: None,
                 home_band: None,
                 uf: None,
-                rules_version: "default".into(),
+                rules_version: version.as_str().into(),
             });
+        }
+        let mut controls = Vec::new();
+        let control = |kind: OutcomeKind, at: u64, offset: &mut i64| {
+            *offset += 1;
+            ControlOutcome {
+                pos: SourcePos {
+                    partition: 0,
+                    offset: *offset,
+                },
+                t,
+                at,
+                arrived: true,
+                kind,
+            }
+        };
+        if let Some((at, rules, pos, arrived_t)) = next_rules.take() {
+            if at <= t {
+                version = rules.version.clone();
+                controls.push(ControlOutcome {
+                    pos,
+                    t: arrived_t,
+                    at,
+                    arrived: false,
+                    kind: OutcomeKind::Applied(Change::Rules(rules)),
+                });
+            } else {
+                next_rules = Some((at, rules, pos, arrived_t));
+            }
+        }
+        if ticks.is_multiple_of(3000) {
+            let rules = RuleSet {
+                version: format!("demo-{}", ticks / 3000),
+                risk_threshold: [0.45, 0.5, 0.55, 0.6][rng.below(4)],
+                max_delay_ms: 1000,
+                dedup_window_ms: [60_000, 300_000][rng.below(2)],
+            };
+            let at = t + 10_000;
+            let c = control(
+                OutcomeKind::Scheduled(ControlRecord {
+                    change: Change::Rules(rules.clone()),
+                    effective_from: Some(at as i64),
+                }),
+                at,
+                &mut control_offset,
+            );
+            next_rules = Some((at, rules, c.pos, t));
+            controls.push(c);
+        } else if ticks.is_multiple_of(250) {
+            let id = format!("u{:06}", rng.below(10_000));
+            let kind = match rng.below(5) {
+                0 => OutcomeKind::Applied(Change::Adjust {
+                    user_id: id,
+                    amount_cents: rng.below(20_000) as i64 - 10_000,
+                }),
+                1 => OutcomeKind::Rejected {
+                    raw: format!("{{\"type\":\"balance_adjustment\",\"user_id\":\"x{id}\",\"amount_cents\":500}}")
+                        .into_bytes(),
+                    error: "balance_adjustment of a user that does not exist at its effective time"
+                        .into(),
+                },
+                2 => OutcomeKind::Applied(Change::UserDelete { id }),
+                _ => OutcomeKind::Applied(Change::User(User {
+                    name: format!("Cliente {}", &id[1..]),
+                    id,
+                    region_id: UFS[rng.below(27)].into(),
+                    balance_cents: 100_000 + rng.below(1_000_000) as i64,
+                    credit_limit_cents: 50_000,
+                })),
+            };
+            controls.push(control(kind, t, &mut control_offset));
         }
         let mut deltas: Vec<(AnalysisKey, Tally)> = Vec::new();
         let mut by_state: Vec<(AnalysisKey, Tally)> = Vec::new();
@@ -167,7 +245,7 @@ fn main() -> anyhow::Result<()> {
                 decisions,
                 accounts: Vec::new(),
                 analyses: changes,
-                controls: Vec::new(),
+                controls,
             },
             now_us(),
         );

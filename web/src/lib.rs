@@ -33,7 +33,9 @@
 //! | `/api/analyses/{name}` | `{"name", "source", "from"?, "to"?, "rows"}`; `from`/`to` (RFC 3339 times with an offset, e.g. `2026-11-26T14:03:00Z`, inclusive minutes) only on `minute_frequency` and `distance_band_outcome` |
 //! | `/api/transactions/recent?limit=N` | the newest N (1–500, default 50) decision records, newest first |
 //! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates); `id` exactly as parsed (SPEC §8) |
-//! | `/api/users/{id}` | PostgreSQL: balance, credit, last approvals |
+//! | `/api/users/{id}` | the user's reference values and account as of now: `{"id", "name", "region_id", "opening_balance_cents", "credit_limit_cents", "balance_cents", "credit_used_cents", "credit_available_cents", "last_approved_ms", "last_approved_event_time", "source"}`; with PostgreSQL (`users` left-joined with `accounts`) also `uf` and `last_approvals` (the newest 20 as payer); without it, from the live state (`crate::controls`: users changed by control records or seeded, `account_source` `batch` or `opening`); 404 when the user does not exist (deleted) or is not known to the live view |
+//! | `/api/rules` | `{"source", "in_force", "history" (in the order they applied, the initial set first), "pending"}`, each rule set `{"version", "risk_threshold", "max_delay_ms", "dedup_window_ms", "effective_ms", "partition", "offset"}` (no position: the initial set); with PostgreSQL from table `rule_sets` |
+//! | `/api/controls` | `{"changes": [the latest reference changes and rejected control records, newest first], "pending": [control records accepted for a later effective time]}`, live (embedded) |
 //! | `/healthz` | `{"status": "ok"}`, without the token: liveness, nothing else |
 //! | `/api/health` | health figures (503 when standalone and Redis is unreachable) |
 //! | `/metrics` | Prometheus text |
@@ -48,9 +50,13 @@
 //! # The event stream
 //!
 //! `snapshot`: `{"seq", "analyses" (SPEC JSON), "transactions" (newest first, ≤ 500),
-//! "health"}`. `change`: `{"seq", "analyses": {name: rows} (only the analyses that changed,
-//! whole, except the two per-minute ones), "minute_rows": {name: rows} (their changed rows;
-//! a row of zeros means removed), "transactions" (new records, newest first), "health"}`.
+//! "rules": {"in_force", "pending"} (`null` standalone: the page asks `/api/rules`),
+//! "controls" (the latest reference changes, newest first, ≤ 200), "health"}`. `change`:
+//! `{"seq", "analyses": {name: rows} (only the analyses that changed, whole, except the two
+//! per-minute ones), "minute_rows": {name: rows} (their changed rows; a row of zeros means
+//! removed), "transactions" (new records, newest first), "rules" (only when the rule set in
+//! force or the pending ones changed), "controls" (new reference changes, newest first),
+//! "health"}`. Records and reference changes are identified by their source position.
 //! A change event goes out at most 100 ms after the batch that caused it and at most one
 //! every 100 ms (bursts coalesce); with nothing new, one with health alone every second.
 //! Change events whose `seq` is not above the snapshot's are already in it. A client that
@@ -60,13 +66,17 @@
 //!
 //! The live state keeps the per-minute rows of the newest [`WebLimits::live_minutes`]
 //! event-time minutes (default a day) and the newest [`RECENT_LIMIT`] decisions; at most
-//! [`WebLimits::stream_clients`] event streams are served at once. PostgreSQL keeps
+//! [`WebLimits::stream_clients`] event streams are served at once. Of the live changes it
+//! keeps the newest [`RULES_HISTORY_LIMIT`] rule sets, [`CHANGES_LIMIT`] reference changes,
+//! [`PENDING_LIMIT`] pending records, and users and accounts of at most
+//! [`DEFAULT_LIVE_USERS`] users ([`LiveState::set_live_users`]). PostgreSQL keeps
 //! everything. Answers and events are rendered from copies taken under the state's lock,
 //! after it is released: the consumer thread never waits for a client.
 
 #![warn(missing_docs)]
 
 mod assets;
+mod controls;
 mod follow;
 mod pg;
 mod state;
@@ -89,11 +99,15 @@ use warp::{Filter, Rejection, Reply};
 use vtpga_dataflow::analyses::NAMES;
 use vtpga_dataflow::parse::parse_event_time;
 
+pub use controls::{
+    default_rules, CHANGES_LIMIT, DEFAULT_LIVE_USERS, PENDING_LIMIT, RULES_HISTORY_LIMIT,
+};
 pub use state::{
     analysis_name, is_minute_analysis, LiveState, Observer, BATCH_BUCKETS, DEFAULT_LIVE_MINUTES,
     LATENCY_BUCKETS_S, RECENT_LIMIT,
 };
 
+use controls::UserLookup;
 use state::Mode;
 
 /// Coalescing interval of pushed changes: at most one change event per interval.
@@ -251,6 +265,12 @@ impl App {
         let user = warp::path!("api" / "users" / String)
             .and(with_app.clone())
             .then(|id: String, app: App| async move { app.user(&id).await });
+        let rules = warp::path!("api" / "rules")
+            .and(with_app.clone())
+            .then(|app: App| async move { app.rules().await });
+        let controls = warp::path!("api" / "controls")
+            .and(with_app.clone())
+            .map(|app: App| app.controls());
         let healthz =
             warp::path!("healthz").map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
         let health = warp::path!("api" / "health")
@@ -273,6 +293,10 @@ impl App {
             .or(by_id)
             .unify()
             .or(user)
+            .unify()
+            .or(rules)
+            .unify()
+            .or(controls)
             .unify()
             .or(health)
             .unify()
@@ -410,25 +434,105 @@ impl App {
         )
     }
 
-    /// `GET /api/users/{id}`, with `encoded` as the path gives it (percent-encoded).
+    /// `GET /api/users/{id}`, with `encoded` as the path gives it (percent-encoded): from
+    /// PostgreSQL when configured (every user), else from the live state.
     async fn user(&self, encoded: &str) -> Response {
         let Some(id) = decode(encoded) else {
             return bad_id();
         };
         let id = id.as_str();
         let Some(pg) = &self.pg else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "users are not available without PostgreSQL (embedded mode without --postgres)",
-            );
+            return match self.state.user(id) {
+                UserLookup::Known(user, at, account) => json_reply(
+                    StatusCode::OK,
+                    &UserLookup::json(&user, at, account.as_ref()),
+                ),
+                UserLookup::Deleted(at) => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("user {id:?} does not exist: deleted (effective {at} ms)"),
+                ),
+                UserLookup::Unknown => error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "user {id:?} is not known to the live view: without PostgreSQL \
+                         (--postgres) it knows only the users changed by control records \
+                         since it started, and those the pipeline gave it (at most {})",
+                        self.state.live_users()
+                    ),
+                ),
+            };
         };
         let (pg, key) = (pg.clone(), id.to_owned());
         match tokio::task::spawn_blocking(move || pg.user(&key)).await {
             Ok(Ok(Some(u))) => json_reply(StatusCode::OK, &u),
-            Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("unknown user {id:?}")),
+            Ok(Ok(None)) => error(
+                StatusCode::NOT_FOUND,
+                &format!("unknown user {id:?}: no user has this id (never created, or deleted)"),
+            ),
             Ok(Err(e)) => pg_error(e),
             Err(e) => task_error(e),
         }
+    }
+
+    /// `GET /api/rules`: the rule set in force, the history and the pending rule sets;
+    /// from `rule_sets` with PostgreSQL, else (or, embedded, when the database has no such
+    /// table yet) from the live state.
+    async fn rules(&self) -> Response {
+        let standalone = self.state.mode() == Mode::Standalone;
+        let (live_history, live_pending) = self.state.rules();
+        let live_history: Vec<Value> = live_history.iter().map(|r| r.json()).collect();
+        let live_pending: Vec<Value> = live_pending.iter().map(|r| r.json()).collect();
+        let stored = match &self.pg {
+            Some(pg) => {
+                let pg = pg.clone();
+                match tokio::task::spawn_blocking(move || pg.rules()).await {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(e)) => return pg_error(e),
+                    Err(e) => return task_error(e),
+                }
+            }
+            None => None,
+        };
+        let (source, history, pending) = match stored {
+            Some(rows) if !rows.history.is_empty() => {
+                // What the database lists, then what this process saw scheduled and the
+                // database does not list yet.
+                let mut pending = rows.pending;
+                let listed =
+                    |v: &Value, list: &[Value]| list.iter().any(|r| r["version"] == v["version"]);
+                for p in live_pending {
+                    if !listed(&p, &pending) && !listed(&p, &rows.history) {
+                        pending.push(p);
+                    }
+                }
+                ("postgres", rows.history, pending)
+            }
+            // Standalone, the live state sees no control records: it knows nothing.
+            _ if standalone => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rule sets are read from PostgreSQL (table rule_sets), which is not \
+                     configured or holds none yet",
+                )
+            }
+            _ => ("live", live_history, live_pending),
+        };
+        let in_force = history.last().cloned().unwrap_or(Value::Null);
+        json_reply(
+            StatusCode::OK,
+            &json!({"source": source, "in_force": in_force, "history": history, "pending": pending}),
+        )
+    }
+
+    /// `GET /api/controls`: the latest reference changes and the pending control records.
+    fn controls(&self) -> Response {
+        let (changes, pending) = self.state.controls();
+        let changes: Vec<&Value> = changes.iter().map(|v| &**v).collect();
+        let pending: Vec<&Value> = pending.iter().map(|v| &**v).collect();
+        json_reply(
+            StatusCode::OK,
+            &json!({"source": "live", "changes": changes, "pending": pending}),
+        )
     }
 
     /// The health figures (behind the token: they describe the pipeline).

@@ -1,6 +1,7 @@
 //! The live state the dashboard and the API read: the accumulated analysis rows, the newest
 //! decision records (with an index by transaction id), counters by status, the decision
-//! latency and batch size histograms, and the figures of the pipeline's health.
+//! latency and batch size histograms, the figures of the pipeline's health, and the live
+//! changes of SPEC §11 (rule sets, reference changes, users as of now: `crate::controls`).
 //!
 //! In embedded mode the pipeline's write path feeds it (a consumer thread) ([`LiveState::observe`] for every
 //! batch); in standalone mode a follower thread mirrors Redis into it (`crate::follow`).
@@ -17,10 +18,13 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
 use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
-use vtpga_dataflow::graph::Decision;
+use vtpga_dataflow::graph::{ControlOutcome, Decision, RuleChange};
+use vtpga_dataflow::model::{RuleSet, User};
 use vtpga_dataflow::record::DecisionRecord;
 use vtpga_dataflow::Status;
 use vtpga_sinks::Batch;
+
+use crate::controls::{self, Controls, RuleEntry, UserLookup};
 
 /// How many of the newest decision records the state keeps (and indexes by id).
 pub const RECENT_LIMIT: usize = 500;
@@ -172,6 +176,8 @@ struct Inner {
     pushed_seq: u64,
     /// The number of the last change event taken (snapshots carry it).
     event_seq: u64,
+    /// Rule sets, reference changes, users (SPEC §11).
+    controls: Controls,
 }
 
 /// Live state, fed by the pipeline's write path (embedded) or by the Redis follower
@@ -227,6 +233,7 @@ impl LiveState {
                 changed_all: false,
                 pushed_seq: 0,
                 event_seq: 0,
+                controls: Controls::new(),
             }),
             notify: Notify::new(),
             started: Instant::now(),
@@ -278,9 +285,70 @@ impl LiveState {
         self.notify.notify_one();
     }
 
-    /// Takes in one batch of the pipeline's sink, in order: its decisions (the newest
-    /// [`RECENT_LIMIT`] kept as SPEC §8 records), its analysis changes, counters by status,
-    /// and the latency of each decision from `ingest_us` to `now_us`.
+    /// The rule set in force from the start (`--rules`, or the defaults under version
+    /// `"default"`: what a new state assumes) and the rule changes applied before a resume
+    /// point (the `history` the graph is given), replacing the rule history the state
+    /// holds. The initial set is listed first, with effective time 0 and no position.
+    pub fn seed_rules(&self, initial: &RuleSet, history: &[RuleChange]) {
+        self.lock().controls.seed_rules(initial, history);
+        self.notify.notify_one();
+    }
+
+    /// The control records accepted before a restart and still to take effect, as
+    /// `Scheduled` outcomes: the graph does not report a resumed record as scheduled again
+    /// (its arrival was recorded before), so the live view lists them as pending from
+    /// here until their final outcome arrives.
+    pub fn seed_pending(&self, scheduled: &[ControlOutcome]) {
+        let json: Vec<Arc<Value>> = scheduled.iter().map(controls::outcome_json).collect();
+        let mut inner = self.lock();
+        inner.controls.observe(scheduled, json, &[], 0);
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    /// Users in force from the start (the initial reference data), so that
+    /// `/api/users/{id}` answers for them without PostgreSQL. At most `live_users` (see
+    /// [`LiveState::set_live_users`]) are kept, users changed by control records
+    /// included: seeding more keeps only some of them (a user changed by a control record
+    /// later is kept again).
+    pub fn seed_users(&self, users: impl IntoIterator<Item = User>) {
+        self.lock().controls.seed_users(users);
+    }
+
+    /// Keeps the reference values of at most `n` users (changed by control records, or
+    /// seeded) and the account states of at most `n` users seen in batches, the least
+    /// recently changed forgotten first (SPEC §10: bounded live state). Default
+    /// [`crate::DEFAULT_LIVE_USERS`] (100,000: a few tens of MB at most). PostgreSQL, when configured,
+    /// answers for every user.
+    pub fn set_live_users(&self, n: usize) {
+        self.lock().controls.set_live_users(n);
+    }
+
+    /// The bound of [`LiveState::set_live_users`].
+    pub(crate) fn live_users(&self) -> usize {
+        self.lock().controls.live_users()
+    }
+
+    /// The rule history (oldest first; the last is in force) and the pending rule sets.
+    pub(crate) fn rules(&self) -> (Vec<Arc<RuleEntry>>, Vec<Arc<RuleEntry>>) {
+        self.lock().controls.rules()
+    }
+
+    /// The latest reference changes (newest first) and the pending control records.
+    pub(crate) fn controls(&self) -> (Vec<Arc<Value>>, Vec<Arc<Value>>) {
+        self.lock().controls.changes()
+    }
+
+    /// What the live view knows of user `id`.
+    pub(crate) fn user(&self, id: &str) -> UserLookup {
+        self.lock().controls.user(id)
+    }
+
+    /// Takes in one batch of the pipeline's sink, in order: what became of its control
+    /// records and its account states (SPEC §11: the rule set in force, the latest
+    /// reference changes, users as of now), its decisions (the newest [`RECENT_LIMIT`]
+    /// kept as SPEC §8 records), its analysis changes, counters by status, and the latency
+    /// of each decision from `ingest_us` to `now_us`.
     pub fn observe(&self, batch: &Batch, now_us: u64) {
         let n = batch.decisions.len();
         // Only the newest RECENT_LIMIT decisions of a batch can stay: render only those.
@@ -309,8 +377,13 @@ impl LiveState {
                 )
             })
             .collect();
+        let control_json: Vec<Arc<Value>> =
+            batch.controls.iter().map(controls::outcome_json).collect();
         let mut inner = self.lock();
         let now = Instant::now();
+        inner
+            .controls
+            .observe(&batch.controls, control_json, &batch.accounts, batch.time);
         for d in &batch.decisions {
             inner.counts[d.status as usize] += 1;
             if d.ingest_us > 0 {
@@ -541,14 +614,20 @@ impl LiveState {
         let entries: Vec<Arc<Entry>> = inner.recent.iter().rev().cloned().collect();
         let rows = inner.rows.clone();
         let seq = inner.event_seq;
+        // Standalone, the state sees no control records: the page asks `/api/rules`.
+        let rules = (inner.mode == Mode::Embedded).then(|| inner.controls.rules_brief());
+        let (changes, _) = inner.controls.changes();
         drop(inner);
         self.rendering();
         let analyses = analyses::to_json(&rows);
+        let rules = rules.map_or(Value::Null, |(f, p)| controls::rules_event_json(&f, &p));
         let json = event_json(
             json!({
                 "seq": seq,
                 "analyses": analyses,
                 "health": health,
+                "rules": rules,
+                "controls": changes.iter().map(|v| &**v).collect::<Vec<&Value>>(),
             }),
             &entries,
         );
@@ -557,8 +636,10 @@ impl LiveState {
 
     /// Takes what changed since the previous change event, as the next one: the analyses
     /// that changed (whole, except the two per-minute ones, whose changed rows are sent,
-    /// a row of zeros meaning removed), the records added (newest first), and health.
-    /// Health alone when nothing else changed.
+    /// a row of zeros meaning removed), the records added (newest first), the rule set in
+    /// force and the pending ones (`rules`, when they changed), the reference changes
+    /// added (`controls`, newest first), and health. Health alone when nothing else
+    /// changed.
     pub(crate) fn take_change(&self) -> Change {
         // Under the lock: copies of the rows the event needs (bounded: the non-minute
         // analyses are small, the minute rows bounded by `minute_limit` and the changed
@@ -606,6 +687,7 @@ impl LiveState {
             .cloned()
             .collect();
         inner.pushed_seq = inner.next_seq;
+        let (rules, control_changes) = inner.controls.take_change();
         drop(inner);
 
         self.rendering();
@@ -636,15 +718,17 @@ impl LiveState {
                 rows.push(row);
             }
         }
-        let json = event_json(
-            json!({
-                "seq": seq,
-                "analyses": analyses_out,
-                "minute_rows": minute_rows,
-                "health": health,
-            }),
-            &entries,
-        );
+        let mut event = json!({
+            "seq": seq,
+            "analyses": analyses_out,
+            "minute_rows": minute_rows,
+            "health": health,
+            "controls": control_changes.iter().map(|v| &**v).collect::<Vec<&Value>>(),
+        });
+        if let Some((in_force, pending)) = rules {
+            event["rules"] = controls::rules_event_json(&in_force, &pending);
+        }
+        let json = event_json(event, &entries);
         Change { seq, json }
     }
 
@@ -654,12 +738,16 @@ impl LiveState {
         inner.changed.clear();
         inner.changed_all = false;
         inner.pushed_seq = inner.next_seq;
+        inner.controls.discard_changes();
     }
 
     /// Whether anything but health changed since the previous change event.
     pub(crate) fn has_changes(&self) -> bool {
         let inner = self.lock();
-        inner.changed_all || !inner.changed.is_empty() || inner.pushed_seq < inner.next_seq
+        inner.changed_all
+            || !inner.changed.is_empty()
+            || inner.pushed_seq < inner.next_seq
+            || inner.controls.has_changes()
     }
 
     /// Resolves when `observe` (or the follower) has added something since the last wait.

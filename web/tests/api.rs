@@ -234,7 +234,7 @@ async fn recent_transactions_and_limits() {
     assert_eq!(
         body[3],
         json!({"partition": 2, "offset": 2, "t": 1000, "status": "invalid", "error": "not JSON",
-               "decided_at_ms": 5})
+               "rules_version": "default", "decided_at_ms": 5})
     );
     let first = &body[5];
     assert_eq!(first["id"], "tx-a");
@@ -302,11 +302,15 @@ async fn transaction_by_id() {
     assert_eq!(body["decisions"][0]["id"], "a b/ç");
 }
 
+/// Without PostgreSQL, a user no control record changed (and the caller did not seed) is
+/// not known to the live view: 404, saying so (tests/live_changes.rs has the known ones).
 #[tokio::test]
-async fn users_need_postgres_in_embedded_mode() {
+async fn users_unknown_to_the_live_view_without_postgres() {
     let (routes, _) = fed_routes(None);
     let body = get_json_as(&routes, "/api/users/u001", StatusCode::NOT_FOUND).await;
-    assert!(body["error"].as_str().unwrap().contains("PostgreSQL"));
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("not known to the live view"), "{message}");
+    assert!(message.contains("PostgreSQL"), "{message}");
 }
 
 #[tokio::test]
@@ -415,6 +419,8 @@ async fn token_is_required_on_every_route() {
             "/api/transactions/recent?limit=1",
             "/api/transactions/tx-a",
             "/api/users/u001",
+            "/api/rules",
+            "/api/controls",
             "/api/health",
             "/metrics",
             "/api/stream",

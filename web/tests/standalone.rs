@@ -209,6 +209,8 @@ fn standalone_reads_redis_and_postgres() {
             })
             .collect();
         pg::seed_reference(&mut client, &regions, &users).expect("seed");
+        // The rule sets (SPEC §11): the initial one, in force from the start.
+        support::create_rule_sets(&mut client, &vtpga_web::default_rules());
     }
     let mut pg_sink = PgSink::new(&postgres.url, "test").expect("pg sink");
     let mut redis_sink = RedisSink::new(&redis.url, RedisOptions::default()).expect("redis sink");
@@ -279,6 +281,13 @@ fn standalone_reads_redis_and_postgres() {
     assert_eq!(user["credit_available_cents"], 50_000 - 1_234);
     assert_eq!(user["uf"], "SP");
     assert_eq!(user["last_approved_event_time"], "2026-11-26T17:03:59.000Z");
+    assert_eq!(user["last_approved_ms"], MINUTE0 * 60_000 + 59_000);
+    assert_eq!(user["opening_balance_cents"], 1_000_000);
+    assert_eq!(
+        (&user["id"], &user["name"]),
+        (&json!("u001"), &json!("User 1"))
+    );
+    assert_eq!(user["region_id"], "r001");
     let approvals = user["last_approvals"].as_array().unwrap();
     let mut expected_approvals: Vec<&Decision> = first
         .iter()
@@ -291,6 +300,13 @@ fn standalone_reads_redis_and_postgres() {
     }
     let (status, _) = get_json(&rt, &routes, "/api/users/nobody");
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The rule sets: from PostgreSQL (standalone sees no control records).
+    let (status, rules) = get_json(&rt, &routes, "/api/rules");
+    assert_eq!(status, StatusCode::OK, "{rules}");
+    assert_eq!(rules["source"], "postgres");
+    assert_eq!(rules["in_force"]["version"], "default");
+    assert_eq!(rules["history"].as_array().map(Vec::len), Some(1));
 
     // Minute ranges come from PostgreSQL.
     let (status, body) = get_json(

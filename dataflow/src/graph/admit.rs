@@ -47,6 +47,7 @@ pub fn admit(m: Incoming) -> Result<Admitted, Decision> {
                 resumed: false,
             }));
         }
+        Body::End => return Ok(Admitted::End(m.t)),
         Body::ControlRefused { raw, error } => {
             return Ok(Admitted::Control(ControlIn {
                 pos: m.pos,

@@ -217,6 +217,7 @@ fn bound(frontiers: &[MutableAntichain<Time>]) -> Time {
 /// (`initial`, and the `history` applied before a resume point) beside them.
 pub fn control<'s>(
     controls: StreamVec<'s, Time, ControlIn>,
+    ends: StreamVec<'s, Time, Time>,
     initial_users: differential_dataflow::VecCollection<'s, Time, UserRow, i64>,
     initial_regions: differential_dataflow::VecCollection<'s, Time, RegionRow, i64>,
     initial: &RuleSet,
@@ -224,12 +225,14 @@ pub fn control<'s>(
     params: Params,
 ) -> Live<'s> {
     let scope = controls.scope();
+    let end = end_of_input(ends).broadcast();
     let (user_keyed, region_keyed, rule_keyed, parse_outcomes) = route(controls, params);
-    let (users, user_events, user_outcomes) = users_op(user_keyed, initial_users, params);
-    let (regions, region_outcomes) = regions_op(region_keyed, initial_regions, params);
+    let (users, user_events, user_outcomes) =
+        users_op(user_keyed, initial_users, end.clone(), params);
+    let (regions, region_outcomes) = regions_op(region_keyed, initial_regions, end.clone(), params);
     let mut used: BTreeSet<String> = history.iter().map(|c| c.rules.version.clone()).collect();
     used.insert(initial.version.clone());
-    let (rules, rule_outcomes) = rules_op(rule_keyed, used, params);
+    let (rules, rule_outcomes) = rules_op(rule_keyed, used, end, params);
     let outcomes = scope.concatenate([
         parse_outcomes,
         user_outcomes,
@@ -334,6 +337,35 @@ fn route<'s>(
     (users, regions, rules, outcomes)
 }
 
+/// The end of the input: the greatest arrival time over every source, once every source
+/// has ended (on worker 0; nothing while any source runs).
+fn end_of_input<'s>(ends: StreamVec<'s, Time, Time>) -> StreamVec<'s, Time, Time> {
+    let mut builder = OperatorBuilder::new("EndOfInput".to_owned(), ends.scope());
+    let mut input = builder.new_input(ends, Exchange::new(|_: &Time| 0));
+    let (out, stream) = builder.new_output();
+    let mut out: Out<Time> = OutputBuilder::from(out);
+    builder.build(move |_caps| {
+        let mut held: Option<Capability<Time>> = None;
+        let mut last: Option<Time> = None;
+        move |frontiers| {
+            input.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    if held.as_ref().is_none_or(|h| *h.time() > t) {
+                        held = Some(cap.delayed(&t, 0));
+                    }
+                }
+                last = data.iter().copied().chain(last).max();
+            });
+            if frontiers[0].is_empty() {
+                if let (Some(cap), Some(t)) = (held.take(), last) {
+                    out.activate().session(&cap).give(t);
+                }
+            }
+        }
+    });
+    stream
+}
+
 /// The id a keyed change is about.
 fn key_of(change: &Change) -> &str {
     match change {
@@ -370,6 +402,21 @@ impl<const N: usize> Buffered<N> {
             self.held = Some(std::array::from_fn(|i| cap.delayed(&t, i)));
         }
         self.items.append(data);
+    }
+
+    /// The changes whose `T` is before `bound`, in `(T, position)` order. Once every
+    /// input has ended (`bound` is `Time::MAX`), those that take effect after the end of
+    /// the input (`end`, the greatest arrival time of any source, if known) change no
+    /// message: they are not applied (they stay pending in a durable store, and a run
+    /// that ends is not moved to their time).
+    fn ready_at(&mut self, bound: Time, end: Option<Time>) -> Vec<Keyed> {
+        if bound == Time::MAX {
+            let limit = end.map_or(Time::MAX, |e| e.saturating_add(1));
+            let ready = self.ready(limit);
+            self.items.clear();
+            return ready;
+        }
+        self.ready(bound)
     }
 
     /// The changes whose `T` is before `bound`, in `(T, position)` order.
@@ -409,6 +456,7 @@ impl<const N: usize> Buffered<N> {
 fn users_op<'s>(
     keyed: StreamVec<'s, Time, Keyed>,
     initial: differential_dataflow::VecCollection<'s, Time, UserRow, i64>,
+    end: StreamVec<'s, Time, Time>,
     params: Params,
 ) -> (
     differential_dataflow::VecCollection<'s, Time, UserRow, i64>,
@@ -423,6 +471,7 @@ fn users_op<'s>(
         initial.inner,
         Exchange::new(|(row, _, _): &(UserRow, Time, i64)| row.0.hashed()),
     );
+    let mut end_in = builder.new_input(end, Pipeline);
     let (rows_out, rows_stream) = builder.new_output();
     let (events_out, events) = builder.new_output();
     let (outcome_out, outcomes) = builder.new_output();
@@ -433,7 +482,9 @@ fn users_op<'s>(
         // Each existing user's reference row: (home region, opening balance, limit).
         let mut users: HashMap<String, (String, Cents, Cents)> = HashMap::new();
         let mut buffer: Buffered<3> = Buffered::new();
+        let mut last: Option<Time> = None;
         move |frontiers| {
+            end_in.for_each(|_, data| last = data.iter().copied().chain(last).max());
             let mut rows_h = rows_out.activate();
             rows.for_each(|cap, data| {
                 for ((id, region, opening, limit), _, diff) in data.iter() {
@@ -449,7 +500,7 @@ fn users_op<'s>(
             });
             changes.for_each(|cap, data| buffer.take(&cap, data));
             let bound = bound(frontiers);
-            let ready = buffer.ready(bound);
+            let ready = buffer.ready_at(bound, last);
             if !ready.is_empty() {
                 let held = buffer.held.as_ref().expect("changes are buffered");
                 let mut events_h = events_out.activate();
@@ -574,6 +625,7 @@ fn users_op<'s>(
 fn regions_op<'s>(
     keyed: StreamVec<'s, Time, Keyed>,
     initial: differential_dataflow::VecCollection<'s, Time, RegionRow, i64>,
+    end: StreamVec<'s, Time, Time>,
     params: Params,
 ) -> (
     differential_dataflow::VecCollection<'s, Time, RegionRow, i64>,
@@ -587,6 +639,7 @@ fn regions_op<'s>(
         initial.inner,
         Exchange::new(|(row, _, _): &(RegionRow, Time, i64)| row.0.hashed()),
     );
+    let mut end_in = builder.new_input(end, Pipeline);
     let (rows_out, rows_stream) = builder.new_output();
     let (outcome_out, outcomes) = builder.new_output();
     let mut rows_out: Out<(RegionRow, Time, i64)> = OutputBuilder::from(rows_out);
@@ -594,7 +647,9 @@ fn regions_op<'s>(
     builder.build(move |_caps| {
         let mut regions: HashMap<String, RegionVal> = HashMap::new();
         let mut buffer: Buffered<2> = Buffered::new();
+        let mut last: Option<Time> = None;
         move |frontiers| {
+            end_in.for_each(|_, data| last = data.iter().copied().chain(last).max());
             let mut rows_h = rows_out.activate();
             rows.for_each(|cap, data| {
                 for ((id, val), _, diff) in data.iter() {
@@ -609,7 +664,7 @@ fn regions_op<'s>(
                 }
             });
             changes.for_each(|cap, data| buffer.take(&cap, data));
-            let ready = buffer.ready(bound(frontiers));
+            let ready = buffer.ready_at(bound(frontiers), last);
             if !ready.is_empty() {
                 let held = buffer.held.as_ref().expect("changes are buffered");
                 let mut outcome_h = outcome_out.activate();
@@ -653,6 +708,7 @@ fn regions_op<'s>(
 fn rules_op<'s>(
     keyed: StreamVec<'s, Time, Keyed>,
     mut used: BTreeSet<String>,
+    end: StreamVec<'s, Time, Time>,
     params: Params,
 ) -> (
     StreamVec<'s, Time, RuleChange>,
@@ -660,15 +716,18 @@ fn rules_op<'s>(
 ) {
     let mut builder = OperatorBuilder::new("Rules".to_owned(), keyed.scope());
     let mut changes = builder.new_input(keyed, Exchange::new(|_: &Keyed| 0));
+    let mut end_in = builder.new_input(end, Pipeline);
     let (rules_out, rules) = builder.new_output();
     let (outcome_out, outcomes) = builder.new_output();
     let mut rules_out: Out<RuleChange> = OutputBuilder::from(rules_out);
     let mut outcome_out: Out<ControlOutcome> = OutputBuilder::from(outcome_out);
     builder.build(move |_caps| {
         let mut buffer: Buffered<2> = Buffered::new();
+        let mut last: Option<Time> = None;
         move |frontiers| {
+            end_in.for_each(|_, data| last = data.iter().copied().chain(last).max());
             changes.for_each(|cap, data| buffer.take(&cap, data));
-            let ready = buffer.ready(bound(frontiers));
+            let ready = buffer.ready_at(bound(frontiers), last);
             if !ready.is_empty() {
                 let held = buffer.held.as_ref().expect("changes are buffered");
                 let mut rules_h = rules_out.activate();

@@ -243,3 +243,48 @@ impl SseClient {
         }
     }
 }
+
+/// The `rule_sets` table the API reads (SPEC §11), created when the sinks' migrations did
+/// not (yet) create it: exactly the columns `/api/rules` reads. The initial set is a row
+/// without a position; `ON CONFLICT` in case a sink already wrote it.
+pub fn create_rule_sets(client: &mut postgres::Client, initial: &vtpga_dataflow::RuleSet) {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS rule_sets (
+                version          text PRIMARY KEY,
+                risk_threshold   double precision,
+                max_delay_ms     bigint,
+                dedup_window_ms  bigint,
+                effective_ms     bigint,
+                partition        integer NULL,
+                \"offset\"       bigint NULL
+            )",
+        )
+        .expect("rule_sets");
+    insert_rule_set(client, initial, 0, None);
+}
+
+/// One `rule_sets` row.
+pub fn insert_rule_set(
+    client: &mut postgres::Client,
+    rules: &vtpga_dataflow::RuleSet,
+    effective_ms: i64,
+    pos: Option<(i32, i64)>,
+) {
+    client
+        .execute(
+            "INSERT INTO rule_sets
+                 (version, risk_threshold, max_delay_ms, dedup_window_ms, effective_ms, partition, \"offset\")
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (version) DO NOTHING",
+            &[
+                &rules.version,
+                &rules.risk_threshold,
+                &(rules.max_delay_ms as i64),
+                &(rules.dedup_window_ms as i64),
+                &effective_ms,
+                &pos.map(|p| p.0),
+                &pos.map(|p| p.1),
+            ],
+        )
+        .expect("insert rule set");
+}
