@@ -41,6 +41,10 @@ pub struct ReplayArgs {
     /// Where to write every user's balance and credit used (CSV).
     #[arg(long)]
     pub balances: Option<PathBuf>,
+    /// A directory where to write the reference data and rule sets in force at the end
+    /// (SPEC §11): users.csv, regions.csv, rule_sets.csv.
+    #[arg(long)]
+    pub reference_out: Option<PathBuf>,
     /// Messages a worker lets into the graph before waiting for them to be decided (at
     /// least 1: with none the source could never take a message).
     #[arg(long, env = "VTPGA_MAX_IN_FLIGHT", default_value_t = 1_000_000, value_parser = crate::at_least_one)]
@@ -91,7 +95,12 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
             &args.decisions,
             &args.analyses,
             args.balances.as_deref(),
-            users.clone(),
+            &vtpga_sinks::files::InitialReference {
+                users: users.clone(),
+                regions: regions.clone(),
+                rules: rules.clone(),
+            },
+            args.reference_out.as_deref(),
         )
         .with_context(|| format!("creating {}", args.decisions.display()))?;
         counts = Some(files.counts.clone());

@@ -277,7 +277,7 @@ fn control_payload(c: &Ctl, record_ts: u64) -> (String, Option<RefChange>, Optio
                     "after": {"id": u.id, "name": u.name, "region_id": u.region_id,
                         "balance_cents": u.balance_cents, "credit_limit_cents": u.credit_limit_cents}})
             };
-            if c.version % 2 == 0 {
+            if c.version.is_multiple_of(2) {
                 serde_json::json!({"schema": {}, "payload": event}).to_string()
             } else {
                 event.to_string()

@@ -5,7 +5,8 @@
 //!   works through 200,000 messages from Kafka, and restarted each time; at the end the
 //!   `transactions` rows (one per source position), the balances and the analyses in
 //!   PostgreSQL equal `vtpga replay` of the same messages, and Redis's analyses equal
-//!   PostgreSQL's;
+//!   PostgreSQL's. The stream includes live changes (SPEC §11) on the control topic:
+//!   users, regions and rule sets in PostgreSQL equal the replay's at the end too;
 //! * PostgreSQL is restarted mid-run: same equalities;
 //! * Redis is killed mid-run and started again: same equalities;
 //! * the pipeline is killed while its consumers are at different cuts (Redis frozen behind
@@ -23,14 +24,20 @@ use serde_json::Value;
 
 use common::{
     by_position, generate, parse_decisions, path_str, pipeline_command, position, read_topic,
-    replay, topic_decisions, vtpga, write_capture, Broker, Postgres, Redis, BIN,
+    replay, topic_decisions, vtpga, write_live_capture, Broker, Postgres, Redis, BIN,
 };
 use vtpga_dataflow::analyses::{to_json, AnalysisKey, Tally};
 
 /// Generated data in `dir`, its capture produced to a 4-partition topic, and the database
 /// seeded with the same reference data.
 fn setup(dir: &Path, count: usize, broker: &Broker, pg: &Postgres) {
-    generate(dir, count, 2000, &["--span-hours", "0.05"]);
+    // Live changes among the messages: about 2 per second of arrival time.
+    generate(
+        dir,
+        count,
+        2000,
+        &["--span-hours", "0.05", "--control-rate", "2"],
+    );
     broker.create_topics(4);
     broker.produce_capture(&dir.join("capture.jsonl"));
     vtpga(
@@ -90,14 +97,21 @@ type Expected = (
 
 fn expected(dir: &Path, broker: &Broker) -> Expected {
     let consumed = read_topic(broker, "transacoes");
+    let controls = read_topic(broker, "transacoes-controle");
+    assert!(!controls.is_empty(), "the stream has live changes");
     let capture = dir.join("consumed.jsonl");
-    write_capture(&consumed, &capture);
+    write_live_capture(&consumed, &controls, &capture);
     let lines = replay(
         &capture,
         dir,
         &dir.join("replay.jsonl"),
         &dir.join("replay-analyses.json"),
-        &["--balances", path_str(&dir.join("replay-balances.csv"))],
+        &[
+            "--balances",
+            path_str(&dir.join("replay-balances.csv")),
+            "--reference-out",
+            path_str(&dir.join("replay-reference")),
+        ],
     );
     let decisions = by_position(parse_decisions(&lines));
     let analyses: Value = serde_json::from_str(
@@ -183,6 +197,88 @@ fn check_against_replay(dir: &Path, broker: &Broker, pg: &Postgres, redis: &Redi
         normalized(&pg_analyses),
         normalized(&analyses),
         "analyses in PostgreSQL equal the replay's"
+    );
+    // The reference data and rule sets the live changes left (SPEC §11).
+    let lines_of = |name: &str| -> Vec<String> {
+        let mut lines: Vec<String> =
+            std::fs::read_to_string(dir.join("replay-reference").join(name))
+                .expect("replayed reference data")
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect();
+        lines.sort();
+        lines
+    };
+    let mut users: Vec<String> = client
+        .query(
+            "SELECT id, name, region_id, balance_cents, credit_limit_cents FROM users",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (id, name, region): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            format!(
+                "{id},{name},{region},{},{}",
+                r.get::<_, i64>(3),
+                r.get::<_, i64>(4)
+            )
+        })
+        .collect();
+    users.sort();
+    assert_eq!(
+        users,
+        lines_of("users.csv"),
+        "users in PostgreSQL equal the replay's"
+    );
+    let mut regions: Vec<String> = client
+        .query("SELECT id, uf, name, lat, lon FROM regions", &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (id, uf, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            format!(
+                "{id},{uf},{name},{},{}",
+                r.get::<_, f64>(3),
+                r.get::<_, f64>(4)
+            )
+        })
+        .collect();
+    regions.sort();
+    assert_eq!(
+        regions,
+        lines_of("regions.csv"),
+        "regions in PostgreSQL equal the replay's"
+    );
+    let mut rule_sets: Vec<String> = client
+        .query(
+            "SELECT version, risk_threshold, max_delay_ms, dedup_window_ms, effective_ms, partition, \"offset\" FROM rule_sets",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let version: String = r.get(0);
+            let partition: Option<i32> = r.get(5);
+            let offset: Option<i64> = r.get(6);
+            format!(
+                "{version},{},{},{},{},{},{}",
+                r.get::<_, f64>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3),
+                r.get::<_, i64>(4),
+                partition.map(|p| p.to_string()).unwrap_or_default(),
+                offset.map(|o| o.to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    rule_sets.sort();
+    assert!(rule_sets.len() > 1, "rule sets changed: {rule_sets:?}");
+    assert_eq!(
+        rule_sets,
+        lines_of("rule_sets.csv"),
+        "rule sets in PostgreSQL equal the replay's"
     );
     let mut conn = redis.connection();
     let redis_analyses =

@@ -39,9 +39,33 @@ fn read(dir: &str, name: String) -> Vec<u8> {
 
 #[test]
 fn replay_is_identical_for_any_worker_and_process_count() {
+    let decisions = identical_outputs(&[], 24_700);
+    assert!(decisions.contains("\"rules_version\":\"default\""));
+}
+
+/// The same with live changes (SPEC §11): a capture with control records of every kind
+/// (generated at 2 per second of arrival time over the 2 hours) among its messages.
+#[test]
+fn replay_with_live_changes_is_identical_for_any_worker_and_process_count() {
+    let decisions = identical_outputs(&["--control-rate", "2"], 25_100);
+    let versions: std::collections::BTreeSet<&str> = decisions
+        .lines()
+        .filter_map(|l| l.split("\"rules_version\":\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(
+        versions.len() > 3 && versions.contains("default"),
+        "rule sets change over the capture: {versions:?}"
+    );
+}
+
+/// Generates a capture (with `extra` flags), replays it with 1, 2 and 4 workers and with
+/// 2 processes (on ports from `base_port`, a range of the test's own), checks the outputs
+/// are byte-identical, and returns the decisions.
+fn identical_outputs(extra: &[&str], base_port: u16) -> String {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    vtpga(&[
+    let mut args = vec![
         "generate",
         "--out",
         dir,
@@ -51,14 +75,16 @@ fn replay_is_identical_for_any_worker_and_process_count() {
         "500",
         "--span-hours",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    vtpga(&args);
     for w in ["1", "2", "4"] {
         let mut args = replay_args(dir, &format!("w{w}"));
         args.extend(["--workers".into(), w.into()]);
         vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
     // Two processes of one worker each, on a port range of this test's own.
-    let port = 24_700 + (std::process::id() % 200) as u16 * 2;
+    let port = base_port + (std::process::id() % 200) as u16 * 2;
     let children: Vec<_> = (0..2)
         .map(|p| {
             let mut args = replay_args(dir, "p2");
@@ -117,6 +143,7 @@ fn replay_is_identical_for_any_worker_and_process_count() {
         serde_json::from_slice(&read(dir, "analyses-w1.json".into())).expect("analyses JSON");
     assert_eq!(analyses.as_object().expect("object").len(), 10);
     let _ = std::fs::remove_dir_all(dir);
+    decisions
 }
 
 /// A fresh directory under the system temp dir (no extra crate for one helper).

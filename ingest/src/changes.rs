@@ -940,10 +940,10 @@ mod tests {
 
     /// SPEC §11 as it concerns validity, applied in effective order: which records
     /// change nothing.
-    fn refused(
-        recs: &[GenControl],
-        users: &[User],
-    ) -> (BTreeMap<(i32, i64), bool>, HashMap<&'static str, usize>) {
+    /// Which positions are refused, and how many of each kind.
+    type Refused = (BTreeMap<(i32, i64), bool>, HashMap<&'static str, usize>);
+
+    fn refused(recs: &[GenControl], users: &[User]) -> Refused {
         let mut order: Vec<(u64, i32, i64, Option<ControlRecord>)> = recs
             .iter()
             .map(|r| {
@@ -1069,11 +1069,12 @@ mod tests {
                         effective_from += 1;
                     }
                 }
-                (Change::Region(reg), ControlKind::UpdateRegion) => {
-                    if region_uf[reg.id.as_str()] != reg.uf {
-                        uf_changes += 1;
-                    }
+                (Change::Region(reg), ControlKind::UpdateRegion)
+                    if region_uf[reg.id.as_str()] != reg.uf =>
+                {
+                    uf_changes += 1;
                 }
+                (Change::Region(_), ControlKind::UpdateRegion) => {}
                 (Change::RegionDelete { id }, ControlKind::DeleteRegion) => {
                     assert!(deleted_regions.is_empty(), "two regions deleted at once");
                     deleted_regions.insert(id.clone(), r.record_ts);

@@ -10,7 +10,7 @@ use vtpga_dataflow::analyses::{self, AnalysisKey, Tally};
 use vtpga_dataflow::graph::{Decision, OutcomeKind};
 use vtpga_dataflow::record::DecisionRecord;
 use vtpga_dataflow::Change;
-use vtpga_dataflow::User;
+use vtpga_dataflow::{Region, RuleSet, SourcePos, Time, User};
 
 use crate::Batch;
 
@@ -20,23 +20,35 @@ pub struct ReplayWriter {
     rows: BTreeMap<AnalysisKey, Tally>,
     accounts: HashMap<String, (i64, i64)>,
     /// The users that exist, with their opening balances (the initial ones, then as the
-    /// live changes create and delete them, SPEC §11).
-    users: BTreeMap<String, i64>,
+    /// live changes create, update and delete them, SPEC §11).
+    users: BTreeMap<String, User>,
+    /// The regions that exist.
+    regions: BTreeMap<String, Region>,
+    /// The rule sets in the order they came into force: the initial one (no position),
+    /// then each applied change with its effective time and position.
+    rules: Vec<(RuleSet, Time, Option<SourcePos>)>,
     counts: [u64; 9],
 }
 
 impl ReplayWriter {
     /// Creates (or truncates) the decisions file at `decisions`; [`ReplayWriter::finish`]
     /// writes the other outputs.
-    pub fn create(decisions: &Path, users: &[User]) -> io::Result<Self> {
+    pub fn create(decisions: &Path, reference: &InitialReference) -> io::Result<Self> {
         Ok(ReplayWriter {
             decisions: BufWriter::with_capacity(1 << 20, File::create(decisions)?),
             rows: BTreeMap::new(),
             accounts: HashMap::new(),
-            users: users
+            users: reference
+                .users
                 .iter()
-                .map(|u| (u.id.clone(), u.balance_cents))
+                .map(|u| (u.id.clone(), u.clone()))
                 .collect(),
+            regions: reference
+                .regions
+                .iter()
+                .map(|r| (r.id.clone(), r.clone()))
+                .collect(),
+            rules: vec![(reference.rules.clone(), 0, None)],
             counts: [0; 9],
         })
     }
@@ -50,10 +62,19 @@ impl ReplayWriter {
         for c in &batch.controls {
             match &c.kind {
                 OutcomeKind::Applied(Change::User(u)) => {
-                    self.users.insert(u.id.clone(), u.balance_cents);
+                    self.users.insert(u.id.clone(), u.clone());
                 }
                 OutcomeKind::Applied(Change::UserDelete { id }) => {
                     self.users.remove(id);
+                }
+                OutcomeKind::Applied(Change::Region(r)) => {
+                    self.regions.insert(r.id.clone(), r.clone());
+                }
+                OutcomeKind::Applied(Change::RegionDelete { id }) => {
+                    self.regions.remove(id);
+                }
+                OutcomeKind::Applied(Change::Rules(r)) => {
+                    self.rules.push((r.clone(), c.at, Some(c.pos)));
                 }
                 _ => {}
             }
@@ -131,14 +152,88 @@ impl ReplayWriter {
         if let Some(path) = balances_path {
             let mut out = BufWriter::new(File::create(path)?);
             writeln!(out, "id,balance_cents,credit_used_cents")?;
-            for (id, opening) in &self.users {
-                let (balance, used) = self.accounts.get(id).copied().unwrap_or((*opening, 0));
+            for (id, user) in &self.users {
+                let (balance, used) = self
+                    .accounts
+                    .get(id)
+                    .copied()
+                    .unwrap_or((user.balance_cents, 0));
                 writeln!(out, "{},{},{}", csv_field(id), balance, used)?;
             }
             out.flush()?;
         }
         Ok(self.counts)
     }
+
+    /// Writes the reference data and rule sets in force at the end (SPEC §11) under
+    /// `dir`: `users.csv` (opening balances, as the initial CSV), `regions.csv`, and
+    /// `rule_sets.csv` (`version,risk_threshold,max_delay_ms,dedup_window_ms,effective_ms,
+    /// partition,offset`, in the order they came into force; the initial set has no
+    /// position).
+    pub fn write_reference(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = BufWriter::new(File::create(dir.join("users.csv"))?);
+        writeln!(out, "id,name,region_id,balance_cents,credit_limit_cents")?;
+        for u in self.users.values() {
+            writeln!(
+                out,
+                "{},{},{},{},{}",
+                csv_field(&u.id),
+                csv_field(&u.name),
+                csv_field(&u.region_id),
+                u.balance_cents,
+                u.credit_limit_cents
+            )?;
+        }
+        out.flush()?;
+        let mut out = BufWriter::new(File::create(dir.join("regions.csv"))?);
+        writeln!(out, "id,uf,name,lat,lon")?;
+        for r in self.regions.values() {
+            writeln!(
+                out,
+                "{},{},{},{},{}",
+                csv_field(&r.id),
+                r.uf,
+                csv_field(&r.name),
+                r.lat,
+                r.lon
+            )?;
+        }
+        out.flush()?;
+        let mut out = BufWriter::new(File::create(dir.join("rule_sets.csv"))?);
+        writeln!(
+            out,
+            "version,risk_threshold,max_delay_ms,dedup_window_ms,effective_ms,partition,offset"
+        )?;
+        for (r, at, pos) in &self.rules {
+            let (p, o) = pos.map_or((String::new(), String::new()), |p| {
+                (p.partition.to_string(), p.offset.to_string())
+            });
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{}",
+                csv_field(&r.version),
+                r.risk_threshold,
+                r.max_delay_ms,
+                r.dedup_window_ms,
+                at,
+                p,
+                o
+            )?;
+        }
+        out.flush()
+    }
+}
+
+/// The reference data and rule set a replay starts from.
+#[derive(Clone, Debug)]
+pub struct InitialReference {
+    /// The initial users.
+    pub users: Vec<User>,
+    /// The initial regions.
+    pub regions: Vec<Region>,
+    /// The initial rule set.
+    pub rules: RuleSet,
 }
 
 /// The replay outputs as a consumer of batches: the decisions file as batches come, the
@@ -147,23 +242,27 @@ pub struct ReplayFiles {
     writer: Option<ReplayWriter>,
     analyses: std::path::PathBuf,
     balances: Option<std::path::PathBuf>,
+    reference_out: Option<std::path::PathBuf>,
     /// Decisions by status, once ended.
     pub counts: std::sync::Arc<std::sync::Mutex<[u64; 9]>>,
 }
 
 impl ReplayFiles {
-    /// Creates the decisions file now; `users` give the balances of users no decision
-    /// touched.
+    /// Creates the decisions file now; the initial users give the balances of users no
+    /// decision touched; with `reference_out`, the reference data and rule sets in force
+    /// at the end are written there too.
     pub fn create(
         decisions: &Path,
         analyses: &Path,
         balances: Option<&Path>,
-        users: Vec<User>,
+        reference: &InitialReference,
+        reference_out: Option<&Path>,
     ) -> io::Result<Self> {
         Ok(ReplayFiles {
-            writer: Some(ReplayWriter::create(decisions, &users)?),
+            writer: Some(ReplayWriter::create(decisions, reference)?),
             analyses: analyses.to_owned(),
             balances: balances.map(Path::to_owned),
+            reference_out: reference_out.map(Path::to_owned),
             counts: Default::default(),
         })
     }
@@ -181,6 +280,11 @@ impl crate::consumer::Consumer for ReplayFiles {
     }
     fn end(&mut self) -> Result<(), crate::consumer::Fault> {
         let writer = self.writer.take().expect("ended once");
+        if let Some(dir) = &self.reference_out {
+            writer.write_reference(dir).map_err(|e| {
+                crate::consumer::Fault::Fatal(format!("writing the reference data: {e}"))
+            })?;
+        }
         let counts = writer
             .finish(&self.analyses, self.balances.as_deref())
             .map_err(|e| crate::consumer::Fault::Fatal(format!("writing the outputs: {e}")))?;
