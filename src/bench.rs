@@ -279,6 +279,9 @@ fn run_graph(
             ..Params::default()
         },
         rules: vtpga_dataflow::RuleSet::of(&Params::default(), "default"),
+        live_changes: messages
+            .iter()
+            .any(|m| matches!(m.body, Body::Control(_) | Body::ControlRefused { .. })),
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
         resume: Default::default(),

@@ -34,6 +34,9 @@ pub struct PipelineSpec {
     pub params: Params,
     /// The rule set in force from the start (SPEC §11: `"default"`, or `--rules`).
     pub rules: RuleSet,
+    /// Control records may come (a control topic, control lines in a capture, a
+    /// generator of changes): without them the graph does not follow live changes.
+    pub live_changes: bool,
     pub gather: Gather,
     /// Messages a source lets into the graph before waiting for them to come out.
     pub max_in_flight: usize,
@@ -74,6 +77,7 @@ where
         reference,
         params,
         rules,
+        live_changes,
         gather,
         max_in_flight,
         resume,
@@ -106,7 +110,15 @@ where
                 params.epoch_ms,
                 admit,
             );
-            let outputs = graph::build(admitted, regions, users, params, &rules, &resume);
+            let outputs = graph::build(
+                admitted,
+                regions,
+                users,
+                params,
+                &rules,
+                &resume,
+                live_changes,
+            );
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)
         });

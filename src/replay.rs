@@ -64,6 +64,14 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let records = read_capture_parallel(&args.input, threads)
         .with_context(|| format!("reading capture {}", args.input.display()))?;
     let prepared = prepare(records);
+    // Live changes are followed only if the capture has control records.
+    let live_changes = prepared.messages.iter().any(|m| {
+        matches!(
+            m.body,
+            vtpga_dataflow::graph::Body::Control(_)
+                | vtpga_dataflow::graph::Body::ControlRefused { .. }
+        )
+    });
     if args.params.epoch_ms.is_none() {
         let times: Vec<_> = prepared.messages.iter().map(|m| m.t).collect();
         params.epoch_ms = vtpga_dataflow::epoch_for(&times, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS);
@@ -112,6 +120,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         reference,
         params,
         rules,
+        live_changes,
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
         resume: Default::default(),

@@ -435,6 +435,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         reference,
         params,
         rules,
+        // A control topic, or a generator of changes: reference data and rules may change.
+        live_changes: kafka_source
+            .as_ref()
+            .is_some_and(|((_, control_partitions), _)| *control_partitions > 0)
+            || (matches!(args.source, SourceKind::Generator) && args.control.control_rate > 0.0),
         gather,
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),

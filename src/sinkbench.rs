@@ -83,6 +83,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         reference: reference.clone(),
         params: Params::default(),
         rules: vtpga_dataflow::RuleSet::of(&Params::default(), "default"),
+        live_changes: false,
         gather: Gather::ToWorkerZero,
         max_in_flight: 2_000_000,
         resume: Default::default(),

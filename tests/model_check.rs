@@ -447,6 +447,7 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
         reference: reference.clone(),
         params,
         rules: vtpga_dataflow::RuleSet::of(&params, "default"),
+        live_changes: true,
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
         resume: Default::default(),

@@ -164,8 +164,8 @@ pub struct Pending {
     /// The parsed transaction.
     pub tx: Tx,
     /// The raw payload, kept only while the message could still be decided `invalid` by
-    /// the time rule (its event time is after its arrival time).
-    pub raw: Option<Vec<u8>>,
+    /// the time rule (its event time is after its arrival time; boxed: rarely there).
+    pub raw: Option<Box<Vec<u8>>>,
 }
 
 /// The decision about one message: SPEC §8's decision record plus what the analyses need.
@@ -234,7 +234,7 @@ impl Decision {
     fn of(p: Pending, status: Status, reason: Option<String>) -> Self {
         Decision {
             tx: Some(p.tx),
-            raw: p.raw,
+            raw: p.raw.map(|raw| *raw),
             reason,
             ..Decision::new(p.pos, p.t, p.ingest_us, status)
         }
@@ -340,7 +340,10 @@ pub fn user_row(u: &User) -> UserRow {
 /// [`admit`]: transaction messages that parsed and control records; the messages it
 /// decided `invalid` beside them), the initial reference data (at time 0) and rule set,
 /// starting from the state in `resume` (empty for a fresh start). A stream of raw
-/// messages goes through [`validate`] first.
+/// messages goes through [`validate`] first. Without `live` changes (no control topic,
+/// no control records in a capture), the control records are not followed at all: the
+/// reference data is then complete from the start, and the operators that read it do not
+/// wait for its progress each round.
 pub fn build<'s>(
     (admitted, invalid): (StreamVec<'s, Time, Admitted>, StreamVec<'s, Time, Decision>),
     regions: VecCollection<'s, Time, RegionRow, i64>,
@@ -348,6 +351,7 @@ pub fn build<'s>(
     params: Params,
     rules: &RuleSet,
     resume: &Resume,
+    live: bool,
 ) -> Outputs<'s> {
     use timely::dataflow::operators::{Concat, OkErr};
     let scope = admitted.scope();
@@ -379,8 +383,16 @@ pub fn build<'s>(
         Admitted::End(t) => Err(t),
         Admitted::Tx(_) => unreachable!("transactions went the other way"),
     });
-    let live = control::control(
-        controls.concat(scheduled),
+    let (controls, ends) = if live || !resume.scheduled.is_empty() {
+        (controls.concat(scheduled), ends)
+    } else {
+        (
+            Vec::<ControlIn>::new().to_stream(scope),
+            Vec::<Time>::new().to_stream(scope),
+        )
+    };
+    let changes = control::control(
+        controls,
         ends,
         users,
         regions,
@@ -389,12 +401,12 @@ pub fn build<'s>(
         params,
     );
     let book = RuleBook::new(rules.clone(), &resume.rules);
-    let (regions, users) = arrange_reference(live.regions, live.users);
+    let (regions, users) = arrange_reference(changes.regions, changes.users);
     let (pending, decided_early) = dedup(
         pending,
         invalid,
         seen,
-        live.rules.clone(),
+        changes.rules.clone(),
         book.clone(),
         params,
     );
@@ -404,8 +416,8 @@ pub fn build<'s>(
         seeded,
         regions,
         users,
-        live.user_events,
-        live.rules,
+        changes.user_events,
+        changes.rules,
         book,
         params,
     );
@@ -414,7 +426,7 @@ pub fn build<'s>(
         decisions,
         accounts,
         analyses,
-        controls: live.outcomes,
+        controls: changes.outcomes,
     }
 }
 
@@ -478,6 +490,7 @@ mod tests {
             Params::default(),
             &RuleSet::of(&Params::default(), "default"),
             &Resume::default(),
+            true,
         );
         (regions_in, users_in, msgs, out)
     }

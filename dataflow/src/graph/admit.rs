@@ -60,7 +60,7 @@ pub fn admit(m: Incoming) -> Result<Admitted, Decision> {
     };
     // Only a message whose event time is after its arrival time can be found in the
     // future by rule 1: only its payload is kept for the dead-letter record.
-    let raw = raw.filter(|_| tx.event_ms > m.t as i64);
+    let raw = raw.filter(|_| tx.event_ms > m.t as i64).map(Box::new);
     Ok(Admitted::Tx(Pending {
         pos: m.pos,
         t: m.t,

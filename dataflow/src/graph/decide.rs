@@ -186,7 +186,6 @@ struct FinalDue {
     at: Time,
     payee: Id,
     amount_cents: Cents,
-    payee_ref: UserVal,
 }
 
 /// A user's final state (SPEC §2), owned by exactly one worker. `None` while the user
@@ -709,12 +708,29 @@ impl Ledger {
             // Credits first: they come from approvals at earlier times.
             while self.final_due.front().is_some_and(|d| d.at == t) {
                 let d = self.final_due.pop_front().expect("front checked");
+                let fresh = self
+                    .users
+                    .state_of(&d.payee)
+                    .as_ref()
+                    .expect("execution applied this credit: its payee has state")
+                    .funds
+                    .is_none();
+                if fresh {
+                    // A payee created again after a deletion: the credit is due to the
+                    // user that has its id at the approval's time (SPEC §11).
+                    let r = self
+                        .users
+                        .get(&d.payee, t - 1, |u| *u)
+                        .expect("an approved payee is known at its time");
+                    let f = self.users.state_of(&d.payee).as_mut().expect("just seen");
+                    Self::final_funds(f, &r);
+                }
                 let f = self
                     .users
                     .state_of(&d.payee)
                     .as_mut()
                     .expect("execution applied this credit: its payee has state");
-                Self::final_funds(f, &d.payee_ref).balance_cents += d.amount_cents;
+                f.funds.as_mut().expect("made above").balance_cents += d.amount_cents;
                 Self::touch(f, mark, &d.payee, &mut touched);
             }
             if let Some(credits) = self.incoming.remove(&t) {
@@ -789,39 +805,34 @@ impl Ledger {
                 }
                 self.base += 1;
                 if outcome.status == Status::Approved {
-                    // The reference is read only to make the state of a payer created
-                    // again after a deletion (SPEC §11).
-                    let fresh = self
-                        .users
-                        .state_of(&p.tx.payer)
-                        .as_ref()
-                        .is_some_and(|f| f.funds.is_none());
-                    let payer_ref = if fresh {
-                        self.users.get(&p.tx.payer, t, |u| *u)
-                    } else {
-                        None
-                    };
                     let f = self
                         .users
                         .state_of(&p.tx.payer)
                         .as_mut()
                         .expect("an approved payer has state");
-                    let funds = match payer_ref {
-                        Some(r) => Self::final_funds(f, &r),
-                        None => f.funds.as_mut().expect("an approved payer has final state"),
-                    };
+                    if f.funds.is_none() {
+                        // A payer created again after a deletion (SPEC §11): its state
+                        // starts from its reference data, as execution's did.
+                        let r = self
+                            .users
+                            .get(&p.tx.payer, t, |u| *u)
+                            .expect("an approved payer is known at its time");
+                        let f = self.users.state_of(&p.tx.payer).as_mut().expect("just seen");
+                        Self::final_funds(f, &r);
+                    }
+                    let f = self
+                        .users
+                        .state_of(&p.tx.payer)
+                        .as_mut()
+                        .expect("an approved payer has state");
+                    let funds = f.funds.as_mut().expect("an approved payer has final state");
                     rules::approve(p.tx.mode, p.tx.amount_cents, p.tx.event_ms, funds);
                     Self::touch(f, mark, &p.tx.payer, &mut touched);
                     if self.owns(&p.tx.payee) {
-                        let payee_ref = self
-                            .users
-                            .get(&p.tx.payee, t, |u| *u)
-                            .expect("an approved payee is known at its time");
                         self.final_due.push_back(FinalDue {
                             at: t + 1,
                             payee: p.tx.payee.clone(),
                             amount_cents: p.tx.amount_cents,
-                            payee_ref,
                         });
                     }
                 }
