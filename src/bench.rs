@@ -13,7 +13,6 @@ use clap::Args;
 
 use vtpga_dataflow::control::parse_control;
 use vtpga_dataflow::graph::{Body, Incoming};
-use vtpga_dataflow::model::Change;
 use vtpga_dataflow::parse::parse_transaction;
 use vtpga_dataflow::{Params, SourcePos};
 use vtpga_ingest::changes::{ControlConfig, ControlGenerator, GenControl};
@@ -71,42 +70,13 @@ struct Input {
 
 /// A generated control record as the sequential reference takes it.
 fn ref_control(c: &GenControl) -> vtpga_reference::RefControl {
-    use vtpga_reference::{RefChange, RefRegion, RefRules, RefUser};
     let parsed = parse_control(&c.payload).ok();
     vtpga_reference::RefControl {
         record_ts: c.record_ts,
         partition: c.partition,
         offset: c.offset,
         effective_from: parsed.as_ref().and_then(|p| p.effective_from),
-        change: parsed.map(|p| match p.change {
-            Change::User(u) => RefChange::User(RefUser {
-                id: u.id,
-                region_id: u.region_id,
-                balance_cents: u.balance_cents,
-                credit_limit_cents: u.credit_limit_cents,
-            }),
-            Change::UserDelete { id } => RefChange::UserDelete(id),
-            Change::Adjust {
-                user_id,
-                amount_cents,
-            } => RefChange::Adjust {
-                user_id,
-                amount_cents,
-            },
-            Change::Region(r) => RefChange::Region(RefRegion {
-                id: r.id,
-                uf: r.uf,
-                lat: r.lat,
-                lon: r.lon,
-            }),
-            Change::RegionDelete { id } => RefChange::RegionDelete(id),
-            Change::Rules(r) => RefChange::Rules(RefRules {
-                version: r.version,
-                risk_threshold: r.risk_threshold,
-                max_delay_ms: r.max_delay_ms,
-                dedup_window_ms: r.dedup_window_ms,
-            }),
-        }),
+        change: parsed.map(|p| vtpga::oracle::ref_change(p.change)),
     }
 }
 

@@ -6,5 +6,6 @@
 pub mod args;
 pub mod cluster;
 pub mod kafka;
+pub mod oracle;
 pub mod pipeline;
 pub mod profile;

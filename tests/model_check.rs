@@ -288,35 +288,7 @@ fn control_payload(c: &Ctl, record_ts: u64) -> (String, Option<RefChange>, Optio
     };
     let parsed = parse_control(payload.as_bytes()).ok();
     let effective_from = parsed.as_ref().and_then(|r| r.effective_from);
-    let change = parsed.map(|r| match r.change {
-        Change::User(u) => RefChange::User(RefUser {
-            id: u.id,
-            region_id: u.region_id,
-            balance_cents: u.balance_cents,
-            credit_limit_cents: u.credit_limit_cents,
-        }),
-        Change::UserDelete { id } => RefChange::UserDelete(id),
-        Change::Adjust {
-            user_id,
-            amount_cents,
-        } => RefChange::Adjust {
-            user_id,
-            amount_cents,
-        },
-        Change::Region(r) => RefChange::Region(RefRegion {
-            id: r.id,
-            uf: r.uf,
-            lat: r.lat,
-            lon: r.lon,
-        }),
-        Change::RegionDelete { id } => RefChange::RegionDelete(id),
-        Change::Rules(r) => RefChange::Rules(RefRules {
-            version: r.version,
-            risk_threshold: r.risk_threshold,
-            max_delay_ms: r.max_delay_ms,
-            dedup_window_ms: r.dedup_window_ms,
-        }),
-    });
+    let change = parsed.map(|r| vtpga::oracle::ref_change(r.change));
     (payload, change, effective_from)
 }
 

@@ -151,6 +151,18 @@ pub struct UserVal {
     pub credit_limit_cents: Cents,
 }
 
+impl UserVal {
+    /// What a user's state starts from when only its opening balance and limit are known
+    /// (its home is not read by the state).
+    pub fn opening(balance_cents: Cents, credit_limit_cents: Cents) -> Self {
+        UserVal {
+            home: Geo::new(0.0, 0.0),
+            balance_cents,
+            credit_limit_cents,
+        }
+    }
+}
+
 /// A message that passed rules 1–3 and is on its way to its payer's owner. (`Default`
 /// is what stays behind when a message is taken out of a batch in order.)
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -391,15 +403,7 @@ pub fn build<'s>(
             Vec::<Time>::new().to_stream(scope),
         )
     };
-    let changes = control::control(
-        controls,
-        ends,
-        users,
-        regions,
-        rules,
-        &resume.rules,
-        params,
-    );
+    let changes = control::control(controls, ends, users, regions, rules, &resume.rules, params);
     let book = RuleBook::new(rules.clone(), &resume.rules);
     let (regions, users) = arrange_reference(changes.regions, changes.users);
     let (pending, decided_early) = dedup(

@@ -308,11 +308,7 @@ impl Ledger {
                 opening_cents,
                 limit_cents,
             } => {
-                let reference = UserVal {
-                    home: Geo::new(0.0, 0.0),
-                    balance_cents: opening_cents,
-                    credit_limit_cents: limit_cents,
-                };
+                let reference = UserVal::opening(opening_cents, limit_cents);
                 let funds = self.exec_funds(&e.user, &reference);
                 // Past the range of i64 cents a balance stops at the bound (SPEC silent).
                 funds.balance_cents = funds.balance_cents.saturating_add(amount_cents);
@@ -775,11 +771,7 @@ impl Ledger {
                         opening_cents,
                         limit_cents,
                     } => {
-                        let reference = UserVal {
-                            home: Geo::new(0.0, 0.0),
-                            balance_cents: opening_cents,
-                            credit_limit_cents: limit_cents,
-                        };
+                        let reference = UserVal::opening(opening_cents, limit_cents);
                         let f = Self::final_slot(
                             &mut self.users,
                             &mut self.resumed,
@@ -817,7 +809,11 @@ impl Ledger {
                             .users
                             .get(&p.tx.payer, t, |u| *u)
                             .expect("an approved payer is known at its time");
-                        let f = self.users.state_of(&p.tx.payer).as_mut().expect("just seen");
+                        let f = self
+                            .users
+                            .state_of(&p.tx.payer)
+                            .as_mut()
+                            .expect("just seen");
                         Self::final_funds(f, &r);
                     }
                     let f = self
