@@ -1142,10 +1142,13 @@ pub(super) fn decide<'s>(
             follow(&mut account_cap, open);
             // No message will ask about a time before both the frontier of the messages and
             // those not final: the traces may forget distinctions before that.
+            // (A credit due to one of this worker's payees may read the payee as of its
+            // approval's time, for a payee created again after a deletion.)
             let least = [
                 frontiers[0].frontier().iter().min().copied(),
                 ledger.window.front().map(|(p, _)| p.t),
                 ledger.pend.iter().map(|p| p.t).min(),
+                ledger.final_due.front().map(|d| d.at.saturating_sub(1)),
             ]
             .into_iter()
             .flatten()
