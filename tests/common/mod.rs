@@ -373,42 +373,30 @@ fn read_topic_once(broker: &Broker, topic: &str) -> (Vec<Consumed>, Vec<(i32, i6
 
 /// Writes records as a SPEC §9 capture (record timestamps as consumed).
 pub fn write_capture(records: &[Consumed], path: &Path) {
-    let mut text = String::new();
-    for r in records {
-        let payload =
-            String::from_utf8(r.payload.clone()).expect("the capture format holds text payloads");
-        text.push_str(
-            &serde_json::json!({
-                "t": r.timestamp,
-                "partition": r.partition,
-                "offset": r.offset,
-                "payload": payload,
-            })
-            .to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(path, text).expect("writing the capture");
+    write_live_capture(records, &[], path);
 }
 
 /// [`write_capture`] of the transactions and, as `"topic": "transacoes-controle"` lines
 /// (SPEC §9), the control records consumed.
 pub fn write_live_capture(records: &[Consumed], controls: &[Consumed], path: &Path) {
-    write_capture(records, path);
-    let mut text = std::fs::read_to_string(path).expect("reading the capture back");
-    for r in controls {
+    let mut text = String::new();
+    let lines = records
+        .iter()
+        .map(|r| (None, r))
+        .chain(controls.iter().map(|r| (Some("transacoes-controle"), r)));
+    for (topic, r) in lines {
         let payload =
             String::from_utf8(r.payload.clone()).expect("the capture format holds text payloads");
-        text.push_str(
-            &serde_json::json!({
-                "topic": "transacoes-controle",
-                "t": r.timestamp,
-                "partition": r.partition,
-                "offset": r.offset,
-                "payload": payload,
-            })
-            .to_string(),
-        );
+        let mut line = serde_json::json!({
+            "t": r.timestamp,
+            "partition": r.partition,
+            "offset": r.offset,
+            "payload": payload,
+        });
+        if let Some(topic) = topic {
+            line["topic"] = topic.into();
+        }
+        text.push_str(&line.to_string());
         text.push('\n');
     }
     std::fs::write(path, text).expect("writing the capture");
