@@ -569,7 +569,13 @@ impl Ledger {
                 p.tx.payer.clone(),
             )
         };
-        // Rule 4: every reference must be known.
+        // Rule 4: two users, and every reference known.
+        if payer_id == payee_id {
+            return Outcome {
+                reason: Some("payer and payee are the same user"),
+                ..Outcome::plain(Status::UnknownReference)
+            };
+        }
         let region = self
             .regions
             .get(&region_id, t, |r| (r.geo, Id::from(r.uf.as_str())));

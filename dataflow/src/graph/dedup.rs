@@ -18,8 +18,8 @@ use crate::rules::{self, TimeVerdict};
 use super::*;
 
 /// Rules 1–2 (the time rules, with the rule set in force at each message's time), rule 3
-/// (duplicates, each id remembered until the window in force when it was seen ends) and
-/// payer = payee (rule 4), at the owner of the transaction id. The decisions of messages
+/// (duplicates, each id remembered until the window in force when it was seen ends), at
+/// the owner of the transaction id: what passes goes on to `Decide` (rules 4–8). The decisions of messages
 /// that did not parse pass through here too, to be stamped with their rule set's version.
 pub(super) fn dedup<'s>(
     pending: StreamVec<'s, Time, Pending>,
@@ -154,12 +154,6 @@ pub(super) fn dedup<'s>(
                             let last_expiry = seen_ids.see(&p.tx.id, t, rules.dedup_window_ms);
                             if last_expiry.is_some_and(|expiry| t <= expiry) {
                                 Decision::of(p, Status::Duplicate, None)
-                            } else if p.tx.payer == p.tx.payee {
-                                Decision::of(
-                                    p,
-                                    Status::UnknownReference,
-                                    Some("payer and payee are the same user".to_owned()),
-                                )
                             } else {
                                 pass_s.give(p);
                                 continue;
