@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// none.
     #[arg(long, default_value_t = 0)]
     pub control_every: usize,
+    /// Log every operator's figures as `run` does for its dashboard (`/api/dataflow`,
+    /// sampled as there), to measure what the dataflow view costs.
+    #[arg(long)]
+    pub dataflow_view: bool,
 }
 
 struct Input {
@@ -217,7 +221,14 @@ fn run_graph(
     reference: &Arc<Reference>,
     messages: &[Incoming],
     epoch_ms: u64,
+    logged: bool,
 ) -> Result<Run> {
+    // Sampled while the graph runs, as the dashboard's process does.
+    let view = logged.then(|| {
+        let view = vtpga::dataflow_view::DataflowView::new(0, 1, workers);
+        view.spawn_sampler();
+        view
+    });
     let decided = Arc::new(AtomicU64::new(0));
     let path = WritePath {
         record: Vec::new(),
@@ -255,6 +266,7 @@ fn run_graph(
         gather: Gather::PerWorker,
         max_in_flight: 2_000_000,
         resume: Default::default(),
+        view: view.as_ref().map(|v| v.published()),
     };
     let first_poll = Arc::new(std::sync::Mutex::new(None));
     let feeds_first_poll = first_poll.clone();
@@ -355,8 +367,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ),
     };
     println!(
-        "vtpga bench: {} messages, {controls}, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}",
-        args.count, args.arrival_rate, args.users, epoch_ms, args.repeat
+        "vtpga bench: {} messages, {controls}, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}{}",
+        args.count,
+        args.arrival_rate,
+        args.users,
+        epoch_ms,
+        args.repeat,
+        if args.dataflow_view {
+            ", operator figures logged (dataflow view)"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<38} {:>7} {:>12} {:>10} {:>20} {:>12}",
@@ -377,7 +398,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 use std::sync::atomic::Ordering::Relaxed;
                 use vtpga_dataflow::graph::{LATE_CREDITS, REDECIDED};
                 let (redone, absorbed) = (REDECIDED.load(Relaxed), LATE_CREDITS.load(Relaxed));
-                let run = run_graph(workers, &reference, messages.as_slice(), epoch_ms)?;
+                let run = run_graph(
+                    workers,
+                    &reference,
+                    messages.as_slice(),
+                    epoch_ms,
+                    args.dataflow_view,
+                )?;
                 eprintln!(
                     "{label}, {workers} worker(s): {} late credit(s), {} decision(s) changed by one",
                     LATE_CREDITS.load(Relaxed) - absorbed,

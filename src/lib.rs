@@ -5,7 +5,7 @@
 
 pub mod args;
 pub mod cluster;
+pub mod dataflow_view;
 pub mod kafka;
 pub mod oracle;
 pub mod pipeline;
-pub mod profile;

@@ -42,6 +42,8 @@ pub struct PipelineSpec {
     pub max_in_flight: usize,
     /// State to start from (after a restart); empty for a fresh start.
     pub resume: Arc<Resume>,
+    /// Where the workers publish their operator figures (the dataflow view), if anywhere.
+    pub view: Option<Arc<crate::dataflow_view::Published>>,
 }
 
 /// Runs the graph and its write path until every feed is exhausted and every consumer has
@@ -81,13 +83,14 @@ where
         gather,
         max_in_flight,
         resume,
+        view,
     } = spec;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
         let probe = ProbeHandle::<Time>::new();
         let feed = make_feed(index, peers);
-        let profile = crate::profile::install(worker);
+        let logged = crate::dataflow_view::install(worker, view.clone());
         let sender = sender.clone();
         let (mut regions_in, mut users_in) = worker.dataflow::<Time, _, _>(|scope| {
             let (regions_in, regions) = scope.new_collection::<RegionRow, i64>();
@@ -134,8 +137,8 @@ where
         drop(regions_in);
         drop(users_in);
         while worker.step_or_park(Some(Duration::from_millis(1))) {}
-        if let Some(profile) = &profile {
-            crate::profile::report(index, profile);
+        if let Some(logged) = logged {
+            logged.finish();
         }
     })
     .map_err(|e| anyhow!("starting timely: {e}"))?;

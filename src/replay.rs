@@ -124,6 +124,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         gather: Gather::ToWorkerZero,
         max_in_flight: args.max_in_flight,
         resume: Default::default(),
+        view: None,
     };
     let path = WritePath {
         record: Vec::new(),

@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// Do not serve the dashboard.
     #[arg(long, env = "VTPGA_NO_WEB")]
     pub no_web: bool,
+    /// Do not log the operators' figures for the dashboard's dataflow view
+    /// (`/api/dataflow`, the per-operator lines of `/metrics`): saves what the logging
+    /// costs (see `vtpga bench --dataflow-view`).
+    #[arg(long, env = "VTPGA_NO_DATAFLOW_VIEW")]
+    pub no_dataflow_view: bool,
     /// When the source is exhausted, keep serving the dashboard until Ctrl-C.
     #[arg(long)]
     pub hold: bool,
@@ -110,6 +115,13 @@ pub struct RunArgs {
     /// Stop after this many messages (default: run until Ctrl-C).
     #[arg(long, env = "VTPGA_COUNT")]
     pub count: Option<u64>,
+    /// Generator: this share (0..=1) of the payments comes from `--hot-payers` users,
+    /// e.g. to see a skewed worker in the dataflow view.
+    #[arg(long, default_value_t = 0.0, requires = "hot_payers")]
+    pub hot_share: f64,
+    /// Generator: how many users the `--hot-share` of the payments comes from.
+    #[arg(long, default_value_t = 0)]
+    pub hot_payers: usize,
     /// Users to generate when no reference data is given (no `--postgres`, no
     /// `--users-csv`). Not `--users`: elsewhere (`replay`, `produce`) that is a CSV path.
     #[arg(long, env = "VTPGA_USERS", default_value_t = 10_000)]
@@ -140,6 +152,13 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let rate = parse_rate(&args.rate)?;
+    GeneratorConfig {
+        hot_share: args.hot_share,
+        hot_payers: args.hot_payers,
+        ..GeneratorConfig::default()
+    }
+    .validate()
+    .map_err(|e| anyhow::anyhow!("--hot-share/--hot-payers: {e}"))?;
     let (params, mut rules) = args.params.params_and_rules()?;
     let config = args.cluster.config()?;
     let source_name = match args.source {
@@ -348,6 +367,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => {}
     }
+    // Where the workers publish their operator figures, when the dashboard shows them.
+    let mut dataflow_view = None;
     let web = if args.no_web {
         None
     } else {
@@ -386,6 +407,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         ) {
             Ok(server) => {
                 eprintln!("dashboard: http://{}/", server.addr);
+                if !args.no_dataflow_view {
+                    let view = vtpga::dataflow_view::DataflowView::new(
+                        args.cluster.process,
+                        args.cluster.processes,
+                        total_workers,
+                    );
+                    view.spawn_sampler();
+                    state.set_dataflow_source(view.clone());
+                    dataflow_view = Some(view.published());
+                }
                 followers.push(Box::new(Observer(state.clone())));
                 Some((state, server))
             }
@@ -443,6 +474,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         gather,
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),
+        view: dataflow_view,
     };
     let held = stop.clone();
     let started = Instant::now();
@@ -469,6 +501,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                     let cfg = GeneratorConfig {
                         seed: seed.wrapping_add(index as u64),
                         partitions: total_workers as i32,
+                        hot_share: args.hot_share,
+                        hot_payers: args.hot_payers,
                         ..GeneratorConfig::default()
                     };
                     let generator = Generator::new(

@@ -87,6 +87,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         gather: Gather::ToWorkerZero,
         max_in_flight: 2_000_000,
         resume: Default::default(),
+        view: None,
     };
     let messages = std::sync::Mutex::new(Some(messages));
     pipeline::execute(

@@ -423,6 +423,7 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
         resume: Default::default(),
+        view: None,
     };
     pipeline::execute(
         spec,

@@ -72,6 +72,11 @@ pub struct GeneratorConfig {
     /// Time warp of the internal clock: each message advances it by
     /// `warp / rate_per_sec` seconds. 1.0 for live use.
     pub warp: f64,
+    /// Skewed traffic: this share of the payments comes from the first `hot_payers`
+    /// users (0 for the usual spread).
+    pub hot_share: f64,
+    /// How many users the `hot_share` of the payments comes from.
+    pub hot_payers: usize,
 }
 
 impl Default for GeneratorConfig {
@@ -89,6 +94,8 @@ impl Default for GeneratorConfig {
             invalid_share: 0.005,
             unknown_share: 0.005,
             warp: 1.0,
+            hot_share: 0.0,
+            hot_payers: 0,
         }
     }
 }
@@ -120,6 +127,15 @@ impl GeneratorConfig {
             if !(0.0..=1.0).contains(&s) {
                 return Err(format!("{name} must be within 0..=1, not {s}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.hot_share) {
+            return Err(format!(
+                "hot_share must be within 0..=1, not {}",
+                self.hot_share
+            ));
+        }
+        if self.hot_share > 0.0 && self.hot_payers == 0 {
+            return Err("hot_share needs at least one hot payer".to_owned());
         }
         let sum: f64 = shares.iter().map(|(_, s)| s).sum();
         if sum > 1.0 + 1e-9 {
@@ -667,6 +683,11 @@ impl Generator {
     }
 
     fn pick_payer(&mut self) -> usize {
+        // Without skew the random stream is what it always was (same seed, same messages).
+        if self.cfg.hot_share > 0.0 && self.rng.random_bool(self.cfg.hot_share) {
+            let hot = self.cfg.hot_payers.min(self.users.len()).max(1);
+            return self.rng.random_range(0..hot);
+        }
         pick_weighted(&mut self.rng, &self.payer_cum)
     }
 
@@ -1131,6 +1152,44 @@ mod tests {
         for i in 0..500u64 {
             assert_eq!(g1.next_at(1_000_000 + i * 3), g2.next_at(1_000_000 + i * 3));
         }
+    }
+
+    #[test]
+    fn a_hot_share_of_payments_comes_from_the_hot_payers() {
+        let (_, users) = reference();
+        let hot: Vec<&str> = users[..2].iter().map(|u| u.id.as_str()).collect();
+        let share = |cfg: GeneratorConfig| {
+            let msgs = run(cfg, 20_000);
+            let normal: Vec<_> = msgs
+                .iter()
+                .filter(|(_, k)| *k == MessageKind::Normal)
+                .collect();
+            let from_hot = normal
+                .iter()
+                .filter(|(m, _)| hot.contains(&m.key.as_str()))
+                .count();
+            from_hot as f64 / normal.len() as f64
+        };
+        let skewed = share(GeneratorConfig {
+            hot_share: 0.9,
+            hot_payers: 2,
+            ..GeneratorConfig::default()
+        });
+        assert!(skewed > 0.85, "{skewed}");
+        assert!(share(GeneratorConfig::default()) < 0.05);
+        assert!(GeneratorConfig {
+            hot_share: 0.5,
+            ..GeneratorConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(GeneratorConfig {
+            hot_share: 1.5,
+            hot_payers: 1,
+            ..GeneratorConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

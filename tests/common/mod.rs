@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vtpga");
 
@@ -612,4 +614,96 @@ impl Services {
             dir,
         }
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    // Read the head, then exactly Content-Length bytes (servers may keep the connection).
+    let mut response = Vec::new();
+    let mut buf = [0u8; 65536];
+    let split = loop {
+        if let Some(p) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = stream.read(&mut buf).expect("read response");
+        assert!(
+            n > 0,
+            "{method} {path}: connection closed before the headers"
+        );
+        response.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let lower = head.to_ascii_lowercase();
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let mut body = response[split + 4..].to_vec();
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let n = stream.read(&mut buf).expect("read body");
+                assert!(n > 0, "{method} {path}: connection closed mid-body");
+                body.extend_from_slice(&buf[..n]);
+            }
+            body.truncate(length);
+        }
+        None => {
+            let _ = stream.read_to_end(&mut body);
+            if lower.contains("transfer-encoding: chunked") {
+                body = dechunk(&body);
+            }
+        }
+    }
+    (status, body)
+}
+
+/// The body of a chunked transfer, joined.
+pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..line_end])
+                .split(';')
+                .next()
+                .unwrap_or("0")
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+/// A JSON answer of a request that must succeed (status below 300).
+pub fn json_of(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let (status, body) = http(port, method, path, body);
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&body)));
+    assert!(status < 300, "{method} {path}: {status} {v}");
+    v
 }

@@ -1,6 +1,6 @@
 // VT.PGA dashboard: keeps the ten analyses, the recent transactions, the rule set in force,
-// the latest reference changes (SPEC §11) and the health figures from the Server-Sent Events
-// of /api/stream, and draws every chart in plain SVG.
+// the latest reference changes (SPEC §11), the health figures and the live operator graph
+// (issue 16) from the Server-Sent Events of /api/stream, and draws every chart in plain SVG.
 // With a token on the server, a sign-in form asks for it once per tab: it is kept in
 // sessionStorage and sent as "Authorization: Bearer", never in a URL (URLs end up in
 // histories, logs and Referer headers). EventSource cannot send headers, so the stream is
@@ -238,6 +238,7 @@
     if (kind === "snapshot") { setConn("live", "live"); onSnapshot(d); }
     else if (kind === "change") { setConn("live", "live"); onChange(d); }
     else if (kind === "health") { onHealth(d); }
+    else if (kind === "dataflow") onDataflow(d);
   }
 
   // Server-Sent Events framing (the WHATWG "event stream" rules): lines end in CRLF, LF or
@@ -279,6 +280,7 @@
   function connect() {
     clearTimeout(retryTimer);
     if (stream) stream.abort();
+    fetchDataflow();
     var ctl = new AbortController();
     stream = ctl;
     fetch("/api/stream", { headers: authHeaders(), cache: "no-store", signal: ctl.signal })
@@ -783,12 +785,581 @@
     if (health.redis && !health.redis.connected) setConn("down", "Redis unreachable");
   }
 
+  // ---- the operator graph (issue 16) ----
+  // /api/dataflow and the stream's `dataflow` events carry the timely operators and their
+  // channels with figures over the last window (about a second). The layout — layers left
+  // to right along the data path, the feedback edges left out of the layering and drawn as
+  // back arcs — is computed once per graph shape; each payload then only updates colours,
+  // widths and figures in place, so nothing flickers.
+  var SVGNS = "http://www.w3.org/2000/svg";
+  var DF_MAJOR = /^(FeedSource|Dedup|Decide|Tally|BatchSink|Arrange|Users|Regions|Rules|RouteControl|CountTotal|Feedback|Join)/;
+  var DF_HEAT = [[0, [27, 37, 56]], [0.25, [44, 62, 120]], [0.5, [126, 48, 120]], [0.72, [214, 72, 38]], [1, [251, 176, 36]]];
+  var DF_FONT = { name: "600 10.5px", fig: "9.5px", helper: "9px" };
+  var DF_GAP = 24;           // horizontal room between two layers, for the edges
+  var DF_NAME_MAX = 84;      // wider names of the named stages wrap onto two lines
+  var dfData = null;         // the latest payload, not yet drawn
+  var dfView = null;         // the drawn graph: key, layout, element handles, latest figures
+  var dfUpdates = 0;
+  var dfHover = null, dfPinned = null;
+  var dfCtx = null, dfFamily = null;
+
+  function onDataflow(d) {
+    if (!d || !Array.isArray(d.operators)) return;
+    dfData = d;
+    document.getElementById("dataflow-card").hidden = false;
+    dirty.__dataflow = true;
+    schedule();
+  }
+
+  // Once at the start (and after signing in), so the graph shows before the first event.
+  function fetchDataflow() {
+    fetch("/api/dataflow", { headers: authHeaders(), cache: "no-store" })
+      .then(function (r) {
+        if (r.status === 404 && !dfView && !dfData) document.getElementById("dataflow-card").hidden = true;
+        return r.ok ? r.json() : null;
+      })
+      .then(function (b) { if (b) onDataflow(b); })
+      .catch(function () { /* the stream brings it */ });
+  }
+
+  function textW(s, font) {
+    if (!dfCtx) {
+      dfCtx = document.createElement("canvas").getContext("2d");
+      dfFamily = getComputedStyle(document.body).fontFamily || "sans-serif";
+    }
+    dfCtx.font = font + " " + dfFamily;
+    return dfCtx.measureText(s).width;
+  }
+
+  function heat(t) {
+    t = Math.max(0, Math.min(1, t));
+    for (var i = 1; i < DF_HEAT.length; i++) {
+      if (t <= DF_HEAT[i][0] || i === DF_HEAT.length - 1) {
+        var a = DF_HEAT[i - 1], b = DF_HEAT[i], f = (t - a[0]) / (b[0] - a[0]);
+        return "rgb(" + a[1].map(function (c, k) { return Math.round(c + (b[1][k] - c) * f); }).join(",") + ")";
+      }
+    }
+    return "rgb(27,37,56)";
+  }
+  // A share of the busy time onto the colour scale: 50% and more is the hottest.
+  function heatOf(share) { return heat(Math.sqrt(Math.max(0, share) / 0.5)); }
+  function edgeWidth(rps) { return Math.min(8, 0.8 + 1.3 * Math.log10(1 + Math.max(0, rps || 0))); }
+  function rate(x) { return (x >= 100 ? compact(x) : x >= 10 ? x.toFixed(0) : x > 0 ? x.toFixed(1) : "0") + "/s"; }
+  function usMs(us) { return us >= 1e6 ? (us / 1e6).toFixed(us >= 1e7 ? 0 : 1) + " s" : us >= 1000 ? ms(us / 1000) : Math.round(us) + " µs"; }
+  function fig4(o) { return o || { activations: 0, elapsed_us: 0, records_in: 0, records_out: 0 }; }
+
+  // Splits a long name in two where the widths are most even (at a space or a capital).
+  function splitName(name, font) {
+    if (textW(name, font) <= DF_NAME_MAX) return [name];
+    var best = null, bw = Infinity;
+    for (var i = 1; i < name.length; i++) {
+      var c = name.charAt(i), p = name.charAt(i - 1);
+      if (!(p === " " || (/[A-Z]/.test(c) && /[a-z]/.test(p)))) continue;
+      var w = Math.max(textW(name.slice(0, i), font), textW(name.slice(i), font));
+      if (w < bw) { bw = w; best = i; }
+    }
+    return best ? [name.slice(0, best), name.slice(best)] : [name];
+  }
+
+  // The graph's shape: what decides whether the layout is computed again.
+  function dfKey(d) {
+    return d.operators.map(function (o) { return o.id + ":" + o.name + ":" + (o.workers || []).map(function (w) { return w.worker; }).join("."); }).join(",") +
+      "|" + (d.edges || []).map(function (e) { return e.id + ":" + e.from + ">" + e.to + (e.feedback ? "f" : ""); }).join(",");
+  }
+
+  // Layered (Sugiyama) layout: longest-path layers over the edges that are not feedback
+  // (nor close another cycle), sources moved up to their first consumer, a dummy vertex
+  // where an edge crosses a layer, barycenter sweeps against crossings, then each layer's
+  // heights by a weighted isotonic fit to its neighbours (long edges kept straight).
+  function dfLayout(d) {
+    var V = [], byId = {};
+    d.operators.forEach(function (o) {
+      var major = DF_MAJOR.test(o.name) || !!o.arrangement, v = { id: String(o.id), op: o, real: true, major: major,
+        layer: 0, preds: [], succs: [], predW: [], succW: [], nw: (o.workers || []).length };
+      if (major) {
+        v.lines = splitName(o.name, DF_FONT.name);
+        var nameW = Math.max.apply(null, v.lines.map(function (l) { return textW(l, DF_FONT.name); }));
+        v.w = Math.ceil(Math.max(58, nameW + 14, textW("00.0%", DF_FONT.fig) + 14, v.nw * 9 + 14));
+        v.h = 7 + v.lines.length * 12 + 12 + 11;
+        v.pw = v.w / 2;
+      } else {
+        // a helper is a dot with its name above or below (alternating by layer, so that the
+        // names of neighbouring layers, which may overhang their column, do not collide)
+        v.textW = textW(o.name, DF_FONT.helper);
+        v.w = Math.ceil(Math.max(16, v.textW - 26));
+        v.h = 34;
+        v.pw = 7;
+      }
+      byId[v.id] = v; V.push(v);
+    });
+    var edges = (d.edges || []).filter(function (e) { return byId[e.from] && byId[e.to]; });
+    var back = {}, outs = {};
+    V.forEach(function (v) { outs[v.id] = []; });
+    edges.forEach(function (e) {
+      if (e.feedback || e.from === e.to) back[e.id] = true;
+      else outs[e.from].push(e);
+    });
+    var incoming = {};
+    edges.forEach(function (e) { if (!back[e.id]) incoming[e.to] = true; });
+    var state = {};
+    function dfs(id) {
+      state[id] = 1;
+      outs[id].forEach(function (e) {
+        if (state[e.to] === 1) back[e.id] = true;
+        else if (!state[e.to]) dfs(String(e.to));
+      });
+      state[id] = 2;
+    }
+    V.forEach(function (v) { if (!incoming[v.id]) dfs(v.id); });
+    V.forEach(function (v) { if (!state[v.id]) dfs(v.id); });
+    var fwd = edges.filter(function (e) { return !back[e.id]; });
+    var indeg = {}, ins = {};
+    V.forEach(function (v) { indeg[v.id] = 0; ins[v.id] = []; outs[v.id] = []; });
+    fwd.forEach(function (e) { indeg[e.to]++; ins[e.to].push(e); outs[e.from].push(e); });
+    var queue = V.filter(function (v) { return !indeg[v.id]; }).map(function (v) { return v.id; });
+    while (queue.length) {
+      var id = queue.shift();
+      outs[id].forEach(function (e) {
+        var t = byId[e.to];
+        t.layer = Math.max(t.layer, byId[id].layer + 1);
+        if (--indeg[e.to] === 0) queue.push(String(e.to));
+      });
+    }
+    V.forEach(function (v) {
+      if (ins[v.id].length || !outs[v.id].length) return;
+      v.layer = Math.min.apply(null, outs[v.id].map(function (e) { return byId[e.to].layer; })) - 1;
+    });
+    var used = [], nL = 0;   // drop the layers left empty
+    V.forEach(function (v) { used[v.layer] = true; });
+    var remap = used.map(function (u) { return u ? nL++ : -1; });
+    V.forEach(function (v) { v.layer = remap[v.layer]; });
+    nL = Math.max(nL, 1);
+    var layers = [];
+    for (var l = 0; l < nL; l++) layers.push([]);
+    V.forEach(function (v) { layers[v.layer].push(v); });
+    var chains = {};
+    fwd.forEach(function (e) {
+      var a = byId[e.from], b = byId[e.to], chain = [a];
+      var w = 1 + Math.log10(1 + (e.records || 0)) / 4;
+      for (var k = a.layer + 1; k < b.layer; k++) {
+        var dm = { real: false, layer: k, preds: [], succs: [], predW: [], succW: [], w: 0, h: 0 };
+        layers[k].push(dm); chain.push(dm);
+      }
+      chain.push(b);
+      for (var i = 0; i + 1 < chain.length; i++) {
+        var sw = w * (chain[i].real ? (chain[i + 1].real ? 1 : 2) : (chain[i + 1].real ? 2 : 8));
+        chain[i].succs.push(chain[i + 1]); chain[i].succW.push(sw);
+        chain[i + 1].preds.push(chain[i]); chain[i + 1].predW.push(sw);
+      }
+      chains[e.id] = chain;
+    });
+
+    // order within the layers
+    var ord = 0, seen = new Set();
+    function visit(v) {
+      if (seen.has(v)) return;
+      seen.add(v); v.ord = ord++;
+      v.succs.forEach(visit);
+    }
+    layers.forEach(function (L) { L.forEach(function (v) { if (!v.preds.length) visit(v); }); });
+    layers.forEach(function (L) {
+      L.sort(function (a, b) { return a.ord - b.ord; });
+      L.forEach(function (v, i) { v.pos = i; });
+    });
+    function crossings() {
+      var c = 0;
+      for (var k = 0; k + 1 < nL; k++) {
+        var segs = [];
+        layers[k].forEach(function (v) { v.succs.forEach(function (s) { segs.push([v.pos, s.pos]); }); });
+        for (var i = 0; i < segs.length; i++) {
+          for (var j = i + 1; j < segs.length; j++) {
+            if ((segs[i][0] - segs[j][0]) * (segs[i][1] - segs[j][1]) < 0) c++;
+          }
+        }
+      }
+      return c;
+    }
+    function sweep(down) {
+      for (var k = down ? 1 : nL - 2; down ? k < nL : k >= 0; k += down ? 1 : -1) {
+        var L = layers[k];
+        L.forEach(function (v) {
+          var nb = down ? v.preds : v.succs;
+          v.bc = nb.length ? nb.reduce(function (s, u) { return s + u.pos; }, 0) / nb.length : v.pos;
+        });
+        L.sort(function (a, b) { return a.bc - b.bc || a.pos - b.pos; });
+        L.forEach(function (v, i) { v.pos = i; });
+      }
+    }
+    var best = layers.map(function (L) { return L.slice(); }), bestC = crossings();
+    for (var it = 0; it < 16 && bestC > 0; it++) {
+      sweep(it % 2 === 0);
+      var c = crossings();
+      if (c < bestC) { bestC = c; best = layers.map(function (L) { return L.slice(); }); }
+    }
+    layers = best;
+    // the source of a back edge goes to the bottom of its layer: its arc runs underneath
+    edges.forEach(function (e) {
+      if (!back[e.id] || e.from === e.to) return;
+      var s = byId[e.from], L = layers[s.layer];
+      L.splice(L.indexOf(s), 1); L.push(s);
+    });
+    layers.forEach(function (L) { L.forEach(function (v, i) { v.pos = i; }); });
+
+    // heights
+    function sep(a, b) { return a.h / 2 + b.h / 2 + (a.real && b.real ? 12 : a.real || b.real ? 9 : 6); }
+    layers.forEach(function (L) {
+      var y = 0;
+      L.forEach(function (v, i) { if (i) y += sep(L[i - 1], v); v.y = y; });
+      L.forEach(function (v) { v.y -= y / 2; });
+    });
+    function place(L, up, down) {
+      var off = [0], z = [], wt = [];
+      for (var i = 1; i < L.length; i++) off.push(off[i - 1] + sep(L[i - 1], L[i]));
+      L.forEach(function (v, i) {
+        var s = 0, sw = 0;
+        if (up) v.preds.forEach(function (u, j) { s += u.y * v.predW[j]; sw += v.predW[j]; });
+        if (down) v.succs.forEach(function (u, j) { s += u.y * v.succW[j]; sw += v.succW[j]; });
+        z.push((sw ? s / sw : v.y) - off[i]); wt.push(sw || 0.3);
+      });
+      var blocks = [];   // pool adjacent violators: z must not decrease
+      z.forEach(function (zi, i) {
+        blocks.push({ s: zi * wt[i], w: wt[i], n: 1 });
+        while (blocks.length > 1 && blocks[blocks.length - 2].s / blocks[blocks.length - 2].w > blocks[blocks.length - 1].s / blocks[blocks.length - 1].w) {
+          var b = blocks.pop(), a = blocks[blocks.length - 1];
+          a.s += b.s; a.w += b.w; a.n += b.n;
+        }
+      });
+      var i = 0;
+      blocks.forEach(function (b) { for (var j = 0; j < b.n; j++, i++) L[i].y = b.s / b.w + off[i]; });
+    }
+    for (it = 0; it < 12; it++) {
+      for (l = 1; l < nL; l++) place(layers[l], true, it > 8);
+      for (l = nL - 2; l >= 0; l--) place(layers[l], it > 8, true);
+    }
+
+    // columns
+    var TOP = 12, colX = [], colW = [], x = 10;
+    layers.forEach(function (L, k) {
+      var w = 0;
+      L.forEach(function (v) { w = Math.max(w, v.w); });
+      colW.push(w); colX.push(x); x += w + DF_GAP;
+    });
+    var W = x - DF_GAP + 10, minY = Infinity, maxY = -Infinity;
+    layers.forEach(function (L, k) {
+      L.forEach(function (v) {
+        v.x = colX[k] + colW[k] / 2;
+        minY = Math.min(minY, v.y - v.h / 2); maxY = Math.max(maxY, v.y + v.h / 2);
+      });
+    });
+    layers.forEach(function (L) { L.forEach(function (v) { v.y += TOP - minY; }); });
+    var H = maxY - minY + TOP + 12;
+
+    // ports: the channels of a node spread along its side, in the order of their ends
+    function ports(v, list, key) {
+      var k = list.length;
+      if (k < 2) { list.forEach(function (p) { p[key] = v.y; }); return; }
+      list.sort(function (a, b) { return a.other.y - b.other.y || a.other.x - b.other.x; });
+      var span = Math.min(v.major ? v.h - 10 : 6, (k - 1) * 6);
+      list.forEach(function (p, i) { p[key] = v.y - span / 2 + span * i / (k - 1); });
+    }
+    var outP = {}, inP = {}, routes = {};
+    V.forEach(function (v) { outP[v.id] = []; inP[v.id] = []; });
+    fwd.forEach(function (e) {
+      var ch = chains[e.id], r = { e: e, ch: ch };
+      routes[e.id] = r;
+      outP[ch[0].id].push({ r: r, other: ch[1] });
+      inP[ch[ch.length - 1].id].push({ r: r, other: ch[ch.length - 2] });
+    });
+    V.forEach(function (v) {
+      ports(v, outP[v.id], "y0"); ports(v, inP[v.id], "y1");
+      outP[v.id].forEach(function (p) { p.r.y0 = p.y0; });
+      inP[v.id].forEach(function (p) { p.r.y1 = p.y1; });
+    });
+    var out = { W: W, H: H, nodes: V, edges: [] };
+    fwd.forEach(function (e) {
+      var r = routes[e.id], ch = r.ch, a = ch[0], b = ch[ch.length - 1];
+      var pts = [[a.x + a.pw, r.y0]];
+      ch.slice(1, -1).forEach(function (dm) {
+        pts.push([colX[dm.layer], dm.y], [colX[dm.layer] + colW[dm.layer], dm.y]);
+      });
+      pts.push([b.x - b.pw - 1, r.y1]);
+      var dd = "M" + pts[0][0].toFixed(1) + " " + pts[0][1].toFixed(1);
+      for (var i = 1; i < pts.length; i++) {
+        var p = pts[i - 1], q = pts[i], dx = (q[0] - p[0]) / 2;
+        if (Math.abs(q[1] - p[1]) < 0.5) dd += " L" + q[0].toFixed(1) + " " + q[1].toFixed(1);
+        else dd += " C" + (p[0] + dx).toFixed(1) + " " + p[1].toFixed(1) + " " + (q[0] - dx).toFixed(1) + " " + q[1].toFixed(1) + " " + q[0].toFixed(1) + " " + q[1].toFixed(1);
+      }
+      out.edges.push({ e: e, d: dd, mid: [(pts[0][0] + pts[1][0]) / 2, (pts[0][1] + pts[1][1]) / 2] });
+    });
+    // back edges: from under their source, along the bottom, up into their target
+    var nBack = 0;
+    edges.forEach(function (e) {
+      if (!back[e.id]) return;
+      var a = byId[e.from], b = byId[e.to], lo = Math.min(a.layer, b.layer), hi = Math.max(a.layer, b.layer), bottom = 0;
+      for (var k = lo; k <= hi; k++) layers[k].forEach(function (v) { bottom = Math.max(bottom, v.y + v.h / 2); });
+      var ba = a.y + (a.major ? a.h / 2 : 5), bb = b.y + (b.major ? b.h / 2 : 5);
+      var yb = bottom + 14 + 14 * nBack++, r = 9, dd;
+      var xa = a.x + (a === b ? a.w / 4 : 0), xb = b.x - (a === b ? b.w / 4 : 0), dir = xb < xa ? -1 : 1;
+      dd = "M" + xa.toFixed(1) + " " + ba.toFixed(1) + " L" + xa.toFixed(1) + " " + (yb - r).toFixed(1) +
+        " Q" + xa.toFixed(1) + " " + yb.toFixed(1) + " " + (xa + dir * r).toFixed(1) + " " + yb.toFixed(1) +
+        " L" + (xb - dir * r).toFixed(1) + " " + yb.toFixed(1) +
+        " Q" + xb.toFixed(1) + " " + yb.toFixed(1) + " " + xb.toFixed(1) + " " + (yb - r).toFixed(1) +
+        " L" + xb.toFixed(1) + " " + (bb + 1).toFixed(1);
+      out.edges.push({ e: e, d: dd, back: true, label: [(xa + xb) / 2, yb + 13] });
+      out.H = Math.max(out.H, yb + 20);
+    });
+    return out;
+  }
+
+  function svgNode(tag, attrs, parent) {
+    var n = document.createElementNS(SVGNS, tag);
+    for (var k in attrs) n.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(n);
+    return n;
+  }
+
+  // Builds the SVG of a new graph shape and keeps handles on what each payload updates.
+  function dfBuild(d, key) {
+    var svgEl = document.getElementById("dataflow-graph"), lay = dfLayout(d);
+    while (svgEl.firstChild) svgEl.removeChild(svgEl.firstChild);
+    svgEl.setAttribute("viewBox", "0 0 " + Math.ceil(lay.W) + " " + Math.ceil(lay.H));
+    svgEl.style.minWidth = Math.round(lay.W * 0.8) + "px";
+    svgEl.style.maxWidth = Math.round(lay.W * 1.15) + "px";
+    var defs = svgNode("defs", {}, svgEl);
+    [["df-a0", "#3a4a68"], ["df-a1", "#38bdf8"], ["df-ax", "#a78bfa"], ["df-af", "#f59e0b"]].forEach(function (m) {
+      var mk = svgNode("marker", { id: m[0], viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "8", markerHeight: "8",
+        markerUnits: "userSpaceOnUse", orient: "auto" }, defs);
+      svgNode("path", { d: "M0 0 L10 5 L0 10 z", fill: m[1] }, mk);
+    });
+    var gEdges = svgNode("g", { "class": "df-edges" }, svgEl), gMarks = svgNode("g", { "class": "df-marks" }, svgEl);
+    var gNodes = svgNode("g", { "class": "df-nodes" }, svgEl);
+    var view = { key: key, W: lay.W, H: lay.H, nodes: {}, edges: {}, ops: {}, ins: {}, outs: {} };
+    lay.edges.forEach(function (r) {
+      var e = r.e, cls = "df-edge" + (r.back || e.feedback ? " df-feedback" : "");
+      var p = svgNode("path", { "class": cls, d: r.d, "data-id": String(e.id), "data-from": String(e.from), "data-to": String(e.to) }, gEdges);
+      var t = svgNode("title", {}, p);
+      var h = { path: p, title: t, e: e };
+      // whether a channel exchanges is updated in place: the ⇄ mark is there, hidden or not
+      if (r.back) {
+        h.label = svgNode("text", { "class": "df-fblabel", x: r.label[0].toFixed(1), y: r.label[1].toFixed(1), "text-anchor": "middle" }, gMarks);
+      } else {
+        h.mark = svgNode("g", { "class": "df-xmark", transform: "translate(" + r.mid[0].toFixed(1) + "," + r.mid[1].toFixed(1) + ")" }, gMarks);
+        svgNode("circle", { r: "7" }, h.mark);
+        svgNode("text", { y: "3.5", "text-anchor": "middle" }, h.mark).textContent = "⇄";
+        svgNode("title", {}, h.mark).textContent = "exchange: records move between workers";
+      }
+      view.edges[String(e.id)] = h;
+      (view.outs[String(e.from)] = view.outs[String(e.from)] || []).push(e.id);
+      (view.ins[String(e.to)] = view.ins[String(e.to)] || []).push(e.id);
+    });
+    lay.nodes.forEach(function (v) {
+      if (!v.real) return;
+      var o = v.op, g = svgNode("g", { "class": "df-node " + (v.major ? "df-major" : "df-helper") + (o.arrangement ? " df-arrangement" : ""),
+        "data-id": v.id, "data-name": o.name, transform: "translate(" + v.x.toFixed(1) + "," + v.y.toFixed(1) + ")" }, gNodes);
+      var h = { g: g, v: v, bars: [] };
+      var name;
+      if (v.major) {
+        if (o.arrangement) svgNode("rect", { "class": "df-arr", x: -v.w / 2 - 3, y: -v.h / 2 - 3, width: v.w + 6, height: v.h + 6, rx: 9 }, g);
+        h.box = svgNode("rect", { "class": "df-box", x: -v.w / 2, y: -v.h / 2, width: v.w, height: v.h, rx: 7 }, g);
+        name = svgNode("text", { "class": "df-name", "text-anchor": "middle", y: -v.h / 2 + 14 }, g);
+        if (v.lines.length === 1) name.textContent = o.name;
+        else v.lines.forEach(function (line, i) { svgNode("tspan", { x: "0", dy: i ? "12" : "0" }, name).textContent = line; });
+        h.fig = svgNode("text", { "class": "df-fig", "text-anchor": "middle", y: -v.h / 2 + 14 + v.lines.length * 12 }, g);
+        h.figMax = v.w - 8;
+        var n = Math.max(1, v.nw), bx = -v.w / 2 + 7, bw = (v.w - 14) / n;
+        // one track per worker, filled in proportion to the busiest worker's time
+        h.barW = Math.max(1, bw - 2);
+        for (var i = 0; i < v.nw; i++) {
+          svgNode("rect", { "class": "df-wtrack", x: (bx + i * bw + 1).toFixed(1), y: v.h / 2 - 9, width: h.barW.toFixed(1), height: 5, rx: 1 }, g);
+          h.bars.push(svgNode("rect", { "class": "df-wbar", x: (bx + i * bw + 1).toFixed(1), y: v.h / 2 - 9, width: "0", height: 5, rx: 1 }, g));
+        }
+      } else {
+        var below = v.layer % 2 === 1, tw = v.textW + 4;
+        svgNode("rect", { "class": "df-hit", x: (-tw / 2).toFixed(1), y: below ? -7 : -19, width: tw.toFixed(1), height: 26 }, g);
+        if (o.arrangement) svgNode("rect", { "class": "df-arr", x: -10, y: -8, width: 20, height: 16, rx: 8 }, g);
+        h.box = svgNode("rect", { "class": "df-box", x: -7, y: -5, width: 14, height: 10, rx: 5 }, g);
+        name = svgNode("text", { "class": "df-name", "text-anchor": "middle", y: below ? 16 : -9 }, g);
+        name.textContent = o.name;
+      }
+      view.nodes[v.id] = h;
+    });
+    if (dfPinned != null && !view.nodes[dfPinned]) dfPinned = null;
+    if (dfHover != null && !view.nodes[dfHover]) dfHover = null;
+    return view;
+  }
+
+  function opBusy(o) {
+    if (o.window) return o.window.elapsed_us || 0;
+    return (o.workers || []).reduce(function (s, w) { return s + fig4(w.window).elapsed_us; }, 0);
+  }
+
+  function drawDataflow() {
+    var d = dfData;
+    if (!d) return;
+    dfData = null;
+    var svgEl = document.getElementById("dataflow-graph"), key = dfKey(d);
+    if (!dfView || dfView.key !== key) dfView = dfBuild(d, key);
+    var v = dfView;
+    v.d = d;
+    // Colours by the share of the window's busy time; with nothing in the window (the
+    // run has ended), by the share of the busy time since the start.
+    var winTotal = 0, allTotal = 0;
+    d.operators.forEach(function (o) { winTotal += opBusy(o); allTotal += fig4(o.totals).elapsed_us; });
+    var useWin = winTotal > 0, total = useWin ? winTotal : allTotal;
+    v.useWin = useWin; v.total = total;
+    d.operators.forEach(function (o) {
+      var id = String(o.id), h = v.nodes[id];
+      v.ops[id] = o;
+      if (!h) return;
+      var busy = useWin ? opBusy(o) : fig4(o.totals).elapsed_us, share = total ? busy / total : 0;
+      h.g.setAttribute("data-busy-us", String(opBusy(o)));
+      h.g.setAttribute("data-records-in", String(fig4(o.totals).records_in));
+      h.g.setAttribute("data-share", share.toFixed(4));
+      h.box.setAttribute("fill", heatOf(share));
+      h.g.classList.toggle("df-hot", share >= 0.01);
+      h.g.classList.toggle("df-idle", busy === 0);
+      if (h.fig) {
+        var f = share >= 0.001 ? pct(share) : busy ? "<0.1%" : "idle";
+        if (busy && textW(f + " · " + usMs(busy), DF_FONT.fig) <= h.figMax) f += " · " + usMs(busy);
+        h.fig.textContent = f;
+      }
+      if (h.bars.length) {
+        var ws = (o.workers || []).map(function (w) { return useWin ? fig4(w.window).elapsed_us : w.elapsed_us || 0; });
+        var max = Math.max.apply(null, ws.concat([0]));
+        h.bars.forEach(function (b, i) {
+          b.setAttribute("width", (max ? Math.max(ws[i] ? 1 : 0, h.barW * (ws[i] || 0) / max) : 0).toFixed(1));
+        });
+      }
+    });
+    var rps = 0;
+    (d.edges || []).forEach(function (e) {
+      var h = v.edges[String(e.id)];
+      if (!h) return;
+      h.e = e;
+      rps += e.records_per_s || 0;
+      h.path.setAttribute("stroke-width", edgeWidth(e.records_per_s).toFixed(2));
+      h.path.classList.toggle("on", (e.records_per_s || 0) > 0);
+      h.path.classList.toggle("df-exchange", !!e.exchange);
+      if (h.mark) h.mark.style.display = e.exchange ? "" : "none";
+      if (h.label) h.label.textContent = (e.feedback ? "credits +1 ms" : "loop") + (e.exchange ? " ⇄" : "");
+      var from = v.ops[String(e.from)], to = v.ops[String(e.to)];
+      h.title.textContent = (from ? from.name : e.from) + " → " + (to ? to.name : e.to) + ": " + rate(e.records_per_s || 0) +
+        " · " + fmt(e.records || 0) + " records in all" + (e.exchange ? " · exchanged between workers" : "") +
+        (e.feedback ? " · feedback (credits, +1 ms)" : "");
+    });
+    var reported = d.workers_reported || [];
+    var sub = "process " + (d.process != null ? d.process : "?") + " of " + (d.processes != null ? d.processes : "?") +
+      " · worker" + (reported.length === 1 ? " " : "s ") + reported.join(", ") + " of " + (d.workers_total != null ? d.workers_total : "?") +
+      " · window " + fmt(d.window_ms || 0) + " ms · " + compact(rps) + " records/s over " + (d.edges || []).length + " channels";
+    if (useWin && d.window_ms && reported.length) sub += " · busy " + pct(winTotal / (d.window_ms * 1000 * reported.length)) + " of the workers' time";
+    if (!useWin) sub += " · nothing ran in the window: colours show busy time since the start";
+    document.getElementById("dataflow-sub").textContent = sub;
+    var sc = document.getElementById("df-scroll");
+    document.querySelector("#dataflow-card .df-swipe").hidden = !(sc.scrollWidth > sc.clientWidth + 2);
+    dfUpdates++;
+    svgEl.setAttribute("data-updates", String(dfUpdates));
+    svgEl.setAttribute("data-drawn", "true");
+    dfFocus();
+    dfDetail();
+  }
+
+  function dfShown() { return dfHover != null ? dfHover : dfPinned; }
+
+  // The channels and neighbours of the operator shown stand out; the rest fades.
+  function dfFocus() {
+    if (!dfView) return;
+    var svgEl = document.getElementById("dataflow-graph"), id = dfShown(), on = {};
+    svgEl.classList.toggle("df-focus", id != null);
+    if (id != null) {
+      on[id] = true;
+      (dfView.ins[id] || []).concat(dfView.outs[id] || []).forEach(function (eid) {
+        var e = dfView.edges[String(eid)].e;
+        on["e" + eid] = true; on[String(e.from)] = true; on[String(e.to)] = true;
+      });
+    }
+    Object.keys(dfView.nodes).forEach(function (k) {
+      var g = dfView.nodes[k].g;
+      g.classList.toggle("df-on", !!on[k]);
+      g.classList.toggle("df-sel", k === id);
+      g.classList.toggle("df-pin", k === dfPinned);
+    });
+    Object.keys(dfView.edges).forEach(function (k) { dfView.edges[k].path.classList.toggle("df-on", !!on["e" + k]); });
+  }
+
+  function dfDetail() {
+    var box = document.getElementById("df-detail"), id = dfShown(), v = dfView;
+    var o = id != null && v ? v.ops[id] : null;
+    if (!o) {
+      box.innerHTML = '<div class="df-hint">Hover or tap an operator for its figures per worker' +
+        (v && v.d && (v.d.workers_reported || []).length > 1 ? " (the bars in a box compare the workers' busy time: uneven bars, skew)" : "") + ".</div>";
+      return;
+    }
+    var useWin = v.useWin, win = fig4(o.window), tot = fig4(o.totals), busy = useWin ? opBusy(o) : tot.elapsed_us;
+    var workers = o.workers || [];
+    var ws = workers.map(function (w) { return useWin ? fig4(w.window).elapsed_us : w.elapsed_us || 0; });
+    var max = Math.max.apply(null, ws.concat([0])), sum = ws.reduce(function (s, x) { return s + x; }, 0);
+    var mean = workers.length ? sum / workers.length : 0;
+    function link(eid, dir) {
+      var e = v.edges[String(eid)].e, other = v.ops[String(dir === "in" ? e.from : e.to)];
+      return '<span class="df-link' + (e.feedback ? " fb" : "") + '">' + esc(other ? other.name : "?") + " " +
+        (e.feedback ? "↺ " : "") + (e.exchange ? "⇄ " : "") + esc(rate(e.records_per_s || 0)) + "</span>";
+    }
+    var ins = (v.ins[id] || []).map(function (e) { return link(e, "in"); }).join(""), outs = (v.outs[id] || []).map(function (e) { return link(e, "out"); }).join("");
+    var html = '<div class="df-dh"><b>' + esc(o.name) + '</b><span class="mono">#' + esc(o.id) + " · address " + esc((o.addr || []).join(".")) + "</span>" +
+      (o.arrangement ? '<span class="badge scheduled">arrangement · ' + fmt(o.arrangement.batches) + " batches · " + fmt(o.arrangement.records) + " records</span>" : "") +
+      (dfPinned === id ? '<span class="badge">pinned · tap elsewhere to release</span>' : "") + "</div>";
+    html += '<div class="df-ds">' + (useWin ? "busy " + usMs(busy) + " in the last " + fmt(v.d.window_ms || 0) + " ms" : "busy " + usMs(busy) + " since the start") +
+      " · " + (v.total ? pct(busy / v.total) : "–") + " of all operators' busy time" +
+      " · " + fmt(useWin ? win.activations : tot.activations) + " activations" +
+      " · records in " + fmt(tot.records_in) + ", out " + fmt(tot.records_out) + " since the start" +
+      (workers.length > 1 && mean > 0 ? " · skew (busiest ÷ mean) " + (max / mean).toFixed(2) + "×" : "") + "</div>";
+    if (ins || outs) html += '<div class="df-ds df-links">' + (ins ? "<span>from</span> " + ins : "") + (outs ? " <span>to</span> " + outs : "") + "</div>";
+    html += '<div class="tablewrap"><table class="tx df-workers"><thead><tr><th>worker</th><th>busy<span class="hide-sm"> ' + (useWin ? "(window)" : "(all)") + '</span></th>' +
+      '<th class="num"><span class="hide-sm">activations</span><span class="df-sm" title="activations">act.</span></th><th class="num">in</th><th class="num">out</th><th class="num hide-sm">in, total</th><th class="num hide-sm">out, total</th><th class="num hide-sm">busy, total</th></tr></thead><tbody>';
+    workers.forEach(function (w, i) {
+      var ww = fig4(w.window);
+      html += "<tr><td>" + esc(w.worker) + '</td><td><span class="riskbar df-wb"><i style="width:' + (max ? (100 * ws[i] / max).toFixed(0) : 0) + '%"></i></span>' +
+        esc(usMs(ws[i])) + ' <small class="df-muted hide-sm">' + (sum ? pct(ws[i] / sum) : "–") + "</small></td>" +
+        '<td class="num">' + fmt(useWin ? ww.activations : w.activations || 0) + '</td><td class="num">' + fmt(useWin ? ww.records_in : w.records_in || 0) +
+        '</td><td class="num">' + fmt(useWin ? ww.records_out : w.records_out || 0) + '</td><td class="num hide-sm">' + fmt(w.records_in || 0) +
+        '</td><td class="num hide-sm">' + fmt(w.records_out || 0) + '</td><td class="num hide-sm">' + esc(usMs(w.elapsed_us || 0)) + "</td></tr>";
+    });
+    html += '<tr class="df-sum"><td>all</td><td>' + esc(usMs(busy)) + '</td><td class="num">' + fmt(useWin ? win.activations : tot.activations) +
+      '</td><td class="num">' + fmt(useWin ? win.records_in : tot.records_in) + '</td><td class="num">' + fmt(useWin ? win.records_out : tot.records_out) +
+      '</td><td class="num hide-sm">' + fmt(tot.records_in) + '</td><td class="num hide-sm">' + fmt(tot.records_out) + '</td><td class="num hide-sm">' + esc(usMs(tot.elapsed_us)) + "</td></tr>";
+    html += "</tbody></table></div>";
+    var wrap = box.querySelector(".tablewrap"), left = wrap ? wrap.scrollLeft : 0;
+    box.innerHTML = html;
+    if (left) box.querySelector(".tablewrap").scrollLeft = left;
+  }
+
+  (function () {
+    var svgEl = document.getElementById("dataflow-graph");
+    function nodeOf(ev) {
+      var g = ev.target && ev.target.closest ? ev.target.closest(".df-node") : null;
+      return g ? g.getAttribute("data-id") : null;
+    }
+    svgEl.addEventListener("mouseover", function (ev) {
+      var id = nodeOf(ev);
+      if (id !== dfHover) { dfHover = id; dfFocus(); dfDetail(); }
+    });
+    svgEl.addEventListener("mouseleave", function () {
+      if (dfHover != null) { dfHover = null; dfFocus(); dfDetail(); }
+    });
+    svgEl.addEventListener("click", function (ev) {
+      var id = nodeOf(ev);
+      dfPinned = id != null && id !== dfPinned ? id : null;
+      if (id == null) dfHover = null;
+      dfFocus(); dfDetail();
+    });
+  })();
+
   var DRAW = {
     status_counts: drawStatus, value_histogram: drawValueHistogram, hour_histogram: drawHourHistogram,
     value_risk_distribution: drawValueRisk, hour_risk_outcome: drawHourRisk, state_approval: drawStates,
     insufficient_funds: drawFunds, mode_rejections: drawModes, minute_frequency: drawMinuteFrequency,
     distance_band_outcome: drawDistance, __recent: drawRecent, __health: drawHealth,
-    __rules: drawRules, __controls: drawControls
+    __rules: drawRules, __controls: drawControls, __dataflow: drawDataflow
   };
 
   function schedule() {

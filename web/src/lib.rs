@@ -103,8 +103,8 @@ pub use controls::{
     default_rules, CHANGES_LIMIT, DEFAULT_LIVE_USERS, PENDING_LIMIT, RULES_HISTORY_LIMIT,
 };
 pub use state::{
-    analysis_name, is_minute_analysis, LiveState, Observer, BATCH_BUCKETS, DEFAULT_LIVE_MINUTES,
-    LATENCY_BUCKETS_S, RECENT_LIMIT,
+    analysis_name, is_minute_analysis, DataflowSource, LiveState, Observer, BATCH_BUCKETS,
+    DEFAULT_LIVE_MINUTES, LATENCY_BUCKETS_S, RECENT_LIMIT,
 };
 
 use controls::UserLookup;
@@ -114,6 +114,10 @@ use state::Mode;
 pub const PUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// With nothing new, a health-only event this often.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the operator graph is pushed (the `dataflow` event), and its default window.
+pub const DATAFLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest window `/api/dataflow?window_ms=` takes.
+const DATAFLOW_MAX_WINDOW_MS: u64 = 60_000;
 /// Events a slow client may fall behind before it gets a fresh snapshot instead.
 const STREAM_BACKLOG: usize = 64;
 /// Default `limit` of `/api/transactions/recent`.
@@ -235,10 +239,54 @@ impl App {
         }
     }
 
+    /// The operator graph, once a [`DATAFLOW_INTERVAL`], while anyone listens.
+    async fn dataflow_loop(self) {
+        let mut seq = 0;
+        loop {
+            tokio::time::sleep(DATAFLOW_INTERVAL).await;
+            let Some(source) = self.state.dataflow() else {
+                continue;
+            };
+            if self.events.receiver_count() == 0 {
+                continue;
+            }
+            seq += 1;
+            let data = source.view(DATAFLOW_INTERVAL).to_string();
+            let _ = self.events.send(Arc::new(Event {
+                kind: "dataflow",
+                seq,
+                data,
+            }));
+        }
+    }
+
+    /// `GET /api/dataflow`: the operator graph with figures over `window_ms` (default
+    /// [`DATAFLOW_INTERVAL`]).
+    fn dataflow(&self, q: &HashMap<String, String>) -> Response {
+        let Some(source) = self.state.dataflow() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no dataflow runs in this process (a standalone dashboard, or --no-dataflow-view)",
+            );
+        };
+        let window = match q.get("window_ms").map(|w| w.parse::<u64>()) {
+            None => DATAFLOW_INTERVAL,
+            Some(Ok(ms)) if (1..=DATAFLOW_MAX_WINDOW_MS).contains(&ms) => Duration::from_millis(ms),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("window_ms must be a whole number from 1 to {DATAFLOW_MAX_WINDOW_MS}"),
+                )
+            }
+        };
+        json_reply(StatusCode::OK, &source.view(window))
+    }
+
     /// All routes, with the token check and JSON errors. Spawns the push task on the
     /// current tokio runtime (call it inside one).
     pub fn routes(self) -> warp::filters::BoxedFilter<(Response,)> {
         tokio::spawn(self.clone().push_loop());
+        tokio::spawn(self.clone().dataflow_loop());
         let app = self;
         let with_app = {
             let app = app.clone();
@@ -271,6 +319,10 @@ impl App {
         let controls = warp::path!("api" / "controls")
             .and(with_app.clone())
             .map(|app: App| app.controls());
+        let dataflow = warp::path!("api" / "dataflow")
+            .and(with_app.clone())
+            .and(query)
+            .map(|app: App, q: HashMap<String, String>| app.dataflow(&q));
         let healthz =
             warp::path!("healthz").map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
         let health = warp::path!("api" / "health")
@@ -297,6 +349,8 @@ impl App {
             .or(rules)
             .unify()
             .or(controls)
+            .unify()
+            .or(dataflow)
             .unify()
             .or(health)
             .unify()

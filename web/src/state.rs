@@ -187,6 +187,18 @@ pub struct LiveState {
     notify: Notify,
     started: Instant,
     workers: usize,
+    /// The operator graph of the pipeline in this process, when it logs one (issue 16).
+    dataflow: std::sync::OnceLock<Arc<dyn DataflowSource>>,
+}
+
+/// The live operator graph of the pipeline running in this process (issue 16): what
+/// `GET /api/dataflow`, the `dataflow` stream event and the per-operator lines of
+/// `/metrics` show.
+pub trait DataflowSource: Send + Sync {
+    /// The graph, with figures over the `window` nearest the one asked for.
+    fn view(&self, window: std::time::Duration) -> Value;
+    /// Prometheus lines (`# HELP`, `# TYPE`, samples) of the per-operator figures.
+    fn metrics(&self) -> String;
 }
 
 /// The change event the pusher sends: what changed since the previous one.
@@ -238,6 +250,7 @@ impl LiveState {
             notify: Notify::new(),
             started: Instant::now(),
             workers,
+            dataflow: std::sync::OnceLock::new(),
         })
     }
 
@@ -430,6 +443,17 @@ impl LiveState {
         self.lock().pipeline_metrics = text;
     }
 
+    /// Serves the operator graph of this process's pipeline (set once; later calls are
+    /// ignored).
+    pub fn set_dataflow_source(&self, source: Arc<dyn DataflowSource>) {
+        let _ = self.dataflow.set(source);
+    }
+
+    /// The operator graph, if this process runs the pipeline and logs it.
+    pub fn dataflow(&self) -> Option<&Arc<dyn DataflowSource>> {
+        self.dataflow.get()
+    }
+
     /// The analyses as SPEC §8 JSON.
     pub fn analyses_json(&self) -> Value {
         // A copy (bounded: SPEC §10) taken quickly; rendered without the lock.
@@ -603,6 +627,10 @@ impl LiveState {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         out.push_str(&inner.pipeline_metrics);
+        drop(inner);
+        if let Some(dataflow) = self.dataflow() {
+            out.push_str(&dataflow.metrics());
+        }
         out
     }
 
