@@ -200,3 +200,74 @@ impl ControlRateArgs {
         })
     }
 }
+
+/// Shadow rule sets (SPEC §12).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ShadowArgs {
+    /// A shadow rule set (repeatable): a JSON `rules` object without `type`, as
+    /// `--rules`, whose `version` names the shadow. The transaction messages are decided
+    /// again under it, as if it had been in force from the start, by a ledger of its own
+    /// that follows every control change except `rules` records; its decisions are never
+    /// decisions of record.
+    #[arg(long = "shadow", value_name = "FILE")]
+    pub shadow: Vec<std::path::PathBuf>,
+}
+
+impl ShadowArgs {
+    /// The shadow rule sets, in the order given; their versions must differ.
+    pub fn sets(&self) -> Result<Vec<vtpga_dataflow::RuleSet>> {
+        let mut sets: Vec<vtpga_dataflow::RuleSet> = Vec::new();
+        for path in &self.shadow {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading --shadow {}: {e}", path.display()))?;
+            let set = vtpga_dataflow::control::parse_rule_set(&bytes)
+                .map_err(|e| anyhow::anyhow!("--shadow {}: {e}", path.display()))?;
+            if sets.iter().any(|s| s.version == set.version) {
+                anyhow::bail!(
+                    "--shadow {}: another shadow is already named {:?}",
+                    path.display(),
+                    set.version
+                );
+            }
+            sets.push(set);
+        }
+        Ok(sets)
+    }
+}
+
+/// A shadow's version as a directory name: kept as it is when it is made of ASCII
+/// letters, digits, `.`, `_` and `-` (and is not `.` or `..`); otherwise every other byte
+/// percent-encoded (`%2F` for `/`).
+pub fn shadow_dir_name(version: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let mut name: String = version
+        .bytes()
+        .map(|b| {
+            if plain(b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    if name.is_empty() || name == "." || name == ".." {
+        name = name.replace('.', "%2E");
+        if name.is_empty() {
+            name = "%".to_owned();
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::shadow_dir_name;
+
+    #[test]
+    fn shadow_versions_become_safe_directory_names() {
+        assert_eq!(shadow_dir_name("strict-0.4_v2"), "strict-0.4_v2");
+        assert_eq!(shadow_dir_name("a/b c"), "a%2Fb%20c");
+        assert_eq!(shadow_dir_name(".."), "%2E%2E");
+        assert_eq!(shadow_dir_name("é"), "%C3%A9");
+    }
+}

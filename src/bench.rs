@@ -61,6 +61,13 @@ pub struct BenchArgs {
     /// sampled as there), to measure what the dataflow view costs.
     #[arg(long)]
     pub dataflow_view: bool,
+    #[command(flatten)]
+    pub shadows: vtpga::args::ShadowArgs,
+    /// Measure the plain graph and, taking turns with it repetition by repetition, each
+    /// variant asked for: with the operator figures logged (`--dataflow-view`), with the
+    /// first 1, 2, ... of the `--shadow` sets; a row for each.
+    #[arg(long)]
+    pub interleave: bool,
 }
 
 struct Input {
@@ -192,6 +199,7 @@ impl Feed for TimedFeed {
 }
 
 /// The timings of one run.
+#[derive(Clone)]
 struct Run {
     /// From the start to the moment the first source took messages: workers started,
     /// reference data arranged.
@@ -222,6 +230,7 @@ fn run_graph(
     messages: &[Incoming],
     epoch_ms: u64,
     logged: bool,
+    shadows: &[vtpga_dataflow::RuleSet],
 ) -> Result<Run> {
     // Sampled while the graph runs, as the dashboard's process does.
     let view = logged.then(|| {
@@ -267,6 +276,11 @@ fn run_graph(
         max_in_flight: 2_000_000,
         resume: Default::default(),
         view: view.as_ref().map(|v| v.published()),
+        // As `run` decides them: analyses and what-if rows out, not their ledgers.
+        shadows: vtpga_dataflow::graph::Shadows {
+            sets: shadows.to_vec(),
+            ledgers: false,
+        },
     };
     let first_poll = Arc::new(std::sync::Mutex::new(None));
     let feeds_first_poll = first_poll.clone();
@@ -366,8 +380,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             args.control_every, input.invalid_controls
         ),
     };
+    let shadows = args.shadows.sets()?;
     println!(
-        "vtpga bench: {} messages, {controls}, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}{}",
+        "vtpga bench: {} messages, {controls}, nominal arrival {} tx/s, {} users, epoch {} ms, best of {}{}{}",
         args.count,
         args.arrival_rate,
         args.users,
@@ -377,12 +392,37 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             ", operator figures logged (dataflow view)"
         } else {
             ""
+        },
+        match shadows.len() {
+            0 => String::new(),
+            n => format!(
+                ", {n} shadow rule set(s) decided too ({})",
+                shadows
+                    .iter()
+                    .map(|s| s.version.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     );
     println!(
         "{:<38} {:>7} {:>12} {:>10} {:>20} {:>12}",
         "input", "workers", "tx/s", "setup ms", "tx/s (with setup)", "x reference"
     );
+    // What each row measures: (label suffix, operator figures logged, shadow sets). With
+    // --interleave, the plain graph and each variant take turns, repetition by repetition.
+    let variants: Vec<(String, bool, Vec<vtpga_dataflow::RuleSet>)> = if args.interleave {
+        let mut v = vec![(String::new(), false, Vec::new())];
+        if args.dataflow_view {
+            v.push((" + view".to_owned(), true, Vec::new()));
+        }
+        for k in 1..=shadows.len() {
+            v.push((format!(" + {k} shadow(s)"), false, shadows[..k].to_vec()));
+        }
+        v
+    } else {
+        vec![(String::new(), args.dataflow_view, shadows.clone())]
+    };
     let parsed = Arc::new(input.parsed);
     let raw = Arc::new(input.raw);
     for (label, messages) in [
@@ -393,44 +433,50 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             continue;
         }
         for &workers in &args.workers {
-            let mut best: Option<Run> = None;
+            let mut best: Vec<Option<Run>> = vec![None; variants.len()];
             for _ in 0..args.repeat {
-                use std::sync::atomic::Ordering::Relaxed;
-                use vtpga_dataflow::graph::{LATE_CREDITS, REDECIDED};
-                let (redone, absorbed) = (REDECIDED.load(Relaxed), LATE_CREDITS.load(Relaxed));
-                let run = run_graph(
-                    workers,
-                    &reference,
-                    messages.as_slice(),
-                    epoch_ms,
-                    args.dataflow_view,
-                )?;
-                eprintln!(
-                    "{label}, {workers} worker(s): {} late credit(s), {} decision(s) changed by one",
-                    LATE_CREDITS.load(Relaxed) - absorbed,
-                    REDECIDED.load(Relaxed) - redone
-                );
-                if run.decided != args.count as u64 {
-                    bail!(
-                        "{label}: {} decisions for {} messages",
-                        run.decided,
-                        args.count
+                for (variant, (_, logged, shadows)) in variants.iter().enumerate() {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    use vtpga_dataflow::graph::{LATE_CREDITS, REDECIDED};
+                    let (redone, absorbed) = (REDECIDED.load(Relaxed), LATE_CREDITS.load(Relaxed));
+                    let run = run_graph(
+                        workers,
+                        &reference,
+                        messages.as_slice(),
+                        epoch_ms,
+                        *logged,
+                        shadows,
+                    )?;
+                    eprintln!(
+                        "{label}, {workers} worker(s): {} late credit(s), {} decision(s) changed by one",
+                        LATE_CREDITS.load(Relaxed) - absorbed,
+                        REDECIDED.load(Relaxed) - redone
                     );
-                }
-                if best.as_ref().is_none_or(|b| run.messages < b.messages) {
-                    best = Some(run);
+                    if run.decided != args.count as u64 {
+                        bail!(
+                            "{label}: {} decisions for {} messages",
+                            run.decided,
+                            args.count
+                        );
+                    }
+                    let slot = &mut best[variant];
+                    if slot.as_ref().is_none_or(|b| run.messages < b.messages) {
+                        *slot = Some(run);
+                    }
                 }
             }
-            let best = best.expect("repeat is positive");
-            println!(
-                "{:<38} {:>7} {:>12.0} {:>10.0} {:>20.0} {:>12.2}",
-                label,
-                workers,
-                n / best.messages,
-                best.setup * 1e3,
-                n / (best.setup + best.messages),
-                (n / best.messages) / reference_rate
-            );
+            for ((suffix, _, _), best) in variants.iter().zip(best) {
+                let best = best.expect("repeat is positive");
+                println!(
+                    "{:<38} {:>7} {:>12.0} {:>10.0} {:>20.0} {:>12.2}",
+                    format!("{label}{suffix}"),
+                    workers,
+                    n / best.messages,
+                    best.setup * 1e3,
+                    n / (best.setup + best.messages),
+                    (n / best.messages) / reference_rate
+                );
+            }
         }
     }
     println!(

@@ -682,7 +682,12 @@ impl DataflowView {
 }
 
 /// A metric of the per-operator figures: name, help, type, value of a worker's row.
-type MetricFamily = (&'static str, &'static str, &'static str, fn(&WorkerRow) -> f64);
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerRow) -> f64,
+);
 
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn label(s: &str) -> String {

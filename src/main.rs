@@ -55,7 +55,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The embedded main job: generated data, in-process generator, live status.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Decide a capture file (SPEC §9) and write decisions, analyses and balances.
     Replay(replay::ReplayArgs),
     /// Write reference CSVs and a capture file of generated messages.
@@ -133,9 +133,9 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // With no subcommand, `vtpga` is `vtpga run` with the options given (and environment).
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    let command = cli.command.unwrap_or_else(|| Command::Run(Box::new(cli.run)));
     match command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::replay(args),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),

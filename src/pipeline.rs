@@ -44,6 +44,8 @@ pub struct PipelineSpec {
     pub resume: Arc<Resume>,
     /// Where the workers publish their operator figures (the dataflow view), if anywhere.
     pub view: Option<Arc<crate::dataflow_view::Published>>,
+    /// Shadow rule sets decided beside the rules of record (SPEC §12).
+    pub shadows: graph::Shadows,
 }
 
 /// Runs the graph and its write path until every feed is exhausted and every consumer has
@@ -84,6 +86,7 @@ where
         max_in_flight,
         resume,
         view,
+        shadows,
     } = spec;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
@@ -121,6 +124,7 @@ where
                 &rules,
                 &resume,
                 live_changes,
+                &shadows,
             );
             batch_sink(outputs, gather, sender, &probe);
             (regions_in, users_in)

@@ -14,10 +14,10 @@ use vtpga_ingest::refdata::{read_regions, read_users};
 use vtpga_ingest::replay::{prepare, split_for_workers};
 use vtpga_ingest::source::VecFeed;
 use vtpga_sinks::consumer::{Consumer, WritePath};
-use vtpga_sinks::files::ReplayFiles;
+use vtpga_sinks::files::{ReplayFiles, ShadowFiles};
 use vtpga_sinks::Gather;
 
-use vtpga::args::ParamArgs;
+use vtpga::args::{shadow_dir_name, ParamArgs, ShadowArgs};
 use vtpga::cluster::ClusterArgs;
 use vtpga::pipeline::{self, PipelineSpec, Reference, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS};
 
@@ -52,11 +52,22 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub params: ParamArgs,
     #[command(flatten)]
+    pub shadows: ShadowArgs,
+    /// Where to write each shadow's outputs (SPEC §12): `DIR/VERSION/` gets its
+    /// `decisions.jsonl`, `analyses.json` and `balances.csv` (as `replay --rules` with its
+    /// set writes them) and its `what_if.json`.
+    #[arg(long, value_name = "DIR", requires = "shadow")]
+    pub shadow_out: Option<PathBuf>,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
 pub fn replay(args: ReplayArgs) -> Result<()> {
     let (mut params, rules) = args.params.params_and_rules()?;
+    let shadows = args.shadows.sets()?;
+    if !shadows.is_empty() && args.shadow_out.is_none() {
+        anyhow::bail!("--shadow needs --shadow-out DIR: where to write what the shadows decide");
+    }
     let config = args.cluster.config()?;
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
@@ -113,6 +124,20 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.decisions.display()))?;
         counts = Some(files.counts.clone());
         followers.push(Box::new(files));
+        if let Some(dir) = &args.shadow_out {
+            let names: Vec<(String, String)> = shadows
+                .iter()
+                .map(|s| (s.version.to_string(), shadow_dir_name(&s.version)))
+                .collect();
+            let initial = vtpga_sinks::files::InitialReference {
+                users: users.clone(),
+                regions: regions.clone(),
+                rules: rules.clone(),
+            };
+            let files = ShadowFiles::create(dir, &names, &initial)
+                .with_context(|| format!("creating the shadows' outputs in {}", dir.display()))?;
+            followers.push(Box::new(files));
+        }
     }
     let reference = Arc::new(Reference { regions, users });
     let spec = PipelineSpec {
@@ -125,6 +150,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         max_in_flight: args.max_in_flight,
         resume: Default::default(),
         view: None,
+        shadows: vtpga_dataflow::graph::Shadows {
+            sets: shadows,
+            ledgers: true,
+        },
     };
     let path = WritePath {
         record: Vec::new(),

@@ -144,6 +144,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub params: ParamArgs,
     #[command(flatten)]
+    pub shadows: vtpga::args::ShadowArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Live changes mixed into the generated stream (generator source only).
     #[command(flatten)]
@@ -160,6 +162,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     .validate()
     .map_err(|e| anyhow::anyhow!("--hot-share/--hot-payers: {e}"))?;
     let (params, mut rules) = args.params.params_and_rules()?;
+    let shadows = args.shadows.sets()?;
+    if !shadows.is_empty() && args.postgres.is_some() {
+        // Not built yet: a shadow's ledger would start empty after every restart.
+        anyhow::bail!(
+            "--shadow with --postgres: shadow ledgers are not stored nor resumed yet; \
+             run shadows without --postgres (live view, /api/whatif) or with `vtpga replay`"
+        );
+    }
     let config = args.cluster.config()?;
     let source_name = match args.source {
         SourceKind::Kafka => format!("kafka:{}", args.kafka.topic),
@@ -374,6 +384,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         let state = LiveState::new(total_workers);
         state.seed_analyses(rows);
+        state.set_shadows(&shadows);
         // The rule set in force and what is still to take effect (SPEC §11).
         state.seed_rules(&rules, &resume_point.state.rules);
         let pending: Vec<_> = resume_point
@@ -475,6 +486,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),
         view: dataflow_view,
+        // The live view shows the shadows' analyses and what-if rows only.
+        shadows: vtpga_dataflow::graph::Shadows {
+            sets: shadows,
+            ledgers: false,
+        },
     };
     let held = stop.clone();
     let started = Instant::now();

@@ -88,6 +88,7 @@ pub fn sinkbench(args: SinkbenchArgs) -> Result<()> {
         max_in_flight: 2_000_000,
         resume: Default::default(),
         view: None,
+        shadows: Default::default(),
     };
     let messages = std::sync::Mutex::new(Some(messages));
     pipeline::execute(

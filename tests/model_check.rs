@@ -408,48 +408,29 @@ struct Observed {
 }
 
 fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> Observed {
-    let messages = Arc::new(prepare(records).messages);
-    let reference = Arc::new(Reference {
-        regions: regions(),
-        users: users(),
-    });
-    let (sender, receiver) = crossbeam_channel::unbounded::<Batch>();
-    let spec = PipelineSpec {
-        config: ClusterArgs::single(workers).config().expect("config"),
-        reference: reference.clone(),
-        params,
-        rules: vtpga_dataflow::RuleSet::of(&params, "default"),
-        live_changes: true,
-        gather: Gather::ToWorkerZero,
-        max_in_flight: 1000,
-        resume: Default::default(),
-        view: None,
-    };
-    pipeline::execute(
-        spec,
-        move |index, peers| VecFeed::new(for_worker(&messages, index, peers)),
-        sender,
-    )
-    .expect("pipeline runs");
-    let mut decisions = BTreeMap::new();
-    // The users that exist, with their opening balances; the accounts decisions changed.
-    let mut users: BTreeMap<String, i64> = reference
-        .users
-        .iter()
-        .map(|u| (u.id.clone(), u.balance_cents))
-        .collect();
-    let mut accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let mut invalid_controls = BTreeSet::new();
-    let mut rows = BTreeMap::new();
-    let mut last_time = 0;
-    for batch in receiver.try_iter() {
-        assert!(batch.time >= last_time, "batches arrive in time order");
-        last_time = batch.time;
-        for d in batch.decisions {
+    run_with_shadows(records, workers, params, Vec::new()).0
+}
+
+/// What one ledger (of record, or a shadow's) produced, as batches bring it.
+#[derive(Default)]
+struct Ledger {
+    decisions: BTreeMap<(i32, i64), Seen>,
+    accounts: BTreeMap<String, (i64, i64)>,
+    rows: BTreeMap<analyses::AnalysisKey, analyses::Tally>,
+}
+
+impl Ledger {
+    fn add(
+        &mut self,
+        decisions: Vec<vtpga_dataflow::graph::Decision>,
+        accounts: Vec<vtpga_dataflow::graph::Account>,
+        changes: Vec<vtpga_sinks::AnalysisChange>,
+    ) {
+        for d in decisions {
             let scores = d
                 .scores
                 .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
-            let previous = decisions.insert(
+            let previous = self.decisions.insert(
                 (d.pos.partition, d.pos.offset),
                 (
                     d.t,
@@ -460,6 +441,95 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
             );
             assert!(previous.is_none(), "one decision per source position");
         }
+        for a in accounts {
+            if a.deleted {
+                self.accounts.remove(&a.user);
+            } else {
+                self.accounts
+                    .insert(a.user, (a.balance_cents, a.credit_used_cents));
+            }
+        }
+        analyses::apply_changes(&mut self.rows, changes);
+    }
+
+    /// With the users that exist at the end (their opening balances).
+    fn observed(
+        self,
+        users: &BTreeMap<String, i64>,
+        invalid_controls: BTreeSet<(i32, i64)>,
+    ) -> Observed {
+        let balances = users
+            .iter()
+            .map(|(id, opening)| {
+                let account = self.accounts.get(id).copied().unwrap_or((*opening, 0));
+                (id.clone(), account)
+            })
+            .collect();
+        Observed {
+            decisions: self.decisions,
+            balances,
+            analyses: analyses::to_json(&self.rows),
+            invalid_controls,
+        }
+    }
+}
+
+/// What-if rows as the graph maintains them.
+type WhatIf = BTreeMap<analyses::WhatIfKey, analyses::WhatIfTally>;
+
+/// The dataflow with `shadows` (SPEC §12): what the ledger of record produced, and each
+/// shadow's, with its what-if rows.
+fn run_with_shadows(
+    records: Vec<CaptureRecord>,
+    workers: usize,
+    params: Params,
+    shadows: Vec<RuleSet>,
+) -> (Observed, Vec<(Observed, WhatIf)>) {
+    let messages = Arc::new(prepare(records).messages);
+    let reference = Arc::new(Reference {
+        regions: regions(),
+        users: users(),
+    });
+    let (sender, receiver) = crossbeam_channel::unbounded::<Batch>();
+    let count = shadows.len();
+    let spec = PipelineSpec {
+        config: ClusterArgs::single(workers).config().expect("config"),
+        reference: reference.clone(),
+        params,
+        rules: vtpga_dataflow::RuleSet::of(&params, "default"),
+        live_changes: true,
+        gather: Gather::ToWorkerZero,
+        max_in_flight: 1000,
+        resume: Default::default(),
+        view: None,
+        shadows: vtpga_dataflow::graph::Shadows {
+            sets: shadows,
+            ledgers: true,
+        },
+    };
+    pipeline::execute(
+        spec,
+        move |index, peers| VecFeed::new(for_worker(&messages, index, peers)),
+        sender,
+    )
+    .expect("pipeline runs");
+    // The users that exist, with their opening balances.
+    let mut users: BTreeMap<String, i64> = reference
+        .users
+        .iter()
+        .map(|u| (u.id.clone(), u.balance_cents))
+        .collect();
+    let mut invalid_controls = BTreeSet::new();
+    let mut primary = Ledger::default();
+    let mut shadowed: Vec<(Ledger, WhatIf)> = (0..count).map(|_| Default::default()).collect();
+    let mut last_time = 0;
+    for batch in receiver.try_iter() {
+        assert!(batch.time >= last_time, "batches arrive in time order");
+        last_time = batch.time;
+        assert!(
+            batch.shadows.len() <= count,
+            "no more shadows than asked for"
+        );
         for c in batch.controls {
             match c.kind {
                 OutcomeKind::Applied(Change::User(u)) => {
@@ -477,28 +547,17 @@ fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> 
                 _ => {}
             }
         }
-        for a in batch.accounts {
-            if a.deleted {
-                accounts.remove(&a.user);
-            } else {
-                accounts.insert(a.user, (a.balance_cents, a.credit_used_cents));
-            }
+        primary.add(batch.decisions, batch.accounts, batch.analyses);
+        for (part, (ledger, what_if)) in batch.shadows.into_iter().zip(shadowed.iter_mut()) {
+            ledger.add(part.decisions, part.accounts, part.analyses);
+            analyses::apply_what_if(what_if, part.what_if);
         }
-        analyses::apply_changes(&mut rows, batch.analyses);
     }
-    let balances = users
+    let shadows = shadowed
         .into_iter()
-        .map(|(id, opening)| {
-            let account = accounts.get(&id).copied().unwrap_or((opening, 0));
-            (id, account)
-        })
+        .map(|(ledger, what_if)| (ledger.observed(&users, BTreeSet::new()), what_if))
         .collect();
-    Observed {
-        decisions,
-        balances,
-        analyses: analyses::to_json(&rows),
-        invalid_controls,
-    }
+    (primary.observed(&users, invalid_controls), shadows)
 }
 
 /// Rows in a canonical order, all-zero rows dropped (the SPEC lets either side omit them).
@@ -553,24 +612,7 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
 /// per cell, against the reference.
 fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs, controls) = live_capture(steps);
-    let ref_regions: Vec<RefRegion> = regions()
-        .into_iter()
-        .map(|r| {
-            let Region {
-                id, uf, lat, lon, ..
-            } = r;
-            RefRegion { id, uf, lat, lon }
-        })
-        .collect();
-    let ref_users: Vec<RefUser> = users()
-        .into_iter()
-        .map(|u| RefUser {
-            id: u.id,
-            region_id: u.region_id,
-            balance_cents: u.balance_cents,
-            credit_limit_cents: u.credit_limit_cents,
-        })
-        .collect();
+    let (ref_regions, ref_users) = ref_reference();
     let expected = vtpga_reference::run_live(
         &ref_regions,
         &ref_users,
@@ -593,61 +635,202 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
         .flat_map(|w| epochs.iter().map(move |&e| (w, e)))
     {
         let got = run_dataflow(records.clone(), workers, params(epoch_ms));
-        prop_assert_eq!(
-            got.decisions.len(),
-            expected.decisions.len(),
-            "decision count, {} workers, epoch {} ms",
-            workers,
-            epoch_ms
-        );
-        for (pos, want) in &expected.decisions {
-            let (t, status, scores, version) = &got.decisions[pos];
-            prop_assert_eq!(
-                version.as_str(),
-                want.rules_version.as_str(),
-                "rules_version of {:?}, {} workers, epoch {} ms",
-                pos,
-                workers,
-                epoch_ms
-            );
-            prop_assert_eq!(*t, want.t, "t of {:?}, {} workers", pos, workers);
-            prop_assert_eq!(
-                status.as_str(),
-                want.status,
-                "status of {:?}, {} workers, epoch {} ms",
-                pos,
-                workers,
-                epoch_ms
-            );
-            let want_scores = want
-                .scores
-                .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
-            prop_assert_eq!(scores.is_some(), want_scores.is_some());
-            if let (Some(a), Some(b)) = (scores, want_scores) {
-                for (x, y) in a.iter().zip(b) {
-                    prop_assert!(
-                        (x - y).abs() < 1e-9,
-                        "scores of {:?}: {:?} vs {:?}",
-                        pos,
-                        a,
-                        b
-                    );
+        matches_reference(&got, &expected, workers, epoch_ms, true)?;
+    }
+    Ok(())
+}
+
+/// The model's reference data as the reference implementation takes it.
+fn ref_reference() -> (Vec<RefRegion>, Vec<RefUser>) {
+    let regions: Vec<RefRegion> = regions()
+        .into_iter()
+        .map(|r| {
+            let Region {
+                id, uf, lat, lon, ..
+            } = r;
+            RefRegion { id, uf, lat, lon }
+        })
+        .collect();
+    let users: Vec<RefUser> = users()
+        .into_iter()
+        .map(|u| RefUser {
+            id: u.id,
+            region_id: u.region_id,
+            balance_cents: u.balance_cents,
+            credit_limit_cents: u.credit_limit_cents,
+        })
+        .collect();
+    (regions, users)
+}
+
+/// The shadows of the property below: one stricter in every rule, one looser.
+fn shadow_sets() -> Vec<RuleSet> {
+    vec![
+        RuleSet {
+            version: "strict".into(),
+            risk_threshold: 0.3,
+            max_delay_ms: MAX_DELAY - 1,
+            dedup_window_ms: WINDOW * 2,
+        },
+        RuleSet {
+            version: "loose".into(),
+            risk_threshold: 0.8,
+            max_delay_ms: MAX_DELAY + 2,
+            dedup_window_ms: WINDOW / 2,
+        },
+    ]
+}
+
+/// The dataflow with two shadows (SPEC §12), with 1, 2 and 3 workers, one millisecond
+/// and `epoch_ms` per cell: the ledger of record is the reference's run without shadows;
+/// each shadow is the reference's run with its rule set from the start and the control
+/// records but the `rules` ones; its what-if rows are the pairs of statuses of record and
+/// shadow statuses, with the amounts of the messages that parsed, counted here.
+fn check_shadows(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
+    let (records, msgs, controls) = live_capture(steps);
+    let (ref_regions, ref_users) = ref_reference();
+    let primary_expected = vtpga_reference::run_live(
+        &ref_regions,
+        &ref_users,
+        &msgs,
+        &controls,
+        &RefRules {
+            version: "default".into(),
+            max_delay_ms: MAX_DELAY,
+            dedup_window_ms: WINDOW,
+            risk_threshold: 0.5,
+        },
+    );
+    let no_rules: Vec<RefControl> = controls
+        .iter()
+        .filter(|c| !matches!(c.change, Some(RefChange::Rules(_))))
+        .cloned()
+        .collect();
+    let sets = shadow_sets();
+    let expected: Vec<vtpga_reference::RefOutput> = sets
+        .iter()
+        .map(|set| {
+            vtpga_reference::run_live(
+                &ref_regions,
+                &ref_users,
+                &msgs,
+                &no_rules,
+                &RefRules {
+                    version: set.version.clone(),
+                    max_delay_ms: set.max_delay_ms,
+                    dedup_window_ms: set.dedup_window_ms,
+                    risk_threshold: set.risk_threshold,
+                },
+            )
+        })
+        .collect();
+    // The amount of each position whose message parsed.
+    let amounts: BTreeMap<(i32, i64), i64> = msgs
+        .iter()
+        .filter_map(|m| Some(((m.partition, m.offset), m.tx.as_ref()?.amount_cents)))
+        .collect();
+    for workers in [1, 2, 3] {
+        for epoch_ms in [1, epoch_ms] {
+            let (primary, shadows) =
+                run_with_shadows(records.clone(), workers, params(epoch_ms), sets.clone());
+            matches_reference(&primary, &primary_expected, workers, epoch_ms, true)?;
+            prop_assert_eq!(shadows.len(), sets.len());
+            for ((got, what_if), want) in shadows.iter().zip(&expected) {
+                matches_reference(got, want, workers, epoch_ms, false)?;
+                let mut pairs: BTreeMap<(String, String), (i64, i128)> = BTreeMap::new();
+                for (pos, seen) in &primary.decisions {
+                    let shadow = &got.decisions[pos];
+                    let row = pairs.entry((seen.1.clone(), shadow.1.clone())).or_default();
+                    row.0 += 1;
+                    row.1 += i128::from(amounts.get(pos).copied().unwrap_or(0));
                 }
+                let rows: BTreeMap<(String, String), (i64, i128)> = what_if
+                    .iter()
+                    .map(|(k, t)| {
+                        (
+                            (k.primary.as_str().to_owned(), k.shadow.as_str().to_owned()),
+                            (t.count, t.amount_cents),
+                        )
+                    })
+                    .collect();
+                prop_assert_eq!(
+                    &rows,
+                    &pairs,
+                    "what-if rows, {} workers, epoch {} ms",
+                    workers,
+                    epoch_ms
+                );
             }
         }
+    }
+    Ok(())
+}
+
+/// `got` is the reference's `expected`: decisions (time, status, scores, rules
+/// version), balances, analyses and, `with_controls`, the invalid control records.
+fn matches_reference(
+    got: &Observed,
+    expected: &vtpga_reference::RefOutput,
+    workers: usize,
+    epoch_ms: u64,
+    with_controls: bool,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        got.decisions.len(),
+        expected.decisions.len(),
+        "decision count, {} workers, epoch {} ms",
+        workers,
+        epoch_ms
+    );
+    for (pos, want) in &expected.decisions {
+        let (t, status, scores, version) = &got.decisions[pos];
         prop_assert_eq!(
-            &got.balances,
-            &expected.balances,
-            "balances, {} workers, epoch {} ms",
+            version.as_str(),
+            want.rules_version.as_str(),
+            "rules_version of {:?}, {} workers, epoch {} ms",
+            pos,
             workers,
             epoch_ms
         );
+        prop_assert_eq!(*t, want.t, "t of {:?}, {} workers", pos, workers);
         prop_assert_eq!(
-            normalise(&got.analyses),
-            normalise(&expected.analyses),
-            "analyses, {} workers",
-            workers
+            status.as_str(),
+            want.status,
+            "status of {:?}, {} workers, epoch {} ms",
+            pos,
+            workers,
+            epoch_ms
         );
+        let want_scores = want
+            .scores
+            .map(|s| [s.value_risk, s.hour_risk, s.distance_risk, s.risk]);
+        prop_assert_eq!(scores.is_some(), want_scores.is_some());
+        if let (Some(a), Some(b)) = (scores, want_scores) {
+            for (x, y) in a.iter().zip(b) {
+                prop_assert!(
+                    (x - y).abs() < 1e-9,
+                    "scores of {:?}: {:?} vs {:?}",
+                    pos,
+                    a,
+                    b
+                );
+            }
+        }
+    }
+    prop_assert_eq!(
+        &got.balances,
+        &expected.balances,
+        "balances, {} workers, epoch {} ms",
+        workers,
+        epoch_ms
+    );
+    prop_assert_eq!(
+        normalise(&got.analyses),
+        normalise(&expected.analyses),
+        "analyses, {} workers",
+        workers
+    );
+    if with_controls {
         prop_assert_eq!(
             &got.invalid_controls,
             &expected.invalid_controls,
@@ -682,6 +865,16 @@ proptest! {
         epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
     ) {
         check_with(&steps, epoch_ms)?;
+    }
+
+    /// Two shadow rule sets (SPEC §12) beside the rules of record, on captures with
+    /// control records (rule sets among them, which the shadows do not follow).
+    #[test]
+    fn shadows_decide_as_replays_with_their_rules(
+        steps in prop::collection::vec(live_step(), 1..80),
+        epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
+    ) {
+        check_shadows(&steps, epoch_ms)?;
     }
 
     /// Credit chains that cross workers many times inside one cell: each payment of the

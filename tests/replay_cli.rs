@@ -59,6 +59,138 @@ fn replay_with_live_changes_is_identical_for_any_worker_and_process_count() {
     );
 }
 
+/// Shadow rule sets (SPEC §12): `replay --shadow a --shadow b --shadow-out DIR` leaves
+/// the decisions of record byte-identical to a replay without shadows, writes for each
+/// shadow exactly what `replay --rules` with its set writes, and what-if rows equal to
+/// the pairs of statuses of the two decision files, counted here.
+#[test]
+fn replay_with_shadows_equals_replays_with_their_rules() {
+    let tmp = tempdir();
+    let dir = tmp.as_str();
+    vtpga(&[
+        "generate",
+        "--out",
+        dir,
+        "--count",
+        "6000",
+        "--users",
+        "500",
+        "--span-hours",
+        "2",
+    ]);
+    let sets = [
+        (
+            "strict",
+            r#"{"version": "strict", "risk_threshold": 0.3, "max_delay_ms": 500, "dedup_window_ms": 3600000}"#,
+        ),
+        (
+            "loose/1",
+            r#"{"version": "loose/1", "risk_threshold": 0.8, "max_delay_ms": 5000, "dedup_window_ms": 60000}"#,
+        ),
+    ];
+    for (i, (_, json)) in sets.iter().enumerate() {
+        std::fs::write(format!("{dir}/shadow{i}.json"), json).expect("shadow file");
+    }
+    // Without shadows, then with both, on 1 and 2 workers.
+    vtpga(
+        &replay_args(dir, "plain")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    for w in ["1", "2"] {
+        let mut args = replay_args(dir, &format!("s{w}"));
+        args.extend([
+            "--workers".into(),
+            w.into(),
+            "--shadow".into(),
+            format!("{dir}/shadow0.json"),
+            "--shadow".into(),
+            format!("{dir}/shadow1.json"),
+            "--shadow-out".into(),
+            format!("{dir}/shadows-w{w}"),
+        ]);
+        vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        for kind in ["decisions-{}.jsonl", "analyses-{}.json", "balances-{}.csv"] {
+            assert!(
+                read(dir, kind.replace("{}", "plain"))
+                    == read(dir, kind.replace("{}", &format!("s{w}"))),
+                "{} of record changed with shadows, {w} worker(s)",
+                kind.replace("{}", "")
+            );
+        }
+    }
+    let primary = String::from_utf8(read(dir, "decisions-plain.jsonl".into())).expect("utf-8");
+    for (i, (version, _)) in sets.iter().enumerate() {
+        let mut args = replay_args(dir, &format!("rules{i}"));
+        args.extend(["--rules".into(), format!("{dir}/shadow{i}.json")]);
+        vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        // "loose/1" is written under "loose%2F1".
+        let sub = version.replace('/', "%2F");
+        for w in ["1", "2"] {
+            for (mine, theirs) in [
+                ("decisions.jsonl", format!("decisions-rules{i}.jsonl")),
+                ("analyses.json", format!("analyses-rules{i}.json")),
+                ("balances.csv", format!("balances-rules{i}.csv")),
+            ] {
+                assert!(
+                    read(dir, format!("shadows-w{w}/{sub}/{mine}")) == read(dir, theirs.clone()),
+                    "shadow {version}'s {mine} differs from replay --rules's {theirs}, {w} worker(s)"
+                );
+            }
+        }
+        let shadow =
+            String::from_utf8(read(dir, format!("decisions-rules{i}.jsonl"))).expect("utf-8");
+        let mut pairs: std::collections::BTreeMap<(String, String), (i64, i128)> =
+            Default::default();
+        let mut differ = 0;
+        for (p, s) in primary.lines().zip(shadow.lines()) {
+            let p: serde_json::Value = serde_json::from_str(p).expect("a decision");
+            let s: serde_json::Value = serde_json::from_str(s).expect("a decision");
+            assert_eq!(
+                (&p["partition"], &p["offset"]),
+                (&s["partition"], &s["offset"]),
+                "the same message on the same line"
+            );
+            let statuses = (
+                p["status"].as_str().expect("status").to_owned(),
+                s["status"].as_str().expect("status").to_owned(),
+            );
+            differ += usize::from(statuses.0 != statuses.1);
+            let row = pairs.entry(statuses).or_default();
+            row.0 += 1;
+            row.1 += i128::from(p["amount_cents"].as_i64().unwrap_or(0));
+        }
+        assert_eq!(primary.lines().count(), shadow.lines().count());
+        assert!(differ > 0, "shadow {version} decides nothing differently");
+        for w in ["1", "2"] {
+            let what_if: serde_json::Value =
+                serde_json::from_slice(&read(dir, format!("shadows-w{w}/{sub}/what_if.json")))
+                    .expect("what-if JSON");
+            let rows: std::collections::BTreeMap<(String, String), (i64, i128)> = what_if
+                .as_array()
+                .expect("rows")
+                .iter()
+                .map(|r| {
+                    assert_eq!(r["shadow"], *version);
+                    (
+                        (
+                            r["primary_status"].as_str().expect("status").to_owned(),
+                            r["shadow_status"].as_str().expect("status").to_owned(),
+                        ),
+                        (
+                            r["count"].as_i64().expect("count"),
+                            r["amount_cents"].to_string().parse().expect("amount"),
+                        ),
+                    )
+                })
+                .collect();
+            assert_eq!(rows, pairs, "what-if rows of {version}, {w} worker(s)");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Generates a capture (with `extra` flags), replays it with 1, 2 and 4 workers and with
 /// 2 processes (on ports from `base_port`, a range of the test's own), checks the outputs
 /// are byte-identical, and returns the decisions.

@@ -442,6 +442,92 @@ pub fn apply_changes(
     }
 }
 
+/// A row of a shadow's what-if analysis (SPEC §12): what the rules of record decided
+/// about a transaction message, and what the shadow rule set decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WhatIfKey {
+    /// The status under the rules of record.
+    pub primary: Status,
+    /// The status under the shadow rule set.
+    pub shadow: Status,
+}
+
+/// The counters of a what-if row, and the difference type of its collection: messages,
+/// and the sum of the amounts of those that parsed (exact, 128-bit, as SPEC §7's sums).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct WhatIfTally {
+    /// Messages.
+    pub count: i64,
+    /// Sum of the amounts of the messages that parsed, in cents.
+    pub amount_cents: i128,
+}
+
+impl IsZero for WhatIfTally {
+    fn is_zero(&self) -> bool {
+        *self == WhatIfTally::default()
+    }
+}
+
+impl Semigroup for WhatIfTally {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.count += rhs.count;
+        self.amount_cents += rhs.amount_cents;
+    }
+}
+
+impl Monoid for WhatIfTally {
+    fn zero() -> Self {
+        WhatIfTally::default()
+    }
+}
+
+impl Abelian for WhatIfTally {
+    fn negate(&mut self) {
+        self.count = -self.count;
+        self.amount_cents = -self.amount_cents;
+    }
+}
+
+/// A change to a what-if row as it leaves `count_total`: row, +1 or −1.
+pub type WhatIfChange = ((WhatIfKey, WhatIfTally), isize);
+
+/// Applies what-if row changes (as [`apply_changes`] does the analyses').
+pub fn apply_what_if(
+    rows: &mut BTreeMap<WhatIfKey, WhatIfTally>,
+    changes: impl IntoIterator<Item = WhatIfChange>,
+) {
+    let mut pending: Vec<WhatIfChange> = changes.into_iter().collect();
+    differential_dataflow::consolidation::consolidate(&mut pending);
+    for ((key, tally), _) in pending.iter().filter(|(_, d)| *d < 0) {
+        if rows.get(key) == Some(tally) {
+            rows.remove(key);
+        }
+    }
+    for ((key, tally), _) in pending.into_iter().filter(|(_, d)| *d > 0) {
+        rows.insert(key, tally);
+    }
+}
+
+/// A shadow's what-if rows as SPEC §12 shapes them: `{"shadow", "primary_status",
+/// "shadow_status", "count", "amount_cents"}`, in status order (sums as exact integers).
+pub fn what_if_json(shadow: &str, rows: &BTreeMap<WhatIfKey, WhatIfTally>) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|(k, t)| {
+                json!({
+                    "shadow": shadow,
+                    "primary_status": k.primary.as_str(),
+                    "shadow_status": k.shadow.as_str(),
+                    "count": t.count,
+                    "amount_cents": t.amount_cents,
+                })
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod parts_tests {
     use super::*;

@@ -34,6 +34,7 @@ mod decide;
 mod dedup;
 mod frontier;
 mod reference;
+mod shadow;
 mod tally;
 
 pub use admit::admit;
@@ -45,6 +46,7 @@ use decide::decide;
 pub use decide::{LATE_CREDITS, REDECIDED};
 use dedup::dedup;
 pub use reference::arrange_reference;
+pub use shadow::{ShadowRecord, Shadowed};
 use tally::analyses;
 
 /// The body of an incoming message: raw bytes from a source, an already-parsed
@@ -302,6 +304,19 @@ pub struct Outputs<'s> {
     /// What became of each control record (SPEC §11), at the end of the cell of its
     /// effective time (a record scheduled beyond its arrival's cell also at that cell's end).
     pub controls: StreamVec<'s, Time, ControlOutcome>,
+    /// What the shadow rule sets (SPEC §12) produce, tagged with the index of their set in
+    /// `build`'s `shadows`; empty without shadows.
+    pub shadows: StreamVec<'s, Time, Shadowed>,
+}
+
+/// Shadow rule sets to decide beside the rules of record (SPEC §12).
+#[derive(Clone, Debug, Default)]
+pub struct Shadows {
+    /// The rule sets, each a shadow, in the order their records are tagged with.
+    pub sets: Vec<RuleSet>,
+    /// Whether their decisions and account states leave the graph (`replay` writes
+    /// them); without, only their analyses and what-if rows do (what the live view shows).
+    pub ledgers: bool,
 }
 
 /// The pipeline's state at a resume point (restored from the durable sink after a restart):
@@ -355,7 +370,9 @@ pub fn user_row(u: &User) -> UserRow {
 /// messages goes through [`validate`] first. Without `live` changes (no control topic,
 /// no control records in a capture), the control records are not followed at all: the
 /// reference data is then complete from the start, and the operators that read it do not
-/// wait for its progress each round.
+/// wait for its progress each round. Each of `shadows` is decided beside the rules of
+/// record by a ledger of its own (SPEC §12; not resumed: a shadow starts with the graph).
+#[allow(clippy::too_many_arguments)]
 pub fn build<'s>(
     (admitted, invalid): (StreamVec<'s, Time, Admitted>, StreamVec<'s, Time, Decision>),
     regions: VecCollection<'s, Time, RegionRow, i64>,
@@ -364,6 +381,7 @@ pub fn build<'s>(
     rules: &RuleSet,
     resume: &Resume,
     live: bool,
+    shadows: &Shadows,
 ) -> Outputs<'s> {
     use timely::dataflow::operators::{Concat, OkErr};
     let scope = admitted.scope();
@@ -406,6 +424,17 @@ pub fn build<'s>(
     let changes = control::control(controls, ends, users, regions, rules, &resume.rules, params);
     let book = RuleBook::new(rules.clone(), &resume.rules);
     let (regions, users) = arrange_reference(changes.regions, changes.users);
+    // What the shadows share with the ledger of record (only when there are shadows: a
+    // stream read twice is copied).
+    let shared = (!shadows.sets.is_empty()).then(|| {
+        (
+            pending.clone(),
+            invalid.clone(),
+            regions.clone(),
+            users.clone(),
+            changes.user_events.clone(),
+        )
+    });
     let (pending, decided_early) = dedup(
         pending,
         invalid,
@@ -426,11 +455,25 @@ pub fn build<'s>(
         params,
     );
     let (decisions, analyses) = analyses([decided, decided_early], prior);
+    let shadowed = match shared {
+        Some((pending, invalid, regions, users, user_events)) => shadow::shadows(
+            shadows,
+            &decisions,
+            &pending,
+            &invalid,
+            &regions,
+            &users,
+            &user_events,
+            params,
+        ),
+        None => Vec::<Shadowed>::new().to_stream(scope),
+    };
     Outputs {
         decisions,
         accounts,
         analyses,
         controls: changes.outcomes,
+        shadows: shadowed,
     }
 }
 
@@ -495,6 +538,7 @@ mod tests {
             &RuleSet::of(&Params::default(), "default"),
             &Resume::default(),
             true,
+            &Shadows::default(),
         );
         (regions_in, users_in, msgs, out)
     }

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use vtpga_dataflow::analyses::{self, AnalysisKey, Tally};
-use vtpga_dataflow::graph::{Decision, OutcomeKind};
+use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, WhatIfKey, WhatIfTally};
+use vtpga_dataflow::graph::{Account, ControlOutcome, Decision, OutcomeKind};
 use vtpga_dataflow::record::DecisionRecord;
 use vtpga_dataflow::Change;
 use vtpga_dataflow::{Region, RuleSet, SourcePos, Time, User};
@@ -55,11 +55,28 @@ impl ReplayWriter {
 
     /// Batches must come in timestamp order (the sink's `ToWorkerZero` mode).
     pub fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
-        self.write_records(&batch.decisions)?;
-        for d in &batch.decisions {
+        self.write_parts(
+            &batch.decisions,
+            &batch.controls,
+            &batch.accounts,
+            &batch.analyses,
+        )
+    }
+
+    /// [`ReplayWriter::write_batch`] of a batch's parts (a shadow's decisions, accounts
+    /// and analyses with the control outcomes of record).
+    pub fn write_parts(
+        &mut self,
+        decisions: &[Decision],
+        controls: &[ControlOutcome],
+        accounts: &[Account],
+        analyses: &[crate::AnalysisChange],
+    ) -> io::Result<()> {
+        self.write_records(decisions)?;
+        for d in decisions {
             self.counts[d.status as usize] += 1;
         }
-        for c in &batch.controls {
+        for c in controls {
             match &c.kind {
                 OutcomeKind::Applied(Change::User(u)) => {
                     self.users.insert(u.id.clone(), u.clone());
@@ -79,7 +96,7 @@ impl ReplayWriter {
                 _ => {}
             }
         }
-        for a in &batch.accounts {
+        for a in accounts {
             if a.deleted {
                 self.accounts.remove(&a.user);
                 continue;
@@ -92,7 +109,7 @@ impl ReplayWriter {
                 }
             }
         }
-        analyses::apply_changes(&mut self.rows, batch.analyses.iter().cloned());
+        analyses::apply_changes(&mut self.rows, analyses.iter().cloned());
         Ok(())
     }
 
@@ -290,6 +307,100 @@ impl crate::consumer::Consumer for ReplayFiles {
             .map_err(|e| crate::consumer::Fault::Fatal(format!("writing the outputs: {e}")))?;
         if let Ok(mut c) = self.counts.lock() {
             *c = counts;
+        }
+        Ok(())
+    }
+}
+
+/// The outputs of the shadow rule sets (SPEC §12) as a consumer of batches: under
+/// `DIR/NAME/` for each shadow (NAME: its version as a directory name), its decisions
+/// (`decisions.jsonl`), analyses (`analyses.json`) and balances (`balances.csv`) as a
+/// replay with `--rules` writes them, and its what-if rows (`what_if.json`).
+pub struct ShadowFiles {
+    shadows: Vec<ShadowFile>,
+}
+
+struct ShadowFile {
+    version: String,
+    dir: std::path::PathBuf,
+    writer: Option<ReplayWriter>,
+    what_if: BTreeMap<WhatIfKey, WhatIfTally>,
+}
+
+impl ShadowFiles {
+    /// Creates each shadow's directory and decisions file now: `shadows` are the
+    /// versions with their directory names, in the order the graph numbers them; the
+    /// initial users and regions give the balances no decision touched.
+    pub fn create(
+        dir: &Path,
+        shadows: &[(String, String)],
+        reference: &InitialReference,
+    ) -> io::Result<Self> {
+        let mut out = Vec::new();
+        for (version, name) in shadows {
+            let dir = dir.join(name);
+            std::fs::create_dir_all(&dir)?;
+            out.push(ShadowFile {
+                version: version.clone(),
+                writer: Some(ReplayWriter::create(
+                    &dir.join("decisions.jsonl"),
+                    reference,
+                )?),
+                dir,
+                what_if: BTreeMap::new(),
+            });
+        }
+        Ok(ShadowFiles { shadows: out })
+    }
+}
+
+impl crate::consumer::Consumer for ShadowFiles {
+    fn name(&self) -> &'static str {
+        "shadow-files"
+    }
+    fn batch(&mut self, batch: &Batch) -> Result<(), crate::consumer::Fault> {
+        let empty = crate::ShadowBatch::default();
+        for (index, shadow) in self.shadows.iter_mut().enumerate() {
+            let part = batch.shadows.get(index).unwrap_or(&empty);
+            let writer = shadow.writer.as_mut().expect("not ended");
+            writer
+                .write_parts(
+                    &part.decisions,
+                    &batch.controls,
+                    &part.accounts,
+                    &part.analyses,
+                )
+                .map_err(|e| {
+                    crate::consumer::Fault::Fatal(format!(
+                        "writing shadow {:?}: {e}",
+                        shadow.version
+                    ))
+                })?;
+            analyses::apply_what_if(&mut shadow.what_if, part.what_if.iter().cloned());
+        }
+        Ok(())
+    }
+    fn end(&mut self) -> Result<(), crate::consumer::Fault> {
+        for shadow in &mut self.shadows {
+            let writer = shadow.writer.take().expect("ended once");
+            let fault = |e: io::Error| {
+                crate::consumer::Fault::Fatal(format!("writing shadow {:?}: {e}", shadow.version))
+            };
+            writer
+                .finish(
+                    &shadow.dir.join("analyses.json"),
+                    Some(&shadow.dir.join("balances.csv")),
+                )
+                .map_err(fault)?;
+            let mut out =
+                BufWriter::new(File::create(shadow.dir.join("what_if.json")).map_err(fault)?);
+            serde_json::to_writer_pretty(
+                &mut out,
+                &analyses::what_if_json(&shadow.version, &shadow.what_if),
+            )
+            .map_err(|e| fault(e.into()))?;
+            out.write_all(b"\n").map_err(fault)?;
+            out.flush().map_err(fault)?;
         }
         Ok(())
     }

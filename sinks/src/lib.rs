@@ -29,8 +29,8 @@ use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeli
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
-use vtpga_dataflow::analyses::{AnalysisKey, Tally};
-use vtpga_dataflow::graph::{Account, ControlOutcome, Decision, Outputs};
+use vtpga_dataflow::analyses::{AnalysisKey, Tally, WhatIfChange};
+use vtpga_dataflow::graph::{Account, ControlOutcome, Decision, Outputs, ShadowRecord, Shadowed};
 use vtpga_dataflow::Time;
 
 /// One change to an analysis row, as `count_total` emits it: the row, and +1 or −1.
@@ -51,6 +51,31 @@ pub struct Batch {
     pub analyses: Vec<AnalysisChange>,
     /// What became of the control records whose outcome is at these times (SPEC §11).
     pub controls: Vec<ControlOutcome>,
+    /// What each shadow rule set produced at these times (SPEC §12), by the shadow's
+    /// index; shorter than the shadows (or empty) when the last ones produced nothing.
+    pub shadows: Vec<ShadowBatch>,
+}
+
+/// A shadow rule set's part of a [`Batch`]: never decisions of record.
+#[derive(Clone, Debug, Default)]
+pub struct ShadowBatch {
+    /// Its decisions, ordered as the batch's own.
+    pub decisions: Vec<Decision>,
+    /// Its users' states, in timestamp order.
+    pub accounts: Vec<Account>,
+    /// The changes to its ten analyses.
+    pub analyses: Vec<AnalysisChange>,
+    /// The changes to its what-if analysis.
+    pub what_if: Vec<WhatIfChange>,
+}
+
+impl ShadowBatch {
+    fn append(&mut self, later: &mut ShadowBatch) {
+        self.decisions.append(&mut later.decisions);
+        self.accounts.append(&mut later.accounts);
+        self.analyses.append(&mut later.analyses);
+        self.what_if.append(&mut later.what_if);
+    }
 }
 
 impl Batch {
@@ -61,6 +86,21 @@ impl Batch {
         self.accounts.append(&mut later.accounts);
         self.analyses.append(&mut later.analyses);
         self.controls.append(&mut later.controls);
+        if self.shadows.len() < later.shadows.len() {
+            self.shadows
+                .resize_with(later.shadows.len(), ShadowBatch::default);
+        }
+        for (mine, theirs) in self.shadows.iter_mut().zip(later.shadows.iter_mut()) {
+            mine.append(theirs);
+        }
+    }
+
+    /// The part of shadow `index`, made if it is not there yet.
+    pub fn shadow_mut(&mut self, index: usize) -> &mut ShadowBatch {
+        if self.shadows.len() <= index {
+            self.shadows.resize_with(index + 1, ShadowBatch::default);
+        }
+        &mut self.shadows[index]
     }
 }
 
@@ -85,7 +125,7 @@ pub fn batch_sink(
         // A worker's own outputs stay where they are: no per-record copy into an exchange.
         Gather::PerWorker => sink_with(
             outputs,
-            (Pipeline, Pipeline, Pipeline, Pipeline),
+            (Pipeline, Pipeline, Pipeline, Pipeline, Pipeline),
             false,
             sender,
             probe,
@@ -97,6 +137,7 @@ pub fn batch_sink(
                 Exchange::new(|_: &Account| 0),
                 Exchange::new(|_: &AnalysisRecord| 0),
                 Exchange::new(|_: &ControlOutcome| 0),
+                Exchange::new(|_: &Shadowed| 0),
             ),
             true,
             sender,
@@ -110,9 +151,9 @@ type AnalysisRecord = ((AnalysisKey, Tally), Time, isize);
 
 /// The sink, with how each of its three inputs reaches it, and whether it sorts each
 /// batch's decisions.
-fn sink_with<D, A, X, C>(
+fn sink_with<D, A, X, C, S>(
     outputs: Outputs<'_>,
-    (d_pact, a_pact, x_pact, c_pact): (D, A, X, C),
+    (d_pact, a_pact, x_pact, c_pact, s_pact): (D, A, X, C, S),
     sort: bool,
     sender: Sender<Batch>,
     probe: &ProbeHandle<Time>,
@@ -121,12 +162,14 @@ fn sink_with<D, A, X, C>(
     A: ParallelizationContract<Time, Vec<Account>>,
     X: ParallelizationContract<Time, Vec<AnalysisRecord>>,
     C: ParallelizationContract<Time, Vec<ControlOutcome>>,
+    S: ParallelizationContract<Time, Vec<Shadowed>>,
 {
     let Outputs {
         decisions,
         accounts,
         analyses,
         controls,
+        shadows,
     } = outputs;
     let scope = decisions.scope();
     let analyses: StreamVec<'_, Time, AnalysisRecord> = analyses_stream(analyses);
@@ -135,6 +178,7 @@ fn sink_with<D, A, X, C>(
     let mut a_in = builder.new_input(accounts, a_pact);
     let mut x_in = builder.new_input(analyses, x_pact);
     let mut c_in = builder.new_input(controls, c_pact);
+    let mut s_in = builder.new_input(shadows, s_pact);
     // An output that carries no data: its frontier is that of the three inputs, so one
     // probe on it observes everything the sink observed.
     let (_done_out, done) = builder.new_output::<Vec<()>>();
@@ -177,6 +221,34 @@ fn sink_with<D, A, X, C>(
                     staged_c.push((t, std::mem::take(data)));
                 }
             });
+            let mut staged_s = Vec::new();
+            s_in.for_each(|cap, data| {
+                if let Some(t) = slot(&cap) {
+                    staged_s.push((t, std::mem::take(data)));
+                }
+            });
+            // A shadow's analysis changes, as the analyses', go with the time they carry.
+            for (t, data) in staged_s {
+                for (index, record) in data {
+                    let at = match &record {
+                        ShadowRecord::Analysis(_, at, _) | ShadowRecord::WhatIf(_, at, _) => *at,
+                        ShadowRecord::Decision(_) | ShadowRecord::Account(_) => t,
+                    };
+                    let part = pending
+                        .entry(at)
+                        .or_insert_with(|| Batch {
+                            time: at,
+                            ..Batch::default()
+                        })
+                        .shadow_mut(usize::from(index));
+                    match record {
+                        ShadowRecord::Decision(d) => part.decisions.push(d),
+                        ShadowRecord::Account(a) => part.accounts.push(a),
+                        ShadowRecord::Analysis(row, _, diff) => part.analyses.push((row, diff)),
+                        ShadowRecord::WhatIf(row, _, diff) => part.what_if.push((row, diff)),
+                    }
+                }
+            }
             for (t, mut data) in staged_c {
                 let batch = pending.get_mut(&t).expect("slot");
                 batch.controls.append(&mut data);
@@ -214,16 +286,13 @@ fn sink_with<D, A, X, C>(
                 if sort {
                     batch.decisions.sort_unstable_by_key(|d| (d.t, d.pos));
                     batch.controls.sort_unstable_by_key(|c| (c.at, c.pos));
+                    for part in &mut batch.shadows {
+                        part.decisions.sort_unstable_by_key(|d| (d.t, d.pos));
+                    }
                 }
                 match out.as_mut() {
                     None => out = Some(batch),
-                    Some(o) => {
-                        o.time = batch.time;
-                        o.decisions.append(&mut batch.decisions);
-                        o.accounts.append(&mut batch.accounts);
-                        o.analyses.append(&mut batch.analyses);
-                        o.controls.append(&mut batch.controls);
-                    }
+                    Some(o) => o.merge(batch),
                 }
             }
             if let Some(batch) = out {
@@ -264,11 +333,13 @@ mod tests {
                     let (x_in, analyses) =
                         scope.new_input::<Vec<((AnalysisKey, Tally), Time, isize)>>();
                     let (_, controls) = scope.new_input::<Vec<ControlOutcome>>();
+                    let (_, shadows) = scope.new_input::<Vec<Shadowed>>();
                     let outputs = Outputs {
                         decisions,
                         accounts,
                         analyses: analyses.as_collection(),
                         controls,
+                        shadows,
                     };
                     batch_sink(outputs, Gather::PerWorker, sender, &probe);
                     (d_in, a_in, x_in)

@@ -217,6 +217,7 @@
     clearTimeout(retryTimer);
     clearInterval(rulesTimer);
     rulesTimer = null;
+    stopWhatif();
     var open = stream;
     stream = null;          // so that the aborted read does not reconnect
     if (open) open.abort();
@@ -281,6 +282,7 @@
     clearTimeout(retryTimer);
     if (stream) stream.abort();
     fetchDataflow();
+    startWhatif();
     var ctl = new AbortController();
     stream = ctl;
     fetch("/api/stream", { headers: authHeaders(), cache: "no-store", signal: ctl.signal })
@@ -784,6 +786,228 @@
     set("h-time", health.closed_time_ms ? new Date(health.closed_time_ms).toISOString().slice(11, 19) + "Z" : "–");
     if (health.redis && !health.redis.connected) setConn("down", "Redis unreachable");
   }
+
+  // ---- what-if: shadow rule sets (SPEC §12) ----
+  // /api/whatif is polled once a second while the page is visible (the stream does not
+  // carry it). Each shadow decides every message again under its own rule set; its rows
+  // pair the status of record with the shadow's, one row per (primary, shadow) pair, so
+  // every message is in exactly one row. The card stays hidden while there is no shadow.
+  var WHATIF_POLL_MS = 1000;
+  var WHATIF_TIMEOUT_MS = 10000;
+  var WHATIF_404_SKIP = 14;     // no /api/whatif on this server: ask again every ~15 s
+  var ASSESSED = { approved: true, insufficient_balance: true, insufficient_limit: true, rejected_risk: true };
+  var HAS_BIG = typeof BigInt === "function";
+  var wiData = null;            // the latest payload, not yet drawn
+  var wiTimer = null;
+  var wiBusy = false;           // a request is in flight
+  var wiSkip = 0;               // ticks to skip (after a 404)
+  var wiUpdates = 0;
+
+  function startWhatif() {
+    if (!wiTimer) wiTimer = setInterval(pollWhatif, WHATIF_POLL_MS);
+    wiSkip = 0;
+    pollWhatif();
+  }
+
+  function stopWhatif() {
+    clearInterval(wiTimer);
+    wiTimer = null;
+  }
+
+  // Cents sums beyond 2^53 stay exact: long integer literals are read as strings, then
+  // summed as BigInt where the browser has it.
+  function wiParse(text) {
+    return JSON.parse(text.replace(/("amount_cents"\s*:\s*)(-?\d{16,})(?=\s*[,}\]])/g, '$1"$2"'));
+  }
+  function big(x) {
+    if (!HAS_BIG) return Number(x) || 0;
+    if (typeof x === "string" && /^-?\d+$/.test(x)) return BigInt(x);
+    var n = Math.round(Number(x));
+    return isFinite(n) ? BigInt(n) : BigInt(0);
+  }
+  function intStr(x) {
+    if (typeof x === "bigint") return x.toString();
+    return Math.abs(x) < 1e21 ? Number(x).toFixed(0) : String(x);
+  }
+  // "R$ 1,234.56" from an integer of cents, exactly.
+  function centsText(x) {
+    var s = intStr(x), neg = s.charAt(0) === "-";
+    if (neg) s = s.slice(1);
+    if (!/^\d+$/.test(s)) return "R$ " + s;
+    while (s.length < 3) s = "0" + s;
+    var reais = s.slice(0, -2).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    return (neg ? "−" : "") + "R$ " + reais + "." + s.slice(-2);
+  }
+  function shellWord(s) {
+    s = String(s);
+    return /^[A-Za-z0-9._:@%+=,\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\\''") + "'";
+  }
+  function numWord(x) { return typeof x === "number" && isFinite(x) ? String(x) : shellWord(x); }
+
+  function pollWhatif() {
+    if (wiBusy || document.hidden) return;
+    if (wiSkip > 0) { wiSkip--; return; }
+    wiBusy = true;
+    var ctl = typeof AbortController === "function" ? new AbortController() : null;
+    var killer = ctl ? setTimeout(function () { ctl.abort(); }, WHATIF_TIMEOUT_MS) : null;
+    fetch("/api/whatif", { headers: authHeaders(), cache: "no-store", signal: ctl ? ctl.signal : undefined })
+      .then(function (r) {
+        if (r.status === 401 || r.status === 403) { stopWhatif(); onWhatif(null); return null; }   // connect() starts it again after sign-in
+        if (r.status === 404) { wiSkip = WHATIF_404_SKIP; onWhatif(null); return null; }
+        if (!r.ok) return null;                                     // next tick
+        return r.text();
+      })
+      .then(function (t) { if (t != null) onWhatif(wiParse(t)); })
+      .catch(function () { /* next tick */ })
+      .then(function () { clearTimeout(killer); wiBusy = false; });
+  }
+
+  document.addEventListener("visibilitychange", function () { if (!document.hidden && wiTimer) pollWhatif(); });
+
+  function onWhatif(b) {
+    var list = b && Array.isArray(b.shadows) ? b.shadows : [];
+    if (!list.length) {
+      document.getElementById("whatif-card").hidden = true;
+      wiData = null;
+      return;
+    }
+    wiData = list;
+    dirty.__whatif = true;
+    schedule();
+  }
+
+  // The figures of one shadow from its rows.
+  function wiSummary(rowsIn) {
+    var s = { total: 0, changed: 0, blocked: 0, blockedCents: big(0), released: 0, releasedCents: big(0),
+      pa: 0, pAssessed: 0, sa: 0, sAssessed: 0, pairs: [] };
+    rowsIn.forEach(function (r) {
+      var n = Number(r.count) || 0, p = r.primary_status, q = r.shadow_status;
+      s.total += n;
+      if (ASSESSED[p]) s.pAssessed += n;
+      if (ASSESSED[q]) s.sAssessed += n;
+      if (p === "approved") s.pa += n;
+      if (q === "approved") s.sa += n;
+      if (p === q) return;
+      s.changed += n;
+      s.pairs.push(r);
+      if (p === "approved") { s.blocked += n; s.blockedCents += big(r.amount_cents); }
+      else if (q === "approved") { s.released += n; s.releasedCents += big(r.amount_cents); }
+    });
+    s.pairs.sort(function (x, y) {
+      return (Number(y.count) || 0) - (Number(x.count) || 0) ||
+        STATUSES.indexOf(x.primary_status) - STATUSES.indexOf(y.primary_status) ||
+        STATUSES.indexOf(x.shadow_status) - STATUSES.indexOf(y.shadow_status);
+    });
+    return s;
+  }
+
+  function statusBadge(st) {
+    return '<span class="badge ' + esc(st) + '">' + esc(String(st).replace(/_/g, " ")) + "</span>";
+  }
+
+  function wiPanel(sh) {
+    var r = sh.rules || {}, version = sh.version != null ? String(sh.version) : String(r.version || "");
+    var s = wiSummary(Array.isArray(sh.what_if) ? sh.what_if : []);
+    var cmd = "vtpga control rules " + (version.charAt(0) === "-" ? "--version=" + shellWord(version) : "--version " + shellWord(version)) +
+      " --risk-threshold " + numWord(r.risk_threshold) + " --max-delay-ms " + numWord(r.max_delay_ms) +
+      " --dedup-window-ms " + numWord(r.dedup_window_ms);
+    var rateOf = function (a, t) { return t ? pct(a / t) : "–"; };
+    var html = '<div class="wi-head"><b class="mono" title="' + esc(version) + '">' + esc(short(version, 48)) + "</b>" +
+      '<span class="wi-params">risk threshold <b>' + esc(r.risk_threshold != null ? String(r.risk_threshold) : "–") + "</b>" +
+      " · max delay <b>" + esc(span(r.max_delay_ms)) + "</b> · dedup window <b>" + esc(span(r.dedup_window_ms)) + "</b></span>" +
+      '<span class="wi-decided">' + fmt(Number(sh.decided) || 0) + " decided</span></div>";
+    html += '<div class="wi-figs">' +
+      '<div class="wi-fig block"><span>approvals it would block</span><b class="wi-approved-to-rejected" data-value="' + s.blocked + '">' + fmt(s.blocked) +
+        '</b><small class="wi-blocked-amount" data-value="' + intStr(s.blockedCents) + '">' + esc(centsText(s.blockedCents)) + "</small></div>" +
+      '<div class="wi-fig release"><span title="messages not approved of record that this set would approve">approvals it would add</span><b class="wi-rejected-to-approved" data-value="' + s.released + '">' + fmt(s.released) +
+        '</b><small class="wi-released-amount" data-value="' + intStr(s.releasedCents) + '">' + esc(centsText(s.releasedCents)) + "</small></div>" +
+      '<div class="wi-fig"><span>decisions changed</span><b class="wi-changed" data-value="' + s.changed + '">' + fmt(s.changed) +
+        "</b><small>" + (s.total ? pct(s.changed / s.total) + " of messages" : "–") + "</small></div>" +
+      '<div class="wi-fig"><span>messages compared</span><b class="wi-total" data-value="' + s.total + '">' + fmt(s.total) +
+        "</b><small>approved " + rateOf(s.pa, s.pAssessed) + " of record → " + rateOf(s.sa, s.sAssessed) + " shadow (of assessed)</small></div>" +
+      "</div>";
+    var body = s.pairs.map(function (p) {
+      var n = Number(p.count) || 0;
+      return '<tr data-primary="' + esc(p.primary_status) + '" data-shadow="' + esc(p.shadow_status) + '" data-count="' + n +
+        '" data-amount="' + esc(intStr(big(p.amount_cents))) + '"><td>' + statusBadge(p.primary_status) + '</td><td><span class="wi-arrow">→</span>' +
+        statusBadge(p.shadow_status) + '</td><td class="num">' + fmt(n) + '</td><td class="num">' + esc(centsText(big(p.amount_cents))) + "</td></tr>";
+    }).join("");
+    html += '<div class="tablewrap short"><table class="tx wi-pairs"><thead><tr><th>of record</th><th>shadow</th><th class="num">count</th><th class="num">amount</th></tr></thead><tbody>' +
+      (body || '<tr class="wi-empty"><td colspan="4">' + (s.total ? "no decision differs: this set decides every message as the record does" : "no message decided yet…") + "</td></tr>") +
+      "</tbody></table></div>";
+    html += '<div class="wi-help"><p>A shadow\'s decisions are never decisions of record: they reach no topic and move no balance. ' +
+      "To promote this set, publish it as a <code>rules</code> control record (it then applies to messages from its arrival, or <code>--effective-from</code>, on; " +
+      "the version must not have been used before):</p>" +
+      '<div class="wi-cmd"><code class="mono">' + esc(cmd) + '</code><button type="button" class="wi-copy" data-cmd="' + esc(cmd) + '">copy</button></div>' +
+      '<p class="wi-links"><a href="/api/shadows/' + esc(encodeURIComponent(version)) + '/analyses" data-api>its ten analyses (JSON)</a></p></div>';
+    return html;
+  }
+
+  function drawWhatif() {
+    var list = wiData;
+    if (!list) return;
+    wiData = null;
+    var card = document.getElementById("whatif-card"), box = document.getElementById("whatif-shadows");
+    var old = {};
+    Array.prototype.forEach.call(box.children, function (el) { old[el.getAttribute("data-version")] = el; });
+    var seen = {}, i = 0;
+    list.forEach(function (sh) {
+      var version = sh.version != null ? String(sh.version) : String((sh.rules || {}).version || "");
+      if (seen[version]) return;
+      seen[version] = true;
+      var el = old[version];
+      if (!el) {
+        el = document.createElement("section");
+        el.className = "wi-shadow";
+        el.setAttribute("data-version", version);
+      }
+      if (box.children[i] !== el) box.insertBefore(el, box.children[i] || null);
+      i++;
+      var html = wiPanel(sh);
+      if (el._wiHtml !== html) {   // unchanged figures leave the panel (and a selection in it) alone
+        var wrap = el.querySelector(".tablewrap"), left = wrap ? wrap.scrollLeft : 0, top = wrap ? wrap.scrollTop : 0;
+        el.innerHTML = html;
+        el._wiHtml = html;
+        wrap = el.querySelector(".tablewrap");
+        if (wrap) { wrap.scrollLeft = left; wrap.scrollTop = top; }
+      }
+    });
+    Object.keys(old).forEach(function (v) { if (!seen[v] && old[v].parentNode === box) box.removeChild(old[v]); });
+    var n = box.children.length;
+    document.getElementById("whatif-sub").textContent = n + " shadow rule set" + (n === 1 ? "" : "s") +
+      ": the same messages decided again as if each set had been in force from the start, compared with the decisions of record · updated every second";
+    card.hidden = false;
+    wiUpdates++;
+    card.setAttribute("data-updates", String(wiUpdates));
+    card.setAttribute("data-drawn", "true");
+  }
+
+  // Copy the command; links to JSON go with the token, as the footer's do.
+  document.getElementById("whatif-card").addEventListener("click", function (ev) {
+    var t = ev.target;
+    var btn = t && t.closest ? t.closest(".wi-copy") : null;
+    if (btn) {
+      var cmd = btn.getAttribute("data-cmd"), code = btn.parentNode.querySelector("code");
+      var done = function () { btn.textContent = "copied"; setTimeout(function () { btn.textContent = "copy"; }, 1500); };
+      var select = function () {
+        var range = document.createRange(), sel = window.getSelection();
+        range.selectNodeContents(code); sel.removeAllRanges(); sel.addRange(range);
+        btn.textContent = "selected";
+        setTimeout(function () { btn.textContent = "copy"; }, 1500);
+      };
+      if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(cmd).then(done, select);
+      else select();
+      return;
+    }
+    var a = t && t.closest ? t.closest("a[data-api]") : null;
+    if (!a || !token) return;
+    ev.preventDefault();
+    var w = window.open("", "_blank");
+    fetch(a.getAttribute("href"), { headers: authHeaders(), cache: "no-store" })
+      .then(function (r) { return r.blob(); })
+      .then(function (b) { if (w) w.location.href = URL.createObjectURL(b); })
+      .catch(function () { if (w) w.close(); });
+  });
 
   // ---- the operator graph (issue 16) ----
   // /api/dataflow and the stream's `dataflow` events carry the timely operators and their
@@ -1359,7 +1583,8 @@
     value_risk_distribution: drawValueRisk, hour_risk_outcome: drawHourRisk, state_approval: drawStates,
     insufficient_funds: drawFunds, mode_rejections: drawModes, minute_frequency: drawMinuteFrequency,
     distance_band_outcome: drawDistance, __recent: drawRecent, __health: drawHealth,
-    __rules: drawRules, __controls: drawControls, __dataflow: drawDataflow
+    __rules: drawRules, __controls: drawControls, __dataflow: drawDataflow,
+    __whatif: drawWhatif
   };
 
   function schedule() {

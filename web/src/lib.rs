@@ -35,6 +35,8 @@
 //! | `/api/transactions/{id}` | `{"id", "source", "decisions": [records in ledger order]}` (a transaction id can be carried by several messages: duplicates); `id` exactly as parsed (SPEC §8) |
 //! | `/api/users/{id}` | the user's reference values and account as of now: `{"id", "name", "region_id", "opening_balance_cents", "credit_limit_cents", "balance_cents", "credit_used_cents", "credit_available_cents", "last_approved_ms", "last_approved_event_time", "source"}`; with PostgreSQL (`users` left-joined with `accounts`) also `uf` and `last_approvals` (the newest 20 as payer); without it, from the live state (`crate::controls`: users changed by control records or seeded, `account_source` `batch` or `opening`); 404 when the user does not exist (deleted) or is not known to the live view |
 //! | `/api/rules` | `{"source", "in_force", "history" (in the order they applied, the initial set first), "pending"}`, each rule set `{"version", "risk_threshold", "max_delay_ms", "dedup_window_ms", "effective_ms", "partition", "offset"}` (no position: the initial set); with PostgreSQL from table `rule_sets` |
+//! | `/api/whatif` | `{"shadows": [{"version", "rules": {"version", "risk_threshold", "max_delay_ms", "dedup_window_ms"}, "decided", "what_if": [{"shadow", "primary_status", "shadow_status", "count", "amount_cents"}]}]}`: each shadow rule set (SPEC §12) of the pipeline in this process, live (embedded); `[]` without shadows |
+//! | `/api/shadows/{version}/analyses` | a shadow's ten analyses, as `/api/analyses`; 404 for an unknown version |
 //! | `/api/controls` | `{"changes": [the latest reference changes and rejected control records, newest first], "pending": [control records accepted for a later effective time]}`, live (embedded) |
 //! | `/healthz` | `{"status": "ok"}`, without the token: liveness, nothing else |
 //! | `/api/health` | health figures (503 when standalone and Redis is unreachable) |
@@ -319,6 +321,12 @@ impl App {
         let controls = warp::path!("api" / "controls")
             .and(with_app.clone())
             .map(|app: App| app.controls());
+        let what_if = warp::path!("api" / "whatif")
+            .and(with_app.clone())
+            .map(|app: App| json_reply(StatusCode::OK, &app.state.what_if_json()));
+        let shadow_analyses = warp::path!("api" / "shadows" / String / "analyses")
+            .and(with_app.clone())
+            .map(|version: String, app: App| app.shadow_analyses(&version));
         let dataflow = warp::path!("api" / "dataflow")
             .and(with_app.clone())
             .and(query)
@@ -351,6 +359,10 @@ impl App {
             .or(controls)
             .unify()
             .or(dataflow)
+            .unify()
+            .or(what_if)
+            .unify()
+            .or(shadow_analyses)
             .unify()
             .or(health)
             .unify()
@@ -579,6 +591,23 @@ impl App {
     }
 
     /// `GET /api/controls`: the latest reference changes and the pending control records.
+    /// `GET /api/shadows/{version}/analyses`, the version percent-encoded as an id is.
+    fn shadow_analyses(&self, encoded: &str) -> Response {
+        let Some(version) = decode(encoded) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the version must be percent-encoded UTF-8 (each % followed by two hex digits)",
+            );
+        };
+        match self.state.shadow_analyses_json(&version) {
+            Some(analyses) => json_reply(StatusCode::OK, &analyses),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no shadow rule set {version:?}"),
+            ),
+        }
+    }
+
     fn controls(&self) -> Response {
         let (changes, pending) = self.state.controls();
         let changes: Vec<&Value> = changes.iter().map(|v| &**v).collect();

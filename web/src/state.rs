@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
-use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
+use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, WhatIfKey, WhatIfTally, NAMES};
 use vtpga_dataflow::graph::{ControlOutcome, Decision, RuleChange};
 use vtpga_dataflow::model::{RuleSet, User};
 use vtpga_dataflow::record::DecisionRecord;
@@ -189,6 +189,38 @@ pub struct LiveState {
     workers: usize,
     /// The operator graph of the pipeline in this process, when it logs one (issue 16).
     dataflow: std::sync::OnceLock<Arc<dyn DataflowSource>>,
+    /// The shadow rule sets' analyses and what-if rows (SPEC §12), in the graph's order.
+    shadows: Mutex<Vec<ShadowLive>>,
+}
+
+/// What the live state keeps of one shadow rule set.
+struct ShadowLive {
+    rules: RuleSet,
+    rows: BTreeMap<AnalysisKey, Tally>,
+    what_if: BTreeMap<WhatIfKey, WhatIfTally>,
+}
+
+impl ShadowLive {
+    /// Keeps the per-minute rows of the newest `minutes` event-time minutes only, once
+    /// there are clearly more (SPEC §10: bounded, as the rows of record are).
+    fn bound_minutes(&mut self, minutes: usize) {
+        if self.rows.len() <= minutes * 6 + 256 {
+            return;
+        }
+        let minute_of = |k: &AnalysisKey| match k {
+            AnalysisKey::Minute(m) | AnalysisKey::DistanceMinute(m, _) => Some(*m),
+            _ => None,
+        };
+        let mut seen: Vec<i64> = self.rows.keys().filter_map(minute_of).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() <= minutes {
+            return;
+        }
+        let cutoff = seen[seen.len() - minutes];
+        self.rows
+            .retain(|k, _| minute_of(k).is_none_or(|m| m >= cutoff));
+    }
 }
 
 /// The live operator graph of the pipeline running in this process (issue 16): what
@@ -251,7 +283,81 @@ impl LiveState {
             started: Instant::now(),
             workers,
             dataflow: std::sync::OnceLock::new(),
+            shadows: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The shadow rule sets the pipeline decides beside the rules of record (SPEC §12),
+    /// in the order of the graph's shadow indexes.
+    pub fn set_shadows(&self, sets: &[RuleSet]) {
+        *self.shadows.lock().unwrap_or_else(|e| e.into_inner()) = sets
+            .iter()
+            .map(|rules| ShadowLive {
+                rules: rules.clone(),
+                rows: BTreeMap::new(),
+                what_if: BTreeMap::new(),
+            })
+            .collect();
+    }
+
+    /// Takes in the shadows' part of a batch.
+    fn observe_shadows(&self, batch: &Batch, minutes: usize) {
+        if batch.shadows.is_empty() {
+            return;
+        }
+        let mut shadows = self.shadows.lock().unwrap_or_else(|e| e.into_inner());
+        for (shadow, part) in shadows.iter_mut().zip(&batch.shadows) {
+            analyses::apply_changes(&mut shadow.rows, part.analyses.iter().cloned());
+            analyses::apply_what_if(&mut shadow.what_if, part.what_if.iter().cloned());
+            shadow.bound_minutes(minutes);
+        }
+    }
+
+    /// `GET /api/whatif`: each shadow's rule set, the messages it decided, and its
+    /// what-if rows (SPEC §12) as of the last batch.
+    pub fn what_if_json(&self) -> Value {
+        let copies: Vec<(RuleSet, BTreeMap<WhatIfKey, WhatIfTally>)> = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| (s.rules.clone(), s.what_if.clone()))
+            .collect();
+        self.rendering();
+        let shadows: Vec<Value> = copies
+            .into_iter()
+            .map(|(rules, rows)| {
+                // Every message decided is in one row.
+                let decided: i64 = rows.values().map(|t| t.count).sum();
+                json!({
+                    "version": rules.version,
+                    "rules": {
+                        "version": rules.version,
+                        "risk_threshold": rules.risk_threshold,
+                        "max_delay_ms": rules.max_delay_ms,
+                        "dedup_window_ms": rules.dedup_window_ms,
+                    },
+                    "decided": decided,
+                    "what_if": analyses::what_if_json(&rules.version, &rows),
+                })
+            })
+            .collect();
+        json!({ "shadows": shadows })
+    }
+
+    /// `GET /api/shadows/{version}/analyses`: the shadow's ten analyses as SPEC §8 JSON;
+    /// `None` when no shadow has that version.
+    pub fn shadow_analyses_json(&self, version: &str) -> Option<Value> {
+        let rows = self
+            .shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.rules.version == version)?
+            .rows
+            .clone();
+        self.rendering();
+        Some(analyses::to_json(&rows))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -427,7 +533,9 @@ impl LiveState {
         }
         inner.closed_time = Some(inner.closed_time.map_or(batch.time, |t| t.max(batch.time)));
         inner.last_batch_at = Some(now);
+        let minutes = inner.minute_limit;
         drop(inner);
+        self.observe_shadows(batch, minutes);
         self.notify.notify_one();
     }
 
