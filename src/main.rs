@@ -133,7 +133,9 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // With no subcommand, `vtpga` is `vtpga run` with the options given (and environment).
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or_else(|| Command::Run(Box::new(cli.run)));
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Run(Box::new(cli.run)));
     match command {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::replay(args),
