@@ -145,6 +145,11 @@ pub struct RunArgs {
     pub params: ParamArgs,
     #[command(flatten)]
     pub shadows: vtpga::args::ShadowArgs,
+    /// Where to write each shadow's outputs as `replay --shadow-out` does (`DIR/VERSION/`:
+    /// decisions in the order the workers' batches arrive, analyses, balances, what-if
+    /// rows), when the run ends.
+    #[arg(long, value_name = "DIR", requires = "shadow")]
+    pub shadow_out: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Live changes mixed into the generated stream (generator source only).
@@ -464,6 +469,28 @@ pub fn run(args: RunArgs) -> Result<()> {
         delivery: producer.as_ref().map(|p| p.stats.clone()),
         web: web.as_ref().map(|(state, _)| state.clone()),
     }));
+    let ledgers = args.shadow_out.is_some();
+    if let Some(dir) = &args.shadow_out {
+        let names: Vec<(String, String)> = shadows
+            .iter()
+            .map(|s| {
+                (
+                    s.version.to_string(),
+                    vtpga::args::shadow_dir_name(&s.version),
+                )
+            })
+            .collect();
+        let initial = vtpga_sinks::files::InitialReference {
+            users: reference.users.clone(),
+            regions: reference.regions.clone(),
+            rules: rules.clone(),
+        };
+        let files =
+            vtpga_sinks::files::ShadowFiles::create(dir, &names, &initial).map_err(|e| {
+                anyhow::anyhow!("creating the shadows' outputs in {}: {e}", dir.display())
+            })?;
+        followers.push(Box::new(files));
+    }
     let path = WritePath {
         record,
         producer: producer.clone(),
@@ -486,10 +513,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_in_flight: args.max_in_flight,
         resume: Arc::new(resume_point.state),
         view: dataflow_view,
-        // The live view shows the shadows' analyses and what-if rows only.
+        // The live view shows the shadows' analyses and what-if rows only; their files
+        // need their decisions and states too.
         shadows: vtpga_dataflow::graph::Shadows {
             sets: shadows,
-            ledgers: false,
+            ledgers,
         },
     };
     let held = stop.clone();

@@ -419,7 +419,26 @@ fn live_changes_through_kafka_equal_replay() {
         "confluent_client.py debezium",
     );
 
-    let summary = run_pipeline(&broker, dir, 2);
+    // A shadow rule set (SPEC §12) decides beside the rules of record; it does not follow
+    // the `rules` records.
+    let shadow = dir.join("shadow.json");
+    std::fs::write(
+        &shadow,
+        r#"{"version": "kafka-shadow", "risk_threshold": 0.9, "max_delay_ms": 2000, "dedup_window_ms": 60000}"#,
+    )
+    .expect("shadow file");
+    let live_shadows = dir.join("shadows-live");
+    let summary = run_pipeline_with(
+        &broker,
+        dir,
+        2,
+        &[
+            "--shadow",
+            path_str(&shadow),
+            "--shadow-out",
+            path_str(&live_shadows),
+        ],
+    );
 
     let consumed = read_topic(&broker, TOPIC);
     let controls = read_topic(&broker, CONTROL);
@@ -427,12 +446,52 @@ fn live_changes_through_kafka_equal_replay() {
     let live = dir.join("consumed-live.jsonl");
     write_live_capture(&consumed, &controls, &live);
     let balances = dir.join("replayed-balances.csv");
+    let replayed_shadows = dir.join("shadows-replayed");
     let mut expected = replay(
         &live,
         dir,
         &dir.join("replayed.jsonl"),
         &dir.join("replayed-analyses.json"),
-        &["--balances", path_str(&balances)],
+        &[
+            "--balances",
+            path_str(&balances),
+            "--shadow",
+            path_str(&shadow),
+            "--shadow-out",
+            path_str(&replayed_shadows),
+        ],
+    );
+    // The shadow's outputs of the live run are the replay's (its decisions in the order
+    // the workers' batches came: compared as a set).
+    for file in ["analyses.json", "balances.csv", "what_if.json"] {
+        let live = std::fs::read(live_shadows.join("kafka-shadow").join(file)).expect(file);
+        let replayed = std::fs::read(replayed_shadows.join("kafka-shadow").join(file)).expect(file);
+        assert!(
+            live == replayed,
+            "the shadow's {file} from Kafka differs from the replay's"
+        );
+    }
+    let lines = |root: &std::path::Path| -> Vec<String> {
+        let mut l: Vec<String> = std::fs::read_to_string(root.join("kafka-shadow/decisions.jsonl"))
+            .expect("shadow decisions")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    let shadow_decisions = lines(&replayed_shadows);
+    assert_eq!(lines(&live_shadows), shadow_decisions);
+    assert_eq!(
+        shadow_decisions.len(),
+        consumed.len(),
+        "a shadow decision per message"
+    );
+    assert!(
+        shadow_decisions
+            .iter()
+            .all(|d| d.contains("\"rules_version\":\"kafka-shadow\"")),
+        "the shadow follows no rules record"
     );
     let mut got: Vec<String> = read_topic(&broker, DECISIONS)
         .iter()
