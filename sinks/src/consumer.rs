@@ -394,6 +394,7 @@ mod tests {
             }],
             analyses: Vec::new(),
             controls: Vec::new(),
+            shadows: Vec::new(),
         }
     }
 

@@ -812,6 +812,7 @@ mod tests {
                 accounts: Vec::new(),
                 analyses,
                 controls: Vec::new(),
+                shadows: Vec::new(),
             }
         }
     }

@@ -246,6 +246,7 @@ fn main() -> anyhow::Result<()> {
                 accounts: Vec::new(),
                 analyses: changes,
                 controls,
+                shadows: Vec::new(),
             },
             now_us(),
         );

@@ -1250,6 +1250,7 @@ mod tests {
             accounts: Vec::new(),
             analyses,
             controls: Vec::new(),
+            shadows: Vec::new(),
         }
     }
 

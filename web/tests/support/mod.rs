@@ -125,6 +125,7 @@ impl Feeder {
             accounts: Vec::new(),
             analyses: adds,
             controls: Vec::new(),
+            shadows: Vec::new(),
         }
     }
 }
