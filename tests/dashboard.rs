@@ -158,6 +158,22 @@ impl Drop for Browser {
     }
 }
 
+/// Waits (up to a minute) until the run served at `web` has decided `count` messages.
+fn wait_decided(web: u16, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = json_of(web, "GET", "/api/health", None);
+        if health["decisions"].as_u64() == Some(count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The approved count according to the API.
 fn api_approved(port: u16) -> i64 {
     let analyses = json_of(port, "GET", "/api/analyses", None);
@@ -259,18 +275,7 @@ fn dashboard_draws_every_analysis_and_follows_the_pipeline() {
         "approved count did not move: {first} then {second}"
     );
     // Once the generator is done, the page agrees with the API.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let health = json_of(web, "GET", "/api/health", None);
-        if health["decisions"].as_u64() == Some(24000) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish: {health}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_decided(web, 24000);
     let api = api_approved(web);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -478,18 +483,7 @@ fn dashboard_shows_the_what_if_of_a_shadow() {
     ));
     wait_port(web, "the dashboard");
     let browser = Browser::open(web);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let health = json_of(web, "GET", "/api/health", None);
-        if health["decisions"].as_u64() == Some(12000) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish: {health}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_decided(web, 12000);
     // What the API says, summed as the card sums it.
     let api = json_of(web, "GET", "/api/whatif", None);
     let shadows = api["shadows"].as_array().expect("shadows");

@@ -408,7 +408,7 @@ struct Observed {
 }
 
 fn run_dataflow(records: Vec<CaptureRecord>, workers: usize, params: Params) -> Observed {
-    run_with_shadows(records, workers, params, Vec::new()).0
+    run_with_shadows(records, workers, params, Vec::new(), true).0
 }
 
 /// What one ledger (of record, or a shadow's) produced, as batches bring it.
@@ -478,12 +478,14 @@ impl Ledger {
 type WhatIf = BTreeMap<analyses::WhatIfKey, analyses::WhatIfTally>;
 
 /// The dataflow with `shadows` (SPEC §12): what the ledger of record produced, and each
-/// shadow's, with its what-if rows.
+/// shadow's, with its what-if rows; `live`: whether the graph follows control records
+/// (without, the rule set of record never changes and shadows may share its rules 1–3).
 fn run_with_shadows(
     records: Vec<CaptureRecord>,
     workers: usize,
     params: Params,
     shadows: Vec<RuleSet>,
+    live: bool,
 ) -> (Observed, Vec<(Observed, WhatIf)>) {
     let messages = Arc::new(prepare(records).messages);
     let reference = Arc::new(Reference {
@@ -497,7 +499,7 @@ fn run_with_shadows(
         reference: reference.clone(),
         params,
         rules: vtpga_dataflow::RuleSet::of(&params, "default"),
-        live_changes: true,
+        live_changes: live,
         gather: Gather::ToWorkerZero,
         max_in_flight: 1000,
         resume: Default::default(),
@@ -613,18 +615,8 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
 fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs, controls) = live_capture(steps);
     let (ref_regions, ref_users) = ref_reference();
-    let expected = vtpga_reference::run_live(
-        &ref_regions,
-        &ref_users,
-        &msgs,
-        &controls,
-        &RefRules {
-            version: "default".into(),
-            max_delay_ms: MAX_DELAY,
-            dedup_window_ms: WINDOW,
-            risk_threshold: 0.5,
-        },
-    );
+    let expected =
+        vtpga_reference::run_live(&ref_regions, &ref_users, &msgs, &controls, &default_rules());
     let epochs = if epoch_ms == 1 {
         vec![1]
     } else {
@@ -638,6 +630,17 @@ fn check_with(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
         matches_reference(&got, &expected, workers, epoch_ms, true)?;
     }
     Ok(())
+}
+
+/// The model's rule set of record, as the reference takes it (the graph's is
+/// `RuleSet::of(&params(_), "default")`).
+fn default_rules() -> RefRules {
+    RefRules {
+        version: "default".into(),
+        max_delay_ms: MAX_DELAY,
+        dedup_window_ms: WINDOW,
+        risk_threshold: 0.5,
+    }
 }
 
 /// The model's reference data as the reference implementation takes it.
@@ -663,9 +666,17 @@ fn ref_reference() -> (Vec<RefRegion>, Vec<RefUser>) {
     (regions, users)
 }
 
-/// The shadows of the property below: one stricter in every rule, one looser.
+/// The shadows of the properties below: one stricter in every rule, one looser, one
+/// that differs from the rules of record in its threshold only (rules 1–3 shared when the
+/// rules of record cannot change).
 fn shadow_sets() -> Vec<RuleSet> {
     vec![
+        RuleSet {
+            version: "threshold".into(),
+            risk_threshold: 0.4,
+            max_delay_ms: MAX_DELAY,
+            dedup_window_ms: WINDOW,
+        },
         RuleSet {
             version: "strict".into(),
             risk_threshold: 0.3,
@@ -681,26 +692,18 @@ fn shadow_sets() -> Vec<RuleSet> {
     ]
 }
 
-/// The dataflow with two shadows (SPEC §12), with 1, 2 and 3 workers, one millisecond
+/// The dataflow with three shadows (SPEC §12), with 1, 2 and 3 workers, one millisecond
 /// and `epoch_ms` per cell: the ledger of record is the reference's run without shadows;
 /// each shadow is the reference's run with its rule set from the start and the control
 /// records but the `rules` ones; its what-if rows are the pairs of statuses of record and
 /// shadow statuses, with the amounts of the messages that parsed, counted here.
 fn check_shadows(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs, controls) = live_capture(steps);
+    // Without control records the graph need not follow them (as `replay` does not).
+    let live = !controls.is_empty();
     let (ref_regions, ref_users) = ref_reference();
-    let primary_expected = vtpga_reference::run_live(
-        &ref_regions,
-        &ref_users,
-        &msgs,
-        &controls,
-        &RefRules {
-            version: "default".into(),
-            max_delay_ms: MAX_DELAY,
-            dedup_window_ms: WINDOW,
-            risk_threshold: 0.5,
-        },
-    );
+    let primary_expected =
+        vtpga_reference::run_live(&ref_regions, &ref_users, &msgs, &controls, &default_rules());
     let no_rules: Vec<RefControl> = controls
         .iter()
         .filter(|c| !matches!(c.change, Some(RefChange::Rules(_))))
@@ -731,8 +734,13 @@ fn check_shadows(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
         .collect();
     for workers in [1, 2, 3] {
         for epoch_ms in [1, epoch_ms] {
-            let (primary, shadows) =
-                run_with_shadows(records.clone(), workers, params(epoch_ms), sets.clone());
+            let (primary, shadows) = run_with_shadows(
+                records.clone(),
+                workers,
+                params(epoch_ms),
+                sets.clone(),
+                live,
+            );
             matches_reference(&primary, &primary_expected, workers, epoch_ms, true)?;
             prop_assert_eq!(shadows.len(), sets.len());
             for ((got, what_if), want) in shadows.iter().zip(&expected) {
@@ -872,6 +880,16 @@ proptest! {
     #[test]
     fn shadows_decide_as_replays_with_their_rules(
         steps in prop::collection::vec(live_step(), 1..80),
+        epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
+    ) {
+        check_shadows(&steps, epoch_ms)?;
+    }
+
+    /// The same without control records: the graph does not follow them, and the shadow
+    /// whose rules 1–3 agree with the record's shares them.
+    #[test]
+    fn shadows_without_live_changes_decide_as_replays_with_their_rules(
+        steps in prop::collection::vec(step(), 1..80),
         epoch_ms in prop_oneof![Just(2u64), Just(8), Just(64), Just(1024)],
     ) {
         check_shadows(&steps, epoch_ms)?;

@@ -87,6 +87,11 @@ fn replay_with_shadows_equals_replays_with_their_rules() {
             "loose/1",
             r#"{"version": "loose/1", "risk_threshold": 0.8, "max_delay_ms": 5000, "dedup_window_ms": 60000}"#,
         ),
+        // Rules 1–3 as the record's (the defaults): they are shared.
+        (
+            "threshold",
+            r#"{"version": "threshold", "risk_threshold": 0.4, "max_delay_ms": 1000, "dedup_window_ms": 300000}"#,
+        ),
     ];
     for (i, (_, json)) in sets.iter().enumerate() {
         std::fs::write(format!("{dir}/shadow{i}.json"), json).expect("shadow file");
@@ -107,6 +112,8 @@ fn replay_with_shadows_equals_replays_with_their_rules() {
             format!("{dir}/shadow0.json"),
             "--shadow".into(),
             format!("{dir}/shadow1.json"),
+            "--shadow".into(),
+            format!("{dir}/shadow2.json"),
             "--shadow-out".into(),
             format!("{dir}/shadows-w{w}"),
         ]);

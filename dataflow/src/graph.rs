@@ -443,6 +443,10 @@ pub fn build<'s>(
         book.clone(),
         params,
     );
+    // Rules 1–3 of record, for the shadows whose parameters of those rules agree with
+    // it: only while the rule set of record cannot change (no live changes).
+    let record_dedup = (!live && resume.rules.is_empty() && !shadows.sets.is_empty())
+        .then(|| (rules.clone(), pending.clone(), decided_early.clone()));
     let (decided, accounts) = decide(
         scope,
         pending,
@@ -459,6 +463,7 @@ pub fn build<'s>(
         Some((pending, invalid, regions, users, user_events)) => shadow::shadows(
             shadows,
             &decisions,
+            record_dedup.as_ref(),
             &pending,
             &invalid,
             &regions,

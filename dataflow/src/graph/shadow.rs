@@ -36,6 +36,13 @@ pub enum ShadowRecord {
     WhatIf((WhatIfKey, WhatIfTally), Time, isize),
 }
 
+/// The rule set of record, what passed its rules 1–3 and what they decided.
+pub(super) type RecordDedup<'s> = (
+    RuleSet,
+    StreamVec<'s, Time, Pending>,
+    StreamVec<'s, Time, Decision>,
+);
+
 /// A shadow record with its shadow's index.
 pub type Shadowed = (u16, ShadowRecord);
 
@@ -46,6 +53,7 @@ pub type Shadowed = (u16, ShadowRecord);
 pub(super) fn shadows<'s>(
     spec: &Shadows,
     primary: &StreamVec<'s, Time, Decision>,
+    record_dedup: Option<&RecordDedup<'s>>,
     pending: &StreamVec<'s, Time, Pending>,
     invalid: &StreamVec<'s, Time, Decision>,
     regions: &RefArranged<'s, RegionVal>,
@@ -61,14 +69,31 @@ pub(super) fn shadows<'s>(
         // resume state.
         let book = RuleBook::new(set.clone(), &[]);
         let no_rules = Vec::<RuleChange>::new().to_stream(scope);
-        let (passed, decided_early) = dedup(
-            pending.clone(),
-            invalid.clone(),
-            Vec::<(String, Time)>::new().to_stream(scope),
-            no_rules.clone(),
-            book.clone(),
-            params,
-        );
+        let (passed, decided_early) = match record_dedup {
+            // Rules 1–3 decide as the record's do: what passed them is shared, and what
+            // they decided is the shadow's too, under its version.
+            Some((record, passed, early))
+                if record.max_delay_ms == set.max_delay_ms
+                    && record.dedup_window_ms == set.dedup_window_ms =>
+            {
+                let version = Id::from(set.version.as_str());
+                (
+                    passed.clone(),
+                    early.clone().map(move |mut d| {
+                        d.rules_version.clone_from(&version);
+                        d
+                    }),
+                )
+            }
+            _ => dedup(
+                pending.clone(),
+                invalid.clone(),
+                Vec::<(String, Time)>::new().to_stream(scope),
+                no_rules.clone(),
+                book.clone(),
+                params,
+            ),
+        };
         let (decided, accounts) = decide(
             scope,
             passed,
