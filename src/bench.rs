@@ -64,8 +64,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub shadows: vtpga::args::ShadowArgs,
     /// Measure the plain graph and, taking turns with it repetition by repetition, each
-    /// variant asked for: with the operator figures logged (`--dataflow-view`), with the
-    /// first 1, 2, ... of the `--shadow` sets; a row for each.
+    /// variant asked for: with the control records of `--control-every` (the plain graph
+    /// then gets the same messages without them), with the operator figures logged
+    /// (`--dataflow-view`), with the first 1, 2, ... of the `--shadow` sets; a row for
+    /// each.
     #[arg(long)]
     pub interleave: bool,
 }
@@ -409,25 +411,74 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "{:<38} {:>7} {:>12} {:>10} {:>20} {:>12}",
         "input", "workers", "tx/s", "setup ms", "tx/s (with setup)", "x reference"
     );
-    // What each row measures: (label suffix, operator figures logged, shadow sets). With
-    // --interleave, the plain graph and each variant take turns, repetition by repetition.
-    let variants: Vec<(String, bool, Vec<vtpga_dataflow::RuleSet>)> = if args.interleave {
-        let mut v = vec![(String::new(), false, Vec::new())];
+    // What each row measures. With --interleave, the plain graph and each variant take
+    // turns, repetition by repetition.
+    #[derive(Clone)]
+    struct Variant {
+        suffix: String,
+        /// With the control records (if any were generated).
+        controls: bool,
+        /// Operator figures logged.
+        logged: bool,
+        shadows: Vec<vtpga_dataflow::RuleSet>,
+    }
+    let variants: Vec<Variant> = if args.interleave {
+        let plain = Variant {
+            suffix: String::new(),
+            controls: false,
+            logged: false,
+            shadows: Vec::new(),
+        };
+        let mut v = Vec::new();
+        if !input.reference_controls.is_empty() {
+            v.push(Variant {
+                suffix: " + changes".to_owned(),
+                controls: true,
+                ..plain.clone()
+            });
+        }
         if args.dataflow_view {
-            v.push((" + view".to_owned(), true, Vec::new()));
+            v.push(Variant {
+                suffix: " + view".to_owned(),
+                logged: true,
+                ..plain.clone()
+            });
         }
         for k in 1..=shadows.len() {
-            v.push((format!(" + {k} shadow(s)"), false, shadows[..k].to_vec()));
+            v.push(Variant {
+                suffix: format!(" + {k} shadow(s)"),
+                shadows: shadows[..k].to_vec(),
+                ..plain.clone()
+            });
         }
+        v.insert(0, plain);
         v
     } else {
-        vec![(String::new(), args.dataflow_view, shadows.clone())]
+        vec![Variant {
+            suffix: String::new(),
+            controls: true,
+            logged: args.dataflow_view,
+            shadows: shadows.clone(),
+        }]
     };
+    let without_controls = |messages: &[Incoming]| -> Vec<Incoming> {
+        messages
+            .iter()
+            .filter(|m| !matches!(m.body, Body::Control(_)))
+            .cloned()
+            .collect()
+    };
+    let plain_parsed = Arc::new(without_controls(&input.parsed));
+    let plain_raw = Arc::new(without_controls(&input.raw));
     let parsed = Arc::new(input.parsed);
     let raw = Arc::new(input.raw);
-    for (label, messages) in [
-        ("(a) parsed, decisions + 10 analyses", &parsed),
-        ("(b) raw JSON, decisions + 10 analyses", &raw),
+    for (label, messages, plain_messages) in [
+        (
+            "(a) parsed, decisions + 10 analyses",
+            &parsed,
+            &plain_parsed,
+        ),
+        ("(b) raw JSON, decisions + 10 analyses", &raw, &plain_raw),
     ] {
         if args.parsed_only && label.starts_with("(b)") {
             continue;
@@ -435,17 +486,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for &workers in &args.workers {
             let mut best: Vec<Option<Run>> = vec![None; variants.len()];
             for _ in 0..args.repeat {
-                for (variant, (_, logged, shadows)) in variants.iter().enumerate() {
+                for (index, variant) in variants.iter().enumerate() {
                     use std::sync::atomic::Ordering::Relaxed;
                     use vtpga_dataflow::graph::{LATE_CREDITS, REDECIDED};
                     let (redone, absorbed) = (REDECIDED.load(Relaxed), LATE_CREDITS.load(Relaxed));
                     let run = run_graph(
                         workers,
                         &reference,
-                        messages.as_slice(),
+                        if variant.controls {
+                            messages.as_slice()
+                        } else {
+                            plain_messages.as_slice()
+                        },
                         epoch_ms,
-                        *logged,
-                        shadows,
+                        variant.logged,
+                        &variant.shadows,
                     )?;
                     eprintln!(
                         "{label}, {workers} worker(s): {} late credit(s), {} decision(s) changed by one",
@@ -459,13 +514,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                             args.count
                         );
                     }
-                    let slot = &mut best[variant];
+                    let slot = &mut best[index];
                     if slot.as_ref().is_none_or(|b| run.messages < b.messages) {
                         *slot = Some(run);
                     }
                 }
             }
-            for ((suffix, _, _), best) in variants.iter().zip(best) {
+            for (Variant { suffix, .. }, best) in variants.iter().zip(best) {
                 let best = best.expect("repeat is positive");
                 println!(
                     "{:<38} {:>7} {:>12.0} {:>10.0} {:>20.0} {:>12.2}",

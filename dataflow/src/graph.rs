@@ -142,23 +142,32 @@ pub struct RegionVal {
     pub geo: Geo,
 }
 
-/// The value of the users arrangement, keyed by user id: the user joined with its home region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The value of the users arrangement, keyed by user id. The home region is kept by id
+/// and read, as of each message's time, from the regions arrangement: a region's change
+/// is one update, not one per user living there (SPEC §11), and a user whose home region
+/// is unknown at `t` is unknown at `t` (SPEC §6).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserVal {
-    /// Coordinates of the user's home region.
-    pub home: Geo,
-    /// Opening balance in cents, from the reference data.
+    /// The user's home region id.
+    pub home: Id,
+    /// The opening balance and credit limit.
+    pub opening: Opening,
+}
+
+/// What a user's state starts from: its opening balance and credit limit, from the
+/// reference data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Opening {
+    /// Opening balance in cents.
     pub balance_cents: Cents,
-    /// Credit limit in cents, from the reference data.
+    /// Credit limit in cents.
     pub credit_limit_cents: Cents,
 }
 
-impl UserVal {
-    /// What a user's state starts from when only its opening balance and limit are known
-    /// (its home is not read by the state).
-    pub fn opening(balance_cents: Cents, credit_limit_cents: Cents) -> Self {
-        UserVal {
-            home: Geo::new(0.0, 0.0),
+impl Opening {
+    /// A user's opening balance and credit limit.
+    pub fn new(balance_cents: Cents, credit_limit_cents: Cents) -> Self {
+        Opening {
             balance_cents,
             credit_limit_cents,
         }
@@ -279,7 +288,7 @@ pub struct Credit {
     /// The approved amount, in cents.
     pub amount_cents: Cents,
     /// The payee's reference data, in case its owner has not yet touched its state.
-    pub payee_ref: UserVal,
+    pub payee_ref: Opening,
     /// When it applies: its approval's time + 1.
     pub at: Time,
     /// +1, or -1 when its approval's owner took it back (it decided that approval again

@@ -51,7 +51,7 @@ use super::*;
 
 /// A user's funds before its first change: from the state at the resume point if it has
 /// one, else from its reference data (the credit limit is always the reference's).
-fn initial_funds(r: &UserVal, resumed: Option<Account>) -> rules::Funds {
+fn initial_funds(r: &Opening, resumed: Option<Account>) -> rules::Funds {
     match resumed.filter(|a| !a.deleted) {
         Some(a) => rules::Funds {
             balance_cents: a.balance_cents,
@@ -177,7 +177,7 @@ struct Due {
     at: Time,
     payee: Id,
     amount_cents: Cents,
-    payee_ref: UserVal,
+    payee_ref: Opening,
 }
 
 /// A credit to one of this worker's payees from a final approval, not yet final itself.
@@ -205,7 +205,7 @@ type Finalized = (Vec<(Time, Decision)>, Vec<(Time, Account)>);
 
 /// Late changes of balance still to take into account: by (time, user), the user's
 /// reference data and the sum of the changes.
-type Work = BTreeMap<(Time, CompactString), (UserVal, Cents)>;
+type Work = BTreeMap<(Time, CompactString), (Opening, Cents)>;
 
 /// One worker's ledger: the final state, the messages executed but not yet final, and
 /// what is needed to execute them again.
@@ -264,7 +264,7 @@ impl Ledger {
     }
 
     /// The executed funds of `user` (made from `reference` if it has none).
-    fn exec_funds(&mut self, user: &str, reference: &UserVal) -> &mut rules::Funds {
+    fn exec_funds(&mut self, user: &str, reference: &Opening) -> &mut rules::Funds {
         Self::exec_of(&mut self.users, &mut self.resumed, user, reference)
     }
 
@@ -272,7 +272,7 @@ impl Ledger {
         users: &'a mut RefIndex<UserVal, Option<Final>>,
         resumed: &mut HashMap<CompactString, Account>,
         user: &str,
-        reference: &UserVal,
+        reference: &Opening,
     ) -> &'a mut rules::Funds {
         let slot = users.state_of(user);
         match slot {
@@ -308,7 +308,7 @@ impl Ledger {
                 opening_cents,
                 limit_cents,
             } => {
-                let reference = UserVal::opening(opening_cents, limit_cents);
+                let reference = Opening::new(opening_cents, limit_cents);
                 let funds = self.exec_funds(&e.user, &reference);
                 // Past the range of i64 cents a balance stops at the bound (SPEC silent).
                 funds.balance_cents = funds.balance_cents.saturating_add(amount_cents);
@@ -379,7 +379,7 @@ impl Ledger {
     fn redecide(
         &mut self,
         user: &str,
-        reference: &UserVal,
+        reference: &Opening,
         at: Time,
         delta: Cents,
         work: &mut Work,
@@ -444,7 +444,7 @@ impl Ledger {
             let (t, payee) = (p.t, p.tx.payee.clone());
             let payee_ref = self
                 .users
-                .get(&payee, t, |u| *u)
+                .get(&payee, t, |u| u.opening)
                 .expect("a payee decided once is known at its time");
             if self.owns(&payee) {
                 if t + 1 >= self.exec_upto {
@@ -576,16 +576,28 @@ impl Ledger {
                 ..Outcome::plain(Status::UnknownReference)
             };
         }
-        let region = self
-            .regions
-            .get(&region_id, t, |r| (r.geo, Id::from(r.uf.as_str())));
-        let payee = self.users.get(&payee_id, t, |u| *u);
-        let payer = match (&region, payee) {
-            (Some(_), Some(_)) => self.users.get_with_state(&payer_id, t),
+        // A user is known at `t` when it and its home region are (SPEC §6).
+        let regions = &mut self.regions;
+        let region = regions.get(&region_id, t, |r| (r.geo, Id::from(r.uf.as_str())));
+        let payee = self
+            .users
+            .get(&payee_id, t, |u| {
+                regions.get(&u.home, t, |home| (home.geo, u.opening))
+            })
+            .flatten();
+        let payer = match (&region, &payee) {
+            (Some(_), Some(_)) => self
+                .users
+                .get_with_state(&payer_id, t)
+                .and_then(|(u, slot)| {
+                    Some((regions.get(&u.home, t, |home| home.geo)?, u.opening, slot))
+                }),
             _ => None,
         };
         let known = (region.is_some(), payee.is_some());
-        let (Some((region, uf)), Some(payee), Some((payer, slot))) = (region, payee, payer) else {
+        let (Some((region, uf)), Some((payee_home, payee)), Some((payer_home, payer, slot))) =
+            (region, payee, payer)
+        else {
             // Which reference, not its id: the id is in the record already, exactly as
             // parsed (SPEC §8), however long or odd it is.
             let what = match known {
@@ -606,8 +618,8 @@ impl Ledger {
         // The scores are kept even for a stale message: a late credit may change which
         // approval was the payer's last, and so whether it is stale.
         let hour = rules::local_hour(event_ms);
-        let scores = rules::scores(amount_cents, hour, self.km.km(&payer.home, &region));
-        let home_band = rules::distance_band(self.km.km(&payer.home, &payee.home));
+        let scores = rules::scores(amount_cents, hour, self.km.km(&payer_home, &region));
+        let home_band = rules::distance_band(self.km.km(&payer_home, &payee_home));
         let funds = match slot {
             None => slot
                 .insert(Final::new(initial_funds(
@@ -722,7 +734,7 @@ impl Ledger {
                     // user that has its id at the approval's time (SPEC §11).
                     let r = self
                         .users
-                        .get(&d.payee, t - 1, |u| *u)
+                        .get(&d.payee, t - 1, |u| u.opening)
                         .expect("an approved payee is known at its time");
                     let f = self.users.state_of(&d.payee).as_mut().expect("just seen");
                     Self::final_funds(f, &r);
@@ -777,7 +789,7 @@ impl Ledger {
                         opening_cents,
                         limit_cents,
                     } => {
-                        let reference = UserVal::opening(opening_cents, limit_cents);
+                        let reference = Opening::new(opening_cents, limit_cents);
                         let f = Self::final_slot(
                             &mut self.users,
                             &mut self.resumed,
@@ -813,7 +825,7 @@ impl Ledger {
                         // starts from its reference data, as execution's did.
                         let r = self
                             .users
-                            .get(&p.tx.payer, t, |u| *u)
+                            .get(&p.tx.payer, t, |u| u.opening)
                             .expect("an approved payer is known at its time");
                         let f = self
                             .users
@@ -851,7 +863,7 @@ impl Ledger {
         users: &'a mut RefIndex<UserVal, Option<Final>>,
         resumed: &mut HashMap<CompactString, Account>,
         user: &str,
-        reference: &UserVal,
+        reference: &Opening,
     ) -> &'a mut Final {
         users
             .state_of(user)
@@ -861,7 +873,7 @@ impl Ledger {
     /// The final funds of a user that has state in execution: made from `reference` if
     /// the user was deleted and created again since (a new user starts from its opening
     /// balance; execution made its state the same way).
-    fn final_funds<'a>(f: &'a mut Final, reference: &UserVal) -> &'a mut rules::Funds {
+    fn final_funds<'a>(f: &'a mut Final, reference: &Opening) -> &'a mut rules::Funds {
         f.funds
             .get_or_insert_with(|| initial_funds(reference, None))
     }

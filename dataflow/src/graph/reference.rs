@@ -20,39 +20,32 @@ use crate::model::Time;
 
 use super::*;
 
-/// Arranges the reference data: regions by id, and users joined with their home region
-/// by id. A user whose home region is unknown is not in the arrangement (SPEC §6 needs it).
+/// Arranges the reference data: regions by id, and users by id with their home region's
+/// id (read as of each message's time from the regions: SPEC §6 needs the home region
+/// known).
 pub fn arrange_reference<'s>(
     regions: VecCollection<'s, Time, RegionRow, i64>,
     users: VecCollection<'s, Time, UserRow, i64>,
 ) -> (RefArranged<'s, RegionVal>, RefArranged<'s, UserVal>) {
     // Reference data is small and read by every message, so every worker arranges all of
-    // it: `Decide` reads payer, payee and region where the payer's state is, with no
+    // it: `Decide` reads payer, payee and regions where the payer's state is, with no
     // exchange, and a keyed collection joined with it (the analyses' region tallies)
-    // still meets each key exactly once.
+    // still meets each key exactly once. Users are not joined with their regions: a
+    // region's change (SPEC §11) would change every user living there (a thousand
+    // updates for one), and every worker would read them all again.
     let regions = replicated(regions, "ArrangeRegions");
-    let users_by_region = replicated(
-        users.map(|(id, region, balance, limit)| (region, (id, balance, limit))),
-        "ArrangeUsersByRegion",
-    );
-    let users =
-        users_by_region.join_core(regions.clone(), |_region, (id, balance, limit), home| {
-            Some((
-                id.clone(),
+    let users = replicated(
+        users.map(|(id, region, balance, limit)| {
+            (
+                id,
                 UserVal {
-                    home: home.geo,
-                    balance_cents: *balance,
-                    credit_limit_cents: *limit,
+                    home: Id::from(region),
+                    opening: Opening::new(balance, limit),
                 },
-            ))
-        });
-    // The join ran on every worker over all the data: arrange its output where it is.
-    let users = arrange_core::<
-        _,
-        _,
-        ValBatcher<String, UserVal, Time, i64>,
-        ValSpine<String, UserVal, Time, i64>,
-    >(users.inner, Pipeline, "ArrangeUsers", ValBatcher::new);
+            )
+        }),
+        "ArrangeUsers",
+    );
     (regions, users)
 }
 
@@ -264,17 +257,25 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
 
     /// The value of `key` as of time `t` with the state kept for it: one probe when the
     /// key has no recent change. `None` for a key without a value at `t`.
-    pub(super) fn get_with_state(&mut self, key: &str, t: Time) -> Option<(V, &mut S)>
-    where
-        V: Copy,
-    {
+    pub(super) fn get_with_state(&mut self, key: &str, t: Time) -> Option<(&V, &mut S)> {
         self.refresh();
-        if self.history.contains_key(key) {
-            let val = self.get(key, t, |v| *v)?;
-            return Some((val, self.state_of(key)));
+        if let Some(timeline) = self.history.get(key) {
+            let i = timeline.partition_point(|(tau, _)| *tau <= t);
+            let val = timeline[i.checked_sub(1)?].1.as_ref()?;
+            if !self.index.contains_key(key) {
+                self.index.insert(
+                    CompactString::from(key),
+                    Slot {
+                        val: None,
+                        state: S::default(),
+                    },
+                );
+            }
+            let slot = self.index.get_mut(key).expect("slot just ensured");
+            return Some((val, &mut slot.state));
         }
         let slot = self.index.get_mut(key)?;
-        Some((slot.val?, &mut slot.state))
+        Some((slot.val.as_ref()?, &mut slot.state))
     }
 
     /// The state kept for `key`, whether or not it has a value now.
