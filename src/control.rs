@@ -56,6 +56,70 @@ pub struct WhenArgs {
     pub effective_from: Option<i64>,
 }
 
+/// The running pipeline's query API, read by `--from-shadow`.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Its base URL (`vtpga run --web-listen`).
+    #[arg(long = "api", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Its bearer token, if it wants one (`vtpga run --web-token`).
+    #[arg(long = "api-token", env = "VTPGA_WEB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    /// `GET path` as JSON.
+    fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let mut request = ureq::get(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request
+            .call()
+            .with_context(|| format!("GET {url} (is `vtpga run` serving there? --api)"))?;
+        response
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("GET {url}: not the JSON expected"))
+    }
+}
+
+/// The rule set of the shadow `version` in a `GET /api/whatif` answer.
+pub fn shadow_rule_set(what_if: &serde_json::Value, version: &str) -> Result<RuleSet> {
+    let shadows = what_if["shadows"]
+        .as_array()
+        .ok_or_else(|| anyhow!("not a /api/whatif answer: {what_if}"))?;
+    let Some(shadow) = shadows.iter().find(|s| s["version"] == version) else {
+        let known: Vec<String> = shadows.iter().map(|s| s["version"].to_string()).collect();
+        bail!(
+            "the pipeline has no shadow {version:?} (its shadows: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let rules = &shadow["rules"];
+    let number = |field: &str| {
+        rules[field]
+            .as_f64()
+            .ok_or_else(|| anyhow!("shadow {version:?}: no {field} in {rules}"))
+    };
+    let whole = |field: &str| {
+        rules[field]
+            .as_u64()
+            .ok_or_else(|| anyhow!("shadow {version:?}: no {field} in {rules}"))
+    };
+    Ok(RuleSet {
+        version: version.to_owned(),
+        risk_threshold: number("risk_threshold")?,
+        max_delay_ms: whole("max_delay_ms")?,
+        dedup_window_ms: whole("dedup_window_ms")?,
+    })
+}
+
 /// The SPEC §3 event-time form, as ms since the Unix epoch.
 fn effective_from(s: &str) -> Result<i64, String> {
     parse_event_time(s).map_err(|e| e.to_string())
@@ -66,9 +130,10 @@ fn effective_from(s: &str) -> Result<i64, String> {
 pub enum RecordArgs {
     /// A new rule set (`rules`); values not given are SPEC §5's defaults.
     Rules {
-        /// Its name, carried by every decision it decides; never used before.
-        #[arg(long)]
-        version: String,
+        /// Its name, carried by every decision it decides; never used before. With
+        /// `--from-shadow`, the shadow's version unless given.
+        #[arg(long, required_unless_present = "from_shadow")]
+        version: Option<String>,
         /// Rule 7: a higher combined risk is rejected.
         #[arg(long, allow_hyphen_values = true, default_value_t = Params::default().risk_threshold)]
         risk_threshold: f64,
@@ -78,6 +143,13 @@ pub enum RecordArgs {
         /// Rule 3: the duplicate window.
         #[arg(long, default_value_t = Params::default().dedup_window_ms)]
         dedup_window_ms: u64,
+        /// Promote a shadow rule set (SPEC §12): publish the parameters of the running
+        /// pipeline's shadow with this version, as its `GET /api/whatif` gives them
+        /// (`--api`), instead of the three flags above.
+        #[arg(long, conflicts_with_all = ["risk_threshold", "max_delay_ms", "dedup_window_ms"])]
+        from_shadow: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
         #[command(flatten)]
         when: WhenArgs,
     },
@@ -147,18 +219,35 @@ pub enum RecordArgs {
 }
 
 impl RecordArgs {
-    /// The control record these flags describe.
-    pub fn record(&self) -> ControlRecord {
+    /// The control record these flags describe (`--from-shadow` reads the pipeline's API).
+    pub fn record(&self) -> Result<ControlRecord> {
         let (change, when) = match self.clone() {
+            RecordArgs::Rules {
+                from_shadow: Some(shadow),
+                version,
+                api,
+                when,
+                ..
+            } => {
+                let set = shadow_rule_set(&api.get_json("/api/whatif")?, &shadow)?;
+                (
+                    Change::Rules(RuleSet {
+                        version: version.unwrap_or(set.version),
+                        ..set
+                    }),
+                    when,
+                )
+            }
             RecordArgs::Rules {
                 version,
                 risk_threshold,
                 max_delay_ms,
                 dedup_window_ms,
                 when,
+                ..
             } => (
                 Change::Rules(RuleSet {
-                    version,
+                    version: version.expect("clap requires --version without --from-shadow"),
                     risk_threshold,
                     max_delay_ms,
                     dedup_window_ms,
@@ -213,10 +302,10 @@ impl RecordArgs {
             ),
             RecordArgs::RegionDelete { id, when } => (Change::RegionDelete { id }, when),
         };
-        ControlRecord {
+        Ok(ControlRecord {
             change,
             effective_from: when.effective_from,
-        }
+        })
     }
 }
 
@@ -293,7 +382,7 @@ impl ProducerContext for Reporter {
 pub fn control(args: ControlArgs) -> Result<()> {
     let records = match (&args.file, &args.record) {
         (Some(path), None) => read_file(path)?,
-        (None, Some(record)) => vec![checked(&record.record())?],
+        (None, Some(record)) => vec![checked(&record.record()?)?],
         (Some(_), Some(_)) => bail!("give either --file or a record subcommand, not both"),
         (None, None) => bail!(
             "give a record (rules, user, user-delete, adjust, region, region-delete) or --file"
@@ -379,7 +468,89 @@ mod tests {
     }
 
     fn record(argv: &[&str]) -> ControlRecord {
-        parse(argv).record.expect("a record subcommand").record()
+        parse(argv)
+            .record
+            .expect("a record subcommand")
+            .record()
+            .expect("a record from flags")
+    }
+
+    /// `--from-shadow` takes the shadow's parameters from `/api/whatif`, its version
+    /// unless `--version` is given, and refuses a shadow the pipeline does not have.
+    #[test]
+    fn a_shadow_is_promoted_with_its_own_parameters() {
+        let api = serde_json::json!({"shadows": [
+            {"version": "loose", "rules": {"version": "loose", "risk_threshold": 0.9,
+             "max_delay_ms": 5000, "dedup_window_ms": 60000}, "decided": 3, "what_if": []},
+            {"version": "strict", "rules": {"version": "strict", "risk_threshold": 0.3,
+             "max_delay_ms": 500, "dedup_window_ms": 3600000}, "decided": 3, "what_if": []},
+        ]});
+        let set = shadow_rule_set(&api, "strict").expect("strict is there");
+        assert_eq!(
+            set,
+            RuleSet {
+                version: "strict".to_owned(),
+                risk_threshold: 0.3,
+                max_delay_ms: 500,
+                dedup_window_ms: 3_600_000,
+            }
+        );
+        let err = shadow_rule_set(&api, "nope").expect_err("no such shadow");
+        assert!(
+            err.to_string().contains("\"loose\", \"strict\""),
+            "names the shadows there are: {err}"
+        );
+        assert!(shadow_rule_set(&serde_json::json!({"shadows": []}), "x")
+            .expect_err("none")
+            .to_string()
+            .contains("none"));
+        // The flags: no --version needed, the parameters may not be given too.
+        let args = parse(&[
+            "rules",
+            "--from-shadow",
+            "strict",
+            "--api",
+            "http://127.0.0.1:1",
+        ]);
+        match args.record {
+            Some(RecordArgs::Rules {
+                from_shadow,
+                version,
+                api,
+                ..
+            }) => {
+                assert_eq!(from_shadow.as_deref(), Some("strict"));
+                assert_eq!(version, None);
+                assert_eq!(api.url, "http://127.0.0.1:1");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from([
+            "control",
+            "rules",
+            "--from-shadow",
+            "strict",
+            "--risk-threshold",
+            "0.4"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["control", "rules", "--risk-threshold", "0.4"]).is_err());
+        // Nothing serving there: a clear error, nothing published.
+        let err = parse(&[
+            "rules",
+            "--from-shadow",
+            "strict",
+            "--api",
+            "http://127.0.0.1:1",
+        ])
+        .record
+        .expect("a record subcommand")
+        .record()
+        .expect_err("no pipeline there");
+        assert!(
+            format!("{err:#}").contains("is `vtpga run` serving there?"),
+            "{err:#}"
+        );
     }
 
     /// Flags → ControlRecord → JSON → parse_control gives the same record back, keyed by

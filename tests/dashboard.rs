@@ -568,5 +568,34 @@ fn dashboard_shows_the_what_if_of_a_shadow() {
         on_page, in_api,
         "the changed pairs on the page are the API's"
     );
+    // The promotion the card offers: its command, run as it is shown (with --dry-run, no
+    // broker here), builds the `rules` record of the shadow's set from the API.
+    let promote = browser.page(
+        "return document.querySelector('#whatif-card .wi-shadow[data-version=\"strict\"] .wi-promote code').textContent",
+    );
+    let promote = promote.as_str().expect("the promote command");
+    let words: Vec<&str> = promote.split_whitespace().collect();
+    assert_eq!(
+        words[..5],
+        ["vtpga", "control", "rules", "--from-shadow", "strict"],
+        "{promote}"
+    );
+    let mut argv = vec!["control", "--dry-run"];
+    argv.extend_from_slice(&words[2..]);
+    let out = common::run_ok(Command::new(BIN).args(&argv), "the card's promote command");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let record: Value = serde_json::from_str(
+        printed
+            .trim()
+            .strip_prefix("key strict: ")
+            .unwrap_or_else(|| panic!("one record keyed by the version: {printed}")),
+    )
+    .expect("the record is JSON");
+    assert_eq!(
+        record,
+        json!({"type": "rules", "version": "strict", "risk_threshold": 0.3,
+                           "max_delay_ms": 1000, "dedup_window_ms": 300000}),
+        "the shadow's set as a rules record"
+    );
     browser.element_screenshot("#whatif-card", "whatif.png");
 }

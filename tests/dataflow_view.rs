@@ -129,7 +129,12 @@ fn the_dataflow_view_shows_the_running_graph() {
         let (status, body) = http(web, "GET", "/api/dataflow", None);
         if status == 200 {
             let view: Value = serde_json::from_slice(&body).expect("JSON");
-            if totals(operator(&view, "Decide"), "records_in") > 0 {
+            // The server answers before the workers have built the graph (a loaded
+            // machine shows it): wait for the graph first.
+            let built = view["operators"]
+                .as_array()
+                .is_some_and(|ops| ops.iter().any(|o| o["name"] == "Decide"));
+            if built && totals(operator(&view, "Decide"), "records_in") > 0 {
                 break view;
             }
         }

@@ -911,6 +911,8 @@
     var cmd = "vtpga control rules " + (version.charAt(0) === "-" ? "--version=" + shellWord(version) : "--version " + shellWord(version)) +
       " --risk-threshold " + numWord(r.risk_threshold) + " --max-delay-ms " + numWord(r.max_delay_ms) +
       " --dedup-window-ms " + numWord(r.dedup_window_ms);
+    var promote = "vtpga control rules " + (version.charAt(0) === "-" ? "--from-shadow=" + shellWord(version) : "--from-shadow " + shellWord(version)) +
+      " --api " + shellWord(location.origin);
     var rateOf = function (a, t) { return t ? pct(a / t) : "–"; };
     var html = '<div class="wi-head"><b class="mono" title="' + esc(version) + '">' + esc(short(version, 48)) + "</b>" +
       '<span class="wi-params">risk threshold <b>' + esc(r.risk_threshold != null ? String(r.risk_threshold) : "–") + "</b>" +
@@ -937,7 +939,9 @@
       "</tbody></table></div>";
     html += '<div class="wi-help"><p>A shadow\'s decisions are never decisions of record: they reach no topic and move no balance. ' +
       "To promote this set, publish it as a <code>rules</code> control record (it then applies to messages from its arrival, or <code>--effective-from</code>, on; " +
-      "the version must not have been used before):</p>" +
+      "the version must not have been used before; <code>--version</code> gives another). The command reads this set from this pipeline's API:</p>" +
+      '<div class="wi-cmd wi-promote"><code class="mono">' + esc(promote) + '</code><button type="button" class="wi-copy" data-cmd="' + esc(promote) + '">copy</button></div>' +
+      "<p>or, with its parameters spelled out:</p>" +
       '<div class="wi-cmd"><code class="mono">' + esc(cmd) + '</code><button type="button" class="wi-copy" data-cmd="' + esc(cmd) + '">copy</button></div>' +
       '<p class="wi-links"><a href="/api/shadows/' + esc(encodeURIComponent(version)) + '/analyses" data-api>its ten analyses (JSON)</a></p></div>';
     return html;
