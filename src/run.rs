@@ -374,7 +374,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     match &args.redis {
         Some(_) if clustered && args.cluster.process != 0 => {}
         Some(url) => {
-            let mut sink = RedisSink::new(url, RedisOptions::default())
+            let options = RedisOptions {
+                shadows: shadows.iter().map(|s| s.version.clone()).collect(),
+                ..RedisOptions::default()
+            };
+            let mut sink = RedisSink::new(url, options)
                 .with_context(|| format!("Redis URL {}", redact(url)))?;
             sink.seed(rows.clone());
             redis_stats = Some(sink.stats_handle());

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -428,6 +428,8 @@ fn live_changes_through_kafka_equal_replay() {
     )
     .expect("shadow file");
     let live_shadows = dir.join("shadows-live");
+    // The shadow's analyses and what-if rows are cached in Redis too.
+    let redis = common::Redis::start();
     let summary = run_pipeline_with(
         &broker,
         dir,
@@ -437,6 +439,8 @@ fn live_changes_through_kafka_equal_replay() {
             path_str(&shadow),
             "--shadow-out",
             path_str(&live_shadows),
+            "--redis",
+            &redis.url,
         ],
     );
 
@@ -471,6 +475,51 @@ fn live_changes_through_kafka_equal_replay() {
             "the shadow's {file} from Kafka differs from the replay's"
         );
     }
+    // Redis holds the replay's rows for the shadow (each analysis and the what-if rows
+    // compared as sets: Redis orders a hash by field).
+    let as_sets = |v: &serde_json::Value| -> BTreeMap<String, BTreeSet<String>> {
+        v.as_object()
+            .expect("analyses object")
+            .iter()
+            .map(|(name, rows)| {
+                let rows = rows.as_array().expect("rows");
+                (name.clone(), rows.iter().map(|r| r.to_string()).collect())
+            })
+            .collect()
+    };
+    let file_json = |file: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(replayed_shadows.join("kafka-shadow").join(file)).expect(file),
+        )
+        .expect(file)
+    };
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis connection");
+    let cached = vtpga_sinks::redis::read_shadow_analyses(&mut conn, "vtpga", "kafka-shadow")
+        .expect("shadow analyses in redis");
+    assert_eq!(
+        as_sets(&cached),
+        as_sets(&file_json("analyses.json")),
+        "the shadow's analyses in Redis are the replay's"
+    );
+    let cached: BTreeSet<String> =
+        vtpga_sinks::redis::read_what_if(&mut conn, "vtpga", "kafka-shadow")
+            .expect("what-if rows in redis")
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+    let replayed_what_if: BTreeSet<String> = file_json("what_if.json")
+        .as_array()
+        .expect("what-if rows")
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert!(!cached.is_empty());
+    assert_eq!(
+        cached, replayed_what_if,
+        "the shadow's what-if rows in Redis are the replay's"
+    );
     let lines = |root: &std::path::Path| -> Vec<String> {
         let mut l: Vec<String> = std::fs::read_to_string(root.join("kafka-shadow/decisions.jsonl"))
             .expect("shadow decisions")

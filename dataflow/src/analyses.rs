@@ -515,17 +515,20 @@ pub fn apply_what_if(
 pub fn what_if_json(shadow: &str, rows: &BTreeMap<WhatIfKey, WhatIfTally>) -> Value {
     Value::Array(
         rows.iter()
-            .map(|(k, t)| {
-                json!({
-                    "shadow": shadow,
-                    "primary_status": k.primary.as_str(),
-                    "shadow_status": k.shadow.as_str(),
-                    "count": t.count,
-                    "amount_cents": t.amount_cents,
-                })
-            })
+            .map(|(k, t)| what_if_row(shadow, k, t))
             .collect(),
     )
+}
+
+/// One what-if row as SPEC §12 shapes it.
+pub fn what_if_row(shadow: &str, k: &WhatIfKey, t: &WhatIfTally) -> Value {
+    json!({
+        "shadow": shadow,
+        "primary_status": k.primary.as_str(),
+        "shadow_status": k.shadow.as_str(),
+        "count": t.count,
+        "amount_cents": t.amount_cents,
+    })
 }
 
 #[cfg(test)]

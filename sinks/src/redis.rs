@@ -7,10 +7,13 @@
 //! | `P:tx` | hash | one field per cached transaction: field `{partition}:{offset}`, value its SPEC §8 decision record as JSON ([`DecisionRecord`], the same text as a replay decision line, ids escaped reversibly by JSON) with `decided_at_ms` added (wall clock when the sink received its batch). Holds exactly the members of `P:recent` |
 //! | `P:recent` | sorted set | members `{partition}:{offset}`, score = arrival time `t` (ms); the newest [`RedisOptions::recent_limit`] transactions the sink wrote |
 //! | `P:analysis:{name}` | hash | one per SPEC §7 analysis; field `{k}\|{minute}` from [`analyses::key_parts`] (minute −1 for analyses without one), value = the row's SPEC JSON. Rows whose tally is zero are absent, except that `status_counts` always holds all nine statuses |
+//! | `P:shadow:{version}:analysis:{name}` | hash | a shadow rule set's (SPEC §12) ten analyses, laid out as `P:analysis:{name}` |
+//! | `P:shadow:{version}:what_if` | hash | the shadow's what-if rows: field `{primary_status}\|{shadow_status}`, value the row's SPEC §12 JSON; rows of zero are absent |
 //! | `P:time` | string | the latest closed arrival time (ms) the cache reflects (the maximum over batches) |
-//! | `P:analyses` | pub/sub channel | after each write, `{"time": t, "changed": [names of the analyses that changed]}` |
+//! | `P:analyses` | pub/sub channel | after each write, `{"time": t, "changed": [names of the analyses that changed]}`, with `"shadows": [versions]` when shadows' rows changed |
 //!
-//! [`read_analyses`] reads the analysis hashes back as the SPEC §8 analyses JSON.
+//! [`read_analyses`] reads the analysis hashes back as the SPEC §8 analyses JSON;
+//! [`read_shadow_analyses`] and [`read_what_if`] a shadow's.
 //!
 //! # Writing
 //!
@@ -60,7 +63,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Connection, Pipeline};
 use serde_json::{json, Value};
 
-use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, NAMES};
+use vtpga_dataflow::analyses::{self, AnalysisKey, Tally, WhatIfKey, WhatIfTally, NAMES};
 use vtpga_dataflow::graph::Decision;
 use vtpga_dataflow::Status;
 
@@ -88,6 +91,9 @@ pub struct RedisOptions {
     pub recent_limit: usize,
     /// Every key and the channel start with `{key_prefix}:`.
     pub key_prefix: String,
+    /// The versions of the shadow rule sets (SPEC §12), in the order of
+    /// [`Batch::shadows`]: their analyses and what-if rows are cached too.
+    pub shadows: Vec<String>,
 }
 
 impl Default for RedisOptions {
@@ -95,6 +101,7 @@ impl Default for RedisOptions {
         RedisOptions {
             recent_limit: 10_000,
             key_prefix: "vtpga".to_owned(),
+            shadows: Vec::new(),
         }
     }
 }
@@ -145,10 +152,18 @@ struct Keys {
     time: String,
     channel: String,
     analyses: BTreeMap<&'static str, String>,
+    shadows: Vec<ShadowKeys>,
+}
+
+/// The keys of one shadow rule set.
+struct ShadowKeys {
+    version: String,
+    analyses: BTreeMap<&'static str, String>,
+    what_if: String,
 }
 
 impl Keys {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, shadows: &[String]) -> Self {
         Keys {
             tx: format!("{prefix}:tx"),
             recent: format!("{prefix}:recent"),
@@ -157,6 +172,17 @@ impl Keys {
             analyses: NAMES
                 .iter()
                 .map(|n| (*n, analysis_key(prefix, n)))
+                .collect(),
+            shadows: shadows
+                .iter()
+                .map(|version| ShadowKeys {
+                    version: version.clone(),
+                    analyses: NAMES
+                        .iter()
+                        .map(|n| (*n, shadow_analysis_key(prefix, version, n)))
+                        .collect(),
+                    what_if: what_if_key(prefix, version),
+                })
                 .collect(),
         }
     }
@@ -168,6 +194,91 @@ impl Keys {
 
 fn analysis_key(prefix: &str, name: &str) -> String {
     format!("{prefix}:analysis:{name}")
+}
+
+fn shadow_analysis_key(prefix: &str, version: &str, name: &str) -> String {
+    format!("{prefix}:shadow:{version}:analysis:{name}")
+}
+
+fn what_if_key(prefix: &str, version: &str) -> String {
+    format!("{prefix}:shadow:{version}:what_if")
+}
+
+/// The hash field of a what-if row: `{primary_status}|{shadow_status}`.
+fn what_if_field(key: &WhatIfKey) -> String {
+    format!("{}|{}", key.primary.as_str(), key.shadow.as_str())
+}
+
+/// A shadow rule set's accumulated rows.
+#[derive(Default)]
+struct ShadowRows {
+    rows: BTreeMap<AnalysisKey, Tally>,
+    what_if: BTreeMap<WhatIfKey, WhatIfTally>,
+}
+
+/// The rows of one shadow a batch changed.
+type ShadowChanged<'b> = (BTreeSet<&'b AnalysisKey>, BTreeSet<&'b WhatIfKey>);
+
+/// Writes the changed analysis rows of `rows` to the hashes `hash_of` names (a row of zero
+/// is deleted, except a status count, always present); returns the names changed.
+fn write_changed_rows(
+    pipe: &mut Pipeline,
+    rows: &BTreeMap<AnalysisKey, Tally>,
+    changed: &BTreeSet<&AnalysisKey>,
+    hash_of: impl Fn(&str) -> String,
+) -> BTreeSet<&'static str> {
+    let mut names: BTreeSet<&'static str> = BTreeSet::new();
+    for key in changed {
+        let (name, field) = row_field(key);
+        names.insert(name);
+        let hash = hash_of(name);
+        match rows.get(*key).filter(|t| **t != Tally::default()) {
+            Some(t) => {
+                let row = analyses::row_json(key, t).1.to_string();
+                pipe.cmd("HSET").arg(&hash).arg(field).arg(row).ignore();
+            }
+            None if matches!(key, AnalysisKey::Status(_)) => {
+                let row = analyses::row_json(key, &Tally::default()).1.to_string();
+                pipe.cmd("HSET").arg(&hash).arg(field).arg(row).ignore();
+            }
+            None => {
+                pipe.cmd("HDEL").arg(&hash).arg(field).ignore();
+            }
+        }
+    }
+    names
+}
+
+/// Writes every row of `rows` to the (deleted) hashes `hash_of` names: all nine status
+/// counts, the other rows that are not zero.
+fn write_all_rows(
+    pipe: &mut Pipeline,
+    rows: &BTreeMap<AnalysisKey, Tally>,
+    hash_of: impl Fn(&str) -> String,
+) {
+    let mut hashes: BTreeMap<&'static str, Vec<(String, String)>> = BTreeMap::new();
+    for status in Status::ALL {
+        let key = AnalysisKey::Status(status);
+        let tally = rows.get(&key).copied().unwrap_or_default();
+        let (name, field) = row_field(&key);
+        let row = analyses::row_json(&key, &tally).1.to_string();
+        hashes.entry(name).or_default().push((field, row));
+    }
+    for (key, tally) in rows {
+        if *tally == Tally::default() || matches!(key, AnalysisKey::Status(_)) {
+            continue;
+        }
+        let (name, field) = row_field(key);
+        let row = analyses::row_json(key, tally).1.to_string();
+        hashes.entry(name).or_default().push((field, row));
+    }
+    for (name, fields) in &hashes {
+        let hset = pipe.cmd("HSET").arg(hash_of(name));
+        for (f, v) in fields {
+            hset.arg(f).arg(v);
+        }
+        hset.ignore();
+    }
 }
 
 /// The hash field of an analysis row: `{k}|{minute}`.
@@ -186,6 +297,8 @@ pub struct RedisSink {
     conn_timeout: Duration,
     /// Accumulated analysis rows (all batches, plus a seed).
     rows: BTreeMap<AnalysisKey, Tally>,
+    /// Each shadow's accumulated rows, in the order of `options.shadows`.
+    shadows: Vec<ShadowRows>,
     /// The newest `recent_limit` transactions, oldest first.
     ring: VecDeque<CachedTx>,
     time: u64,
@@ -203,8 +316,14 @@ impl RedisSink {
     /// tries again on later batches).
     pub fn new(url: &str, options: RedisOptions) -> Result<Self, RedisError> {
         let client = Client::open(url)?;
-        let keys = Keys::new(&options.key_prefix);
+        let keys = Keys::new(&options.key_prefix, &options.shadows);
+        let shadows = options
+            .shadows
+            .iter()
+            .map(|_| ShadowRows::default())
+            .collect();
         let mut sink = RedisSink {
+            shadows,
             client,
             options,
             keys,
@@ -281,11 +400,20 @@ impl RedisSink {
             .collect();
         analyses::apply_changes(&mut self.rows, batch.analyses.iter().cloned());
         let changed: BTreeSet<&AnalysisKey> = batch.analyses.iter().map(|((k, _), _)| k).collect();
+        let mut shadows_changed: Vec<ShadowChanged> = Vec::new();
+        for (shadow, part) in self.shadows.iter_mut().zip(&batch.shadows) {
+            analyses::apply_changes(&mut shadow.rows, part.analyses.iter().cloned());
+            analyses::apply_what_if(&mut shadow.what_if, part.what_if.iter().cloned());
+            shadows_changed.push((
+                part.analyses.iter().map(|((k, _), _)| k).collect(),
+                part.what_if.iter().map(|((k, _), _)| k).collect(),
+            ));
+        }
         self.time = self.time.max(batch.time);
 
         if self.ensure_connected() && !self.needs_rebuild {
             let evicted = self.evicted_by(txs.len());
-            let pipe = self.batch_pipeline(&txs, &evicted, &changed);
+            let pipe = self.batch_pipeline(&txs, &evicted, &changed, &shadows_changed);
             self.remember(txs);
             if self.run(&pipe).is_ok() {
                 self.stats.batches_written += 1;
@@ -426,9 +554,13 @@ impl RedisSink {
         }
     }
 
-    fn add_time_and_publish(&self, pipe: &mut Pipeline, changed: &[&str]) {
+    fn add_time_and_publish(&self, pipe: &mut Pipeline, changed: &[&str], shadows: &[&str]) {
         pipe.cmd("SET").arg(&self.keys.time).arg(self.time).ignore();
-        let message = json!({"time": self.time, "changed": changed}).to_string();
+        let mut message = json!({"time": self.time, "changed": changed});
+        if !shadows.is_empty() {
+            message["shadows"] = json!(shadows);
+        }
+        let message = message.to_string();
         pipe.cmd("PUBLISH")
             .arg(&self.keys.channel)
             .arg(message)
@@ -440,26 +572,47 @@ impl RedisSink {
         txs: &[CachedTx],
         evicted: &[&str],
         changed: &BTreeSet<&AnalysisKey>,
+        shadows_changed: &[ShadowChanged],
     ) -> Pipeline {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.add_recent(&mut pipe, txs.iter(), evicted);
-        let mut names: BTreeSet<&'static str> = BTreeSet::new();
-        for key in changed {
-            let (name, field) = row_field(key);
-            names.insert(name);
-            let hash = self.keys.analysis(name);
-            match self.rows.get(*key).filter(|t| **t != Tally::default()) {
-                Some(t) => {
-                    let row = analyses::row_json(key, t).1.to_string();
-                    pipe.cmd("HSET").arg(hash).arg(field).arg(row).ignore();
-                }
-                None if matches!(key, AnalysisKey::Status(_)) => {
-                    let row = analyses::row_json(key, &Tally::default()).1.to_string();
-                    pipe.cmd("HSET").arg(hash).arg(field).arg(row).ignore();
-                }
-                None => {
-                    pipe.cmd("HDEL").arg(hash).arg(field).ignore();
+        let names = write_changed_rows(&mut pipe, &self.rows, changed, |name| {
+            self.keys.analysis(name).to_owned()
+        });
+        let mut shadows: Vec<&str> = Vec::new();
+        for ((keys, shadow), (rows_changed, what_if_changed)) in self
+            .keys
+            .shadows
+            .iter()
+            .zip(&self.shadows)
+            .zip(shadows_changed)
+        {
+            if rows_changed.is_empty() && what_if_changed.is_empty() {
+                continue;
+            }
+            shadows.push(&keys.version);
+            write_changed_rows(&mut pipe, &shadow.rows, rows_changed, |name| {
+                keys.analyses[name].clone()
+            });
+            for key in what_if_changed {
+                let field = what_if_field(key);
+                match shadow
+                    .what_if
+                    .get(*key)
+                    .filter(|t| **t != WhatIfTally::default())
+                {
+                    Some(t) => {
+                        let row = analyses::what_if_row(&keys.version, key, t).to_string();
+                        pipe.cmd("HSET")
+                            .arg(&keys.what_if)
+                            .arg(field)
+                            .arg(row)
+                            .ignore();
+                    }
+                    None => {
+                        pipe.cmd("HDEL").arg(&keys.what_if).arg(field).ignore();
+                    }
                 }
             }
         }
@@ -469,7 +622,7 @@ impl RedisSink {
             .copied()
             .filter(|n| names.contains(n))
             .collect();
-        self.add_time_and_publish(&mut pipe, &names);
+        self.add_time_and_publish(&mut pipe, &names, &shadows);
         pipe
     }
 
@@ -480,32 +633,43 @@ impl RedisSink {
         for name in NAMES {
             del.arg(self.keys.analysis(name));
         }
+        for keys in &self.keys.shadows {
+            del.arg(&keys.what_if);
+            for name in NAMES {
+                del.arg(&keys.analyses[name]);
+            }
+        }
         del.ignore();
-        let mut hashes: BTreeMap<&'static str, Vec<(String, String)>> = BTreeMap::new();
-        for status in Status::ALL {
-            let key = AnalysisKey::Status(status);
-            let tally = self.rows.get(&key).copied().unwrap_or_default();
-            let (name, field) = row_field(&key);
-            let row = analyses::row_json(&key, &tally).1.to_string();
-            hashes.entry(name).or_default().push((field, row));
-        }
-        for (key, tally) in &self.rows {
-            if *tally == Tally::default() || matches!(key, AnalysisKey::Status(_)) {
-                continue;
+        write_all_rows(&mut pipe, &self.rows, |name| {
+            self.keys.analysis(name).to_owned()
+        });
+        for (keys, shadow) in self.keys.shadows.iter().zip(&self.shadows) {
+            write_all_rows(&mut pipe, &shadow.rows, |name| keys.analyses[name].clone());
+            let rows: Vec<(String, String)> = shadow
+                .what_if
+                .iter()
+                .filter(|(_, t)| **t != WhatIfTally::default())
+                .map(|(k, t)| {
+                    let row = analyses::what_if_row(&keys.version, k, t).to_string();
+                    (what_if_field(k), row)
+                })
+                .collect();
+            if !rows.is_empty() {
+                let hset = pipe.cmd("HSET").arg(&keys.what_if);
+                for (f, v) in &rows {
+                    hset.arg(f).arg(v);
+                }
+                hset.ignore();
             }
-            let (name, field) = row_field(key);
-            let row = analyses::row_json(key, tally).1.to_string();
-            hashes.entry(name).or_default().push((field, row));
-        }
-        for (name, fields) in &hashes {
-            let hset = pipe.cmd("HSET").arg(self.keys.analysis(name));
-            for (f, v) in fields {
-                hset.arg(f).arg(v);
-            }
-            hset.ignore();
         }
         self.add_recent(&mut pipe, self.ring.iter(), &[]);
-        self.add_time_and_publish(&mut pipe, &NAMES);
+        let shadows: Vec<&str> = self
+            .keys
+            .shadows
+            .iter()
+            .map(|k| k.version.as_str())
+            .collect();
+        self.add_time_and_publish(&mut pipe, &NAMES, &shadows);
         pipe
     }
 
@@ -614,11 +778,49 @@ fn exec_atomic(conn: &mut Connection, pipe: &Pipeline) -> redis::RedisResult<()>
 /// Reads the ten analysis hashes under `prefix` as the SPEC §8 analyses JSON: one object
 /// whose keys are the ten names, each an array of row objects sorted by hash field.
 pub fn read_analyses(conn: &mut Connection, prefix: &str) -> redis::RedisResult<Value> {
+    read_analyses_at(conn, |name| analysis_key(prefix, name))
+}
+
+/// Reads a shadow's ten analysis hashes as [`read_analyses`] reads those of record.
+pub fn read_shadow_analyses(
+    conn: &mut Connection,
+    prefix: &str,
+    version: &str,
+) -> redis::RedisResult<Value> {
+    read_analyses_at(conn, |name| shadow_analysis_key(prefix, version, name))
+}
+
+/// Reads a shadow's what-if rows: the SPEC §12 row objects, sorted by hash field.
+pub fn read_what_if(
+    conn: &mut Connection,
+    prefix: &str,
+    version: &str,
+) -> redis::RedisResult<Vec<Value>> {
+    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(what_if_key(prefix, version))
+        .query(conn)?;
+    fields
+        .into_iter()
+        .map(|(field, v)| {
+            serde_json::from_str(&v).map_err(|e| {
+                RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "what-if row is not JSON",
+                    format!("{field}: {e}"),
+                ))
+            })
+        })
+        .collect()
+}
+
+fn read_analyses_at(
+    conn: &mut Connection,
+    key_of: impl Fn(&str) -> String,
+) -> redis::RedisResult<Value> {
     let mut out = serde_json::Map::new();
     for name in NAMES {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(analysis_key(prefix, name))
-            .query(conn)?;
+        let fields: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(key_of(name)).query(conn)?;
         let rows = fields
             .into_iter()
             .map(|(field, v)| {
@@ -927,6 +1129,165 @@ mod tests {
         RedisOptions {
             recent_limit,
             key_prefix: prefix.to_owned(),
+            shadows: Vec::new(),
+        }
+    }
+
+    fn rows_set(rows: &[Value]) -> BTreeSet<String> {
+        rows.iter().map(|r| r.to_string()).collect()
+    }
+
+    fn what_if_rows(version: &str, pairs: &BTreeMap<WhatIfKey, WhatIfTally>) -> Vec<Value> {
+        analyses::what_if_json(version, pairs)
+            .as_array()
+            .expect("rows")
+            .clone()
+    }
+
+    /// A shadow's analyses and what-if rows (SPEC §12) are cached beside those of record,
+    /// each under its version: incrementally (a row back to zero is deleted, a status
+    /// count stays), and again whole by a rebuild.
+    #[test]
+    fn redis_caches_each_shadows_analyses_and_what_if() {
+        use crate::ShadowBatch;
+        let server = Server::start(free_port());
+        let mut conn = server.conn();
+        let p = "t9";
+        let versions = ["strict".to_owned(), "loose:1".to_owned()];
+        let mut sink = RedisSink::new(
+            &server.url(),
+            RedisOptions {
+                shadows: versions.to_vec(),
+                ..options(p, 10)
+            },
+        )
+        .unwrap();
+        let mut gen = Gen::default();
+        let pair = |primary, shadow| WhatIfKey { primary, shadow };
+        let wt = |count, amount_cents| WhatIfTally {
+            count,
+            amount_cents,
+        };
+        // What the sink should hold, per shadow: analysis rows and what-if rows.
+        let mut want: Vec<(
+            BTreeMap<AnalysisKey, Tally>,
+            BTreeMap<WhatIfKey, WhatIfTally>,
+        )> = vec![Default::default(), Default::default()];
+        // Per batch: (shadow, its new analysis row, its new what-if row).
+        type Step = (
+            usize,
+            Option<(AnalysisKey, Tally)>,
+            Option<(WhatIfKey, WhatIfTally)>,
+        );
+        let steps: Vec<Vec<Step>> = vec![
+            vec![
+                (
+                    0,
+                    Some((AnalysisKey::Status(Status::RejectedRisk), count(2))),
+                    Some((pair(Status::Approved, Status::RejectedRisk), wt(2, 700))),
+                ),
+                (
+                    0,
+                    Some((AnalysisKey::ValueBand(1), tally(2, 0))),
+                    Some((pair(Status::Approved, Status::Approved), wt(5, 1_000))),
+                ),
+                (
+                    1,
+                    Some((AnalysisKey::Status(Status::Approved), count(7))),
+                    Some((pair(Status::RejectedRisk, Status::Approved), wt(1, 300))),
+                ),
+            ],
+            vec![
+                // The first shadow's rejected count and changed pair go back to zero.
+                (
+                    0,
+                    Some((AnalysisKey::Status(Status::RejectedRisk), count(0))),
+                    Some((pair(Status::Approved, Status::RejectedRisk), wt(0, 0))),
+                ),
+                (0, Some((AnalysisKey::ValueBand(1), tally(0, 0))), None),
+                (
+                    1,
+                    None,
+                    Some((pair(Status::Approved, Status::Approved), wt(4, 222))),
+                ),
+            ],
+        ];
+        for step in steps {
+            let mut batch = gen.batch(2, &[(AnalysisKey::Hour(3), Some(count(1)))]);
+            batch.shadows = vec![ShadowBatch::default(), ShadowBatch::default()];
+            for (i, row, what_if) in step {
+                let (rows, pairs) = &mut want[i];
+                if let Some((k, t)) = row {
+                    if let Some(old) = rows.get(&k) {
+                        batch.shadows[i].analyses.push(((k.clone(), *old), -1));
+                    }
+                    if t != Tally::default() {
+                        batch.shadows[i].analyses.push(((k.clone(), t), 1));
+                        rows.insert(k, t);
+                    } else {
+                        rows.remove(&k);
+                    }
+                }
+                if let Some((k, t)) = what_if {
+                    if let Some(old) = pairs.get(&k) {
+                        batch.shadows[i].what_if.push(((k, *old), -1));
+                    }
+                    if t != WhatIfTally::default() {
+                        batch.shadows[i].what_if.push(((k, t), 1));
+                        pairs.insert(k, t);
+                    } else {
+                        pairs.remove(&k);
+                    }
+                }
+            }
+            sink.apply(&batch);
+            for (version, (rows, pairs)) in versions.iter().zip(&want) {
+                let got = read_shadow_analyses(&mut conn, p, version).expect("read");
+                assert_eq!(
+                    as_sets(&got),
+                    as_sets(&analyses::to_json(rows)),
+                    "{version}"
+                );
+                let got = read_what_if(&mut conn, p, version).expect("read");
+                assert_eq!(
+                    rows_set(&got),
+                    rows_set(&what_if_rows(version, pairs)),
+                    "{version}"
+                );
+            }
+            // The analyses of record are not the shadows'.
+            assert_analyses(&mut conn, p, &gen.rows);
+        }
+        // Zero rows are gone, a status count stays at zero.
+        let rejected = read_shadow_analyses(&mut conn, p, "strict").expect("read")["status_counts"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["status"] == "rejected_risk")
+            .cloned()
+            .expect("every status is there");
+        assert_eq!(rejected["count"], 0);
+        assert_eq!(read_what_if(&mut conn, p, "strict").expect("read").len(), 1);
+        // A rebuild writes them whole again.
+        redis::cmd("DEL")
+            .arg(format!("{p}:shadow:loose:1:what_if"))
+            .arg(format!("{p}:shadow:strict:analysis:status_counts"))
+            .exec(&mut conn)
+            .unwrap();
+        assert!(sink.flush(), "rebuilt");
+        for (version, (rows, pairs)) in versions.iter().zip(&want) {
+            let got = read_shadow_analyses(&mut conn, p, version).expect("read");
+            assert_eq!(
+                as_sets(&got),
+                as_sets(&analyses::to_json(rows)),
+                "{version}"
+            );
+            let got = read_what_if(&mut conn, p, version).expect("read");
+            assert_eq!(
+                rows_set(&got),
+                rows_set(&what_if_rows(version, pairs)),
+                "{version}"
+            );
         }
     }
 
