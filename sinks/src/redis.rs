@@ -1144,6 +1144,30 @@ mod tests {
             .clone()
     }
 
+    /// A shadow's analysis rows and what-if rows.
+    type ShadowWant = (
+        BTreeMap<AnalysisKey, Tally>,
+        BTreeMap<WhatIfKey, WhatIfTally>,
+    );
+
+    /// Each shadow's rows in Redis (under prefix `p`) are `want`'s.
+    fn assert_shadows(conn: &mut Connection, p: &str, versions: &[String], want: &[ShadowWant]) {
+        for (version, (rows, pairs)) in versions.iter().zip(want) {
+            let got = read_shadow_analyses(conn, p, version).expect("read");
+            assert_eq!(
+                as_sets(&got),
+                as_sets(&analyses::to_json(rows)),
+                "{version}"
+            );
+            let got = read_what_if(conn, p, version).expect("read");
+            assert_eq!(
+                rows_set(&got),
+                rows_set(&what_if_rows(version, pairs)),
+                "{version}"
+            );
+        }
+    }
+
     /// A shadow's analyses and what-if rows (SPEC §12) are cached beside those of record,
     /// each under its version: incrementally (a row back to zero is deleted, a status
     /// count stays), and again whole by a rebuild.
@@ -1169,10 +1193,7 @@ mod tests {
             amount_cents,
         };
         // What the sink should hold, per shadow: analysis rows and what-if rows.
-        let mut want: Vec<(
-            BTreeMap<AnalysisKey, Tally>,
-            BTreeMap<WhatIfKey, WhatIfTally>,
-        )> = vec![Default::default(), Default::default()];
+        let mut want: Vec<ShadowWant> = vec![Default::default(), Default::default()];
         // Per batch: (shadow, its new analysis row, its new what-if row).
         type Step = (
             usize,
@@ -1241,20 +1262,7 @@ mod tests {
                 }
             }
             sink.apply(&batch);
-            for (version, (rows, pairs)) in versions.iter().zip(&want) {
-                let got = read_shadow_analyses(&mut conn, p, version).expect("read");
-                assert_eq!(
-                    as_sets(&got),
-                    as_sets(&analyses::to_json(rows)),
-                    "{version}"
-                );
-                let got = read_what_if(&mut conn, p, version).expect("read");
-                assert_eq!(
-                    rows_set(&got),
-                    rows_set(&what_if_rows(version, pairs)),
-                    "{version}"
-                );
-            }
+            assert_shadows(&mut conn, p, &versions, &want);
             // The analyses of record are not the shadows'.
             assert_analyses(&mut conn, p, &gen.rows);
         }
@@ -1275,20 +1283,7 @@ mod tests {
             .exec(&mut conn)
             .unwrap();
         assert!(sink.flush(), "rebuilt");
-        for (version, (rows, pairs)) in versions.iter().zip(&want) {
-            let got = read_shadow_analyses(&mut conn, p, version).expect("read");
-            assert_eq!(
-                as_sets(&got),
-                as_sets(&analyses::to_json(rows)),
-                "{version}"
-            );
-            let got = read_what_if(&mut conn, p, version).expect("read");
-            assert_eq!(
-                rows_set(&got),
-                rows_set(&what_if_rows(version, pairs)),
-                "{version}"
-            );
-        }
+        assert_shadows(&mut conn, p, &versions, &want);
     }
 
     #[test]

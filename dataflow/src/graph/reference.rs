@@ -246,11 +246,7 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
     pub(super) fn get<R>(&mut self, key: &str, t: Time, read: impl FnOnce(&V) -> R) -> Option<R> {
         self.refresh();
         if let Some(timeline) = self.history.get(key) {
-            let i = timeline.partition_point(|(tau, _)| *tau <= t);
-            return i
-                .checked_sub(1)
-                .and_then(|i| timeline[i].1.as_ref())
-                .map(read);
+            return as_of(timeline, t).map(read);
         }
         self.index.get(key)?.val.as_ref().map(read)
     }
@@ -260,19 +256,8 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
     pub(super) fn get_with_state(&mut self, key: &str, t: Time) -> Option<(&V, &mut S)> {
         self.refresh();
         if let Some(timeline) = self.history.get(key) {
-            let i = timeline.partition_point(|(tau, _)| *tau <= t);
-            let val = timeline[i.checked_sub(1)?].1.as_ref()?;
-            if !self.index.contains_key(key) {
-                self.index.insert(
-                    CompactString::from(key),
-                    Slot {
-                        val: None,
-                        state: S::default(),
-                    },
-                );
-            }
-            let slot = self.index.get_mut(key).expect("slot just ensured");
-            return Some((val, &mut slot.state));
+            let val = as_of(timeline, t)?;
+            return Some((val, &mut slot_of(&mut self.index, key).state));
         }
         let slot = self.index.get_mut(key)?;
         Some((slot.val.as_ref()?, &mut slot.state))
@@ -280,16 +265,7 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
 
     /// The state kept for `key`, whether or not it has a value now.
     pub(super) fn state_of(&mut self, key: &str) -> &mut S {
-        if !self.index.contains_key(key) {
-            self.index.insert(
-                CompactString::from(key),
-                Slot {
-                    val: None,
-                    state: S::default(),
-                },
-            );
-        }
-        &mut self.index.get_mut(key).expect("slot just ensured").state
+        &mut slot_of(&mut self.index, key).state
     }
 
     /// No query will ask about a time before `least`; none at all if `None`.
@@ -310,6 +286,29 @@ impl<V: differential_dataflow::ExchangeData, S: Default> RefIndex<V, S> {
         self.trace
             .set_logical_compaction(Antichain::from_iter(least).borrow());
     }
+}
+
+/// The value a timeline gives as of `t` (changes at `t` included).
+fn as_of<V>(timeline: &Timeline<V>, t: Time) -> Option<&V> {
+    let i = timeline.partition_point(|(tau, _)| *tau <= t);
+    timeline[i.checked_sub(1)?].1.as_ref()
+}
+
+/// `key`'s slot in `index`, made without a value if it has none.
+fn slot_of<'a, V, S: Default>(
+    index: &'a mut HashMap<CompactString, Slot<V, S>>,
+    key: &str,
+) -> &'a mut Slot<V, S> {
+    if !index.contains_key(key) {
+        index.insert(
+            CompactString::from(key),
+            Slot {
+                val: None,
+                state: S::default(),
+            },
+        );
+    }
+    index.get_mut(key).expect("slot just ensured")
 }
 
 /// The cursor and storage types of a [`RefCursor`].
