@@ -695,7 +695,7 @@ fn shadow_sets() -> Vec<RuleSet> {
 /// The dataflow with three shadows (SPEC §12), with 1, 2 and 3 workers, one millisecond
 /// and `epoch_ms` per cell: the ledger of record is the reference's run without shadows;
 /// each shadow is the reference's run with its rule set from the start and the control
-/// records but the `rules` ones; its what-if rows are the pairs of statuses of record and
+/// records, the `rules` ones changing nothing; its what-if rows are the pairs of statuses of record and
 /// shadow statuses, with the amounts of the messages that parsed, counted here.
 fn check_shadows(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (records, msgs, controls) = live_capture(steps);
@@ -704,10 +704,18 @@ fn check_shadows(steps: &[Step], epoch_ms: u64) -> Result<(), TestCaseError> {
     let (ref_regions, ref_users) = ref_reference();
     let primary_expected =
         vtpga_reference::run_live(&ref_regions, &ref_users, &msgs, &controls, &default_rules());
+    // A shadow ignores the change of a `rules` record, not the record: it still arrived,
+    // so it still counts for the end of input and for its control partition's clock.
+    // Here it changes nothing (the reference counts it invalid, which is not compared).
     let no_rules: Vec<RefControl> = controls
         .iter()
-        .filter(|c| !matches!(c.change, Some(RefChange::Rules(_))))
-        .cloned()
+        .map(|c| match c.change {
+            Some(RefChange::Rules(_)) => RefControl {
+                change: None,
+                ..c.clone()
+            },
+            _ => c.clone(),
+        })
         .collect();
     let sets = shadow_sets();
     let expected: Vec<vtpga_reference::RefOutput> = sets
@@ -1054,4 +1062,30 @@ fn a_late_credit_stops_at_its_users_deletion() {
     let got = run_dataflow(records, 3, params(4096));
     let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
     assert_eq!(statuses, ["approved", "approved", "insufficient_balance"]);
+}
+
+/// A shadow ignores a `rules` record's change, not the record: its arrival time still
+/// counts for the end of input and for its control partition's clock. Here user A's
+/// deletion (effective at t + 1) takes effect because the `rules` record arrives at
+/// t + 1; without that record the deletion would be after the end of input, pending.
+#[test]
+fn a_shadow_keeps_the_time_of_the_rules_records_it_ignores() {
+    let ctl = |dt, kind, effective| Step {
+        ctl: Some(Ctl {
+            partition: 0,
+            kind,
+            who: 0,
+            region: 0,
+            cents: 1,
+            limit: 0,
+            version: 0,
+            rules: (0, 0, 0),
+            effective,
+        }),
+        ..pay(dt, 0, 0, 0, 0, 1)
+    };
+    let steps = vec![ctl(0, 1, Some(1)), ctl(1, 8, None)];
+    for epoch_ms in [1, 2] {
+        check_shadows(&steps, epoch_ms).expect("each shadow matches the reference");
+    }
 }
