@@ -59,6 +59,75 @@ fn replay_with_live_changes_is_identical_for_any_worker_and_process_count() {
     );
 }
 
+/// A cell holding more messages than `--max-in-flight` (70-minute cells of about 3,000
+/// messages, at most 100 in flight): the source must take the rest of a cell it has begun
+/// even when full, or the cell never closes and the replay waits for ever (it did). The
+/// outputs are those of a replay without the bound; the run is killed after 120 s.
+#[test]
+fn a_cell_larger_than_max_in_flight_is_decided() {
+    let tmp = tempdir();
+    let dir = tmp.as_str();
+    vtpga(&[
+        "generate",
+        "--out",
+        dir,
+        "--count",
+        "6000",
+        "--users",
+        "500",
+        "--span-hours",
+        "2",
+    ]);
+    let mut args = replay_args(dir, "free");
+    args.extend(["--epoch-ms".into(), "4194304".into()]);
+    vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for workers in ["1", "2"] {
+        let tag = format!("bounded{workers}");
+        let mut args = replay_args(dir, &tag);
+        args.extend(
+            [
+                "--epoch-ms",
+                "4194304",
+                "--max-in-flight",
+                "100",
+                "--workers",
+                workers,
+            ]
+            .map(String::from),
+        );
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("vtpga replay runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let status = status.unwrap_or_else(|| {
+            panic!("replay with --max-in-flight 100 and {workers} worker(s) did not end in 120 s")
+        });
+        assert!(status.success(), "replay failed: {status}");
+        for kind in ["decisions-{}.jsonl", "analyses-{}.json", "balances-{}.csv"] {
+            assert!(
+                read(dir, kind.replace("{}", "free")) == read(dir, kind.replace("{}", &tag)),
+                "{} differs from the replay without the bound",
+                kind.replace("{}", &tag)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Shadow rule sets (SPEC §12): `replay --shadow a --shadow b --shadow-out DIR` leaves
 /// the decisions of record byte-identical to a replay without shadows, writes for each
 /// shadow exactly what `replay --rules` with its set writes, and what-if rows equal to

@@ -90,6 +90,11 @@ where
         let mut in_flight_count = 0usize;
         // The decisions of rules 1-2 of one poll, with the time each leaves at.
         let mut refused: Vec<(Time, B)> = Vec::new();
+        // The end of the cell of the last message given. Until the feed has passed it the
+        // source goes on taking messages even when full: the graph cannot close a cell
+        // while some of its messages wait in the feed, so stopping there would wait for
+        // ever (a cell may hold more messages than `max_in_flight`).
+        let mut open_cell_end: Option<Time> = None;
         move |_frontiers| {
             let Some(caps) = capabilities.as_mut() else {
                 return;
@@ -108,8 +113,16 @@ where
             let full = |in_flight: &VecDeque<(Time, usize)>, count: usize| {
                 count >= max_in_flight || in_flight.len() >= MAX_TIMES_IN_FLIGHT
             };
-            if buffer.is_empty() && !feed_done && !full(&in_flight, in_flight_count) {
-                match feed.poll(&mut polled, POLL_BATCH.min(max_in_flight - in_flight_count)) {
+            let floor = *caps[0].time();
+            // Whether the feed may still hold messages of the cell begun.
+            let mid_cell = open_cell_end.is_some_and(|end| feed_frontier.max(floor) <= end);
+            if buffer.is_empty() && !feed_done && (mid_cell || !full(&in_flight, in_flight_count)) {
+                let budget = if full(&in_flight, in_flight_count) {
+                    POLL_BATCH
+                } else {
+                    POLL_BATCH.min(max_in_flight - in_flight_count)
+                };
+                match feed.poll(&mut polled, budget) {
                     Polled::Open { frontier, idle } => {
                         feed_frontier = frontier;
                         feed_idle = idle;
@@ -118,11 +131,11 @@ where
                 }
                 buffer.extend(polled.drain(..));
             }
-            let floor = *caps[0].time();
             let mut ok_h = ok_out.activate();
             let mut err_h = err_out.activate();
             while let Some(first) = buffer.front() {
-                if full(&in_flight, in_flight_count) {
+                let in_open_cell = Some(first.t.max(floor) | mask) == open_cell_end;
+                if full(&in_flight, in_flight_count) && !in_open_cell {
                     break;
                 }
                 // Feeds promise non-decreasing t; anything earlier than the capability would
@@ -168,6 +181,7 @@ where
                     _ => in_flight.push_back((last_end, n)),
                 }
                 in_flight_count += n;
+                open_cell_end = Some(last_end);
             }
             let next = match buffer.front() {
                 Some(m) => cell_start(m.t.max(floor)),
@@ -199,7 +213,10 @@ where
             }
             if buffer.is_empty() && feed_idle {
                 activator.activate_after(Duration::from_millis(1));
-            } else if full(&in_flight, in_flight_count) {
+            } else if full(&in_flight, in_flight_count)
+                && !(buffer.is_empty()
+                    && open_cell_end.is_some_and(|end| feed_frontier.max(floor) <= end))
+            {
                 // Waiting for the graph: let the worker park (or do other work) rather than
                 // spin, which starves the other workers when threads outnumber cores.
                 activator.activate_after(Duration::from_micros(50));
