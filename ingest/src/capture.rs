@@ -23,8 +23,7 @@ use crate::generator::{GenMessage, Generator, GeneratorConfig};
 use crate::refdata::{self, RefDataError};
 
 /// One line of a capture file.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Line")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureRecord {
     /// The record timestamp as consumed, before the SPEC §4 clamping. Kafka's "no
     /// timestamp" (−1) and any other negative value read as 0, as the Kafka source takes
@@ -49,15 +48,17 @@ pub const CONTROL_TOPIC: &str = "transacoes-controle";
 /// The transaction topic's name (the topic of a line without `"topic"`).
 pub const TRANSACTION_TOPIC: &str = "transacoes";
 
-/// A capture line as written; [`CaptureRecord`] is what it means.
+/// A capture line as written, borrowed from the line's text (the payload is unescaped
+/// once, into the record); [`CaptureRecord`] is what it means.
 #[derive(Deserialize)]
-struct Line {
+struct Line<'a> {
     t: i64,
     partition: i32,
     offset: i64,
-    payload: Box<serde_json::value::RawValue>,
-    #[serde(default)]
-    topic: Option<String>,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+    #[serde(default, borrow)]
+    topic: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The error of a capture line whose payload is `null` (SPEC §9).
@@ -66,10 +67,10 @@ pub const NO_VALUE: &str = "record has no value";
 /// was not UTF-8 (SPEC §9).
 pub const NOT_UTF8: &str = "payload is not valid UTF-8";
 
-impl TryFrom<Line> for CaptureRecord {
+impl TryFrom<Line<'_>> for CaptureRecord {
     type Error = String;
 
-    fn try_from(line: Line) -> Result<Self, String> {
+    fn try_from(line: Line<'_>) -> Result<Self, String> {
         let control = match line.topic.as_deref() {
             None | Some(TRANSACTION_TOPIC) => false,
             Some(CONTROL_TOPIC) => true,
@@ -322,7 +323,9 @@ impl<R: BufRead> CaptureLines<R> {
     fn parse(&self, bytes: &[u8]) -> Result<CaptureRecord, CaptureError> {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| self.line_err(format!("not UTF-8 text: {e}")))?;
-        let rec: CaptureRecord = serde_json::from_str(text)
+        let line: Line<'_> = serde_json::from_str(text)
+            .map_err(|e| self.line_err(format!("not a capture record: {e}")))?;
+        let rec = CaptureRecord::try_from(line)
             .map_err(|e| self.line_err(format!("not a capture record: {e}")))?;
         if rec.partition < 0 {
             return Err(self.line_err(format!("negative partition {}", rec.partition)));
@@ -396,48 +399,57 @@ pub fn read_capture(path: &Path) -> Result<Vec<CaptureRecord>, CaptureError> {
     capture_lines(path).collect()
 }
 
-/// [`read_capture`] on `threads` threads: the file is read whole, cut at line ends into
-/// one piece per thread, and the pieces are parsed at once. Same records, same order, same
-/// first error (with its line number).
+/// [`read_capture`] on `threads` threads: the file is cut at line ends into one piece per
+/// thread, and each thread reads and parses its own piece (no copy of the whole file in
+/// memory). Same records, same order, same first error (with its line number).
 pub fn read_capture_parallel(
     path: &Path,
     threads: usize,
 ) -> Result<Vec<CaptureRecord>, CaptureError> {
-    let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| CaptureError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let threads = threads.clamp(1, 64);
-    // Piece boundaries just after a newline, so no line is cut.
-    let mut cuts = vec![0];
-    for k in 1..threads {
-        let from = (bytes.len() * k / threads).max(*cuts.last().expect("one cut"));
-        match bytes[from..].iter().position(|&b| b == b'\n') {
-            Some(i) => cuts.push(from + i + 1),
-            None => break,
-        }
-    }
-    cuts.push(bytes.len());
-    cuts.dedup();
-    let pieces: Vec<(u64, &[u8])> = {
-        let mut line = 0u64;
-        cuts.windows(2)
-            .map(|w| {
-                let piece = &bytes[w[0]..w[1]];
-                let first_line = line;
-                line += piece.iter().filter(|&&b| b == b'\n').count() as u64;
-                (first_line, piece)
-            })
-            .collect()
     };
-    let parsed: Vec<Result<Vec<CaptureRecord>, CaptureError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = pieces
-            .iter()
-            .map(|&(first_line, piece)| {
-                scope.spawn(move || {
-                    let mut lines = CaptureLines::from_reader(piece, path);
-                    lines.line = first_line;
-                    lines.collect::<Result<Vec<_>, _>>()
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let threads = threads.clamp(1, 64) as u64;
+    // Piece boundaries just after a newline, so no line is cut.
+    let mut cuts = vec![0u64];
+    for k in 1..threads {
+        let from = (len * k / threads).max(*cuts.last().expect("one cut"));
+        file.seek(SeekFrom::Start(from)).map_err(io)?;
+        let mut rest = Vec::new();
+        let n = BufReader::with_capacity(1 << 16, &mut file)
+            .read_until(b'\n', &mut rest)
+            .map_err(io)?;
+        if rest.last() != Some(&b'\n') {
+            break;
+        }
+        cuts.push(from + n as u64);
+    }
+    cuts.push(len);
+    cuts.dedup();
+    // Each piece: its records and its number of lines, or its first error (whose line
+    // number counts from the piece's start).
+    type Piece = Result<(Vec<CaptureRecord>, u64), CaptureError>;
+    let pieces: Vec<Piece> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cuts
+            .windows(2)
+            .map(|w| {
+                let (start, end) = (w[0], w[1]);
+                scope.spawn(move || -> Piece {
+                    let mut file = File::open(path).map_err(io)?;
+                    file.seek(SeekFrom::Start(start)).map_err(io)?;
+                    let reader = BufReader::with_capacity(1 << 20, file.take(end - start));
+                    let mut lines = CaptureLines::from_reader(reader, path);
+                    // A capture line is about 300 bytes; room for that many, untouched
+                    // until used.
+                    let mut records = Vec::with_capacity(((end - start) / 128) as usize);
+                    for record in lines.by_ref() {
+                        records.push(record?);
+                    }
+                    Ok((records, lines.line))
                 })
             })
             .collect();
@@ -446,9 +458,31 @@ pub fn read_capture_parallel(
             .map(|h| h.join().expect("a capture parser thread panicked"))
             .collect()
     });
-    let mut records = Vec::new();
-    for piece in parsed {
-        records.append(&mut piece?);
+    let mut lines_before = 0;
+    let mut parsed = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match piece {
+            Ok((records, lines)) => {
+                lines_before += lines;
+                parsed.push(records);
+            }
+            Err(CaptureError::Line {
+                path,
+                line,
+                message,
+            }) => {
+                return Err(CaptureError::Line {
+                    path,
+                    line: line + lines_before,
+                    message,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut records = Vec::with_capacity(parsed.iter().map(Vec::len).sum());
+    for mut piece in parsed {
+        records.append(&mut piece);
     }
     Ok(records)
 }
@@ -605,6 +639,51 @@ mod tests {
             partition,
             key: format!("k{partition}"),
             payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    /// The parallel reader gives the sequential reader's records for any thread count,
+    /// blank lines, escapes, `null` payloads and control lines among them, and the same
+    /// first error with the same line number wherever the pieces are cut.
+    #[test]
+    fn parallel_reading_equals_sequential_reading() {
+        let dir = tmpdir("parallel");
+        let mut text = String::new();
+        for i in 0..200 {
+            let payload = match i % 5 {
+                0 => "null".to_owned(),
+                1 => format!("\"{{\\\"id\\\": {i}, \\\"x\\\": \\\"\\u00e9\\n\\\"}}\""),
+                _ => format!("\"{i}\""),
+            };
+            let topic = if i % 7 == 0 { r#","topic":"transacoes-controle""# } else { "" };
+            text.push_str(&format!(
+                "{{\"t\":{},\"partition\":{},\"offset\":{i}{topic},\"payload\":{payload}}}\n",
+                1000 + i,
+                i % 3
+            ));
+            if i % 11 == 0 {
+                text.push_str("  \n");
+            }
+        }
+        let good = dir.join("good.jsonl");
+        std::fs::write(&good, &text).unwrap();
+        let want = read_capture(&good).unwrap();
+        assert_eq!(want.len(), 200);
+        assert!(want.iter().any(|r| r.control) && want.iter().any(|r| r.refused.is_some()));
+        assert!(want.iter().any(|r| r.payload.contains('\u{e9}')));
+        for threads in [1, 2, 3, 7, 64] {
+            assert_eq!(read_capture_parallel(&good, threads).unwrap(), want, "{threads}");
+        }
+        // A bad line near the end: its number is the same however the file is cut.
+        let bad = dir.join("bad.jsonl");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(190, "{\"t\": 1}");
+        std::fs::write(&bad, lines.join("\n")).unwrap();
+        let want = read_capture(&bad).unwrap_err().to_string();
+        assert!(want.contains("line 191"), "{want}");
+        for threads in [1, 2, 3, 7, 64] {
+            let got = read_capture_parallel(&bad, threads).unwrap_err().to_string();
+            assert_eq!(got, want, "{threads} threads");
         }
     }
 

@@ -23,13 +23,25 @@ pub struct Prepared {
 pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
     // Per partition, by offset: the first line of each position (a stable sort keeps the
     // lines of one position in file order).
-    let mut records: Vec<CaptureRecord> = records.into_iter().collect();
-    // Source positions, and the clamping of arrival times, are per topic.
-    records.sort_by_key(|r| (r.control, r.partition, r.offset));
+    // Source positions, and the clamping of arrival times, are per topic. The lines go
+    // to one list per (topic, partition), in file order, and each list is sorted by
+    // offset: a capture's partitions are interleaved but each is usually in offset order
+    // already, which the stable sort only checks.
+    let mut lists: std::collections::BTreeMap<(bool, i32), Vec<CaptureRecord>> =
+        Default::default();
+    let mut total = 0;
+    for r in records {
+        total += 1;
+        lists.entry((r.control, r.partition)).or_default().push(r);
+    }
     let mut out = Prepared::default();
-    out.messages.reserve(records.len());
+    out.messages.reserve(total);
     let mut last: Option<(bool, i32, i64)> = None;
     let mut t: Time = 0;
+    let records = lists.into_values().flat_map(|mut list| {
+        list.sort_by_key(|r| r.offset);
+        list
+    });
     for r in records {
         if last == Some((r.control, r.partition, r.offset)) {
             out.redelivered += 1;
