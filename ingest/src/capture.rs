@@ -655,7 +655,11 @@ mod tests {
                 1 => format!("\"{{\\\"id\\\": {i}, \\\"x\\\": \\\"\\u00e9\\n\\\"}}\""),
                 _ => format!("\"{i}\""),
             };
-            let topic = if i % 7 == 0 { r#","topic":"transacoes-controle""# } else { "" };
+            let topic = if i % 7 == 0 {
+                r#","topic":"transacoes-controle""#
+            } else {
+                ""
+            };
             text.push_str(&format!(
                 "{{\"t\":{},\"partition\":{},\"offset\":{i}{topic},\"payload\":{payload}}}\n",
                 1000 + i,
@@ -672,7 +676,11 @@ mod tests {
         assert!(want.iter().any(|r| r.control) && want.iter().any(|r| r.refused.is_some()));
         assert!(want.iter().any(|r| r.payload.contains('\u{e9}')));
         for threads in [1, 2, 3, 7, 64] {
-            assert_eq!(read_capture_parallel(&good, threads).unwrap(), want, "{threads}");
+            assert_eq!(
+                read_capture_parallel(&good, threads).unwrap(),
+                want,
+                "{threads}"
+            );
         }
         // A bad line near the end: its number is the same however the file is cut.
         let bad = dir.join("bad.jsonl");
@@ -682,7 +690,9 @@ mod tests {
         let want = read_capture(&bad).unwrap_err().to_string();
         assert!(want.contains("line 191"), "{want}");
         for threads in [1, 2, 3, 7, 64] {
-            let got = read_capture_parallel(&bad, threads).unwrap_err().to_string();
+            let got = read_capture_parallel(&bad, threads)
+                .unwrap_err()
+                .to_string();
             assert_eq!(got, want, "{threads} threads");
         }
     }

@@ -27,8 +27,7 @@ pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
     // to one list per (topic, partition), in file order, and each list is sorted by
     // offset: a capture's partitions are interleaved but each is usually in offset order
     // already, which the stable sort only checks.
-    let mut lists: std::collections::BTreeMap<(bool, i32), Vec<CaptureRecord>> =
-        Default::default();
+    let mut lists: std::collections::BTreeMap<(bool, i32), Vec<CaptureRecord>> = Default::default();
     let mut total = 0;
     for r in records {
         total += 1;
