@@ -9,10 +9,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use vtpga_ingest::capture::read_capture_parallel;
+use vtpga_ingest::capture::index_capture_parallel;
 use vtpga_ingest::refdata::{read_regions, read_users};
-use vtpga_ingest::replay::{prepare, split_for_workers};
-use vtpga_ingest::source::VecFeed;
+use vtpga_ingest::replay::{prepare_lines, split_lines_for_workers, CaptureFeed};
 use vtpga_sinks::consumer::{Consumer, WritePath};
 use vtpga_sinks::files::{ReplayFiles, ShadowFiles};
 use vtpga_sinks::Gather;
@@ -76,40 +75,43 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let regions = read_regions(&args.regions)?;
     let users = read_users(&args.users)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let records = read_capture_parallel(&args.input, threads)
+    // Every line is checked and placed here; each worker reads and decodes its own lines
+    // as its source takes them.
+    let lines = index_capture_parallel(&args.input, threads)
         .with_context(|| format!("reading capture {}", args.input.display()))?;
-    let prepared = prepare(records);
+    let (lines, redelivered) = prepare_lines(lines);
     // Live changes are followed only if the capture has control records.
-    let live_changes = prepared.messages.iter().any(|m| {
-        matches!(
-            m.body,
-            vtpga_dataflow::graph::Body::Control(_)
-                | vtpga_dataflow::graph::Body::ControlRefused { .. }
-        )
-    });
+    let live_changes = lines.iter().any(|(l, _)| l.control);
     if args.params.epoch_ms.is_none() {
-        let times: Vec<_> = prepared.messages.iter().map(|m| m.t).collect();
+        let times: Vec<_> = lines.iter().map(|&(_, t)| t).collect();
         params.epoch_ms = vtpga_dataflow::epoch_for(&times, AUTO_EPOCH_CELL, AUTO_EPOCH_LIMIT_MS);
     }
     log::info!(
         "replaying {} messages ({} re-deliveries skipped) on {} worker(s) x {} process(es), epoch {} ms",
-        prepared.messages.len(),
-        prepared.redelivered,
+        lines.len(),
+        redelivered,
         args.cluster.workers,
         args.cluster.processes,
         params.epoch_ms
     );
-    // Each worker of this process gets its share, moved out of the capture (no copies).
+    // Each worker of this process gets its share of the lines, and the file to read them.
     let (workers, peers) = (
         args.cluster.workers,
         args.cluster.workers * args.cluster.processes,
     );
     let first = args.cluster.process * workers;
-    let shares: Vec<std::sync::Mutex<Option<Vec<_>>>> =
-        split_for_workers(prepared.messages, first..first + workers, peers)
-            .into_iter()
-            .map(|share| std::sync::Mutex::new(Some(share)))
-            .collect();
+    let shares = split_lines_for_workers(lines, first..first + workers, peers)
+        .into_iter()
+        .map(|share| {
+            let file = std::fs::File::open(&args.input)
+                .with_context(|| format!("opening capture {}", args.input.display()))?;
+            Ok(std::sync::Mutex::new(Some(CaptureFeed::new(
+                file,
+                args.input.clone(),
+                share,
+            ))))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Process 0 writes the files; the others only decide their share.
     let mut followers: Vec<Box<dyn Consumer>> = Vec::new();
     let mut counts = None;
@@ -169,10 +171,10 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     pipeline::run(
         spec,
         move |index, _peers| {
-            let share = shares
+            shares
                 .get(index - first)
-                .and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
-            VecFeed::new(share.unwrap_or_default())
+                .and_then(|s| s.lock().ok().and_then(|mut s| s.take()))
+                .expect("one capture feed per worker of this process")
         },
         path,
     )?;

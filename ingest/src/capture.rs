@@ -67,42 +67,98 @@ pub const NO_VALUE: &str = "record has no value";
 /// was not UTF-8 (SPEC §9).
 pub const NOT_UTF8: &str = "payload is not valid UTF-8";
 
-impl TryFrom<Line<'_>> for CaptureRecord {
-    type Error = String;
+/// A capture line checked against SPEC §9 (all but its payload's decoding, which cannot
+/// fail: a payload that does not decode is a refused record, not an error of the file).
+struct Checked<'a> {
+    line: Line<'a>,
+    control: bool,
+}
 
-    fn try_from(line: Line<'_>) -> Result<Self, String> {
-        let control = match line.topic.as_deref() {
-            None | Some(TRANSACTION_TOPIC) => false,
-            Some(CONTROL_TOPIC) => true,
-            Some(other) => {
-                return Err(format!(
-                    "topic: expected {TRANSACTION_TOPIC:?} or {CONTROL_TOPIC:?}, not {:?}",
-                    other.chars().take(64).collect::<String>()
-                ))
-            }
-        };
-        let raw = line.payload.get();
-        let (payload, refused) = if raw == "null" {
-            (String::new(), Some(NO_VALUE.to_owned()))
-        } else if !raw.starts_with('"') {
-            return Err("payload: expected a string or null".to_owned());
-        } else {
-            match serde_json::from_str::<String>(raw) {
-                Ok(text) => (text, None),
-                // serde_json refuses only lone surrogates in a well-formed string: the
-                // value was not UTF-8; its escaped text is what can be kept of it.
-                Err(_) => (raw[1..raw.len() - 1].to_owned(), Some(NOT_UTF8.to_owned())),
-            }
-        };
-        Ok(CaptureRecord {
+/// Checks one capture line (without its line end); the error says what is wrong with it.
+fn check_line(bytes: &[u8]) -> Result<Checked<'_>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    let line: Line<'_> =
+        serde_json::from_str(text).map_err(|e| format!("not a capture record: {e}"))?;
+    let control = match line.topic.as_deref() {
+        None | Some(TRANSACTION_TOPIC) => false,
+        Some(CONTROL_TOPIC) => true,
+        Some(other) => {
+            return Err(format!(
+                "not a capture record: topic: expected {TRANSACTION_TOPIC:?} or {CONTROL_TOPIC:?}, not {:?}",
+                other.chars().take(64).collect::<String>()
+            ))
+        }
+    };
+    let raw = line.payload.get();
+    if raw != "null" && !raw.starts_with('"') {
+        return Err("not a capture record: payload: expected a string or null".to_owned());
+    }
+    if line.partition < 0 {
+        return Err(format!("negative partition {}", line.partition));
+    }
+    if line.offset < 0 {
+        return Err(format!("negative offset {}", line.offset));
+    }
+    Ok(Checked { line, control })
+}
+
+/// A checked line's payload (its JSON text: a string or `null`) decoded: the message's
+/// text, and why it is refused if it is.
+pub fn decode_payload(raw: &str) -> (String, Option<String>) {
+    if raw == "null" {
+        (String::new(), Some(NO_VALUE.to_owned()))
+    } else {
+        match serde_json::from_str::<String>(raw) {
+            Ok(text) => (text, None),
+            // serde_json refuses only lone surrogates in a well-formed string: the value
+            // was not UTF-8; its escaped text is what can be kept of it.
+            Err(_) => (
+                raw.get(1..raw.len().saturating_sub(1))
+                    .unwrap_or("")
+                    .to_owned(),
+                Some(NOT_UTF8.to_owned()),
+            ),
+        }
+    }
+}
+
+impl From<Checked<'_>> for CaptureRecord {
+    fn from(Checked { line, control }: Checked<'_>) -> Self {
+        let (payload, refused) = decode_payload(line.payload.get());
+        CaptureRecord {
             t: line.t.max(0) as u64,
             partition: line.partition,
             offset: line.offset,
             payload,
             refused,
             control,
-        })
+        }
     }
+}
+
+/// Reads one capture line (without its line end) into its record.
+pub fn parse_line(bytes: &[u8]) -> Result<CaptureRecord, String> {
+    check_line(bytes).map(CaptureRecord::from)
+}
+
+/// Where a capture line is in its file, and what ordering it needs (SPEC §4, §9): the
+/// replay orders and splits these, and each worker reads its own lines when it needs
+/// them (so the payloads are decoded in parallel, into memory freed by the messages
+/// already decided).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineRef {
+    /// The record timestamp as consumed (negative read as 0), before clamping.
+    pub t: u64,
+    /// The record's partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+    /// A record of the control topic.
+    pub control: bool,
+    /// The first byte of the line's payload (its JSON text) in the file.
+    pub start: u64,
+    /// The payload's length in bytes.
+    pub len: u32,
 }
 
 impl CaptureRecord {
@@ -321,19 +377,7 @@ impl<R: BufRead> CaptureLines<R> {
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<CaptureRecord, CaptureError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| self.line_err(format!("not UTF-8 text: {e}")))?;
-        let line: Line<'_> = serde_json::from_str(text)
-            .map_err(|e| self.line_err(format!("not a capture record: {e}")))?;
-        let rec = CaptureRecord::try_from(line)
-            .map_err(|e| self.line_err(format!("not a capture record: {e}")))?;
-        if rec.partition < 0 {
-            return Err(self.line_err(format!("negative partition {}", rec.partition)));
-        }
-        if rec.offset < 0 {
-            return Err(self.line_err(format!("negative offset {}", rec.offset)));
-        }
-        Ok(rec)
+        parse_line(bytes).map_err(|e| self.line_err(e))
     }
 }
 
@@ -406,6 +450,37 @@ pub fn read_capture_parallel(
     path: &Path,
     threads: usize,
 ) -> Result<Vec<CaptureRecord>, CaptureError> {
+    read_lines_parallel(path, threads, |bytes, _| parse_line(bytes))
+}
+
+/// Checks every line of a capture file as [`read_capture_parallel`] does, and gives where
+/// each line's payload is instead of its record (nothing is decoded).
+pub fn index_capture_parallel(path: &Path, threads: usize) -> Result<Vec<LineRef>, CaptureError> {
+    read_lines_parallel(path, threads, |bytes, start| {
+        let Checked { line, control } = check_line(bytes)?;
+        let raw = line.payload.get();
+        // The payload is borrowed from the line: where it starts in it.
+        let within = raw.as_ptr() as usize - bytes.as_ptr() as usize;
+        Ok(LineRef {
+            t: line.t.max(0) as u64,
+            partition: line.partition,
+            offset: line.offset,
+            control,
+            start: start + within as u64,
+            len: u32::try_from(raw.len()).map_err(|_| "a payload of 4 GiB or more".to_owned())?,
+        })
+    })
+}
+
+/// Reads the lines of a capture file on `threads` threads, each its own piece (cut at
+/// line ends), with `each(line, its first byte)`; lines holding only whitespace are
+/// skipped, line ends (`\n`, `\r\n`) are not part of a line. In file order; the first
+/// error of the file, with its line number.
+fn read_lines_parallel<T: Send>(
+    path: &Path,
+    threads: usize,
+    each: impl Fn(&[u8], u64) -> Result<T, String> + Sync,
+) -> Result<Vec<T>, CaptureError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source| CaptureError::Io {
         path: path.to_path_buf(),
@@ -430,41 +505,62 @@ pub fn read_capture_parallel(
     }
     cuts.push(len);
     cuts.dedup();
-    // Each piece: its records and its number of lines, or its first error (whose line
-    // number counts from the piece's start).
-    type Piece = Result<(Vec<CaptureRecord>, u64), CaptureError>;
-    let pieces: Vec<Piece> = std::thread::scope(|scope| {
+    // Each piece: what its lines gave and its number of lines, or its first error (whose
+    // line number counts from the piece's start).
+    type Piece<T> = Result<(Vec<T>, u64), CaptureError>;
+    let each = &each;
+    let pieces: Vec<Piece<T>> = std::thread::scope(|scope| {
         let handles: Vec<_> = cuts
             .windows(2)
             .map(|w| {
                 let (start, end) = (w[0], w[1]);
-                scope.spawn(move || -> Piece {
+                scope.spawn(move || -> Piece<T> {
                     let mut file = File::open(path).map_err(io)?;
                     file.seek(SeekFrom::Start(start)).map_err(io)?;
-                    let reader = BufReader::with_capacity(1 << 20, file.take(end - start));
-                    let mut lines = CaptureLines::from_reader(reader, path);
+                    let mut reader = BufReader::with_capacity(1 << 20, file.take(end - start));
                     // A capture line is about 300 bytes; room for that many, untouched
                     // until used.
-                    let mut records = Vec::with_capacity(((end - start) / 128) as usize);
-                    for record in lines.by_ref() {
-                        records.push(record?);
+                    let mut out = Vec::with_capacity(((end - start) / 128) as usize);
+                    let mut buf = Vec::new();
+                    let (mut at, mut line) = (start, 0u64);
+                    loop {
+                        buf.clear();
+                        let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
+                        if n == 0 {
+                            return Ok((out, line));
+                        }
+                        line += 1;
+                        let first = at;
+                        at += n as u64;
+                        let mut end = buf.len();
+                        while end > 0 && matches!(buf[end - 1], b'\n' | b'\r') {
+                            end -= 1;
+                        }
+                        let bytes = &buf[..end];
+                        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                            continue;
+                        }
+                        out.push(each(bytes, first).map_err(|message| CaptureError::Line {
+                            path: path.to_path_buf(),
+                            line,
+                            message,
+                        })?);
                     }
-                    Ok((records, lines.line))
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("a capture parser thread panicked"))
+            .map(|h| h.join().expect("a capture reader thread panicked"))
             .collect()
     });
     let mut lines_before = 0;
     let mut parsed = Vec::with_capacity(pieces.len());
     for piece in pieces {
         match piece {
-            Ok((records, lines)) => {
+            Ok((items, lines)) => {
                 lines_before += lines;
-                parsed.push(records);
+                parsed.push(items);
             }
             Err(CaptureError::Line {
                 path,
@@ -480,11 +576,11 @@ pub fn read_capture_parallel(
             Err(e) => return Err(e),
         }
     }
-    let mut records = Vec::with_capacity(parsed.iter().map(Vec::len).sum());
+    let mut all = Vec::with_capacity(parsed.iter().map(Vec::len).sum());
     for mut piece in parsed {
-        records.append(&mut piece);
+        all.append(&mut piece);
     }
-    Ok(records)
+    Ok(all)
 }
 
 /// An error of [`generate_dataset`].

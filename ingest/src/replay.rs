@@ -6,7 +6,8 @@
 use vtpga_dataflow::graph::{Body, Incoming};
 use vtpga_dataflow::{SourcePos, Time};
 
-use crate::capture::CaptureRecord;
+use crate::capture::{decode_payload, CaptureRecord, LineRef};
+use crate::source::{Feed, Polled};
 
 /// The ledger inputs of a capture, each partition in offset order, with arrival times
 /// clamped.
@@ -21,54 +22,75 @@ pub struct Prepared {
 /// Sorts the records by source position, keeps the first line of each position and
 /// clamps each partition's record timestamps to be non-decreasing in offset order.
 pub fn prepare(records: impl IntoIterator<Item = CaptureRecord>) -> Prepared {
-    // Per partition, by offset: the first line of each position (a stable sort keeps the
-    // lines of one position in file order).
+    let (ordered, redelivered) = order(records, |r| (r.control, r.partition, r.offset, r.t));
+    Prepared {
+        messages: ordered.into_iter().map(|(r, t)| incoming(r, t)).collect(),
+        redelivered,
+    }
+}
+
+/// [`prepare`] for lines not read yet: each with its clamped arrival time, and the number
+/// of re-deliveries dropped.
+pub fn prepare_lines(lines: Vec<LineRef>) -> (Vec<(LineRef, Time)>, u64) {
+    order(lines, |l| (l.control, l.partition, l.offset, l.t))
+}
+
+/// The message a capture record is, at its clamped time `t`.
+fn incoming(r: CaptureRecord, t: Time) -> Incoming {
+    let raw = r.payload.into_bytes();
+    let body = match (r.refused, r.control) {
+        (Some(error), false) => Body::Refused { raw, error },
+        (None, false) => Body::Raw(raw),
+        (Some(error), true) => Body::ControlRefused { raw, error },
+        (None, true) => Body::Control(raw),
+    };
+    Incoming {
+        pos: SourcePos {
+            partition: r.partition,
+            offset: r.offset,
+        },
+        t,
+        ingest_us: 0,
+        body,
+    }
+}
+
+/// Per topic and partition, by offset, the first line of each position with its arrival
+/// time clamped to be non-decreasing in offset order; and the number of re-deliveries
+/// dropped. `key`: (control topic, partition, offset, record timestamp).
+fn order<R>(
+    records: impl IntoIterator<Item = R>,
+    key: impl Fn(&R) -> (bool, i32, i64, u64),
+) -> (Vec<(R, Time)>, u64) {
     // Source positions, and the clamping of arrival times, are per topic. The lines go
     // to one list per (topic, partition), in file order, and each list is sorted by
-    // offset: a capture's partitions are interleaved but each is usually in offset order
-    // already, which the stable sort only checks.
-    let mut lists: std::collections::BTreeMap<(bool, i32), Vec<CaptureRecord>> = Default::default();
+    // offset (stable: the lines of one position stay in file order, the first one first).
+    // A capture's partitions are interleaved but each is usually in offset order already,
+    // which the stable sort only checks.
+    let mut lists: std::collections::BTreeMap<(bool, i32), Vec<R>> = Default::default();
     let mut total = 0;
     for r in records {
         total += 1;
-        lists.entry((r.control, r.partition)).or_default().push(r);
+        let (control, partition, _, _) = key(&r);
+        lists.entry((control, partition)).or_default().push(r);
     }
-    let mut out = Prepared::default();
-    out.messages.reserve(total);
-    let mut last: Option<(bool, i32, i64)> = None;
-    let mut t: Time = 0;
-    let records = lists.into_values().flat_map(|mut list| {
-        list.sort_by_key(|r| r.offset);
-        list
-    });
-    for r in records {
-        if last == Some((r.control, r.partition, r.offset)) {
-            out.redelivered += 1;
-            continue;
+    let mut out = Vec::with_capacity(total);
+    let mut redelivered = 0;
+    for mut list in lists.into_values() {
+        list.sort_by_key(|r| key(r).2);
+        let (mut last, mut t): (Option<i64>, Time) = (None, 0);
+        for r in list {
+            let (_, _, offset, record_t) = key(&r);
+            if last == Some(offset) {
+                redelivered += 1;
+                continue;
+            }
+            last = Some(offset);
+            t = t.max(record_t);
+            out.push((r, t));
         }
-        if last.map(|(c, p, _)| (c, p)) != Some((r.control, r.partition)) {
-            t = 0;
-        }
-        last = Some((r.control, r.partition, r.offset));
-        t = t.max(r.t);
-        let raw = r.payload.into_bytes();
-        let body = match (r.refused, r.control) {
-            (Some(error), false) => Body::Refused { raw, error },
-            (None, false) => Body::Raw(raw),
-            (Some(error), true) => Body::ControlRefused { raw, error },
-            (None, true) => Body::Control(raw),
-        };
-        out.messages.push(Incoming {
-            pos: SourcePos {
-                partition: r.partition,
-                offset: r.offset,
-            },
-            t,
-            ingest_us: 0,
-            body,
-        });
     }
-    out
+    (out, redelivered)
 }
 
 /// The messages of every worker of the processes' workers `mine` (global indexes) of
@@ -79,17 +101,157 @@ pub fn split_for_workers(
     mine: std::ops::Range<usize>,
     peers: usize,
 ) -> Vec<Vec<Incoming>> {
-    let mut shares: Vec<Vec<Incoming>> = mine.clone().map(|_| Vec::new()).collect();
-    for m in messages {
-        let w = owner(m.pos.partition, peers);
+    split(messages, mine, peers, |m| (m.pos.partition, m.t))
+}
+
+/// [`split_for_workers`] for lines not read yet.
+pub fn split_lines_for_workers(
+    lines: Vec<(LineRef, Time)>,
+    mine: std::ops::Range<usize>,
+    peers: usize,
+) -> Vec<Vec<(LineRef, Time)>> {
+    split(lines, mine, peers, |(l, t)| (l.partition, *t))
+}
+
+fn split<T>(
+    items: Vec<T>,
+    mine: std::ops::Range<usize>,
+    peers: usize,
+    key: impl Fn(&T) -> (i32, Time),
+) -> Vec<Vec<T>> {
+    let mut shares: Vec<Vec<T>> = mine.clone().map(|_| Vec::new()).collect();
+    for m in items {
+        let w = owner(key(&m).0, peers);
         if mine.contains(&w) {
             shares[w - mine.start].push(m);
         }
     }
     for share in shares.iter_mut() {
-        share.sort_by_key(|m| m.t);
+        share.sort_by_key(|m| key(m).1);
     }
     shares
+}
+
+/// Lines of a capture file farther apart than this are read apart.
+const READ_GAP: u64 = 1 << 16;
+
+/// A worker's share of a capture file, read as the source takes it: each poll reads the
+/// lines it gives (those close together in the file in one read), decodes them and hands
+/// them over, so a replay holds only the messages in flight, in memory that the messages
+/// already decided freed.
+pub struct CaptureFeed {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    lines: std::vec::IntoIter<(LineRef, Time)>,
+    batch: Vec<(LineRef, Time)>,
+    /// Where each line of the batch is in `buf`.
+    at: Vec<usize>,
+    buf: Vec<u8>,
+}
+
+impl CaptureFeed {
+    /// `lines` (sorted by `t`) of the capture open as `file`, named `path` in errors.
+    pub fn new(file: std::fs::File, path: std::path::PathBuf, lines: Vec<(LineRef, Time)>) -> Self {
+        debug_assert!(lines.windows(2).all(|w| w[0].1 <= w[1].1));
+        CaptureFeed {
+            file,
+            path,
+            lines: lines.into_iter(),
+            batch: Vec::new(),
+            at: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads the batch's payloads into `buf`, runs of nearby lines in one read each.
+    fn read_batch(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut by_start: Vec<usize> = (0..self.batch.len()).collect();
+        by_start.sort_unstable_by_key(|&i| self.batch[i].0.start);
+        // Runs: (first byte, end byte, first index in by_start).
+        let mut runs: Vec<(u64, u64, usize)> = Vec::new();
+        for (k, &i) in by_start.iter().enumerate() {
+            let l = &self.batch[i].0;
+            let end = l.start + u64::from(l.len);
+            match runs.last_mut() {
+                Some(run) if l.start <= run.1 + READ_GAP => run.1 = run.1.max(end),
+                _ => runs.push((l.start, end, k)),
+            }
+        }
+        let total: u64 = runs.iter().map(|r| r.1 - r.0).sum();
+        self.buf.resize(total as usize, 0);
+        self.at.clear();
+        self.at.resize(self.batch.len(), 0);
+        let mut into = 0usize;
+        for (n, &(first, end, k)) in runs.iter().enumerate() {
+            let size = (end - first) as usize;
+            self.file
+                .read_exact_at(&mut self.buf[into..into + size], first)?;
+            let next_k = runs.get(n + 1).map_or(by_start.len(), |r| r.2);
+            for &i in &by_start[k..next_k] {
+                self.at[i] = into + (self.batch[i].0.start - first) as usize;
+            }
+            into += size;
+        }
+        Ok(())
+    }
+}
+
+impl Feed for CaptureFeed {
+    fn poll(&mut self, out: &mut Vec<Incoming>, max: usize) -> Polled {
+        self.batch.clear();
+        self.batch.extend(self.lines.by_ref().take(max));
+        let read = self.read_batch();
+        for (i, &(line, t)) in self.batch.iter().enumerate() {
+            // The line was checked when the file was indexed: only its payload is read
+            // again, and decoded.
+            let record = match &read {
+                Ok(()) => {
+                    let bytes = &self.buf[self.at[i]..self.at[i] + line.len as usize];
+                    match std::str::from_utf8(bytes) {
+                        Ok(raw) if raw == "null" || raw.starts_with('"') && raw.ends_with('"') => {
+                            let (payload, refused) = decode_payload(raw);
+                            Ok(CaptureRecord {
+                                t: line.t,
+                                partition: line.partition,
+                                offset: line.offset,
+                                payload,
+                                refused,
+                                control: line.control,
+                            })
+                        }
+                        _ => Err("not the payload it was".to_owned()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let record = record.unwrap_or_else(|e| {
+                // The line was checked when the file was indexed: the file changed since.
+                log::error!(
+                    "{}: the line of partition {} offset {} cannot be read again: {e}",
+                    self.path.display(),
+                    line.partition,
+                    line.offset
+                );
+                CaptureRecord {
+                    t: line.t,
+                    partition: line.partition,
+                    offset: line.offset,
+                    payload: String::new(),
+                    refused: Some(format!("the capture line changed during the replay: {e}")),
+                    control: line.control,
+                }
+            });
+            out.push(incoming(record, t));
+        }
+        match self.lines.as_slice().first() {
+            Some(&(_, frontier)) => Polled::Open {
+                frontier,
+                idle: false,
+            },
+            None => Polled::Done,
+        }
+    }
 }
 
 /// The worker that owns a partition: the same for every process of the cluster.
@@ -121,6 +283,70 @@ mod tests {
             payload: format!("{t}"),
             refused: None,
             control: false,
+        }
+    }
+
+    /// The lines of a capture read by each worker's [`CaptureFeed`], in polls of any size,
+    /// are the messages [`prepare`] and [`split_for_workers`] make of the whole file:
+    /// lines out of offset order, re-deliveries, refused payloads, control lines, blank
+    /// lines and a long stretch of the file between two lines of one poll among them.
+    #[test]
+    fn a_capture_read_line_by_line_equals_the_capture_read_whole() {
+        let dir = crate::testutil::tmpdir("replay", "feed");
+        let path = dir.join("capture.jsonl");
+        let mut text = String::new();
+        for i in 0..400i64 {
+            let (partition, offset) = (i % 5, i / 5);
+            // Offsets 10..20 of partition 0 come again at the end, and 30 before 29.
+            let offset = match (partition, offset) {
+                (0, 29) => 30,
+                (0, 30) => 29,
+                _ => offset,
+            };
+            let payload = if i % 13 == 0 {
+                "null".to_owned()
+            } else {
+                format!("\"m{i}\\n\"")
+            };
+            let topic = if i % 9 == 0 {
+                r#","topic":"transacoes-controle""#
+            } else {
+                ""
+            };
+            let t = 1000 + (i * 7919) % 50;
+            text.push_str(&format!(
+                "{{\"t\":{t},\"partition\":{partition},\"offset\":{offset}{topic},\"payload\":{payload}}}\n"
+            ));
+            if i == 200 {
+                text.push_str(&format!("{}\n\r\n", " ".repeat(200_000)));
+            }
+        }
+        for offset in 10..20 {
+            text.push_str(&format!(
+                "{{\"t\":1,\"partition\":0,\"offset\":{offset},\"payload\":\"again\"}}\r\n"
+            ));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let whole = prepare(crate::capture::read_capture(&path).unwrap());
+        assert!(whole.redelivered >= 9, "{}", whole.redelivered);
+        let (lines, redelivered) =
+            prepare_lines(crate::capture::index_capture_parallel(&path, 3).unwrap());
+        assert_eq!(redelivered, whole.redelivered);
+        for peers in [1, 2, 3] {
+            let want = split_for_workers(whole.messages.clone(), 0..peers, peers);
+            let shares = split_lines_for_workers(lines.clone(), 0..peers, peers);
+            for (share, want) in shares.into_iter().zip(want) {
+                for max in [1, 7, 1000] {
+                    let file = std::fs::File::open(&path).unwrap();
+                    let mut feed = CaptureFeed::new(file, path.clone(), share.clone());
+                    let mut got = Vec::new();
+                    while let Polled::Open { .. } = feed.poll(&mut got, max) {}
+                    let key = |m: &Incoming| format!("{:?} {} {:?}", m.pos, m.t, m.body);
+                    let got: Vec<String> = got.iter().map(key).collect();
+                    let want: Vec<String> = want.iter().map(key).collect();
+                    assert_eq!(got, want, "{peers} workers, polls of {max}");
+                }
+            }
         }
     }
 

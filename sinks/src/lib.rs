@@ -95,6 +95,26 @@ impl Batch {
         }
     }
 
+    /// The batches, in time order, as one batch (`None` for none), each list allocated
+    /// once.
+    pub fn concat(batches: Vec<Batch>) -> Option<Batch> {
+        let mut batches = batches.into_iter();
+        let mut out = batches.next()?;
+        let rest: Vec<Batch> = batches.collect();
+        out.decisions
+            .reserve(rest.iter().map(|b| b.decisions.len()).sum());
+        out.accounts
+            .reserve(rest.iter().map(|b| b.accounts.len()).sum());
+        out.analyses
+            .reserve(rest.iter().map(|b| b.analyses.len()).sum());
+        out.controls
+            .reserve(rest.iter().map(|b| b.controls.len()).sum());
+        for batch in rest {
+            out.merge(batch);
+        }
+        Some(out)
+    }
+
     /// The part of shadow `index`, made if it is not there yet.
     pub fn shadow_mut(&mut self, index: usize) -> &mut ShadowBatch {
         if self.shadows.len() <= index {
@@ -276,8 +296,9 @@ fn sink_with<D, A, X, C, S>(
                         .push((row, diff));
                 }
             }
-            // Every closed timestamp goes out in one batch.
-            let mut out: Option<Batch> = None;
+            // Every closed timestamp goes out in one batch (its lists sized once: grown by
+            // doubling, a backlog's batch was copied again and again into fresh pages).
+            let mut closed: Vec<Batch> = Vec::new();
             while let Some(entry) = pending.first_entry() {
                 if frontiers.iter().any(|f| f.less_equal(entry.key())) {
                     break;
@@ -290,12 +311,9 @@ fn sink_with<D, A, X, C, S>(
                         part.decisions.sort_unstable_by_key(|d| (d.t, d.pos));
                     }
                 }
-                match out.as_mut() {
-                    None => out = Some(batch),
-                    Some(o) => o.merge(batch),
-                }
+                closed.push(batch);
             }
-            if let Some(batch) = out {
+            if let Some(batch) = Batch::concat(closed) {
                 // A consumer that has gone away (the process is shutting down) is not a
                 // reason to stop deciding.
                 let _ = sender.send(batch);
