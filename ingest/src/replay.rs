@@ -202,6 +202,7 @@ impl Feed for CaptureFeed {
         self.batch.clear();
         self.batch.extend(self.lines.by_ref().take(max));
         let read = self.read_batch();
+        let (mut unreadable, mut first_error) = (0usize, String::new());
         for (i, &(line, t)) in self.batch.iter().enumerate() {
             // The line was checked when the file was indexed: only its payload is read
             // again, and decoded.
@@ -227,12 +228,12 @@ impl Feed for CaptureFeed {
             };
             let record = record.unwrap_or_else(|e| {
                 // The line was checked when the file was indexed: the file changed since.
-                log::error!(
-                    "{}: the line of partition {} offset {} cannot be read again: {e}",
-                    self.path.display(),
-                    line.partition,
-                    line.offset
-                );
+                // Its position is decided `invalid` with the reason (logged once a poll).
+                if unreadable == 0 {
+                    first_error =
+                        format!("partition {} offset {}: {e}", line.partition, line.offset);
+                }
+                unreadable += 1;
                 CaptureRecord {
                     t: line.t,
                     partition: line.partition,
@@ -243,6 +244,12 @@ impl Feed for CaptureFeed {
                 }
             });
             out.push(incoming(record, t));
+        }
+        if unreadable > 0 {
+            log::error!(
+                "{}: {unreadable} line(s) cannot be read again, the file changed during the replay (first: {first_error}); decided invalid",
+                self.path.display()
+            );
         }
         match self.lines.as_slice().first() {
             Some(&(_, frontier)) => Polled::Open {
@@ -348,6 +355,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A capture that changes after it was indexed (cut short, or rewritten) does not stop
+    /// the replay: the lines that cannot be read again are decided `invalid`, with the
+    /// reason, and the others as they are.
+    #[test]
+    fn a_capture_changed_during_the_replay_gives_invalid_messages() {
+        let dir = crate::testutil::tmpdir("replay", "changed");
+        let path = dir.join("capture.jsonl");
+        let line = |offset: i64, payload: &str| {
+            format!("{{\"t\":{offset},\"partition\":0,\"offset\":{offset},\"payload\":\"{payload}\"}}\n")
+        };
+        let text: String = (0..10).map(|o| line(o, "abc")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let (lines, _) = prepare_lines(crate::capture::index_capture_parallel(&path, 2).unwrap());
+        // Rewritten with other payloads (first half), then cut short.
+        let changed: String = (0..10).map(|o| line(o, "x")).collect();
+        std::fs::write(&path, &changed[..changed.len() / 2]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut feed = CaptureFeed::new(file, path.clone(), lines);
+        let mut got = Vec::new();
+        while let Polled::Open { .. } = feed.poll(&mut got, 3) {}
+        assert_eq!(got.len(), 10, "every position is decided");
+        let refused = got
+            .iter()
+            .filter(|m| {
+                matches!(&m.body, Body::Refused { error, .. } if error.contains("changed during the replay"))
+            })
+            .count();
+        assert!(refused >= 5, "{refused} refused: {got:?}");
     }
 
     #[test]
