@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{free_port, http, json_of, spawn_quiet, wait_port, Killed, BIN};
+use common::{free_port, http, json_of, spawn_quiet, try_http, wait_port, Killed, BIN};
 
 /// `vtpga run` with the dashboard on `web`, holding it after the generator ends.
 fn run(web: u16, extra: &[&str]) -> Killed {
@@ -126,7 +126,16 @@ fn the_dataflow_view_shows_the_running_graph() {
     // The graph as the workers built it, with figures once messages flow.
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
-        let (status, body) = http(web, "GET", "/api/dataflow", None);
+        // A server that has just started may drop a first connection (seen once in CI
+        // on a loaded machine): that is retried until the deadline, then it fails.
+        let (status, body) = match try_http(web, "GET", "/api/dataflow", None) {
+            Ok(answer) => answer,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no answer: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         if status == 200 {
             let view: Value = serde_json::from_slice(&body).expect("JSON");
             // The server answers before the workers have built the graph (a loaded

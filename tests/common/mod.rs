@@ -618,17 +618,29 @@ impl Services {
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    try_http(port, method, path, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`], with what went wrong instead of a panic (for a test that waits for a server
+/// to answer at all).
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Vec<u8>), String> {
+    let fail = |what: &str, e: std::io::Error| format!("{method} {path}: {what}: {e}");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| fail("connect", e))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+        .map_err(|e| fail("timeout", e))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .expect("write request");
+    .map_err(|e| fail("write request", e))?;
     // Read the head, then exactly Content-Length bytes (servers may keep the connection).
     let mut response = Vec::new();
     let mut buf = [0u8; 65536];
@@ -636,11 +648,14 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
         if let Some(p) = response.windows(4).position(|w| w == b"\r\n\r\n") {
             break p;
         }
-        let n = stream.read(&mut buf).expect("read response");
-        assert!(
-            n > 0,
-            "{method} {path}: connection closed before the headers"
-        );
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| fail("read response", e))?;
+        if n == 0 {
+            return Err(format!(
+                "{method} {path}: connection closed before the headers"
+            ));
+        }
         response.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
@@ -648,7 +663,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status code");
+        .ok_or_else(|| format!("{method} {path}: no status code in {head:?}"))?;
     let lower = head.to_ascii_lowercase();
     let length = lower
         .lines()
@@ -658,8 +673,10 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     match length {
         Some(length) => {
             while body.len() < length {
-                let n = stream.read(&mut buf).expect("read body");
-                assert!(n > 0, "{method} {path}: connection closed mid-body");
+                let n = stream.read(&mut buf).map_err(|e| fail("read body", e))?;
+                if n == 0 {
+                    return Err(format!("{method} {path}: connection closed mid-body"));
+                }
                 body.extend_from_slice(&buf[..n]);
             }
             body.truncate(length);
@@ -671,7 +688,7 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
             }
         }
     }
-    (status, body)
+    Ok((status, body))
 }
 
 /// The body of a chunked transfer, joined.
