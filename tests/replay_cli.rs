@@ -33,6 +33,21 @@ fn replay_args(dir: &str, tag: &str) -> Vec<String> {
     ]
 }
 
+/// `vtpga generate` of 6,000 messages of 500 users over 2 hours into `dir`.
+fn generate_small(dir: &str) {
+    vtpga(&[
+        "generate",
+        "--out",
+        dir,
+        "--count",
+        "6000",
+        "--users",
+        "500",
+        "--span-hours",
+        "2",
+    ]);
+}
+
 fn read(dir: &str, name: String) -> Vec<u8> {
     std::fs::read(Path::new(dir).join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -67,17 +82,7 @@ fn replay_with_live_changes_is_identical_for_any_worker_and_process_count() {
 fn a_cell_larger_than_max_in_flight_is_decided() {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    vtpga(&[
-        "generate",
-        "--out",
-        dir,
-        "--count",
-        "6000",
-        "--users",
-        "500",
-        "--span-hours",
-        "2",
-    ]);
+    generate_small(dir);
     let mut args = replay_args(dir, "free");
     args.extend(["--epoch-ms".into(), "4194304".into()]);
     vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -136,17 +141,7 @@ fn a_cell_larger_than_max_in_flight_is_decided() {
 fn replay_with_shadows_equals_replays_with_their_rules() {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    vtpga(&[
-        "generate",
-        "--out",
-        dir,
-        "--count",
-        "6000",
-        "--users",
-        "500",
-        "--span-hours",
-        "2",
-    ]);
+    generate_small(dir);
     let sets = [
         (
             "strict",

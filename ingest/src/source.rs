@@ -114,9 +114,14 @@ where
                 count >= max_in_flight || in_flight.len() >= MAX_TIMES_IN_FLIGHT
             };
             let floor = *caps[0].time();
-            // Whether the feed may still hold messages of the cell begun.
-            let mid_cell = open_cell_end.is_some_and(|end| feed_frontier.max(floor) <= end);
-            if buffer.is_empty() && !feed_done && (mid_cell || !full(&in_flight, in_flight_count)) {
+            // Whether a feed at `frontier` may still hold messages of the cell begun.
+            let mid_cell = move |open_cell_end: Option<Time>, frontier: Time| {
+                open_cell_end.is_some_and(|end| frontier.max(floor) <= end)
+            };
+            if buffer.is_empty()
+                && !feed_done
+                && (mid_cell(open_cell_end, feed_frontier) || !full(&in_flight, in_flight_count))
+            {
                 let budget = if full(&in_flight, in_flight_count) {
                     POLL_BATCH
                 } else {
@@ -214,8 +219,7 @@ where
             if buffer.is_empty() && feed_idle {
                 activator.activate_after(Duration::from_millis(1));
             } else if full(&in_flight, in_flight_count)
-                && !(buffer.is_empty()
-                    && open_cell_end.is_some_and(|end| feed_frontier.max(floor) <= end))
+                && !(buffer.is_empty() && mid_cell(open_cell_end, feed_frontier))
             {
                 // Waiting for the graph: let the worker park (or do other work) rather than
                 // spin, which starves the other workers when threads outnumber cores.
