@@ -33,9 +33,10 @@ fn replay_args(dir: &str, tag: &str) -> Vec<String> {
     ]
 }
 
-/// `vtpga generate` of 6,000 messages of 500 users over 2 hours into `dir`.
-fn generate_small(dir: &str) {
-    vtpga(&[
+/// `vtpga generate` of 6,000 messages of 500 users over 2 hours into `dir`, with `extra`
+/// flags.
+fn generate_small(dir: &str, extra: &[&str]) {
+    let mut args = vec![
         "generate",
         "--out",
         dir,
@@ -45,7 +46,9 @@ fn generate_small(dir: &str) {
         "500",
         "--span-hours",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    vtpga(&args);
 }
 
 fn read(dir: &str, name: String) -> Vec<u8> {
@@ -82,7 +85,7 @@ fn replay_with_live_changes_is_identical_for_any_worker_and_process_count() {
 fn a_cell_larger_than_max_in_flight_is_decided() {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    generate_small(dir);
+    generate_small(dir, &[]);
     let mut args = replay_args(dir, "free");
     args.extend(["--epoch-ms".into(), "4194304".into()]);
     vtpga(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -141,7 +144,7 @@ fn a_cell_larger_than_max_in_flight_is_decided() {
 fn replay_with_shadows_equals_replays_with_their_rules() {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    generate_small(dir);
+    generate_small(dir, &[]);
     let sets = [
         (
             "strict",
@@ -268,19 +271,7 @@ fn replay_with_shadows_equals_replays_with_their_rules() {
 fn identical_outputs(extra: &[&str], base_port: u16) -> String {
     let tmp = tempdir();
     let dir = tmp.as_str();
-    let mut args = vec![
-        "generate",
-        "--out",
-        dir,
-        "--count",
-        "6000",
-        "--users",
-        "500",
-        "--span-hours",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    vtpga(&args);
+    generate_small(dir, extra);
     for w in ["1", "2", "4"] {
         let mut args = replay_args(dir, &format!("w{w}"));
         args.extend(["--workers".into(), w.into()]);
