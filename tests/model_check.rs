@@ -1064,6 +1064,31 @@ fn a_late_credit_stops_at_its_users_deletion() {
     assert_eq!(statuses, ["approved", "approved", "insufficient_balance"]);
 }
 
+/// A credit that arrives late makes a payment approved whose payee its owner has never
+/// touched and has executed past the payee's deletion: the payee's final state still
+/// takes the credit before the deletion. (Found by the model check in CI: the owner
+/// panicked for want of the payee's state, and the run then waited for ever.) Whether the
+/// credit comes late depends on the threads' timing; the result must not.
+#[test]
+fn a_late_approval_credits_a_payee_deleted_since() {
+    let steps = vec![
+        // A (rich) pays E (nothing) 100.00 at t.
+        pay(0, 0, 0, 0, 4, 10_000),
+        // E pays C 50.00 at t + 1: only A's credit makes it possible.
+        pay(1, 2, 1, 4, 2, 5_000),
+        // C, touched by nothing else, is deleted at t + 2.
+        change(1, 1, 2, 1, 0),
+    ];
+    for _ in 0..30 {
+        check_with(&steps, 4096).expect("matches the reference");
+    }
+    let (records, _) = capture(&steps);
+    let got = run_dataflow(records, 3, params(4096));
+    let statuses: Vec<&str> = got.decisions.values().map(|d| d.1.as_str()).collect();
+    assert_eq!(statuses, ["approved", "approved"]);
+    assert!(!got.balances.contains_key("C"), "C is deleted");
+}
+
 /// A shadow ignores a `rules` record's change, not the record: its arrival time still
 /// counts for the end of input and for its control partition's clock. Here user A's
 /// deletion (effective at t + 1) takes effect because the `rules` record arrives at

@@ -298,10 +298,24 @@ impl Ledger {
     fn apply_exec_event(&mut self, e: &UserEvent) {
         match e.kind {
             UserEventKind::Delete => {
-                if let Some(f) = self.users.state_of(&e.user) {
-                    f.exec = None;
+                let resumed = self.resumed.remove(e.user.as_str());
+                let before =
+                    e.at.checked_sub(1)
+                        .and_then(|t| self.users.get(&e.user, t, |u| u.opening));
+                match self.users.state_of(&e.user) {
+                    Some(f) => f.exec = None,
+                    // Not touched here yet: its final state, which a late credit may still
+                    // reach before the deletion, is what it was up to the deletion.
+                    slot @ None => {
+                        if let Some(reference) = before {
+                            *slot = Some(Final {
+                                funds: Some(initial_funds(&reference, resumed)),
+                                exec: None,
+                                touched: None,
+                            });
+                        }
+                    }
                 }
-                self.resumed.remove(e.user.as_str());
             }
             UserEventKind::Adjust {
                 amount_cents,
@@ -482,7 +496,17 @@ impl Ledger {
             }
         }
         if deleted.is_some_and(|d| d < self.exec_upto) {
-            // Executed past its deletion: the state it changed is gone.
+            // Executed past its deletion: the state it changed is gone in execution. The
+            // final state still takes the credit before the deletion, so the user needs a
+            // slot even if execution never touched it before it was deleted.
+            let slot = self.users.state_of(user);
+            if slot.is_none() {
+                *slot = Some(Final {
+                    funds: Some(initial_funds(reference, None)),
+                    exec: None,
+                    touched: None,
+                });
+            }
             return;
         }
         let funds = self.exec_funds(user, reference);
